@@ -1,0 +1,73 @@
+//! Audit events: one structured record for every allow and deny.
+//!
+//! The request path only hands the event to a bounded channel; a background task writes it. A
+//! full channel makes the request wait rather than drop the record: an audit trail with gaps is
+//! worth less than a slower response.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// Unix seconds.
+    pub time: i64,
+    /// `pypi.page`, `pypi.file`, `pypi.metadata`.
+    pub action: &'static str,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Stable reason code: the rule kind for an allow, the deny code for a deny.
+    pub reason: String,
+    /// The human sentence (denials) or the rule's file:line (allows).
+    pub detail: String,
+    pub project: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actual_sha256: Option<String>,
+    pub client: String,
+}
+
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<AuditEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl Audit {
+    /// Starts the writer task. It ends when every `Audit` handle is dropped, after writing what
+    /// was queued.
+    pub fn start(metrics: Arc<Metrics>) -> (Audit, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<AuditEvent>(65_536);
+        let task = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                match serde_json::to_string(&ev) {
+                    Ok(json) => tracing::info!(target: "tollgate::audit", event = %json, "audit"),
+                    Err(e) => {
+                        tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
+                    }
+                }
+            }
+        });
+        (Audit { tx, metrics }, task)
+    }
+
+    pub async fn record(&self, ev: AuditEvent) {
+        self.metrics.audit_events.fetch_add(1, Relaxed);
+        match self.tx.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                let _ = self.tx.send(ev).await;
+            }
+            Err(mpsc::error::TrySendError::Closed(ev)) => {
+                tracing::error!(target: "tollgate::audit", event = ?ev, "audit writer stopped; event logged inline");
+            }
+        }
+    }
+}

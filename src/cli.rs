@@ -1,0 +1,210 @@
+//! The offline commands: `check`, `allowlist import`, `allowlist check`. They read files and
+//! print; they never touch the network or the store.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::policy::requirements::{parse_pylock, parse_requirements, to_allowlist_toml, Parsed};
+use crate::policy::Policy;
+
+/// `tollgate check`: 0 when config and every allowlist load, else 1 with one line per error.
+pub fn check(config: &Config) -> i32 {
+    let files = match crate::allowlist_files(&config.allowlist_dir) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match crate::load_policy(config) {
+        Ok(p) => {
+            println!(
+                "ok: {} allowlist file(s), {} project(s), {} exact release rule(s), {} release rule(s), {} revocation(s); index(es): {}",
+                files.len(),
+                p.projects.len(),
+                p.exact_count(),
+                p.release_count(),
+                p.revoked.len(),
+                config.index_names().join(", ")
+            );
+            0
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{} error(s); the gate would refuse to start with these files",
+                errors.len()
+            );
+            1
+        }
+    }
+}
+
+fn read_pinned(path: &Path) -> Result<Parsed, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        parse_pylock(&text).map_err(|p| format!("{}:{}: {}", path.display(), p.line, p.message))
+    } else {
+        Ok(parse_requirements(&text))
+    }
+}
+
+/// `tollgate allowlist import FILE`: prints `[[package]]` TOML; problems go to stderr, exit 1.
+pub fn import(path: &Path) -> i32 {
+    let parsed = match read_pinned(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    for (line, text) in &parsed.ignored {
+        eprintln!("{}:{line}: ignored option line: {text}", path.display());
+    }
+    for p in &parsed.problems {
+        eprintln!("{}:{}: {}", path.display(), p.line, p.message);
+    }
+    println!(
+        "# imported from {} by tollgate allowlist import",
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    );
+    print!("{}", to_allowlist_toml(&parsed.pinned));
+    if parsed.problems.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
+/// The verdict for one pinned requirement against the policy.
+pub fn verdict(
+    policy: &Policy,
+    wheels_only: bool,
+    p: &crate::policy::requirements::Pinned,
+) -> Result<String, String> {
+    let Some(rules) = policy.project(&p.name) else {
+        return Err(format!("{} is not on the allowlist", p.name));
+    };
+    let live: Vec<_> = p
+        .hashes
+        .iter()
+        .filter(|h| !policy.revoked.contains_key(h))
+        .collect();
+    if live.is_empty() {
+        return Err(format!(
+            "{}=={}: every hash on this line is revoked",
+            p.name, p.version
+        ));
+    }
+    let is_sdist = |h: &crate::policy::Sha256| {
+        p.hashes
+            .iter()
+            .position(|x| x == h)
+            .and_then(|i| p.filenames.get(i))
+            .is_some_and(|f| f.ends_with(".tar.gz") || f.ends_with(".zip"))
+    };
+    let mut other_versions = Vec::new();
+    for rule in &rules.exact {
+        if rule.version == p.version {
+            let ok: Vec<_> = live
+                .iter()
+                .filter(|h| rule.sha256.contains(h) && !(wheels_only && is_sdist(h)))
+                .collect();
+            if !ok.is_empty() {
+                return Ok(format!(
+                    "{}=={}: {} of its hashes pinned by {}",
+                    p.name,
+                    p.version,
+                    ok.len(),
+                    rule.source
+                ));
+            }
+            return Err(format!(
+                "{}=={}: none of the line's hashes is pinned for this release ({} pinned at {})",
+                p.name,
+                p.version,
+                rule.sha256.len(),
+                rule.source
+            ));
+        }
+        other_versions.push(rule.version.to_string());
+    }
+    if let Some(rule) = rules
+        .release
+        .iter()
+        .find(|r| r.specifiers.contains(&p.version))
+    {
+        return Ok(format!(
+            "{}=={}: admitted by the release rule at {} once the upstream's files are pinned at first sight and older than {}s; the line's hashes must match them",
+            p.name,
+            p.version,
+            rule.source,
+            rule.min_age.as_secs()
+        ));
+    }
+    Err(format!(
+        "{}=={}: this release is not allowed (allowed: {})",
+        p.name,
+        p.version,
+        if other_versions.is_empty() {
+            "no exact releases".into()
+        } else {
+            other_versions.join(", ")
+        }
+    ))
+}
+
+/// `tollgate allowlist check FILE`: one line per requirement; exit 1 if any would fail.
+pub fn allowlist_check(config: &Config, path: &Path) -> i32 {
+    let policy = match crate::load_policy(config) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return 1;
+        }
+    };
+    let parsed = match read_pinned(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let mut failed = parsed.problems.len();
+    let mut lines: Vec<(usize, String)> = Vec::new();
+    for p in &parsed.problems {
+        lines.push((
+            p.line,
+            format!("{}:{}: FAIL {}", path.display(), p.line, p.message),
+        ));
+    }
+    for p in &parsed.pinned {
+        match verdict(&policy, config.pypi.wheels_only, p) {
+            Ok(m) => lines.push((p.line, format!("{}:{}: ok   {m}", path.display(), p.line))),
+            Err(m) => {
+                failed += 1;
+                lines.push((p.line, format!("{}:{}: FAIL {m}", path.display(), p.line)));
+            }
+        }
+    }
+    lines.sort_by_key(|(l, _)| *l);
+    for (_, l) in &lines {
+        println!("{l}");
+    }
+    let total = parsed.pinned.len() + parsed.problems.len();
+    println!(
+        "{} of {total} requirement(s) would install through the gate",
+        total - failed
+    );
+    if failed == 0 {
+        0
+    } else {
+        1
+    }
+}

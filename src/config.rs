@@ -1,0 +1,447 @@
+//! Configuration: the TOML file CONTRACT.md describes, validated into typed settings. No network.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::policy::units::{parse_duration, parse_size};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// A secret read from the environment. Its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub page_bytes: u64,
+    pub header_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    pub name: String,
+    /// Always ends with `/`.
+    pub url: Url,
+    pub file_hosts: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PypiConfig {
+    pub wheels_only: bool,
+    pub page_ttl: Duration,
+    /// Connect and read timeout for upstream requests (an extension of CONTRACT.md's config).
+    pub upstream_timeout: Duration,
+    pub indexes: Vec<IndexConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, if any.
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub allowlist_dir: PathBuf,
+    pub public_url: Option<String>,
+    pub cache_max_bytes: u64,
+    pub limits: Limits,
+    pub tls: Option<Tls>,
+    pub pypi: PypiConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    allowlist_dir: Option<String>,
+    public_url: Option<String>,
+    cache_max_bytes: Option<String>,
+    limits: Option<RawLimits>,
+    tls: Option<RawTls>,
+    pypi: Option<RawPypi>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    page_bytes: Option<String>,
+    manifest_bytes: Option<String>,
+    signatures: Option<u32>,
+    header_bytes: Option<String>,
+    admin_body_bytes: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPypi {
+    wheels_only: Option<bool>,
+    page_ttl: Option<String>,
+    upstream_timeout: Option<String>,
+    #[serde(default)]
+    index: Vec<RawIndex>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIndex {
+    name: String,
+    url: String,
+    file_hosts: Option<Vec<String>>,
+    username: Option<String>,
+    password_env: Option<String>,
+    ca_file: Option<String>,
+}
+
+/// Is this host name or address one of the machine's own (loopback)?
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Config {
+    /// Finds the config as CONTRACT.md says: `--config`, else `TOLLGATE_CONFIG`, else
+    /// `tollgate.toml` in the working directory, else built-in defaults.
+    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(p) = explicit {
+            return Self::load_file(p);
+        }
+        if let Some(p) = std::env::var_os("TOLLGATE_CONFIG") {
+            return Self::load_file(Path::new(&p));
+        }
+        let local = Path::new("tollgate.toml");
+        if local.exists() {
+            return Self::load_file(local);
+        }
+        Self::from_text("", None, Path::new("."))
+    }
+
+    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Self::from_text(&text, Some(path), &base)
+    }
+
+    /// Parses and validates config text; relative paths resolve against `base`.
+    pub fn from_text(text: &str, path: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
+        let shown = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(built-in defaults)".into());
+        let invalid = |line: usize, message: String| ConfigError::Invalid {
+            path: shown.clone(),
+            line,
+            message,
+        };
+        // Sections of the contract that belong to parts of the gate this build does not have are
+        // refused by name, so an operator is not left believing they took effect.
+        if let Ok(toml::Value::Table(t)) = toml::from_str::<toml::Value>(text) {
+            for key in ["oci", "admin"] {
+                if t.contains_key(key) {
+                    return Err(invalid(1, format!("[{key}] is not supported by this version of tollgate (it serves the PyPI index only)")));
+                }
+            }
+        }
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                })
+                .unwrap_or(1);
+            invalid(line, e.message().replace('\n', " "))
+        })?;
+        let line_of = |needle: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(needle))
+                .map(|i| i + 1)
+                .unwrap_or(1)
+        };
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() || base == Path::new(".") {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let listen_raw = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+            invalid(
+                line_of("listen"),
+                format!("listen: {listen_raw:?} is not an address:port"),
+            )
+        })?;
+        let size = |key: &str, v: Option<&String>, default: u64| -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => parse_size(s).map_err(|e| invalid(line_of(key), format!("{key}: {e}"))),
+            }
+        };
+        let cache_max_bytes = size("cache_max_bytes", raw.cache_max_bytes.as_ref(), 200 << 30)?;
+        let rl = raw.limits.unwrap_or_default();
+        let limits = Limits {
+            page_bytes: size("page_bytes", rl.page_bytes.as_ref(), 4 << 20)?,
+            header_bytes: size("header_bytes", rl.header_bytes.as_ref(), 16 << 10)?,
+        };
+        // Accepted for forward compatibility of config files; the parts that use them are not
+        // in this build, but a bad value is still an error now rather than later.
+        size("manifest_bytes", rl.manifest_bytes.as_ref(), 4 << 20)?;
+        size("admin_body_bytes", rl.admin_body_bytes.as_ref(), 1 << 20)?;
+        let _ = rl.signatures;
+        if limits.page_bytes == 0 || limits.header_bytes < 1024 {
+            return Err(invalid(
+                line_of("[limits]"),
+                "limits: page_bytes must be > 0 and header_bytes at least 1KiB".into(),
+            ));
+        }
+
+        let public_url = match raw.public_url {
+            None => None,
+            Some(u) => {
+                let parsed = Url::parse(&u)
+                    .map_err(|e| invalid(line_of("public_url"), format!("public_url: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+                    return Err(invalid(
+                        line_of("public_url"),
+                        "public_url must be an http(s) URL without a query".into(),
+                    ));
+                }
+                Some(u.trim_end_matches('/').to_string())
+            }
+        };
+
+        let tls = raw.tls.map(|t| Tls {
+            cert: resolve(&t.cert),
+            key: resolve(&t.key),
+        });
+
+        let rp = raw.pypi.unwrap_or_default();
+        let page_ttl = match rp.page_ttl {
+            None => Duration::from_secs(600),
+            Some(s) => parse_duration(&s)
+                .map_err(|e| invalid(line_of("page_ttl"), format!("page_ttl: {e}")))?,
+        };
+        let upstream_timeout = match rp.upstream_timeout {
+            None => Duration::from_secs(30),
+            Some(s) => match parse_duration(&s) {
+                Ok(d) if !d.is_zero() => d,
+                _ => return Err(invalid(line_of("upstream_timeout"), format!("upstream_timeout: {s:?} is not a positive duration"))),
+            },
+        };
+        let mut indexes = Vec::new();
+        let raw_indexes = if rp.index.is_empty() {
+            vec![RawIndex {
+                name: "pypi".into(),
+                url: "https://pypi.org/simple/".into(),
+                file_hosts: Some(vec!["files.pythonhosted.org".into()]),
+                username: None,
+                password_env: None,
+                ca_file: None,
+            }]
+        } else {
+            rp.index
+        };
+        for ri in raw_indexes {
+            let at = line_of(&format!("name = \"{}\"", ri.name));
+            let bad = |m: String| invalid(at, format!("[[pypi.index]] {:?}: {m}", ri.name));
+            if ri.name.is_empty()
+                || !ri
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad("name must be letters, digits, '-' or '_'".into()));
+            }
+            if indexes.iter().any(|i: &IndexConfig| i.name == ri.name) {
+                return Err(bad("a second index with this name".into()));
+            }
+            let mut url_text = ri.url.clone();
+            if !url_text.ends_with('/') {
+                url_text.push('/');
+            }
+            let url = Url::parse(&url_text).map_err(|e| bad(format!("url: {e}")))?;
+            let host = url.host_str().unwrap_or_default().to_string();
+            match url.scheme() {
+                "https" => {}
+                "http" if is_loopback_host(&host) => {}
+                _ => {
+                    return Err(bad(
+                        "url must be https (http only for a loopback upstream)".into()
+                    ))
+                }
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(bad(
+                    "put credentials in username/password_env, not in the url".into(),
+                ));
+            }
+            let password = match &ri.password_env {
+                None => None,
+                Some(var) => Some(Secret(std::env::var(var).map_err(|_| {
+                    bad(format!(
+                        "password_env: environment variable {var} is not set"
+                    ))
+                })?)),
+            };
+            if password.is_some() != ri.username.is_some() {
+                return Err(bad("username and password_env go together".into()));
+            }
+            let file_hosts = ri.file_hosts.unwrap_or_else(|| vec![host.clone()]);
+            if file_hosts.is_empty() {
+                return Err(bad("file_hosts is empty; no file could be fetched".into()));
+            }
+            indexes.push(IndexConfig {
+                name: ri.name,
+                url,
+                file_hosts: file_hosts
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                username: ri.username,
+                password,
+                ca_file: ri.ca_file.as_deref().map(resolve),
+            });
+        }
+
+        Ok(Config {
+            source: path.map(Path::to_path_buf),
+            listen,
+            data_dir: resolve(raw.data_dir.as_deref().unwrap_or("data")),
+            allowlist_dir: resolve(raw.allowlist_dir.as_deref().unwrap_or("allowlists")),
+            public_url,
+            cache_max_bytes,
+            limits,
+            tls,
+            pypi: PypiConfig {
+                wheels_only: rp.wheels_only.unwrap_or(false),
+                page_ttl,
+                upstream_timeout,
+                indexes,
+            },
+        })
+    }
+
+    pub fn index_names(&self) -> Vec<String> {
+        self.pypi.indexes.iter().map(|i| i.name.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_text(
+            text,
+            Some(Path::new("/etc/tg/tollgate.toml")),
+            Path::new("/etc/tg"),
+        )
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse("data_dir = \"d\"\n[pypi]\npage_ttl = \"1m\"\n[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:9000/simple\"\n").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/tg/d"));
+        assert_eq!(c.allowlist_dir, PathBuf::from("/etc/tg/allowlists"));
+        assert_eq!(
+            c.pypi.indexes[0].url.as_str(),
+            "http://127.0.0.1:9000/simple/"
+        );
+        assert_eq!(c.pypi.indexes[0].file_hosts, vec!["127.0.0.1"]);
+        assert_eq!(c.pypi.page_ttl, Duration::from_secs(60));
+        assert_eq!(c.limits.page_bytes, 4 << 20);
+        let d = Config::from_text("", None, Path::new(".")).unwrap();
+        assert_eq!(d.pypi.indexes[0].url.as_str(), "https://pypi.org/simple/");
+    }
+
+    #[test]
+    fn refuses_bad_config_with_line() {
+        let e = parse("listen = \"127.0.0.1:8080\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/tg/tollgate.toml:2:"), "{e}");
+        assert!(parse("[oci]\ntag_ttl = \"60s\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("[oci] is not supported"));
+        assert!(
+            parse("[[pypi.index]]\nname = \"x\"\nurl = \"http://pypi.example/simple/\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("https")
+        );
+        assert!(parse(
+            "[[pypi.index]]\nname = \"x\"\nurl = \"https://u:p@pypi.example/simple/\"\n"
+        )
+        .is_err());
+        assert!(parse("[[pypi.index]]\nname = \"x\"\nurl = \"https://a/\"\n[[pypi.index]]\nname = \"x\"\nurl = \"https://b/\"\n").is_err());
+        assert!(parse("[[pypi.index]]\nname = \"x\"\nurl = \"https://a/\"\nusername = \"u\"\npassword_env = \"TOLLGATE_TEST_UNSET_VAR\"\n").unwrap_err().to_string().contains("not set"));
+        assert!(parse("cache_max_bytes = \"lots\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("cache_max_bytes"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+    }
+}

@@ -1,0 +1,68 @@
+//! The one place where errors become HTTP responses. Internal causes are logged here and never
+//! sent: a client sees a status and one sentence.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Refused by policy: the reason is for the person at the client.
+    #[error("{0}")]
+    Denied(String),
+    #[error("none of the formats in Accept is available; this index serves application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html and text/html")]
+    NotAcceptable,
+    #[error("request URI too long")]
+    UriTooLong,
+    /// The upstream could not be reached or refused the gate's credentials.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The upstream answered with bytes that are not what was pinned or declared.
+    #[error("{0}")]
+    BadUpstream(String),
+    /// Anything else: logged with its cause, answered with a generic sentence.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u64 = 30;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Denied(_) => StatusCode::FORBIDDEN,
+            ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let body = format!("{self}\n");
+        let mut resp = (status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,203 @@
+//! tollgate: a supply-chain gate. This build serves the PyPI-compatible index.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod policy;
+pub mod pypi;
+pub mod server;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use audit::Audit;
+use config::Config;
+use error::ApiError;
+use metrics::{Metrics, Route};
+use policy::allowlist::LoadError;
+use pypi::service::{LoadedPolicy, Pypi};
+use store::{Cache, Store};
+
+/// Longest request target accepted; longer ones get 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+pub struct AppState {
+    pub config: Config,
+    policy: RwLock<Arc<LoadedPolicy>>,
+    policy_version: AtomicU64,
+    pub pypi: Arc<Pypi>,
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    /// Opens the store and cache, loads the allowlists and builds the upstream clients.
+    /// Must run inside a tokio runtime (the audit writer is a task).
+    pub fn open(config: Config) -> Result<Arc<AppState>, String> {
+        let policy = load_policy(&config).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(
+            Store::open(&config.data_dir.join("tollgate.redb")).map_err(|e| e.to_string())?,
+        );
+        let cache = Arc::new(
+            Cache::open(
+                &config.data_dir,
+                config.cache_max_bytes,
+                store.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let (audit, _writer) = Audit::start(metrics.clone());
+        let pypi = Arc::new(Pypi::new(&config, store, cache, metrics.clone(), audit)?);
+        Ok(Arc::new(AppState {
+            config,
+            policy: RwLock::new(Arc::new(LoadedPolicy { policy, version: 1 })),
+            policy_version: AtomicU64::new(1),
+            pypi,
+            metrics,
+            ready: AtomicBool::new(true),
+        }))
+    }
+
+    /// The policy in force now; every request decides against the one it took here.
+    pub fn policy(&self) -> Arc<LoadedPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads every allowlist file. All or nothing: on any error the policy in force stays.
+    pub fn reload(&self) -> Result<(usize, usize), Vec<LoadError>> {
+        match load_policy(&self.config) {
+            Ok(policy) => {
+                let counts = (policy.exact_count(), policy.release_count());
+                let version = self.policy_version.fetch_add(1, Relaxed) + 1;
+                *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(LoadedPolicy { policy, version });
+                self.pypi.invalidate();
+                self.metrics.reloads_ok.fetch_add(1, Relaxed);
+                Ok(counts)
+            }
+            Err(e) => {
+                self.metrics.reloads_failed.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Every `*.toml` below `dir`, sorted, so the policy does not depend on directory order.
+pub fn allowlist_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out).map_err(|e| format!("allowlist_dir {}: {e}", dir.display()))?;
+    out.sort();
+    Ok(out)
+}
+
+/// Reads the allowlist files and builds the policy (the I/O half of `policy::allowlist::load`).
+pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
+    let one = |message: String| {
+        vec![LoadError {
+            file: config.allowlist_dir.display().to_string(),
+            line: 0,
+            message,
+        }]
+    };
+    let paths = allowlist_files(&config.allowlist_dir).map_err(one)?;
+    let mut files = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(&p).map_err(|e| one(format!("{}: {e}", p.display())))?;
+        files.push((p.display().to_string(), text));
+    }
+    policy::allowlist::load(&files, &config.index_names())
+}
+
+/// The whole HTTP surface.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(pypi::routes())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::NotFound("not found".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if st.ready.load(Relaxed) {
+        let lp = st.policy();
+        (
+            StatusCode::OK,
+            format!(
+                "ready: {} projects, policy version {}\n",
+                lp.policy.projects.len(),
+                lp.version
+            ),
+        )
+            .into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
+    let mut r = st.metrics.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Limits the request target and counts every response by route class.
+async fn edge(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let route = if path.starts_with("/simple") {
+        Route::Simple
+    } else if path.starts_with("/files/") {
+        Route::Files
+    } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        Route::Ops
+    } else {
+        Route::Other
+    };
+    let resp = if req.uri().to_string().len() > MAX_URI_BYTES {
+        ApiError::UriTooLong.into_response()
+    } else {
+        next.run(req).await
+    };
+    st.metrics.request(route, resp.status().as_u16());
+    resp
+}

@@ -1,0 +1,124 @@
+//! The `tollgate` command line. No logic here: parse, configure, dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A supply-chain gate: serves only allowlisted, hash-pinned packages"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gate.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and every allowlist file.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Allowlist tools.
+    Allowlist {
+        #[command(subcommand)]
+        command: AllowlistCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllowlistCommand {
+    /// Print [[package]] rules for a hash-pinned requirements.txt or pylock.toml.
+    Import { file: PathBuf },
+    /// Tell, line by line, whether a requirements.txt or pylock.toml would install through the gate.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn config(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    Config::locate(path.map(|p| p.as_path())).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(c.clamp(0, 255) as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config: path } => {
+            let cfg = match config(path.as_ref()) {
+                Ok(c) => c,
+                Err(e) => return e,
+            };
+            init_tracing();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(async move {
+                let state = match tollgate::AppState::open(cfg) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                match tollgate::server::serve(state).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            })
+        }
+        Command::Check { config: path } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::check(&c)),
+            Err(e) => e,
+        },
+        Command::Allowlist { command } => match command {
+            AllowlistCommand::Import { file } => code(tollgate::cli::import(&file)),
+            AllowlistCommand::Check { file, config: path } => match config(path.as_ref()) {
+                Ok(c) => code(tollgate::cli::allowlist_check(&c, &file)),
+                Err(e) => e,
+            },
+        },
+    }
+}
+
+/// Logs to stderr; `TOLLGATE_LOG=json` for JSON lines, `RUST_LOG` to filter.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("TOLLGATE_LOG").is_ok_and(|v| v == "json") {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}

@@ -1,0 +1,235 @@
+//! Prometheus counters kept in atomics, so counting never takes a lock on the request path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::policy::DenyReason;
+
+/// Route classes counted in `tollgate_requests_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum Route {
+    Simple = 0,
+    Files = 1,
+    Ops = 2,
+    Other = 3,
+}
+const ROUTES: [&str; 4] = ["simple", "files", "ops", "other"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upstream request kinds.
+#[derive(Debug, Clone, Copy)]
+pub enum Upstream {
+    Page = 0,
+    File = 1,
+}
+const UPSTREAMS: [&str; 2] = ["page", "file"];
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; 10],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; 5]; 4],
+    allow: [AtomicU64; 2],
+    deny: [AtomicU64; DenyReason::CODES.len()],
+    upstream_requests: [AtomicU64; 2],
+    upstream_errors: [AtomicU64; 2],
+    upstream_latency: [Histogram; 2],
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_bytes_served: AtomicU64,
+    pub cache_bytes_stored: AtomicU64,
+    pub cache_store_failures: AtomicU64,
+    pub cache_evictions: AtomicU64,
+    pub cache_bytes: AtomicU64,
+    pub stale_pages_served: AtomicU64,
+    pub audit_events: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl Metrics {
+    pub fn request(&self, route: Route, status: u16) {
+        let class = ((status / 100).clamp(1, 5) - 1) as usize;
+        self.requests[route as usize][class].fetch_add(1, Relaxed);
+    }
+
+    pub fn allow(&self, release_rule: bool) {
+        self.allow[release_rule as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn deny(&self, reason: &DenyReason) {
+        if let Some(i) = DenyReason::CODES.iter().position(|c| *c == reason.code()) {
+            self.deny[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn upstream(&self, kind: Upstream, took: Duration, ok: bool) {
+        let k = kind as usize;
+        self.upstream_requests[k].fetch_add(1, Relaxed);
+        if !ok {
+            self.upstream_errors[k].fetch_add(1, Relaxed);
+        }
+        let h = &self.upstream_latency[k];
+        let secs = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        h.count.fetch_add(1, Relaxed);
+        h.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "# HELP tollgate_requests_total HTTP requests by route and status class.\n# TYPE tollgate_requests_total counter");
+        for (r, route) in ROUTES.iter().enumerate() {
+            for (c, class) in CLASSES.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "tollgate_requests_total{{route=\"{route}\",status=\"{class}\"}} {}",
+                    self.requests[r][c].load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(o, "# HELP tollgate_decisions_total Policy decisions by outcome and reason.\n# TYPE tollgate_decisions_total counter");
+        for (i, rule) in ["exact", "release_rule"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tollgate_decisions_total{{decision=\"allow\",reason=\"{rule}\"}} {}",
+                self.allow[i].load(Relaxed)
+            );
+        }
+        for (i, code) in DenyReason::CODES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tollgate_decisions_total{{decision=\"deny\",reason=\"{code}\"}} {}",
+                self.deny[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(o, "# HELP tollgate_upstream_requests_total Requests to upstream indexes.\n# TYPE tollgate_upstream_requests_total counter");
+        for (k, kind) in UPSTREAMS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_requests_total{{kind=\"{kind}\"}} {}",
+                self.upstream_requests[k].load(Relaxed)
+            );
+        }
+        let _ = writeln!(o, "# HELP tollgate_upstream_errors_total Upstream requests that failed.\n# TYPE tollgate_upstream_errors_total counter");
+        for (k, kind) in UPSTREAMS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_errors_total{{kind=\"{kind}\"}} {}",
+                self.upstream_errors[k].load(Relaxed)
+            );
+        }
+        let _ = writeln!(o, "# HELP tollgate_upstream_latency_seconds Time to upstream response headers.\n# TYPE tollgate_upstream_latency_seconds histogram");
+        for (k, kind) in UPSTREAMS.iter().enumerate() {
+            let h = &self.upstream_latency[k];
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "tollgate_upstream_latency_seconds_bucket{{kind=\"{kind}\",le=\"{b}\"}} {}",
+                    h.buckets[i].load(Relaxed)
+                );
+            }
+            let count = h.count.load(Relaxed);
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_latency_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_latency_seconds_sum{{kind=\"{kind}\"}} {}",
+                h.sum_micros.load(Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_latency_seconds_count{{kind=\"{kind}\"}} {count}"
+            );
+        }
+        for (name, help, kind, v) in [
+            (
+                "tollgate_cache_hits_total",
+                "File requests served from the verified cache.",
+                "counter",
+                &self.cache_hits,
+            ),
+            (
+                "tollgate_cache_misses_total",
+                "File requests that had to go upstream.",
+                "counter",
+                &self.cache_misses,
+            ),
+            (
+                "tollgate_cache_served_bytes_total",
+                "Bytes served from the verified cache.",
+                "counter",
+                &self.cache_bytes_served,
+            ),
+            (
+                "tollgate_cache_stored_bytes_total",
+                "Verified bytes written to the cache.",
+                "counter",
+                &self.cache_bytes_stored,
+            ),
+            (
+                "tollgate_cache_store_failures_total",
+                "Verified files that could not be cached (disk full, I/O error).",
+                "counter",
+                &self.cache_store_failures,
+            ),
+            (
+                "tollgate_cache_evictions_total",
+                "Files evicted to stay under cache_max_bytes.",
+                "counter",
+                &self.cache_evictions,
+            ),
+            (
+                "tollgate_cache_bytes",
+                "Bytes in the verified cache.",
+                "gauge",
+                &self.cache_bytes,
+            ),
+            (
+                "tollgate_stale_pages_served_total",
+                "Project pages served from an expired copy because the upstream failed.",
+                "counter",
+                &self.stale_pages_served,
+            ),
+            (
+                "tollgate_audit_events_total",
+                "Audit events recorded.",
+                "counter",
+                &self.audit_events,
+            ),
+            (
+                "tollgate_allowlist_reloads_total",
+                "Allowlist reloads that took effect.",
+                "counter",
+                &self.reloads_ok,
+            ),
+            (
+                "tollgate_allowlist_reload_failures_total",
+                "Allowlist reloads refused; the previous policy stayed in force.",
+                "counter",
+                &self.reloads_failed,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        o
+    }
+}

@@ -1,0 +1,505 @@
+//! The allowlist model: `[[package]]` rules (and `[[revoke]]` entries) parsed from TOML text,
+//! validated with file:line errors, and combined into one [`Policy`].
+//!
+//! Pure: the caller reads the files; this module only sees their text.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use pep440_rs::{Version, VersionSpecifiers};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::hash::Sha256;
+use super::name::ProjectName;
+use super::units::parse_duration;
+
+/// Where a rule was written: shown in errors, decisions and audit events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub file: String,
+    pub line: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// One problem in one allowlist file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+/// An exact, hash-pinned release: only files of `version` whose sha256 is in `sha256`.
+#[derive(Debug, Clone)]
+pub struct ExactRule {
+    pub version: Version,
+    /// Never empty: the loader refuses an empty pin set.
+    pub sha256: BTreeSet<Sha256>,
+    pub source: Source,
+}
+
+/// A release rule: files of matching releases are pinned at first sight and listed once older
+/// than `min_age`.
+#[derive(Debug, Clone)]
+pub struct ReleaseRule {
+    pub specifiers: VersionSpecifiers,
+    pub min_age: Duration,
+    pub source: Source,
+}
+
+/// All rules for one project. A project is bound to exactly one upstream index.
+#[derive(Debug, Clone)]
+pub struct ProjectRules {
+    pub index: String,
+    pub exact: Vec<ExactRule>,
+    pub release: Vec<ReleaseRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub reason: String,
+    pub source: Source,
+}
+
+/// The policy in force: every project rule and revocation, from every allowlist file.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub projects: BTreeMap<ProjectName, ProjectRules>,
+    pub revoked: HashMap<Sha256, Revocation>,
+    pub files: usize,
+}
+
+impl Policy {
+    pub fn project(&self, name: &ProjectName) -> Option<&ProjectRules> {
+        self.projects.get(name)
+    }
+
+    pub fn exact_count(&self) -> usize {
+        self.projects.values().map(|p| p.exact.len()).sum()
+    }
+
+    pub fn release_count(&self) -> usize {
+        self.projects.values().map(|p| p.release.len()).sum()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    package: Vec<Spanned<RawPackage>>,
+    #[serde(default)]
+    revoke: Vec<Spanned<RawRevoke>>,
+    #[serde(default)]
+    image: Vec<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    name: String,
+    version: Option<String>,
+    sha256: Option<Vec<String>>,
+    specifier: Option<String>,
+    min_age: Option<String>,
+    index: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevoke {
+    sha256: String,
+    reason: Option<String>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+enum Rule {
+    Exact(ExactRule),
+    Release(ReleaseRule),
+}
+
+/// Builds the policy from the text of every allowlist file. `indexes` are the configured
+/// upstream index names, the default first. Returns every error found, not just the first, so
+/// an operator fixes a file in one pass.
+pub fn load(files: &[(String, String)], indexes: &[String]) -> Result<Policy, Vec<LoadError>> {
+    let mut errors = Vec::new();
+    let mut policy = Policy {
+        files: files.len(),
+        ..Policy::default()
+    };
+    // Where each project's index binding was first stated, for conflict messages.
+    let mut bound_at: HashMap<ProjectName, (String, Source, bool)> = HashMap::new();
+    let default_index = indexes.first().cloned().unwrap_or_default();
+
+    for (file, text) in files {
+        let raw: RawFile = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+                let message = e.message().replace('\n', " ");
+                errors.push(LoadError {
+                    file: file.clone(),
+                    line,
+                    message,
+                });
+                continue;
+            }
+        };
+        let err = |errors: &mut Vec<LoadError>, span: std::ops::Range<usize>, message: String| {
+            errors.push(LoadError {
+                file: file.clone(),
+                line: line_of(text, span.start),
+                message,
+            })
+        };
+        for img in &raw.image {
+            err(
+                &mut errors,
+                img.span(),
+                "[[image]] rules need the OCI pull gate, which this version of tollgate does not include".into(),
+            );
+        }
+        for rv in &raw.revoke {
+            let span = rv.span();
+            let rv = rv.get_ref();
+            match Sha256::parse(&rv.sha256) {
+                Ok(h) => {
+                    let source = Source {
+                        file: file.clone(),
+                        line: line_of(text, span.start),
+                    };
+                    policy.revoked.entry(h).or_insert(Revocation {
+                        reason: rv.reason.clone().unwrap_or_else(|| "revoked".into()),
+                        source,
+                    });
+                }
+                Err(e) => err(&mut errors, span, format!("[[revoke]]: {e}")),
+            }
+        }
+        for pkg in &raw.package {
+            let span = pkg.span();
+            let source = Source {
+                file: file.clone(),
+                line: line_of(text, span.start),
+            };
+            let pkg = pkg.get_ref();
+            let name = match ProjectName::parse(&pkg.name) {
+                Ok(n) => n,
+                Err(e) => {
+                    err(&mut errors, span, e.to_string());
+                    continue;
+                }
+            };
+            let explicit_index = pkg.index.is_some();
+            let index = pkg.index.clone().unwrap_or_else(|| default_index.clone());
+            if !indexes.contains(&index) {
+                err(
+                    &mut errors,
+                    span.clone(),
+                    format!(
+                        "{name}: index {index:?} is not configured (configured: {})",
+                        indexes.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let rule = match (&pkg.version, &pkg.sha256, &pkg.specifier, &pkg.min_age) {
+                (Some(v), Some(hashes), None, None) => {
+                    let version = match Version::from_str(v) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            err(
+                                &mut errors,
+                                span,
+                                format!("{name}: version {v:?} is not a PEP 440 version: {e}"),
+                            );
+                            continue;
+                        }
+                    };
+                    if hashes.is_empty() {
+                        err(&mut errors, span, format!("{name} {v}: sha256 is empty; an exact release needs at least one pinned hash"));
+                        continue;
+                    }
+                    let mut set = BTreeSet::new();
+                    let mut bad = false;
+                    for h in hashes {
+                        match Sha256::parse(h.strip_prefix("sha256:").unwrap_or(h)) {
+                            Ok(h) => {
+                                if !set.insert(h) {
+                                    err(
+                                        &mut errors,
+                                        span.clone(),
+                                        format!("{name} {v}: sha256 {h} is listed twice"),
+                                    );
+                                    bad = true;
+                                }
+                            }
+                            Err(e) => {
+                                err(&mut errors, span.clone(), format!("{name} {v}: {e}"));
+                                bad = true;
+                            }
+                        }
+                    }
+                    if bad {
+                        continue;
+                    }
+                    Rule::Exact(ExactRule {
+                        version,
+                        sha256: set,
+                        source: source.clone(),
+                    })
+                }
+                (None, None, Some(spec), min_age) => {
+                    let specifiers = match VersionSpecifiers::from_str(spec) {
+                        Ok(s) if !spec.trim().is_empty() => s,
+                        Ok(_) => {
+                            err(&mut errors, span, format!("{name}: specifier is empty; write the releases it admits, e.g. \">=2.0,<3\""));
+                            continue;
+                        }
+                        Err(e) => {
+                            err(
+                                &mut errors,
+                                span,
+                                format!(
+                                    "{name}: specifier {spec:?} is not a PEP 440 specifier: {e}"
+                                ),
+                            );
+                            continue;
+                        }
+                    };
+                    let Some(min_age) = min_age else {
+                        err(
+                            &mut errors,
+                            span,
+                            format!("{name}: a release rule needs min_age (e.g. \"7d\")"),
+                        );
+                        continue;
+                    };
+                    let min_age = match parse_duration(min_age) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            err(&mut errors, span, format!("{name}: min_age: {e}"));
+                            continue;
+                        }
+                    };
+                    if indexes.len() > 1 && !explicit_index {
+                        err(&mut errors, span, format!("{name}: a release rule must name its index when more than one is configured"));
+                        continue;
+                    }
+                    Rule::Release(ReleaseRule {
+                        specifiers,
+                        min_age,
+                        source: source.clone(),
+                    })
+                }
+                _ => {
+                    err(
+                        &mut errors,
+                        span,
+                        format!("{name}: a [[package]] is either an exact release (version and sha256) or a release rule (specifier and min_age)"),
+                    );
+                    continue;
+                }
+            };
+
+            // One index per project: a second index for the same project is the dependency
+            // confusion this gate exists to prevent, so it is a load error, not a union.
+            match bound_at.get(&name) {
+                Some((first_index, first_src, _)) if *first_index != index => {
+                    err(
+                        &mut errors,
+                        span,
+                        format!("{name}: bound to index {index:?} here but to {first_index:?} at {first_src}; a project comes from one index only"),
+                    );
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    bound_at.insert(
+                        name.clone(),
+                        (index.clone(), source.clone(), explicit_index),
+                    );
+                }
+            }
+            let entry = policy
+                .projects
+                .entry(name.clone())
+                .or_insert_with(|| ProjectRules {
+                    index: index.clone(),
+                    exact: Vec::new(),
+                    release: Vec::new(),
+                });
+            match rule {
+                Rule::Exact(r) => {
+                    if let Some(prev) = entry.exact.iter().find(|p| p.version == r.version) {
+                        err(
+                            &mut errors,
+                            span,
+                            format!("{name} {}: a second exact rule for this release (first at {}); list every hash in one rule", r.version, prev.source),
+                        );
+                        continue;
+                    }
+                    entry.exact.push(r);
+                }
+                Rule::Release(r) => {
+                    if let Some(prev) = entry.release.iter().find(|p| p.specifiers == r.specifiers)
+                    {
+                        err(
+                            &mut errors,
+                            span,
+                            format!(
+                                "{name}: duplicate release rule {:?} (first at {})",
+                                r.specifiers.to_string(),
+                                prev.source
+                            ),
+                        );
+                        continue;
+                    }
+                    entry.release.push(r);
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn one(text: &str) -> Result<Policy, Vec<LoadError>> {
+        load(&[("a.toml".into(), text.into())], &["pypi".into()])
+    }
+
+    fn first_error(text: &str) -> String {
+        one(text).unwrap_err()[0].to_string()
+    }
+
+    #[test]
+    fn loads_exact_and_release_rules() {
+        let p = one(&format!(
+            "[[package]]\nname = \"NumPy\"\nversion = \"2.4.6\"\nsha256 = [\"{H1}\", \"sha256:{H2}\"]\n\n\
+             [[package]]\nname = \"numpy\"\nspecifier = \">=3\"\nmin_age = \"7d\"\n"
+        ))
+        .unwrap();
+        let np = p.project(&ProjectName::parse("numpy").unwrap()).unwrap();
+        assert_eq!(np.index, "pypi");
+        assert_eq!(np.exact[0].sha256.len(), 2);
+        assert_eq!(np.exact[0].source.line, 1);
+        assert_eq!(np.release[0].min_age, Duration::from_secs(7 * 86400));
+        assert_eq!(np.release[0].source.line, 6);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        assert_eq!(
+            first_error("\n\n[[package]]\nname = \"numpy\"\nversion = \"1.0\"\nsha256 = []\n"),
+            "a.toml:3: numpy 1.0: sha256 is empty; an exact release needs at least one pinned hash"
+        );
+        assert!(first_error(
+            "[[package]]\nname = \"numpy\"\nversion = \"1.0\"\nsha256 = [\"abc\"]\n"
+        )
+        .starts_with("a.toml:1: numpy 1.0: \"abc\" is not a sha256"));
+        assert!(
+            first_error("[[package]]\nname = \"-bad\"\nversion = \"1.0\"\nsha256 = [\"x\"]\n")
+                .contains("not a valid project name")
+        );
+        assert!(
+            first_error("[[package]]\nname = \"a\"\nspecifier = \">=1\"\n")
+                .contains("needs min_age")
+        );
+        assert!(
+            first_error("[[package]]\nname = \"a\"\nspecifier = \"~~1\"\nmin_age = \"1d\"\n")
+                .contains("not a PEP 440 specifier")
+        );
+        assert!(first_error(
+            "[[package]]\nname = \"a\"\nspecifier = \">=1\"\nmin_age = \"soon\"\n"
+        )
+        .contains("min_age"));
+        assert!(
+            first_error("[[package]]\nname = \"a\"\nversion = \"1.0\"\nspecifier = \">=1\"\n")
+                .contains("either an exact release")
+        );
+        assert!(first_error("[[package]]\nname = \"a\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\nindex = \"other\"\n").contains("not configured"));
+        assert!(first_error("[[package]]\nname = \"a\"\nbogus = 1\n").starts_with("a.toml:3:"));
+        assert!(first_error("[[package]\n").starts_with("a.toml:1:"));
+        assert!(first_error("[[image]]\nrepository = \"x\"\n").contains("OCI pull gate"));
+    }
+
+    #[test]
+    fn duplicates_and_conflicts_are_errors() {
+        let dup = format!(
+            "[[package]]\nname = \"a\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\n[[package]]\nname = \"A\"\nversion = \"1.0\"\nsha256 = [\"{H2}\"]\n"
+        );
+        assert!(one(&dup).unwrap_err()[0]
+            .to_string()
+            .starts_with("a.toml:5: a 1.0: a second exact rule"));
+        let twice = format!(
+            "[[package]]\nname = \"a\"\nversion = \"1.0\"\nsha256 = [\"{H1}\", \"{H1}\"]\n"
+        );
+        assert!(one(&twice).unwrap_err()[0].message.contains("listed twice"));
+        let confused = load(
+            &[
+                ("a.toml".into(), format!("[[package]]\nname = \"a\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\nindex = \"pypi\"\n")),
+                ("b.toml".into(), format!("[[package]]\nname = \"a\"\nversion = \"2.0\"\nsha256 = [\"{H2}\"]\nindex = \"private\"\n")),
+            ],
+            &["pypi".into(), "private".into()],
+        )
+        .unwrap_err();
+        assert_eq!(confused.len(), 1);
+        assert!(confused[0].to_string().starts_with(
+            "b.toml:1: a: bound to index \"private\" here but to \"pypi\" at a.toml:1"
+        ));
+        let need_index = load(
+            &[(
+                "a.toml".into(),
+                "[[package]]\nname = \"a\"\nspecifier = \">=1\"\nmin_age = \"1d\"\n".into(),
+            )],
+            &["pypi".into(), "private".into()],
+        )
+        .unwrap_err();
+        assert!(need_index[0].message.contains("must name its index"));
+    }
+
+    #[test]
+    fn collects_every_error_and_revocations() {
+        let errs = one(
+            "[[package]]\nname = \"a\"\n[[package]]\nname = \"b\"\n[[revoke]]\nsha256 = \"zz\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 3);
+        let p = one(&format!(
+            "[[revoke]]\nsha256 = \"{H1}\"\nreason = \"CVE-2099-1\"\n"
+        ))
+        .unwrap();
+        assert_eq!(p.revoked[&Sha256::parse(H1).unwrap()].reason, "CVE-2099-1");
+    }
+}

@@ -1,0 +1,444 @@
+//! The decision for one distribution file, as CONTRACT.md's rule semantics state it. Pure: every
+//! fact (the file, its first-sight pin, the clock) is handed in.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::allowlist::{Policy, ProjectRules, Source};
+use super::filename::{DistFilename, DistKind};
+use super::hash::Sha256;
+use super::name::ProjectName;
+
+/// What the gate recorded the first time it saw a file listed under a release rule.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pin {
+    pub sha256: String,
+    pub size: Option<u64>,
+    /// Unix seconds the file's `min_age` clock started: its upload time, or first sight when the
+    /// upstream gave none, or the moment a changed hash was first seen.
+    pub clock_start: i64,
+    pub first_seen: i64,
+    /// Hashes this filename carried before; never served again under a release rule.
+    #[serde(default)]
+    pub superseded: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    Exact(Source),
+    Release(Source),
+}
+
+impl Allowed {
+    pub fn source(&self) -> &Source {
+        match self {
+            Allowed::Exact(s) | Allowed::Release(s) => s,
+        }
+    }
+}
+
+/// Why a request is refused. Each renders to one sentence a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    NotAllowlisted(ProjectName),
+    Revoked {
+        sha256: Sha256,
+        reason: String,
+    },
+    WheelsOnly(String),
+    VersionNotAllowed {
+        filename: String,
+    },
+    HashNotPinned {
+        filename: String,
+        sha256: Sha256,
+    },
+    NotYetSeen {
+        filename: String,
+    },
+    SupersededPin {
+        filename: String,
+        sha256: Sha256,
+    },
+    TooNew {
+        filename: String,
+        remaining: Duration,
+    },
+    HashMismatch {
+        filename: String,
+        expected: Sha256,
+        actual: Sha256,
+    },
+}
+
+impl DenyReason {
+    /// A stable code for metrics labels and audit queries.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::NotAllowlisted(_) => "not_allowlisted",
+            DenyReason::Revoked { .. } => "revoked",
+            DenyReason::WheelsOnly(_) => "wheels_only",
+            DenyReason::VersionNotAllowed { .. } => "version_not_allowed",
+            DenyReason::HashNotPinned { .. } => "hash_not_pinned",
+            DenyReason::NotYetSeen { .. } => "not_yet_seen",
+            DenyReason::SupersededPin { .. } => "superseded_pin",
+            DenyReason::TooNew { .. } => "too_new",
+            DenyReason::HashMismatch { .. } => "hash_mismatch",
+        }
+    }
+
+    pub const CODES: [&'static str; 9] = [
+        "not_allowlisted",
+        "revoked",
+        "wheels_only",
+        "version_not_allowed",
+        "hash_not_pinned",
+        "not_yet_seen",
+        "superseded_pin",
+        "too_new",
+        "hash_mismatch",
+    ];
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 86_400 {
+        format!("{}d {}h", s / 86_400, (s % 86_400) / 3600)
+    } else if s >= 3600 {
+        format!("{}h {}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m {}s", s / 60, s % 60)
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::NotAllowlisted(p) => write!(f, "project {p} is not on the allowlist; ask the security team to approve it"),
+            DenyReason::Revoked { sha256, reason } => write!(f, "file sha256 {sha256} has been revoked: {reason}"),
+            DenyReason::WheelsOnly(file) => write!(f, "{file} is a source distribution and this index serves wheels only"),
+            DenyReason::VersionNotAllowed { filename } => write!(f, "{filename}: this release is not on the allowlist"),
+            DenyReason::HashNotPinned { filename, sha256 } => write!(f, "{filename} with sha256 {sha256} is not a pinned file of an allowlisted release"),
+            DenyReason::NotYetSeen { filename } => write!(f, "{filename} has not been pinned yet; it is pinned when the gate first lists it"),
+            DenyReason::SupersededPin { filename, sha256 } => write!(f, "{filename} with sha256 {sha256} was replaced upstream by another hash and is never served again"),
+            DenyReason::TooNew { filename, remaining } => write!(f, "{filename} is newer than the release rule's min_age; it becomes available in {}", human(*remaining)),
+            DenyReason::HashMismatch { filename, expected, actual } => write!(f, "{filename}: the upstream sent bytes with sha256 {actual}, but the pin is {expected}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny(DenyReason),
+}
+
+/// The project-level decision: a project on no rule is refused before anything is fetched.
+pub fn decide_project<'a>(
+    policy: &'a Policy,
+    project: &ProjectName,
+) -> Result<&'a ProjectRules, DenyReason> {
+    policy
+        .project(project)
+        .ok_or_else(|| DenyReason::NotAllowlisted(project.clone()))
+}
+
+/// Does any release rule of the project admit this version? Such files get a first-sight pin.
+pub fn release_rule_matches(rules: &ProjectRules, dist: &DistFilename) -> bool {
+    rules
+        .release
+        .iter()
+        .any(|r| r.specifiers.contains(&dist.version))
+}
+
+/// Decides one file of an admitted project. `pin` is the first-sight record of this filename,
+/// if the gate has one; `now` is Unix seconds.
+pub fn decide_file(
+    policy: &Policy,
+    rules: &ProjectRules,
+    wheels_only: bool,
+    dist: &DistFilename,
+    sha256: &Sha256,
+    pin: Option<&Pin>,
+    now: i64,
+) -> Decision {
+    // A revoked pin is refused whatever rule lists it.
+    if let Some(r) = policy.revoked.get(sha256) {
+        return Decision::Deny(DenyReason::Revoked {
+            sha256: *sha256,
+            reason: r.reason.clone(),
+        });
+    }
+    if wheels_only && dist.kind == DistKind::Sdist {
+        return Decision::Deny(DenyReason::WheelsOnly(dist.filename.clone()));
+    }
+    // Union of rules: the first rule that admits the file decides.
+    let mut exact_version_listed = false;
+    for rule in &rules.exact {
+        if rule.version == dist.version {
+            exact_version_listed = true;
+            if rule.sha256.contains(sha256) {
+                return Decision::Allow(Allowed::Exact(rule.source.clone()));
+            }
+        }
+    }
+    let mut release_reason = None;
+    let hex = sha256.hex();
+    for rule in &rules.release {
+        if !rule.specifiers.contains(&dist.version) {
+            continue;
+        }
+        let reason = match pin {
+            None => DenyReason::NotYetSeen {
+                filename: dist.filename.clone(),
+            },
+            Some(p) if p.sha256 != hex => {
+                if p.superseded.contains(&hex) {
+                    DenyReason::SupersededPin {
+                        filename: dist.filename.clone(),
+                        sha256: *sha256,
+                    }
+                } else {
+                    DenyReason::HashNotPinned {
+                        filename: dist.filename.clone(),
+                        sha256: *sha256,
+                    }
+                }
+            }
+            Some(p) => {
+                let age = now.saturating_sub(p.clock_start).max(0) as u64;
+                let min = rule.min_age.as_secs();
+                if age >= min {
+                    return Decision::Allow(Allowed::Release(rule.source.clone()));
+                }
+                DenyReason::TooNew {
+                    filename: dist.filename.clone(),
+                    remaining: Duration::from_secs(min - age),
+                }
+            }
+        };
+        release_reason.get_or_insert(reason);
+    }
+    Decision::Deny(match release_reason {
+        Some(r) => r,
+        None if exact_version_listed => DenyReason::HashNotPinned {
+            filename: dist.filename.clone(),
+            sha256: *sha256,
+        },
+        None => DenyReason::VersionNotAllowed {
+            filename: dist.filename.clone(),
+        },
+    })
+}
+
+/// The pin to record when a file of a release rule is seen listed. `declared` is the hash the
+/// upstream gives (or the one the gate computed); `upload_time` is PEP 700's, if any.
+/// Returns `None` when the existing pin stands unchanged.
+pub fn next_pin(
+    existing: Option<&Pin>,
+    declared: &Sha256,
+    size: Option<u64>,
+    upload_time: Option<i64>,
+    now: i64,
+) -> Option<Pin> {
+    let hex = declared.hex();
+    match existing {
+        Some(p) if p.sha256 == hex => {
+            if p.size.is_none() && size.is_some() {
+                let mut p = p.clone();
+                p.size = size;
+                Some(p)
+            } else {
+                None
+            }
+        }
+        Some(p) => {
+            // A changed hash restarts the clock from now: the upload time belongs to the old
+            // bytes, and the old hash is remembered so it is never served again.
+            let mut superseded = p.superseded.clone();
+            superseded.push(p.sha256.clone());
+            Some(Pin {
+                sha256: hex,
+                size,
+                clock_start: now,
+                first_seen: now,
+                superseded,
+            })
+        }
+        None => Some(Pin {
+            sha256: hex,
+            size,
+            // An upload time in the future is not believed.
+            clock_start: upload_time.map(|t| t.min(now)).unwrap_or(now),
+            first_seen: now,
+            superseded: Vec::new(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::allowlist::load;
+
+    const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const H3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+    const DAY: i64 = 86_400;
+
+    fn policy(extra: &str) -> Policy {
+        let text = format!(
+            "[[package]]\nname = \"demo\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\n\
+             [[package]]\nname = \"demo\"\nspecifier = \">=2,<3\"\nmin_age = \"7d\"\n{extra}"
+        );
+        load(&[("a.toml".into(), text)], &["pypi".into()]).unwrap()
+    }
+
+    fn decide(
+        p: &Policy,
+        file: &str,
+        sha: &str,
+        pin: Option<&Pin>,
+        wheels_only: bool,
+        now: i64,
+    ) -> Decision {
+        let name = ProjectName::parse("demo").unwrap();
+        let rules = decide_project(p, &name).unwrap();
+        let dist = DistFilename::parse(file, &name).unwrap();
+        decide_file(
+            p,
+            rules,
+            wheels_only,
+            &dist,
+            &Sha256::parse(sha).unwrap(),
+            pin,
+            now,
+        )
+    }
+
+    fn pin(sha: &str, clock_start: i64) -> Pin {
+        Pin {
+            sha256: sha.into(),
+            size: Some(10),
+            clock_start,
+            first_seen: clock_start,
+            superseded: vec![],
+        }
+    }
+
+    fn code(d: Decision) -> &'static str {
+        match d {
+            Decision::Allow(Allowed::Exact(_)) => "exact",
+            Decision::Allow(Allowed::Release(_)) => "release",
+            Decision::Deny(r) => r.code(),
+        }
+    }
+
+    #[test]
+    fn every_path() {
+        let p = policy("");
+        let now = 100 * DAY;
+        let cases: Vec<(&str, &str, Option<Pin>, bool, &str)> = vec![
+            ("demo-1.0-py3-none-any.whl", H1, None, false, "exact"),
+            ("demo-1.0.tar.gz", H1, None, false, "exact"),
+            ("demo-1.0.tar.gz", H1, None, true, "wheels_only"),
+            (
+                "demo-1.0-py3-none-any.whl",
+                H2,
+                None,
+                false,
+                "hash_not_pinned",
+            ),
+            // the pinned hash under another release's filename is not that release
+            (
+                "demo-1.1-py3-none-any.whl",
+                H1,
+                None,
+                false,
+                "version_not_allowed",
+            ),
+            (
+                "demo-3.0-py3-none-any.whl",
+                H1,
+                None,
+                false,
+                "version_not_allowed",
+            ),
+            ("demo-2.0-py3-none-any.whl", H2, None, false, "not_yet_seen"),
+            (
+                "demo-2.0-py3-none-any.whl",
+                H2,
+                Some(pin(H2, now - 8 * DAY)),
+                false,
+                "release",
+            ),
+            (
+                "demo-2.0-py3-none-any.whl",
+                H2,
+                Some(pin(H2, now - 6 * DAY)),
+                false,
+                "too_new",
+            ),
+            (
+                "demo-2.0-py3-none-any.whl",
+                H3,
+                Some(pin(H2, now - 8 * DAY)),
+                false,
+                "hash_not_pinned",
+            ),
+            (
+                "demo-2.0-py3-none-any.whl",
+                H3,
+                Some(Pin {
+                    superseded: vec![H3.into()],
+                    ..pin(H2, now - 8 * DAY)
+                }),
+                false,
+                "superseded_pin",
+            ),
+        ];
+        for (file, sha, pin, wo, want) in cases {
+            assert_eq!(
+                code(decide(&p, file, sha, pin.as_ref(), wo, now)),
+                want,
+                "{file} {sha}"
+            );
+        }
+    }
+
+    #[test]
+    fn revocation_beats_every_rule() {
+        let p = policy(&format!(
+            "[[revoke]]\nsha256 = \"{H1}\"\nreason = \"CVE-1\"\n"
+        ));
+        let d = decide(&p, "demo-1.0-py3-none-any.whl", H1, None, false, 0);
+        assert_eq!(code(d.clone()), "revoked");
+        if let Decision::Deny(r) = d {
+            assert!(r.to_string().contains("CVE-1"));
+        }
+    }
+
+    #[test]
+    fn unlisted_project_is_denied() {
+        let p = policy("");
+        let r = decide_project(&p, &ProjectName::parse("evil").unwrap()).unwrap_err();
+        assert_eq!(
+            r.to_string(),
+            "project evil is not on the allowlist; ask the security team to approve it"
+        );
+    }
+
+    #[test]
+    fn pins_follow_first_sight_and_restart_on_change() {
+        let h1 = Sha256::parse(H1).unwrap();
+        let h2 = Sha256::parse(H2).unwrap();
+        let first = next_pin(None, &h1, Some(5), Some(10), 1000).unwrap();
+        assert_eq!((first.clock_start, first.first_seen), (10, 1000));
+        assert_eq!(next_pin(Some(&first), &h1, Some(5), Some(10), 2000), None);
+        let future = next_pin(None, &h1, None, Some(5000), 1000).unwrap();
+        assert_eq!(future.clock_start, 1000);
+        let changed = next_pin(Some(&first), &h2, Some(6), Some(10), 3000).unwrap();
+        assert_eq!((changed.sha256.as_str(), changed.clock_start), (H2, 3000));
+        assert_eq!(changed.superseded, vec![H1.to_string()]);
+    }
+}

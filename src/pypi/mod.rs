@@ -1,0 +1,153 @@
+//! The PyPI-compatible simple index (PEP 503, PEP 691) and its file routes.
+
+pub mod page;
+pub mod render;
+pub mod service;
+pub mod upstream;
+pub mod wheel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+
+use crate::error::ApiError;
+use crate::policy::{ProjectName, Sha256};
+use crate::AppState;
+use render::Format;
+use service::Client;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/simple", get(|| async { redirect("simple/") }))
+        .route("/simple/", get(index))
+        .route("/simple/{project}", get(project_no_slash))
+        .route("/simple/{project}/", get(project))
+        .route("/files/{project}/{sha256}/{filename}", get(file))
+}
+
+/// A relative redirect, so it works behind any proxy and prefix (PEP 503: URLs must end in `/`,
+/// and clients follow a redirect to the normalised name).
+fn redirect(location: &str) -> Response {
+    let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn client_of(req: &Request) -> Client {
+    Client(
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into()),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+fn negotiate(q: &FormatQuery, headers: &HeaderMap) -> Result<Format, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    render::negotiate(q.format.as_deref(), accept).ok_or(ApiError::NotAcceptable)
+}
+
+/// A simple-API response with the caching headers PEP 691 clients rely on.
+fn page_response(format: Format, body: Bytes, etag: String, headers: &HeaderMap) -> Response {
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (StatusCode::OK, body).into_response()
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.header_value()),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=60"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    r
+}
+
+async fn index(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<FormatQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = negotiate(&q, &headers)?;
+    let lp = st.policy();
+    let projects: Vec<&ProjectName> = lp.policy.projects.keys().collect();
+    let body = Bytes::from(render::render_index(format, &projects));
+    let etag = format!(
+        "\"{}-{}\"",
+        lp.version,
+        format.content_type().len() + body.len()
+    );
+    Ok(page_response(format, body, etag, &headers))
+}
+
+async fn project_no_slash(Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let name = ProjectName::parse(&raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(redirect(&format!("{name}/")))
+}
+
+async fn project(
+    State(st): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(q): Query<FormatQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let name = ProjectName::parse(&raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if name.as_str() != raw {
+        return Ok(redirect(&format!("../{name}/")));
+    }
+    let format = negotiate(&q, req.headers())?;
+    let lp = st.policy();
+    let (body, etag) = st
+        .pypi
+        .project_page(&lp, &name, format, &client_of(&req))
+        .await?;
+    Ok(page_response(format, body, etag, req.headers()))
+}
+
+async fn file(
+    State(st): State<Arc<AppState>>,
+    Path((raw, sha, filename)): Path<(String, String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let name = ProjectName::parse(&raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let sha = Sha256::parse_canonical(&sha).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if name.as_str() != raw {
+        return Ok(redirect(&format!("../../{name}/{sha}/{filename}")));
+    }
+    let head = req.method() == Method::HEAD;
+    let lp = st.policy();
+    let client = client_of(&req);
+    if let Some(wheel) = filename.strip_suffix(".metadata") {
+        return st
+            .pypi
+            .metadata(&lp, &name, sha, wheel, head, &client)
+            .await;
+    }
+    st.pypi
+        .file(&lp, &name, sha, &filename, head, req.headers(), &client)
+        .await
+}

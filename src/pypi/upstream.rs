@@ -1,0 +1,247 @@
+//! The client for one upstream simple index. It fetches and never decides.
+//!
+//! Redirects are followed by hand so that credentials go only to the index's own origin and a
+//! file redirect can only land on a configured file host.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION};
+use reqwest::{StatusCode, Url};
+
+use super::page::{check_file_url, parse_html, parse_json, resolve_links, PageError, UpstreamFile};
+use crate::config::IndexConfig;
+use crate::metrics::{self, Metrics};
+use crate::policy::ProjectName;
+
+/// What the gate asks for: JSON first, HTML as the fallback (PEP 691).
+const PAGE_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1";
+const MAX_REDIRECTS: usize = 5;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream index {0} could not be reached")]
+    Unreachable(String),
+    #[error("upstream index {0} answered HTTP {1}")]
+    Status(String, u16),
+    #[error("upstream index {0} refused the gate's credentials")]
+    Auth(String),
+    #[error("upstream index {0} sent a page larger than limits.page_bytes")]
+    TooLarge(String),
+    #[error("upstream index {0}: {1}")]
+    Page(String, PageError),
+    #[error("upstream index {0} redirected where the gate does not follow: {1}")]
+    Redirect(String, String),
+    #[error("not found upstream")]
+    NotFound,
+}
+
+pub struct Upstream {
+    pub cfg: IndexConfig,
+    client: reqwest::Client,
+    page_limit: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    pub fn new(
+        cfg: IndexConfig,
+        page_limit: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, String> {
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .read_timeout(timeout)
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("index {}: ca_file {}: {e}", cfg.name, ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("index {}: ca_file {}: {e}", cfg.name, ca.display()))?;
+            b = b.add_root_certificate(cert);
+        }
+        let client = b.build().map_err(|e| format!("index {}: {e}", cfg.name))?;
+        Ok(Upstream {
+            cfg,
+            client,
+            page_limit,
+            metrics,
+        })
+    }
+
+    fn request(&self, url: &Url, accept: Option<&str>) -> reqwest::RequestBuilder {
+        let mut r = self.client.get(url.clone());
+        if let Some(a) = accept {
+            r = r.header(ACCEPT, a);
+        }
+        // Credentials only to the index's own origin: never to a file host elsewhere, never
+        // along a redirect to another origin.
+        if url.origin() == self.cfg.url.origin() {
+            if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
+                r = r.basic_auth(u, Some(p.expose()));
+            }
+        }
+        r
+    }
+
+    /// Sends a GET, following up to five redirects that `allowed` accepts.
+    async fn get(
+        &self,
+        mut url: Url,
+        accept: Option<&str>,
+        kind: metrics::Upstream,
+        allowed: impl Fn(&Url) -> Result<(), String>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let name = self.cfg.name.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let started = Instant::now();
+            let resp = match self.request(&url, accept).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.metrics.upstream(kind, started.elapsed(), false);
+                    tracing::warn!(index = %name, url = %safe(&url), error = %e, "upstream request failed");
+                    return Err(UpstreamError::Unreachable(name));
+                }
+            };
+            let status = resp.status();
+            self.metrics.upstream(
+                kind,
+                started.elapsed(),
+                status.is_success() || status == StatusCode::NOT_FOUND || status.is_redirection(),
+            );
+            if status.is_redirection() {
+                let next = resp
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| url.join(l).ok())
+                    .ok_or_else(|| {
+                        UpstreamError::Redirect(
+                            name.clone(),
+                            "redirect without a usable Location".into(),
+                        )
+                    })?;
+                allowed(&next).map_err(|e| UpstreamError::Redirect(name.clone(), e))?;
+                url = next;
+                continue;
+            }
+            return match status {
+                s if s.is_success() => Ok(resp),
+                StatusCode::NOT_FOUND | StatusCode::GONE => Err(UpstreamError::NotFound),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(UpstreamError::Auth(name)),
+                s => Err(UpstreamError::Status(name, s.as_u16())),
+            };
+        }
+        Err(UpstreamError::Redirect(name, "too many redirects".into()))
+    }
+
+    /// Fetches and parses a project's page. A project the upstream does not know has no files.
+    pub async fn fetch_page(
+        &self,
+        project: &ProjectName,
+    ) -> Result<Vec<UpstreamFile>, UpstreamError> {
+        let name = self.cfg.name.clone();
+        let url = self
+            .cfg
+            .url
+            .join(&format!("{project}/"))
+            .map_err(|_| UpstreamError::Unreachable(name.clone()))?;
+        let origin = self.cfg.url.origin();
+        let resp = match self
+            .get(
+                url.clone(),
+                Some(PAGE_ACCEPT),
+                metrics::Upstream::Page,
+                |u| {
+                    if u.origin() == origin {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "page redirect to another origin ({})",
+                            u.host_str().unwrap_or("")
+                        ))
+                    }
+                },
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(UpstreamError::NotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let final_url = resp.url().clone();
+        let is_json = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.contains("json"));
+        let body = read_limited(resp, self.page_limit)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => UpstreamError::TooLarge(name.clone()),
+                ReadError::Broken => UpstreamError::Unreachable(name.clone()),
+            })?;
+        let (links, base) = if is_json {
+            let (l, _) = parse_json(&body).map_err(|e| UpstreamError::Page(name.clone(), e))?;
+            (l, None)
+        } else {
+            let text = std::str::from_utf8(&body).map_err(|_| {
+                UpstreamError::Page(
+                    name.clone(),
+                    PageError::Malformed("HTML is not UTF-8".into()),
+                )
+            })?;
+            parse_html(text)
+        };
+        let (files, problems) =
+            resolve_links(links, &final_url, base.as_deref(), &self.cfg.file_hosts);
+        for p in problems {
+            tracing::warn!(index = %name, %project, problem = %p, "upstream link dropped");
+        }
+        Ok(files)
+    }
+
+    /// Opens a file download; redirects may only go to configured file hosts.
+    pub async fn open_file(&self, url: &Url) -> Result<reqwest::Response, UpstreamError> {
+        check_file_url(url, &self.cfg.file_hosts)
+            .map_err(|e| UpstreamError::Redirect(self.cfg.name.clone(), e))?;
+        let hosts = self.cfg.file_hosts.clone();
+        self.get(url.clone(), None, metrics::Upstream::File, move |u| {
+            check_file_url(u, &hosts)
+        })
+        .await
+    }
+}
+
+/// A URL for logs: no credentials, no query (signed URLs carry tokens there).
+pub fn safe(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.to_string()
+}
+
+pub enum ReadError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads a body, never past `limit` bytes (nor past a declared Content-Length over it).
+pub async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, ReadError> {
+    if resp.content_length().is_some_and(|l| l > limit) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ReadError::Broken)?;
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(ReadError::TooLarge);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}

@@ -1,0 +1,85 @@
+//! Serving: listener (plain or TLS), graceful shutdown, and SIGHUP reloads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+use axum_server::Handle;
+
+use crate::{app, AppState};
+
+/// How long in-flight requests get to finish after SIGTERM / Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
+    let cfg = state.config.clone();
+    let handle = Handle::new();
+    tokio::spawn(signals(state.clone(), handle.clone()));
+
+    let svc = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let h2 = handle.clone();
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    tokio::spawn(async move {
+        if let Some(addr) = h2.listening().await {
+            // Printed on stdout so scripts can find an ephemeral port (listen = "127.0.0.1:0").
+            println!("tollgate listening on {scheme}://{addr}");
+            tracing::info!(%addr, "listening");
+        }
+    });
+    // hyper's read buffer bounds the request head: larger headers get 431.
+    let header_limit = (cfg.limits.header_bytes as usize).max(8192);
+    let result = match &cfg.tls {
+        Some(tls) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "tls: cannot load {} / {}: {e}",
+                        tls.cert.display(),
+                        tls.key.display()
+                    )
+                })?;
+            let mut server = axum_server::bind_rustls(cfg.listen, rustls).handle(handle);
+            server.http_builder().http1().max_buf_size(header_limit);
+            server.serve(svc).await
+        }
+        None => {
+            let mut server = axum_server::bind(cfg.listen).handle(handle);
+            server.http_builder().http1().max_buf_size(header_limit);
+            server.serve(svc).await
+        }
+    };
+    result.map_err(|e| format!("cannot serve on {}: {e}", cfg.listen))
+}
+
+async fn signals(state: Arc<AppState>, handle: Handle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match state.reload() {
+                Ok((exact, release)) => tracing::info!(exact, release, "allowlists reloaded"),
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::error!(error = %e, "allowlist reload refused");
+                    }
+                    tracing::error!(count = errors.len(), "allowlists NOT reloaded; the previous policy stays in force");
+                }
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    state.ready.store(false, Relaxed);
+    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+}

@@ -1,0 +1,202 @@
+//! Content-addressed cache of verified files under `data_dir/cache/`.
+//!
+//! A file enters only through [`Cache::commit`], after its hash matched: bytes are written to
+//! `data_dir/tmp/`, fsynced, then renamed into place, so a crash never leaves a partial file at
+//! a cache path. Paths are built from a [`Sha256`] only, never from a name a client sent.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError, CACHED};
+use crate::metrics::Metrics;
+use crate::policy::Sha256;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheRecord {
+    pub size: u64,
+    /// Unix seconds of the last time it was served (kept in memory, persisted on commit).
+    pub last_access: i64,
+}
+
+pub struct Cache {
+    root: PathBuf,
+    tmp: PathBuf,
+    max_bytes: u64,
+    index: Mutex<HashMap<Sha256, CacheRecord>>,
+    used: AtomicU64,
+    temp_seq: AtomicU64,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A temp file being filled with bytes that are not yet verified.
+pub struct TempFile {
+    pub path: PathBuf,
+    pub file: tokio::fs::File,
+}
+
+impl Cache {
+    /// Opens the cache, dropping leftovers of a crash: temp files, index rows whose file is
+    /// gone, and files no index row names.
+    pub fn open(
+        data_dir: &Path,
+        max_bytes: u64,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Cache, StoreError> {
+        let root = data_dir.join("cache");
+        let tmp = data_dir.join("tmp");
+        std::fs::create_dir_all(&root)?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let mut index = HashMap::new();
+        let mut gone = Vec::new();
+        for (k, rec) in store.all::<CacheRecord>(CACHED)? {
+            match Sha256::parse(&k) {
+                Ok(sha)
+                    if std::fs::metadata(path_in(&root, &sha))
+                        .is_ok_and(|m| m.len() == rec.size) =>
+                {
+                    index.insert(sha, rec);
+                }
+                _ => gone.push(k),
+            }
+        }
+        store.remove_many(CACHED, &gone)?;
+        for shard in std::fs::read_dir(&root)?.flatten() {
+            if let Ok(files) = std::fs::read_dir(shard.path()) {
+                for f in files.flatten() {
+                    let known = Sha256::parse(&f.file_name().to_string_lossy())
+                        .is_ok_and(|s| index.contains_key(&s));
+                    if !known {
+                        let _ = std::fs::remove_file(f.path());
+                    }
+                }
+            }
+        }
+        let used = index.values().map(|r| r.size).sum();
+        metrics.cache_bytes.store(used, Relaxed);
+        Ok(Cache {
+            root,
+            tmp,
+            max_bytes,
+            index: Mutex::new(index),
+            used: AtomicU64::new(used),
+            temp_seq: AtomicU64::new(0),
+            store,
+            metrics,
+        })
+    }
+
+    pub fn path(&self, sha: &Sha256) -> PathBuf {
+        path_in(&self.root, sha)
+    }
+
+    /// The size of a cached file, marking it used.
+    pub fn lookup(&self, sha: &Sha256) -> Option<u64> {
+        let mut idx = self.index.lock().ok()?;
+        let rec = idx.get_mut(sha)?;
+        rec.last_access = now_secs();
+        Some(rec.size)
+    }
+
+    pub async fn temp_file(&self) -> std::io::Result<TempFile> {
+        let n = self.temp_seq.fetch_add(1, Relaxed);
+        let path = self.tmp.join(format!("{}-{n}", std::process::id()));
+        let file = tokio::fs::File::create(&path).await?;
+        Ok(TempFile { path, file })
+    }
+
+    /// Moves a verified temp file into the cache. The caller has checked its hash. Makes room
+    /// by evicting least-recently-used files; a file larger than the whole quota is not kept.
+    pub async fn commit(&self, temp: TempFile, sha: Sha256, size: u64) -> Result<bool, StoreError> {
+        let TempFile { path, file } = temp;
+        file.sync_all().await?;
+        drop(file);
+        if size > self.max_bytes {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Ok(false);
+        }
+        if self.lookup(&sha).is_some() {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Ok(true);
+        }
+        self.make_room(size).await?;
+        let dest = self.path(&sha);
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::rename(&path, &dest).await?;
+        if let Some(parent) = dest.parent() {
+            // fsync the directory so the rename itself survives a crash.
+            if let Ok(d) = tokio::fs::File::open(parent).await {
+                let _ = d.sync_all().await;
+            }
+        }
+        let rec = CacheRecord {
+            size,
+            last_access: now_secs(),
+        };
+        let store = self.store.clone();
+        let key = sha.hex();
+        let rec2 = rec.clone();
+        tokio::task::spawn_blocking(move || store.put(CACHED, &key, &rec2))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        if let Ok(mut idx) = self.index.lock() {
+            idx.insert(sha, rec);
+        }
+        let used = self.used.fetch_add(size, Relaxed) + size;
+        self.metrics.cache_bytes.store(used, Relaxed);
+        self.metrics.cache_bytes_stored.fetch_add(size, Relaxed);
+        Ok(true)
+    }
+
+    async fn make_room(&self, size: u64) -> Result<(), StoreError> {
+        loop {
+            let used = self.used.load(Relaxed);
+            if used + size <= self.max_bytes {
+                return Ok(());
+            }
+            let victim = {
+                let idx = match self.index.lock() {
+                    Ok(i) => i,
+                    Err(_) => return Ok(()),
+                };
+                idx.iter()
+                    .min_by_key(|(_, r)| r.last_access)
+                    .map(|(s, r)| (*s, r.size))
+            };
+            let Some((sha, vsize)) = victim else {
+                return Ok(());
+            };
+            if let Ok(mut idx) = self.index.lock() {
+                idx.remove(&sha);
+            }
+            // An open handle keeps serving an evicted file: unlink does not cut a response.
+            let _ = tokio::fs::remove_file(self.path(&sha)).await;
+            let store = self.store.clone();
+            let key = sha.hex();
+            let _ = tokio::task::spawn_blocking(move || store.remove_many(CACHED, &[key])).await;
+            let used = self.used.fetch_sub(vsize, Relaxed) - vsize;
+            self.metrics.cache_bytes.store(used, Relaxed);
+            self.metrics.cache_evictions.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn path_in(root: &Path, sha: &Sha256) -> PathBuf {
+    let hex = sha.hex();
+    root.join(&hex[..2]).join(hex)
+}

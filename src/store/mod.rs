@@ -1,0 +1,154 @@
+//! The embedded metadata store (redb) and the content-addressed cache of verified files.
+
+pub mod cache;
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use cache::Cache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Db(Box<redb::Error>),
+    #[error("store is in use by another tollgate process (a running gate holds it): {0}")]
+    Locked(String),
+    #[error("cache I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store record could not be decoded: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(Box::new(e.into())) }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// First-sight pins of release rules: `{project}/{filename}` → `Pin`.
+pub const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
+/// Hashes the gate computed for files whose upstream declared none: file URL → `Observed`.
+pub const OBSERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("observed");
+/// The last good upstream page per `{index}/{project}`, served stale when the upstream is down.
+pub const PAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("pages");
+/// Cache index: sha256 → `CacheRecord`.
+pub const CACHED: TableDefinition<&str, &[u8]> = TableDefinition::new("cached");
+/// Wheel sha256 → sha256 of its METADATA file (itself in the cache).
+pub const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+
+const TABLES: [TableDefinition<&str, &[u8]>; 5] = [PINS, OBSERVED, PAGES, CACHED, METADATA];
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked(path.display().to_string()))
+            }
+            Err(e) => return Err(StoreError::Db(Box::new(e.into()))),
+        };
+        let w = db.begin_write()?;
+        for t in TABLES {
+            w.open_table(t)?;
+        }
+        w.commit()?;
+        Ok(Store { db })
+    }
+
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(table)?;
+        match t.get(key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes several records in one durable transaction.
+    pub fn put_many<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        items: &[(String, T)],
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(table)?;
+            for (k, v) in items {
+                let bytes = serde_json::to_vec(v)?;
+                t.insert(k.as_str(), bytes.as_slice())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value)?;
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(table)?;
+            t.insert(key, bytes.as_slice())?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn remove_many(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        keys: &[String],
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(table)?;
+            for k in keys {
+                t.remove(k.as_str())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(table)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+}
