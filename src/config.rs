@@ -283,7 +283,12 @@ impl Config {
             None => Duration::from_secs(30),
             Some(s) => match parse_duration(&s) {
                 Ok(d) if !d.is_zero() => d,
-                _ => return Err(invalid(line_of("upstream_timeout"), format!("upstream_timeout: {s:?} is not a positive duration"))),
+                _ => {
+                    return Err(invalid(
+                        line_of("upstream_timeout"),
+                        format!("upstream_timeout: {s:?} is not a positive duration"),
+                    ))
+                }
             },
         };
         let mut indexes = Vec::new();

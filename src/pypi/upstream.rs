@@ -48,6 +48,7 @@ impl Upstream {
     pub fn new(
         cfg: IndexConfig,
         page_limit: u64,
+        timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, String> {
         let mut b = reqwest::Client::builder()
