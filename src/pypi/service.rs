@@ -125,6 +125,7 @@ impl Pypi {
                 Arc::new(Upstream::new(
                     idx.clone(),
                     config.limits.page_bytes,
+                    config.pypi.upstream_timeout,
                     metrics.clone(),
                 )?),
             );
