@@ -47,6 +47,8 @@ impl Format {
 /// unparseable Accept gets text/html, as PEP 691 recommends for clients that say nothing.
 pub fn negotiate(format_param: Option<&str>, accept: Option<&str>) -> Option<Format> {
     if let Some(f) = format_param {
+        // An unencoded `+` in a query string decodes to a space (URL form encoding).
+        let f = f.replace(' ', "+");
         return Format::ALL.into_iter().find(|c| c.content_type() == f);
     }
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {

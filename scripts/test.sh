@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests drive (pip's own
+# client is already there; uv and pypiserver come from PyPI), then lint and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pip=()
+command -v uv >/dev/null 2>&1 || need_pip+=(uv)
+command -v pypi-server >/dev/null 2>&1 || need_pip+=(pypiserver)
+if [ ${#need_pip[@]} -gt 0 ]; then
+    python3 -m pip install --disable-pip-version-check -q "${need_pip[@]}"
+fi
+# pyenv installs console scripts behind shims; make sure new ones are visible.
+command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+if command -v cargo-nextest >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast
+else
+    cargo test --no-fail-fast
+fi

@@ -1,0 +1,326 @@
+//! Harness for the end-to-end tests: real processes on 127.0.0.1 (the tollgate binary, a
+//! static PEP 503 tree served by Python's http.server, pypiserver, a misbehaving upstream) and
+//! real clients (pip, uv). Every process is killed when its guard drops.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn support(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(file)
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Dist {
+    pub sha256: String,
+    pub size: u64,
+    pub project: String,
+}
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub dists: BTreeMap<String, Dist>,
+}
+
+impl Fixture {
+    /// Builds the test distributions and a static PEP 503 tree.
+    pub fn build() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("python3")
+            .arg(support("fixtures.py"))
+            .arg(dir.path().join("upstream"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fixtures.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dists = serde_json::from_slice(&out.stdout).unwrap();
+        Fixture { dir, dists }
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("upstream")
+    }
+    pub fn sha(&self, file: &str) -> &str {
+        &self.dists[file].sha256
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+/// Spawns a process whose first stdout line (after `prefix`) carries its port.
+fn spawn_with_port(mut cmd: Command, log: PathBuf, parse: impl Fn(&str) -> Option<u16>) -> Proc {
+    let logf = std::fs::File::create(&log).unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(logf))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(line.clone());
+            line.clear();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(p) = parse(line.trim()) {
+                    return Proc {
+                        child,
+                        port: p,
+                        log,
+                    };
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "process did not report its port; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// Python's http.server over a static tree: the plainest PEP 503 upstream.
+pub fn static_upstream(root: &Path, log: PathBuf) -> Proc {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", "import http.server,functools,sys\nh=functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])\ns=http.server.ThreadingHTTPServer(('127.0.0.1',0),h)\nprint('port',s.server_address[1],flush=True)\ns.serve_forever()"]).arg(root);
+    spawn_with_port(cmd, log, |l| {
+        l.strip_prefix("port ").and_then(|p| p.parse().ok())
+    })
+}
+
+pub fn liar_upstream(wheels: &Path, log: PathBuf) -> Proc {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u").arg(support("liar_upstream.py")).arg(wheels);
+    spawn_with_port(cmd, log, |l| {
+        l.strip_prefix("port ").and_then(|p| p.parse().ok())
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real pypiserver (installed by the test script) over a package folder.
+pub fn pypiserver(packages: &Path, log: PathBuf) -> Proc {
+    let port = free_port();
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = Command::new("pypi-server")
+        .args([
+            "run",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--hash-algo",
+            "sha256",
+            "-a",
+            ".",
+            "-P",
+            ".",
+        ])
+        .arg(packages)
+        .stdout(Stdio::from(logf.try_clone().unwrap()))
+        .stderr(Stdio::from(logf))
+        .spawn()
+        .expect("pypi-server must be installed (the test script installs it)");
+    let p = Proc { child, port, log };
+    wait_http(&format!("http://127.0.0.1:{port}/simple/"));
+    p
+}
+
+pub fn wait_http(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if Command::new("python3")
+            .args([
+                "-c",
+                "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)",
+            ])
+            .arg(url)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{url} did not come up");
+}
+
+pub struct Gate {
+    pub proc: Proc,
+    pub dir: PathBuf,
+}
+
+impl Gate {
+    /// Starts the real tollgate binary with `config` (listen/data_dir/allowlist_dir are added)
+    /// and the given allowlist file.
+    pub fn start(dir: &Path, config: &str, allowlist: &str) -> Gate {
+        std::fs::create_dir_all(dir.join("allowlists")).unwrap();
+        std::fs::write(dir.join("allowlists/test.toml"), allowlist).unwrap();
+        let cfg = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nallowlist_dir = \"allowlists\"\n{config}");
+        std::fs::write(dir.join("tollgate.toml"), cfg).unwrap();
+        Self::restart(dir)
+    }
+
+    pub fn restart(dir: &Path) -> Gate {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(dir.join("tollgate.toml"))
+            .env("RUST_LOG", "info");
+        let proc = spawn_with_port(cmd, dir.join("gate.log"), |l| {
+            l.rsplit(':')
+                .next()
+                .filter(|_| l.starts_with("tollgate listening"))
+                .and_then(|p| p.parse().ok())
+        });
+        Gate {
+            proc,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.proc.port)
+    }
+
+    pub fn index(&self) -> String {
+        self.url("/simple/")
+    }
+
+    pub fn cache_has(&self, sha: &str) -> bool {
+        self.dir
+            .join("data/cache")
+            .join(&sha[..2])
+            .join(sha)
+            .exists()
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("metric {name_and_labels} not found"))
+    }
+}
+
+pub fn requirements(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let p = dir.join(format!("{name}.txt"));
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p
+}
+
+pub fn pip_install(index: &str, req: &Path, target: &Path) -> Output {
+    Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+            "--require-hashes",
+            "--only-binary",
+            ":all:",
+            "--index-url",
+            index,
+            "--target",
+        ])
+        .arg(target)
+        .arg("-r")
+        .arg(req)
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .output()
+        .unwrap()
+}
+
+pub fn uv_install(index: &str, req: &Path, target: &Path) -> Output {
+    Command::new("uv")
+        .args([
+            "pip",
+            "install",
+            "--no-cache",
+            "--require-hashes",
+            "--python",
+            "python3",
+            "--index-url",
+            index,
+            "--target",
+        ])
+        .arg(target)
+        .arg("-r")
+        .arg(req)
+        .env("UV_NO_CONFIG", "1")
+        .output()
+        .expect("uv must be installed (the test script installs it)")
+}
+
+pub fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

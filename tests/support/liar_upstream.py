@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""An upstream index that misbehaves on purpose, for the fault tests.
+
+usage: liar_upstream.py WHEEL_DIR   (prints "port N" on stdout once listening)
+
+Projects (each page is PEP 691 JSON unless said otherwise):
+  err500     the page answers 500
+  badjson    the page is not JSON although it says so
+  slow       the page takes 5 s
+  offhost    the page links its file to a host that is not a configured file host
+  truncated  the file declares its full length and sends half, then closes
+  longer     the page lists a size, the file sends more bytes than that
+  good       a well-behaved page and file
+"""
+import hashlib
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+WHEELS = sys.argv[1]
+
+
+def wheel(project):
+    name = f"{project}-1.0-py3-none-any.whl"
+    with open(os.path.join(WHEELS, "good-1.0-py3-none-any.whl"), "rb") as f:
+        data = f.read()
+    return name, data
+
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, fmt, *args):
+        sys.stderr.write("REQ %s\n" % self.path)
+        sys.stderr.flush()
+
+    def send(self, code, body, ctype="application/vnd.pypi.simple.v1+json", length=None):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        parts = [p for p in self.path.split("/") if p]
+        if len(parts) == 2 and parts[0] == "simple":
+            project = parts[1]
+            if project == "err500":
+                return self.send(500, b"boom", "text/plain")
+            if project == "badjson":
+                return self.send(200, b"{not json")
+            if project == "slow":
+                time.sleep(5)
+            name, data = wheel(project)
+            port = self.server.server_address[1]
+            url = f"http://127.0.0.1:{port}/files/{name}"
+            if project == "offhost":
+                url = f"https://evil.example/{name}"
+            size = len(data) - 100 if project == "longer" else len(data)
+            page = {
+                "meta": {"api-version": "1.1"},
+                "name": project,
+                "files": [{"filename": name, "url": url, "hashes": {"sha256": hashlib.sha256(data).hexdigest()}, "size": size}],
+            }
+            return self.send(200, json.dumps(page).encode())
+        if len(parts) == 2 and parts[0] == "files":
+            project = parts[1].split("-")[0]
+            _, data = wheel(project)
+            if project == "truncated":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            return self.send(200, data, "application/octet-stream")
+        self.send(404, b"not found", "text/plain")
+
+
+srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("port", srv.server_address[1], flush=True)
+srv.serve_forever()
