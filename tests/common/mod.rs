@@ -119,6 +119,7 @@ fn spawn_with_port(mut cmd: Command, log: PathBuf, parse: impl Fn(&str) -> Optio
             }
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!(
                     "process did not report its port; log:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
