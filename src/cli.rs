@@ -108,6 +108,7 @@ pub fn verdict(
             .is_some_and(|f| f.ends_with(".tar.gz") || f.ends_with(".zip"))
     };
     let mut other_versions = Vec::new();
+    let mut unpinned = None;
     for rule in &rules.exact {
         if rule.version == p.version {
             let ok: Vec<_> = live
@@ -123,7 +124,7 @@ pub fn verdict(
                     rule.source
                 ));
             }
-            return Err(format!(
+            unpinned = Some(format!(
                 "{}=={}: none of the line's hashes is pinned for this release ({} pinned at {})",
                 p.name,
                 p.version,
@@ -145,6 +146,9 @@ pub fn verdict(
             rule.source,
             rule.min_age.as_secs()
         ));
+    }
+    if let Some(m) = unpinned {
+        return Err(m);
     }
     Err(format!(
         "{}=={}: this release is not allowed (allowed: {})",

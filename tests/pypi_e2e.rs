@@ -451,6 +451,9 @@ async fn simple_api_surface() {
         .unwrap();
     assert_eq!(part.status(), 206);
     assert_eq!(part.bytes().await.unwrap(), full.slice(10..20));
+    // Cached bytes are served only under the name they were verified as.
+    let renamed = format!("/files/demo-a/{wheel_sha}/demo_a-1.0.tar.gz");
+    assert_eq!(get(&renamed, "*/*").await.unwrap().status(), 404);
     let md = get(&format!("{wheel}.metadata"), "*/*").await.unwrap();
     assert_eq!(md.status(), 200);
     let md = md.text().await.unwrap();

@@ -352,12 +352,9 @@ pub fn load(files: &[(String, String)], indexes: &[String]) -> Result<Policy, Ve
                 });
             match rule {
                 Rule::Exact(r) => {
-                    if let Some(prev) = entry.exact.iter().find(|p| p.version == r.version) {
-                        err(
-                            &mut errors,
-                            span,
-                            format!("{name} {}: a second exact rule for this release (first at {}); list every hash in one rule", r.version, prev.source),
-                        );
+                    // Union of rules: two files pinning files of one release add up.
+                    if let Some(prev) = entry.exact.iter_mut().find(|p| p.version == r.version) {
+                        prev.sha256.extend(r.sha256);
                         continue;
                     }
                     entry.exact.push(r);
@@ -456,12 +453,11 @@ mod tests {
 
     #[test]
     fn duplicates_and_conflicts_are_errors() {
-        let dup = format!(
+        let union = format!(
             "[[package]]\nname = \"a\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\n[[package]]\nname = \"A\"\nversion = \"1.0\"\nsha256 = [\"{H2}\"]\n"
         );
-        assert!(one(&dup).unwrap_err()[0]
-            .to_string()
-            .starts_with("a.toml:5: a 1.0: a second exact rule"));
+        let p = one(&union).unwrap();
+        assert_eq!(p.projects.values().next().unwrap().exact[0].sha256.len(), 2);
         let twice = format!(
             "[[package]]\nname = \"a\"\nversion = \"1.0\"\nsha256 = [\"{H1}\", \"{H1}\"]\n"
         );

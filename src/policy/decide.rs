@@ -192,6 +192,11 @@ pub fn decide_file(
             None => DenyReason::NotYetSeen {
                 filename: dist.filename.clone(),
             },
+            // A hash the upstream replaced is never served again, even if it comes back.
+            Some(p) if p.superseded.contains(&hex) => DenyReason::SupersededPin {
+                filename: dist.filename.clone(),
+                sha256: *sha256,
+            },
             Some(p) if p.sha256 != hex => {
                 if p.superseded.contains(&hex) {
                     DenyReason::SupersededPin {
@@ -243,6 +248,8 @@ pub fn next_pin(
 ) -> Option<Pin> {
     let hex = declared.hex();
     match existing {
+        // An old hash coming back does not become the pin again.
+        Some(p) if p.superseded.contains(&hex) => None,
         Some(p) if p.sha256 == hex => {
             if p.size.is_none() && size.is_some() {
                 let mut p = p.clone();
@@ -440,5 +447,20 @@ mod tests {
         let changed = next_pin(Some(&first), &h2, Some(6), Some(10), 3000).unwrap();
         assert_eq!((changed.sha256.as_str(), changed.clock_start), (H2, 3000));
         assert_eq!(changed.superseded, vec![H1.to_string()]);
+        // A -> B -> A: the old hash is not adopted again, and stays refused.
+        assert_eq!(next_pin(Some(&changed), &h1, Some(5), Some(10), 4000), None);
+        let p = policy("");
+        let back = decide(
+            &p,
+            "demo-2.0-py3-none-any.whl",
+            H1,
+            Some(&Pin {
+                clock_start: 0,
+                ..changed
+            }),
+            false,
+            100 * DAY,
+        );
+        assert_eq!(code(back), "superseded_pin");
     }
 }

@@ -34,6 +34,8 @@ use crate::store::{Cache, Store, METADATA, OBSERVED, PAGES, PINS};
 const FAILURE_BACKOFF_SECS: i64 = 5;
 /// Background hashing of files whose upstream declares no hash, at most this many at once.
 const MAX_BACKGROUND_HASHING: usize = 4;
+/// How long the shared download waits for the first client to take a chunk.
+const CLIENT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The policy in force and its version (bumped on every reload).
 pub struct LoadedPolicy {
@@ -95,6 +97,9 @@ pub struct Pypi {
     downloads: Mutex<HashMap<Sha256, watch::Receiver<Download>>>,
     hashing: Mutex<HashSet<String>>,
     pins_gen: AtomicU64,
+    /// Serialises the read-modify-write of first-sight pins, so two renders of one page cannot
+    /// lose a superseded hash.
+    pin_lock: tokio::sync::Mutex<()>,
     store: Arc<Store>,
     pub cache: Arc<Cache>,
     metrics: Arc<Metrics>,
@@ -143,6 +148,7 @@ impl Pypi {
             downloads: Mutex::default(),
             hashing: Mutex::default(),
             pins_gen: AtomicU64::new(0),
+            pin_lock: tokio::sync::Mutex::new(()),
             store,
             cache,
             metrics,
@@ -386,6 +392,11 @@ impl Pypi {
         project: &ProjectName,
         page: &UpstreamPage,
     ) -> Result<(Vec<ListedFile>, Vec<String>, i64), ApiError> {
+        let _pins = if rules.release.is_empty() {
+            None
+        } else {
+            Some(self.pin_lock.lock().await)
+        };
         let now = now_secs();
         let mut listed = Vec::new();
         let mut versions: Vec<pep440_rs::Version> = Vec::new();
@@ -589,6 +600,13 @@ impl Pypi {
             .decide_file_request(lp, project, &sha, filename, "pypi.file", client)
             .await?;
         if let Some(size) = self.cache.lookup(&sha) {
+            // Cached bytes are served only under the name they were verified as: otherwise a
+            // pinned sdist could be fetched under a wheel's name past `wheels_only`.
+            if !self.cache.verified_as(&sha, filename) {
+                return Err(ApiError::NotFound(format!(
+                    "{filename} is not the file with sha256 {sha}"
+                )));
+            }
             self.metrics.cache_hits.fetch_add(1, Relaxed);
             return self
                 .serve_cached(&sha, size, head, headers, "application/octet-stream")
@@ -793,11 +811,6 @@ impl Pypi {
         let mut total = 0u64;
         let mut held: Option<Bytes> = None;
         let mut stream = resp.bytes_stream();
-        let abort = |body: &mut Option<mpsc::Sender<Result<Bytes, std::io::Error>>>, msg: &str| {
-            if let Some(b) = body.take() {
-                let _ = b.try_send(Err(std::io::Error::other(msg.to_string())));
-            }
-        };
         let mut failure = None;
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
@@ -830,8 +843,12 @@ impl Pypi {
             }
             if let Some(prev) = held.replace(chunk) {
                 if let Some(b) = &body {
-                    if b.send(Ok(prev)).await.is_err() {
-                        // The client left; finish the download for the cache and other clients.
+                    // A client that left, or reads so slowly that it would hold up the shared
+                    // download, is cut loose; the download goes on for the cache and the others.
+                    if !matches!(
+                        tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(Ok(prev))).await,
+                        Ok(Ok(()))
+                    ) {
                         body = None;
                     }
                 }
@@ -861,14 +878,19 @@ impl Pypi {
             failure = Some(Failure::BadUpstream(reason.to_string()));
         }
         if let Some(f) = failure {
-            abort(&mut body, "upstream file rejected");
+            // The error must reach the client's stream (not be dropped on a full buffer), so
+            // the response ends in a reset rather than a clean end, chunked or not.
+            if let Some(b) = body.take() {
+                let err = Err(std::io::Error::other("upstream file rejected"));
+                let _ = tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(err)).await;
+            }
             if let Some(t) = temp {
                 let _ = tokio::fs::remove_file(&t.path).await;
             }
             return Download::Failed(f);
         }
         if let Some(t) = temp {
-            if let Err(e) = self.cache.commit(t, sha, total).await {
+            if let Err(e) = self.cache.commit(t, sha, total, Some(filename)).await {
                 tracing::warn!(error = %e, "could not cache a verified file");
                 self.metrics.cache_store_failures.fetch_add(1, Relaxed);
             }
@@ -1017,7 +1039,10 @@ impl Pypi {
             .write_all(&bytes)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let cached = self.cache.commit(temp, md_sha, bytes.len() as u64).await?;
+        let cached = self
+            .cache
+            .commit(temp, md_sha, bytes.len() as u64, None)
+            .await?;
         if cached {
             let store = self.store.clone();
             let (k, v) = (sha.hex(), md_sha.hex());

@@ -20,6 +20,9 @@ pub struct CacheRecord {
     pub size: u64,
     /// Unix seconds of the last time it was served (kept in memory, persisted on commit).
     pub last_access: i64,
+    /// The distribution filename the bytes were verified as (none for extracted metadata).
+    #[serde(default)]
+    pub filename: Option<String>,
 }
 
 pub struct Cache {
@@ -111,6 +114,15 @@ impl Cache {
         Some(rec.size)
     }
 
+    /// Were these bytes verified under this filename? (True for records that name none.)
+    pub fn verified_as(&self, sha: &Sha256, filename: &str) -> bool {
+        let Ok(idx) = self.index.lock() else {
+            return false;
+        };
+        idx.get(sha)
+            .is_some_and(|r| r.filename.as_deref().is_none_or(|f| f == filename))
+    }
+
     pub async fn temp_file(&self) -> std::io::Result<TempFile> {
         let n = self.temp_seq.fetch_add(1, Relaxed);
         let path = self.tmp.join(format!("{}-{n}", std::process::id()));
@@ -120,7 +132,13 @@ impl Cache {
 
     /// Moves a verified temp file into the cache. The caller has checked its hash. Makes room
     /// by evicting least-recently-used files; a file larger than the whole quota is not kept.
-    pub async fn commit(&self, temp: TempFile, sha: Sha256, size: u64) -> Result<bool, StoreError> {
+    pub async fn commit(
+        &self,
+        temp: TempFile,
+        sha: Sha256,
+        size: u64,
+        filename: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let TempFile { path, file } = temp;
         file.sync_all().await?;
         drop(file);
@@ -147,6 +165,7 @@ impl Cache {
         let rec = CacheRecord {
             size,
             last_access: now_secs(),
+            filename: filename.map(str::to_string),
         };
         let store = self.store.clone();
         let key = sha.hex();
