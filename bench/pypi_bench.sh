@@ -13,7 +13,8 @@
 # every load loop is bounded by duration/count. All processes it starts are stopped on exit.
 #
 # Knobs (environment): REPS (3) repeats per figure, DUR (5) seconds per wrk run, CONNS (16)
-# wrk connections, PAGE_PROJECT (numpy) the page measured, UV_REPS (3) cold installs per side.
+# wrk connections, PAGE_PROJECT (numpy) the page measured, UV_REPS (3) cold installs per side,
+# BUILD=1 to run `cargo build --release` even when target/release/tollgate exists.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,7 +61,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v uv >/dev/null || { log "installing uv"; $PY -m pip install -q uv; }
 $PY -c 'import proxpi' 2>/dev/null || { log "installing proxpi"; $PY -m pip install -q proxpi; }
 $PY -c 'import gunicorn' 2>/dev/null || { log "installing gunicorn"; $PY -m pip install -q gunicorn; }
-if [ ! -x "$TG" ]; then
+if [ ! -x "$TG" ] || [ "${BUILD:-0}" = 1 ]; then
     log "building tollgate (release)"
     cargo build --release
 fi
@@ -73,6 +74,8 @@ wait_http() { # url: up to 15 s
     return 1
 }
 rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+
+log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (other load skews every figure)"
 
 # --- wheels and the static index ---------------------------------------------------------------
 if [ ! -f "$W/wheels/.complete" ]; then
@@ -106,6 +109,7 @@ http {
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
+    open_file_cache max=1000 inactive=60s;   # nginx at its best for small static pages
     client_body_temp_path $NG/tmp/body;
     proxy_temp_path $NG/tmp/proxy;
     fastcgi_temp_path $NG/tmp/fastcgi;
@@ -139,9 +143,9 @@ log "nginx on $NGINX_URL"
 # --- tollgate ----------------------------------------------------------------------------------
 "$TG" allowlist import "$REQS" > "$W/bench-allowlist.toml" || die "tollgate allowlist import"
 
-TG_PID=""; TG_PORT=""
+TG_PID=""; TG_PORT=""; TG_START_S=""
 start_tollgate() { # dir: writes dir/config.toml (data_dir, allowlists/ must be there), starts it
-    local dir=$1 i
+    local dir=$1 i t0
     cat > "$dir/config.toml" <<EOF
 listen = "127.0.0.1:0"
 data_dir = "data"
@@ -152,13 +156,17 @@ page_ttl = "10m"
 name = "up"
 url = "$NGINX_URL/simple/"
 EOF
+    t0=$(date +%s.%N)
     TOLLGATE_LOG=json "$TG" serve --config "$dir/config.toml" > "$dir/stdout" 2>> "$dir/tollgate.log" &
     TG_PID=$!; PIDS+=("$TG_PID")
-    for i in $(seq 150); do
+    for i in $(seq 1200); do   # 60 s
         TG_PORT=$(sed -n 's|^tollgate listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$dir/stdout")
-        [ -n "$TG_PORT" ] && return 0
+        if [ -n "$TG_PORT" ]; then
+            TG_START_S=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
+            return 0
+        fi
         kill -0 "$TG_PID" 2>/dev/null || break
-        sleep 0.1
+        sleep 0.05
     done
     die "tollgate did not start (see $dir/tollgate.log)"
 }
@@ -212,11 +220,12 @@ wrk_once() { # label url accept -> sets WRK_RPS, WRK_MIB
 }
 check_get() { # url accept want-content-type-substring -> prints size
     local r
+    local code size ctype
     r=$(curl -s -o /dev/null -H "$2" -H "$NOENC" -w '%{http_code} %{size_download} %{content_type}' "$1")
-    set -- $r "$3"
-    [ "$1" = 200 ] || die "GET gave $1: $r"
-    [[ "$3" == *"$4"* ]] || die "unexpected content type $3"
-    echo "$2"
+    read -r code size ctype <<<"$r"
+    [ "$code" = 200 ] || die "GET $1 ($2) gave $r"
+    [[ "$ctype" == *"$3"* ]] || die "GET $1 ($2): unexpected content type $ctype"
+    echo "$size"
 }
 
 # =============================================================================================
@@ -225,6 +234,7 @@ check_get() { # url accept want-content-type-substring -> prints size
 TGW=$W/tg-warm
 new_tg_dir "$TGW"
 start_tollgate "$TGW"; TG_LOGS+=("$TGW/tollgate.log")
+START_SMALL=$TG_START_S
 TG_URL=http://127.0.0.1:$TG_PORT
 log "tollgate on $TG_URL (pid $TG_PID)"
 
@@ -233,7 +243,7 @@ declare -A PAGE_URL=(
     [nginx]=$NGINX_URL/simple/$PAGE_PROJECT/
     [proxpi]=$PROXPI_URL/index/$PAGE_PROJECT/
 )
-declare -A SIZE RPS
+declare -A SIZE RPS RUNS
 for srv in tollgate nginx proxpi; do
     for fmt in html json; do
         if [ $fmt = html ]; then acc=$ACCEPT_HTML; ct=html; else acc=$ACCEPT_JSON; ct=json; fi
@@ -252,7 +262,7 @@ for fmt in html json; do
         done
     done
     for srv in tollgate nginx proxpi; do
-        RPS[$srv.$fmt]=$(median ${runs[$srv]})
+        RPS[$srv.$fmt]=$(median ${runs[$srv]}); RUNS[$srv.$fmt]=${runs[$srv]}
         log "   $fmt $srv: runs${runs[$srv]} -> median ${RPS[$srv.$fmt]}"
     done
     unset runs
@@ -319,6 +329,8 @@ TGK=$W/tg-10k
 $PY bench/gen_allowlist.py "$W/synth-10k.toml" 10000
 new_tg_dir "$TGK" "$W/synth-10k.toml"
 start_tollgate "$TGK"; TG_LOGS+=("$TGK/tollgate.log")
+START_10K=$TG_START_S
+log "   started in $START_10K s (warm instance with $N_WHEELS rules: $START_SMALL s)"
 TGK_URL=http://127.0.0.1:$TG_PORT
 check_get "$TGK_URL/simple/$PAGE_PROJECT/" "$ACCEPT_HTML" html >/dev/null
 check_get "$TGK_URL/simple/$PAGE_PROJECT/" "$ACCEPT_JSON" json >/dev/null
@@ -347,7 +359,7 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 echo
 echo "tollgate PyPI benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$N_WHEELS wheels, $(du -shL "$SITE/packages/" | cut -f1); page: $PAGE_PROJECT; wrk -t2 -c$CONNS -d${DUR}s; medians of $REPS (uv: $UV_REPS)"
-echo "tollgate $($TG --version 2>/dev/null || echo '?'), nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), proxpi $($PY -c 'import importlib.metadata as m; print(m.version("proxpi"))') (gunicorn, 1 worker x 4 threads), $(uv --version)"
+echo "$($TG --version 2>/dev/null || echo 'tollgate ?') (built $(date -r "$TG" +%Y-%m-%dT%H:%M), HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?')), nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), proxpi $($PY -c 'import importlib.metadata as m; print(m.version("proxpi"))') (gunicorn, 1 worker x 4 threads), $(uv --version)"
 echo
 row "figure" "tollgate" "peer" "ratio" "target" ""
 row "------" "--------" "----" "-----" "------" ""
@@ -362,6 +374,7 @@ line "2. cached wheel MiB/s, $CONNS clients, vs nginx" "$DL_TG" "$DL_NG" "$(rati
 line "3. cold uv install s (tollgate / nginx)" "$UV_TG" "$UV_NG" "$(ratio "$UV_TG" "$UV_NG")" "<=" 1.10
 line "4. peak RSS MiB during (2) [$HWM_SCOPE]" "$(mib "$TG_HWM2")" "-" "-" "<=" 200
 line "4. idle RSS MiB, 10,000 rules (peak $(mib "$IDLE_HWM"))" "$(mib "$IDLE_RSS")" "-" "-" "<=" 64
+row "   (info) startup s, 10,000 rules / $N_WHEELS rules" "$START_10K" "$START_SMALL" "-" "-" "info"
 echo
 [ ${#WRK_BAD[@]} -eq 0 ] || { echo "wrk errors:"; printf '  %s\n' "${WRK_BAD[@]}"; }
 # tollgate's own warnings and errors during the whole run (audit lines are INFO)
@@ -372,5 +385,11 @@ if [ -n "$warns" ]; then
 else
     echo "tollgate logged no warnings or errors."
 fi
-echo "raw runs: page html/json and downloads above in stderr; logs under bench/work/"
+echo "runs (in order):"
+for fmt in html json; do
+    for srv in tollgate nginx proxpi; do printf '  page %-4s %-8s req/s:%s\n' "$fmt" "$srv" "${RUNS[$srv.$fmt]}"; done
+done
+printf '  download tollgate MiB/s:%s\n  download nginx   MiB/s:%s\n' "${dl[tollgate]}" "${dl[nginx]}"
+printf '  uv cold install tollgate s:%s\n  uv cold install nginx    s:%s\n' "$uv_tg" "$uv_ng"
+echo "logs: bench/work/tg-*/tollgate.log, bench/work/nginx/error.log, bench/work/proxpi/stderr"
 echo "$MISSES figure(s) missed the target."

@@ -66,15 +66,7 @@ async fn signals(state: Arc<AppState>, handle: Handle) {
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => match state.reload() {
-                Ok((exact, release)) => tracing::info!(exact, release, "allowlists reloaded"),
-                Err(errors) => {
-                    for e in &errors {
-                        tracing::error!(error = %e, "allowlist reload refused");
-                    }
-                    tracing::error!(count = errors.len(), "allowlists NOT reloaded; the previous policy stays in force");
-                }
-            },
+            _ = hup.recv() => reload(&state).await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -82,4 +74,25 @@ async fn signals(state: Arc<AppState>, handle: Handle) {
     tracing::info!("shutting down");
     state.ready.store(false, Relaxed);
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+}
+
+/// SIGHUP: reload every allowlist file, all or nothing.
+async fn reload(state: &Arc<AppState>) {
+    // Reading and validating the files is blocking work; keep it off the request workers.
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || st.reload()).await {
+        Ok(Ok((exact, release))) => tracing::info!(exact, release, "allowlists reloaded"),
+        Ok(Err(errors)) => {
+            for e in &errors {
+                tracing::error!(error = %e, "allowlist reload refused");
+            }
+            tracing::error!(
+                count = errors.len(),
+                "allowlists NOT reloaded; the previous policy stays in force"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "allowlist reload task failed; the previous policy stays in force")
+        }
+    }
 }

@@ -950,7 +950,7 @@ impl Pypi {
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
         self.metrics.cache_bytes_served.fetch_add(len, Relaxed);
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024);
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 512 * 1024);
         b.body(Body::from_stream(stream))
             .map_err(|e| ApiError::Internal(e.to_string()))
     }

@@ -210,19 +210,30 @@ impl Gate {
     /// Starts the real tollgate binary with `config` (listen/data_dir/allowlist_dir are added)
     /// and the given allowlist file.
     pub fn start(dir: &Path, config: &str, allowlist: &str) -> Gate {
+        Self::start_env(dir, config, allowlist, &[])
+    }
+
+    pub fn start_env(dir: &Path, config: &str, allowlist: &str, env: &[(&str, &str)]) -> Gate {
         std::fs::create_dir_all(dir.join("allowlists")).unwrap();
         std::fs::write(dir.join("allowlists/test.toml"), allowlist).unwrap();
         let cfg = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nallowlist_dir = \"allowlists\"\n{config}");
         std::fs::write(dir.join("tollgate.toml"), cfg).unwrap();
-        Self::restart(dir)
+        Self::restart_env(dir, env)
     }
 
     pub fn restart(dir: &Path) -> Gate {
+        Self::restart_env(dir, &[])
+    }
+
+    pub fn restart_env(dir: &Path, env: &[(&str, &str)]) -> Gate {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         cmd.arg("serve")
             .arg("--config")
             .arg(dir.join("tollgate.toml"))
             .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let proc = spawn_with_port(cmd, dir.join("gate.log"), |l| {
             l.rsplit(':')
                 .next()
@@ -274,6 +285,10 @@ pub fn requirements(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
 }
 
 pub fn pip_install(index: &str, req: &Path, target: &Path) -> Output {
+    pip_install_with(index, req, target, &[])
+}
+
+pub fn pip_install_with(index: &str, req: &Path, target: &Path, extra: &[&str]) -> Output {
     Command::new("python3")
         .args([
             "-m",
@@ -286,11 +301,17 @@ pub fn pip_install(index: &str, req: &Path, target: &Path) -> Output {
             ":all:",
             "--index-url",
             index,
-            "--target",
         ])
+        .args(extra)
+        .arg("--target")
         .arg(target)
         .arg("-r")
         .arg(req)
+        // A client configured by nothing but this command: no PIP_* variables (find-links,
+        // certs, indexes) from the machine leak into the test.
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("PIP_CONFIG_FILE", "/dev/null")
         .output()
         .unwrap()
@@ -307,11 +328,14 @@ pub fn uv_install(index: &str, req: &Path, target: &Path) -> Output {
             "python3",
             "--index-url",
             index,
-            "--target",
         ])
+        .arg("--target")
         .arg(target)
         .arg("-r")
         .arg(req)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("UV_NO_CONFIG", "1")
         .output()
         .expect("uv must be installed (the test script installs it)")

@@ -26,7 +26,18 @@ WHEELS = [
     ("swapped", "1.0", [], "ORIGINAL"),
     ("fresh", "1.0", [], "FRESH"),
     ("good", "1.0", [], "GOOD"),
+    ("big", "1.0", [], "BIG"),
 ]
+
+
+def noise(n, seed):
+    """Deterministic incompressible bytes, so a wheel can be made large."""
+    out = bytearray()
+    block = seed.encode()
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:n])
 
 
 def record_hash(data: bytes) -> str:
@@ -40,6 +51,7 @@ def build_wheel(outdir, name, version, deps, marker):
         metadata += f"Requires-Dist: {d}\n"
     files = {
         f"{name}/__init__.py": f"MARKER = {marker!r}\n# padding {'x' * 2000}\n".encode(),
+        f"{name}/data.bin": noise(256 * 1024 if name == "big" else 16, name),
         f"{dist_info}/METADATA": metadata.encode(),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tollgate-fixtures\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }

@@ -11,6 +11,11 @@ Projects (each page is PEP 691 JSON unless said otherwise):
   truncated  the file declares its full length and sends half, then closes
   longer     the page lists a size, the file sends more bytes than that
   good       a well-behaved page and file
+  slowfile   the file takes 1 s before its first byte (for concurrent first requests)
+  badhtml    an HTML page that is not UTF-8
+  authed     the page needs Basic user:secret; the file link redirects to http://localhost:PORT
+             (another origin on the same machine), which must never see the credentials
+Every request is logged on stderr as "REQ <host> <path> auth=<yes|no>".
 """
 import hashlib
 import json
@@ -31,7 +36,11 @@ def wheel(project):
 
 class H(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
-        sys.stderr.write("REQ %s\n" % self.path)
+        pass
+
+    def log_request_line(self):
+        auth = "yes" if self.headers.get("Authorization") else "no"
+        sys.stderr.write("REQ %s %s auth=%s\n" % (self.headers.get("Host"), self.path, auth))
         sys.stderr.flush()
 
     def send(self, code, body, ctype="application/vnd.pypi.simple.v1+json", length=None):
@@ -42,9 +51,21 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        self.log_request_line()
         parts = [p for p in self.path.split("/") if p]
+        port = self.server.server_address[1]
+        if len(parts) == 2 and parts[0] == "redirect":
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{port}/files/{parts[1]}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if len(parts) == 2 and parts[0] == "simple":
             project = parts[1]
+            if project == "badhtml":
+                return self.send(200, b"<a href='x'>\xff\xfe\x00</a>", "text/html")
+            if project == "authed" and self.headers.get("Authorization") != "Basic dXNlcjpzZWNyZXQ=":
+                return self.send(401, b"auth", "text/plain")
             if project == "err500":
                 return self.send(500, b"boom", "text/plain")
             if project == "badjson":
@@ -52,10 +73,11 @@ class H(BaseHTTPRequestHandler):
             if project == "slow":
                 time.sleep(5)
             name, data = wheel(project)
-            port = self.server.server_address[1]
             url = f"http://127.0.0.1:{port}/files/{name}"
             if project == "offhost":
                 url = f"https://evil.example/{name}"
+            if project == "authed":
+                url = f"http://127.0.0.1:{port}/redirect/{name}"
             size = len(data) - 100 if project == "longer" else len(data)
             page = {
                 "meta": {"api-version": "1.1"},
@@ -66,6 +88,8 @@ class H(BaseHTTPRequestHandler):
         if len(parts) == 2 and parts[0] == "files":
             project = parts[1].split("-")[0]
             _, data = wheel(project)
+            if project == "slowfile":
+                time.sleep(1)
             if project == "truncated":
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
