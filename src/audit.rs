@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 pub struct AuditEvent {
     /// Unix seconds.
     pub time: i64,
-    /// `pypi.page`, `pypi.file`, `pypi.metadata`.
+    /// `pypi.page`, `pypi.file`, `pypi.metadata`, `oci.manifest`, `oci.blob`, `oci.tags`.
     pub action: &'static str,
     /// `allow` or `deny`.
     pub decision: &'static str,
@@ -24,9 +24,11 @@ pub struct AuditEvent {
     pub reason: String,
     /// The human sentence (denials) or the rule's file:line (allows).
     pub detail: String,
-    pub project: String,
+    /// The project (index) or repository (pull gate) asked for.
+    pub subject: String,
+    /// The file name, tag or digest within it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub filename: Option<String>,
+    pub artifact: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

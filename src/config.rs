@@ -44,6 +44,7 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub page_bytes: u64,
+    pub manifest_bytes: u64,
     pub header_bytes: u64,
 }
 
@@ -74,6 +75,28 @@ pub struct PypiConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// The registry's name as rules and signers write it (normalised; may carry a port).
+    pub host: String,
+    /// The first path segment clients use for it.
+    pub prefix: String,
+    pub url: Url,
+    pub auth_hosts: Vec<String>,
+    pub redirect_hosts: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OciConfig {
+    pub trusted_root: Option<PathBuf>,
+    pub tag_ttl: Duration,
+    pub default_registry: String,
+    pub registries: Vec<RegistryConfig>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The file this came from, if any.
     pub source: Option<PathBuf>,
@@ -85,6 +108,7 @@ pub struct Config {
     pub limits: Limits,
     pub tls: Option<Tls>,
     pub pypi: PypiConfig,
+    pub oci: OciConfig,
 }
 
 #[derive(Deserialize, Default)]
@@ -98,6 +122,31 @@ struct RawConfig {
     limits: Option<RawLimits>,
     tls: Option<RawTls>,
     pypi: Option<RawPypi>,
+    oci: Option<RawOci>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOci {
+    trusted_root: Option<String>,
+    tag_ttl: Option<String>,
+    default_registry: Option<String>,
+    require_auth: Option<bool>,
+    #[serde(default)]
+    registry: Vec<RawRegistry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    host: String,
+    prefix: Option<String>,
+    url: String,
+    auth_hosts: Option<Vec<String>>,
+    redirect_hosts: Option<Vec<String>>,
+    username: Option<String>,
+    password_env: Option<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -188,9 +237,9 @@ impl Config {
         // Sections of the contract that belong to parts of the gate this build does not have are
         // refused by name, so an operator is not left believing they took effect.
         if let Ok(toml::Value::Table(t)) = toml::from_str::<toml::Value>(text) {
-            for key in ["oci", "admin"] {
+            for key in ["admin"] {
                 if t.contains_key(key) {
-                    return Err(invalid(1, format!("[{key}] is not supported by this version of tollgate (it serves the PyPI index only)")));
+                    return Err(invalid(1, format!("[{key}] is not supported by this version of tollgate (the admin API is not built yet)")));
                 }
             }
         }
@@ -239,11 +288,11 @@ impl Config {
         let rl = raw.limits.unwrap_or_default();
         let limits = Limits {
             page_bytes: size("page_bytes", rl.page_bytes.as_ref(), 4 << 20)?,
+            manifest_bytes: size("manifest_bytes", rl.manifest_bytes.as_ref(), 4 << 20)?,
             header_bytes: size("header_bytes", rl.header_bytes.as_ref(), 16 << 10)?,
         };
         // Accepted for forward compatibility of config files; the parts that use them are not
         // in this build, but a bad value is still an error now rather than later.
-        size("manifest_bytes", rl.manifest_bytes.as_ref(), 4 << 20)?;
         size("admin_body_bytes", rl.admin_body_bytes.as_ref(), 1 << 20)?;
         let _ = rl.signatures;
         if limits.page_bytes == 0 || limits.header_bytes < 1024 {
@@ -366,6 +415,100 @@ impl Config {
             });
         }
 
+        let ro = raw.oci.unwrap_or_default();
+        if ro.require_auth == Some(true) {
+            return Err(invalid(
+                line_of("require_auth"),
+                "[oci] require_auth needs the admin API's tokens, which this version does not have"
+                    .into(),
+            ));
+        }
+        let tag_ttl = match ro.tag_ttl {
+            None => Duration::from_secs(60),
+            Some(s) => parse_duration(&s)
+                .map_err(|e| invalid(line_of("tag_ttl"), format!("tag_ttl: {e}")))?,
+        };
+        let default_registry = crate::policy::oci::normalize_host(
+            ro.default_registry.as_deref().unwrap_or("docker.io"),
+        )
+        .map_err(|e| {
+            invalid(
+                line_of("default_registry"),
+                format!("default_registry: {e}"),
+            )
+        })?;
+        let mut registries: Vec<RegistryConfig> = Vec::new();
+        for rr in ro.registry {
+            let at = line_of(&format!("host = \"{}\"", rr.host));
+            let bad = |m: String| invalid(at, format!("[[oci.registry]] {:?}: {m}", rr.host));
+            let host =
+                crate::policy::oci::normalize_host(&rr.host).map_err(|e| bad(e.to_string()))?;
+            let prefix = rr.prefix.clone().unwrap_or_else(|| host.clone());
+            if prefix.is_empty() || prefix.contains(['/', ':']) || prefix == "v2" {
+                return Err(bad("prefix must be one path segment without a port".into()));
+            }
+            if registries
+                .iter()
+                .any(|r| r.host == host || r.prefix == prefix)
+            {
+                return Err(bad("a second registry with this host or prefix".into()));
+            }
+            let url =
+                Url::parse(rr.url.trim_end_matches('/')).map_err(|e| bad(format!("url: {e}")))?;
+            let url_host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+            match url.scheme() {
+                "https" => {}
+                "http" if is_loopback_host(&url_host) => {}
+                _ => {
+                    return Err(bad(
+                        "url must be https (http only for a loopback registry)".into()
+                    ))
+                }
+            }
+            if !url.username().is_empty() || url.password().is_some() || url.path() != "/" {
+                return Err(bad(
+                    "url is the registry's origin only (no path, no credentials)".into(),
+                ));
+            }
+            let password = match &rr.password_env {
+                None => None,
+                Some(var) => Some(Secret(std::env::var(var).map_err(|_| {
+                    bad(format!(
+                        "password_env: environment variable {var} is not set"
+                    ))
+                })?)),
+            };
+            if password.is_some() != rr.username.is_some() {
+                return Err(bad("username and password_env go together".into()));
+            }
+            registries.push(RegistryConfig {
+                host,
+                prefix,
+                auth_hosts: rr
+                    .auth_hosts
+                    .unwrap_or_else(|| vec![url_host.clone()])
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                redirect_hosts: rr
+                    .redirect_hosts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                url,
+                username: rr.username,
+                password,
+                ca_file: rr.ca_file.as_deref().map(resolve),
+            });
+        }
+        let oci = OciConfig {
+            trusted_root: ro.trusted_root.as_deref().map(resolve),
+            tag_ttl,
+            default_registry,
+            registries,
+        };
+
         Ok(Config {
             source: path.map(Path::to_path_buf),
             listen,
@@ -381,7 +524,12 @@ impl Config {
                 upstream_timeout,
                 indexes,
             },
+            oci,
         })
+    }
+
+    pub fn registry_hosts(&self) -> Vec<String> {
+        self.oci.registries.iter().map(|r| r.host.clone()).collect()
     }
 
     pub fn index_names(&self) -> Vec<String> {
@@ -423,10 +571,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("/etc/tg/tollgate.toml:2:"), "{e}");
-        assert!(parse("[oci]\ntag_ttl = \"60s\"\n")
+        assert!(parse("[admin]\nlisten = \"127.0.0.1:1\"\n")
             .unwrap_err()
             .to_string()
-            .contains("[oci] is not supported"));
+            .contains("[admin] is not supported"));
+        assert!(parse("[oci]\nrequire_auth = true\n")
+            .unwrap_err()
+            .to_string()
+            .contains("require_auth"));
+        assert!(
+            parse("[[oci.registry]]\nhost = \"nvcr.io\"\nurl = \"http://nvcr.io\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("https")
+        );
+        assert!(parse(
+            "[[oci.registry]]\nhost = \"nvcr.io\"\nprefix = \"a/b\"\nurl = \"https://nvcr.io\"\n"
+        )
+        .is_err());
+        let c = parse("[oci]\ntag_ttl = \"5s\"\n[[oci.registry]]\nhost = \"index.docker.io\"\nprefix = \"hub\"\nurl = \"https://registry-1.docker.io\"\n").unwrap();
+        assert_eq!(
+            (
+                c.oci.registries[0].host.as_str(),
+                c.oci.registries[0].prefix.as_str()
+            ),
+            ("docker.io", "hub")
+        );
+        assert_eq!(c.oci.registries[0].auth_hosts, vec!["registry-1.docker.io"]);
         assert!(
             parse("[[pypi.index]]\nname = \"x\"\nurl = \"http://pypi.example/simple/\"\n")
                 .unwrap_err()

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod metrics;
 pub mod policy;
 pub mod pypi;
@@ -67,7 +68,20 @@ impl AppState {
             .map_err(|e| e.to_string())?,
         );
         let (audit, _writer) = Audit::start(metrics.clone());
-        let pypi = Arc::new(Pypi::new(&config, store, cache, metrics.clone(), audit)?);
+        let fetcher = Arc::new(fetch::Fetcher::new(
+            cache.clone(),
+            metrics.clone(),
+            audit.clone(),
+            config.cache_max_bytes,
+        ));
+        let pypi = Arc::new(Pypi::new(
+            &config,
+            store,
+            cache,
+            fetcher,
+            metrics.clone(),
+            audit,
+        )?);
         Ok(Arc::new(AppState {
             config,
             policy: RwLock::new(Arc::new(LoadedPolicy { policy, version: 1 })),
@@ -140,7 +154,7 @@ pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
         let text = std::fs::read_to_string(&p).map_err(|e| one(format!("{}: {e}", p.display())))?;
         files.push((p.display().to_string(), text));
     }
-    policy::allowlist::load(&files, &config.index_names())
+    policy::allowlist::load_with_registries(&files, &config.index_names(), &config.registry_hosts())
 }
 
 /// The whole HTTP surface.

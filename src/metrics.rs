@@ -24,6 +24,22 @@ pub enum Upstream {
     File = 1,
 }
 const UPSTREAMS: [&str; 2] = ["page", "file"];
+/// Every deny reason code of the index and the pull gate.
+const DENY_CODES: [&str; 13] = [
+    "not_allowlisted",
+    "revoked",
+    "wheels_only",
+    "version_not_allowed",
+    "hash_not_pinned",
+    "not_yet_seen",
+    "superseded_pin",
+    "too_new",
+    "hash_mismatch",
+    "image_not_allowlisted",
+    "tag_not_allowed",
+    "digest_not_pinned",
+    "blob_not_referenced",
+];
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 #[derive(Default)]
@@ -37,7 +53,7 @@ struct Histogram {
 pub struct Metrics {
     requests: [[AtomicU64; 5]; 4],
     allow: [AtomicU64; 2],
-    deny: [AtomicU64; DenyReason::CODES.len()],
+    deny: [AtomicU64; DENY_CODES.len()],
     upstream_requests: [AtomicU64; 2],
     upstream_errors: [AtomicU64; 2],
     upstream_latency: [Histogram; 2],
@@ -65,7 +81,11 @@ impl Metrics {
     }
 
     pub fn deny(&self, reason: &DenyReason) {
-        if let Some(i) = DenyReason::CODES.iter().position(|c| *c == reason.code()) {
+        self.deny_code(reason.code());
+    }
+
+    pub fn deny_code(&self, code: &str) {
+        if let Some(i) = DENY_CODES.iter().position(|c| *c == code) {
             self.deny[i].fetch_add(1, Relaxed);
         }
     }
@@ -108,7 +128,7 @@ impl Metrics {
                 self.allow[i].load(Relaxed)
             );
         }
-        for (i, code) in DenyReason::CODES.iter().enumerate() {
+        for (i, code) in DENY_CODES.iter().enumerate() {
             let _ = writeln!(
                 o,
                 "tollgate_decisions_total{{decision=\"deny\",reason=\"{code}\"}} {}",

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use super::hash::Sha256;
 use super::name::ProjectName;
+use super::oci::{Digest, ImageRule, RepoPattern, Repository, Tag};
 use super::units::parse_duration;
 
 /// Where a rule was written: shown in errors, decisions and audit events.
@@ -80,6 +81,7 @@ pub struct Revocation {
 pub struct Policy {
     pub projects: BTreeMap<ProjectName, ProjectRules>,
     pub revoked: HashMap<Sha256, Revocation>,
+    pub images: Vec<ImageRule>,
     pub files: usize,
 }
 
@@ -105,7 +107,19 @@ struct RawFile {
     #[serde(default)]
     revoke: Vec<Spanned<RawRevoke>>,
     #[serde(default)]
-    image: Vec<Spanned<toml::Value>>,
+    image: Vec<Spanned<RawImage>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    repository: String,
+    tags: Option<Vec<String>>,
+    digests: Option<Vec<String>>,
+    require: Option<String>,
+    signed_identity: Option<String>,
+    signature: Option<toml::Value>,
+    attestation: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +156,63 @@ impl Lines {
     }
 }
 
+fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<ImageRule, String> {
+    let pattern =
+        RepoPattern::parse(&raw.repository).map_err(|e| format!("[[image]] repository: {e}"))?;
+    let registry = match &pattern {
+        RepoPattern::Exact(r) => r.registry.clone(),
+        RepoPattern::Below { registry, .. } => registry.clone(),
+    };
+    if !registries.contains(&registry) {
+        return Err(format!(
+            "{pattern}: registry {registry} is not configured in [[oci.registry]]"
+        ));
+    }
+    if raw.signature.is_some() || raw.attestation.is_some() {
+        // Refused rather than ignored: a rule that asks for signatures must never pass on
+        // digests alone.
+        return Err(format!("{pattern}: signature and attestation requirements are not supported by this version of tollgate; this rule cannot be enforced"));
+    }
+    if let Some(req) = &raw.require {
+        if req != "all" && req != "any" {
+            return Err(format!(
+                "{pattern}: require must be \"all\" or \"any\", not {req:?}"
+            ));
+        }
+    }
+    if let Some(id) = &raw.signed_identity {
+        Repository::parse(id).map_err(|e| format!("{pattern}: signed_identity: {e}"))?;
+    }
+    let tags = match &raw.tags {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .map(|t| Tag::parse(t))
+                .collect::<Result<std::collections::BTreeSet<_>, _>>()
+                .map_err(|e| format!("{pattern}: {e}"))?,
+        ),
+    };
+    let list = raw.digests.clone().unwrap_or_default();
+    if list.is_empty() {
+        return Err(format!(
+            "{pattern}: a rule needs pinned digests (digests = [\"sha256:…\"])"
+        ));
+    }
+    let mut digests = std::collections::BTreeSet::new();
+    for d in &list {
+        let d = Digest::parse(d).map_err(|e| format!("{pattern}: {e}"))?;
+        if !digests.insert(d) {
+            return Err(format!("{pattern}: digest {d} is listed twice"));
+        }
+    }
+    Ok(ImageRule {
+        pattern,
+        tags,
+        digests,
+        source,
+    })
+}
+
 enum Rule {
     Exact(ExactRule),
     Release(ReleaseRule),
@@ -151,6 +222,15 @@ enum Rule {
 /// upstream index names, the default first. Returns every error found, not just the first, so
 /// an operator fixes a file in one pass.
 pub fn load(files: &[(String, String)], indexes: &[String]) -> Result<Policy, Vec<LoadError>> {
+    load_with_registries(files, indexes, &[])
+}
+
+/// As [`load`], with the configured OCI registry hosts that `[[image]]` rules may name.
+pub fn load_with_registries(
+    files: &[(String, String)],
+    indexes: &[String],
+    registries: &[String],
+) -> Result<Policy, Vec<LoadError>> {
     let mut errors = Vec::new();
     let mut policy = Policy {
         files: files.len(),
@@ -184,11 +264,21 @@ pub fn load(files: &[(String, String)], indexes: &[String]) -> Result<Policy, Ve
             })
         };
         for img in &raw.image {
-            err(
-                &mut errors,
-                img.span(),
-                "[[image]] rules need the OCI pull gate, which this version of tollgate does not include".into(),
-            );
+            let span = img.span();
+            let source = Source {
+                file: file.clone(),
+                line: line_of(text, span.start),
+            };
+            match image_rule(img.get_ref(), source, registries) {
+                Ok(rule) => {
+                    if let Some(prev) = policy.images.iter().find(|r| r.pattern == rule.pattern) {
+                        err(&mut errors, span, format!("{}: a second rule for this repository (first at {}); one rule per repository", rule.pattern, prev.source));
+                    } else {
+                        policy.images.push(rule);
+                    }
+                }
+                Err(m) => err(&mut errors, span, m),
+            }
         }
         for rv in &raw.revoke {
             let span = rv.span();
@@ -458,7 +548,10 @@ mod tests {
         assert!(first_error("[[package]]\nname = \"a\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\nindex = \"other\"\n").contains("not configured"));
         assert!(first_error("[[package]]\nname = \"a\"\nbogus = 1\n").starts_with("a.toml:3:"));
         assert!(first_error("[[package]\n").starts_with("a.toml:1:"));
-        assert!(first_error("[[image]]\nrepository = \"x\"\n").contains("OCI pull gate"));
+        assert!(first_error(&format!(
+            "[[image]]\nrepository = \"nvcr.io/nvidia/cuda\"\ndigests = [\"sha256:{H1}\"]\n"
+        ))
+        .contains("not configured in [[oci.registry]]"));
     }
 
     #[test]
@@ -507,5 +600,34 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(p.revoked[&Sha256::parse(H1).unwrap()].reason, "CVE-2099-1");
+    }
+
+    #[test]
+    fn image_rules() {
+        let reg = |text: &str| {
+            load_with_registries(
+                &[("i.toml".into(), text.into())],
+                &["pypi".into()],
+                &["nvcr.io".into(), "docker.io".into()],
+            )
+        };
+        let d = format!("sha256:{H1}");
+        let p = reg(&format!("[[image]]\nrepository = \"nvcr.io/nvidia/*\"\ndigests = [\"{d}\"]\n[[image]]\nrepository = \"docker.io/ubuntu\"\ntags = [\"24.04\"]\ndigests = [\"{d}\"]\n")).unwrap();
+        assert_eq!(p.images.len(), 2);
+        assert_eq!(p.images[1].pattern.to_string(), "docker.io/library/ubuntu");
+        for (text, want) in [
+            ("[[image]]\nrepository = \"nvcr.io/nvidia/cuda\"\n".to_string(), "needs pinned digests"),
+            ("[[image]]\nrepository = \"nvcr.io/nvidia/cuda\"\ndigests = []\n".to_string(), "needs pinned digests"),
+            ("[[image]]\nrepository = \"nvcr.io/nvidia/cuda\"\ndigests = [\"sha256:zz\"]\n".to_string(), "not a sha256 digest"),
+            (format!("[[image]]\nrepository = \"nvcr.io/Bad\"\ndigests = [\"{d}\"]\n"), "not a valid repository"),
+            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\ntags = [\"-x\"]\n"), "not a valid tag"),
+            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\nrequire = \"some\"\n"), "require must be"),
+            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\n[image.signature]\nkeys = [\"k.pub\"]\n"), "cannot be enforced"),
+            (format!("[[image]]\nrepository = \"docker.io/ubuntu\"\ndigests = [\"{d}\"]\n[[image]]\nrepository = \"docker.io/library/ubuntu\"\ndigests = [\"{d}\"]\n"), "one rule per repository"),
+            (format!("[[image]]\nrepository = \"quay.io/a\"\ndigests = [\"{d}\"]\n"), "not configured"),
+        ] {
+            let e = reg(&text).unwrap_err();
+            assert!(e[0].message.contains(want), "{text}: {}", e[0]);
+        }
     }
 }

@@ -86,18 +86,6 @@ impl DenyReason {
             DenyReason::HashMismatch { .. } => "hash_mismatch",
         }
     }
-
-    pub const CODES: [&'static str; 9] = [
-        "not_allowlisted",
-        "revoked",
-        "wheels_only",
-        "version_not_allowed",
-        "hash_not_pinned",
-        "not_yet_seen",
-        "superseded_pin",
-        "too_new",
-        "hash_mismatch",
-    ];
 }
 
 fn human(d: Duration) -> String {

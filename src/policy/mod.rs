@@ -6,6 +6,7 @@ pub mod decide;
 pub mod filename;
 pub mod hash;
 pub mod name;
+pub mod oci;
 pub mod requirements;
 pub mod units;
 

@@ -6,22 +6,22 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::Url;
 use sha2::Digest;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::io::AsyncWriteExt;
 
 use super::page::{UpstreamFile, UpstreamPage};
 use super::render::{self, Format, ListedFile};
-use super::upstream::{safe, Upstream, UpstreamError};
+use super::upstream::{Upstream, UpstreamError};
 use super::wheel;
 use crate::audit::{Audit, AuditEvent};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::fetch::{file_headers, Failure, Fetcher, Job};
 use crate::metrics::Metrics;
 use crate::policy::decide::{self, next_pin, Allowed, Decision, Pin};
 use crate::policy::filename::DistKind;
@@ -34,8 +34,6 @@ use crate::store::{Cache, Store, METADATA, OBSERVED, PAGES, PINS};
 const FAILURE_BACKOFF_SECS: i64 = 5;
 /// Background hashing of files whose upstream declares no hash, at most this many at once.
 const MAX_BACKGROUND_HASHING: usize = 4;
-/// How long the shared download waits for the first client to take a chunk.
-const CLIENT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The policy in force and its version (bumped on every reload).
 pub struct LoadedPolicy {
@@ -58,28 +56,6 @@ struct Rendered {
     valid_until: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Download {
-    Running,
-    Done,
-    Failed(Failure),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Failure {
-    Unavailable(String),
-    BadUpstream(String),
-}
-
-impl From<Failure> for ApiError {
-    fn from(f: Failure) -> Self {
-        match f {
-            Failure::Unavailable(m) => ApiError::Unavailable(m),
-            Failure::BadUpstream(m) => ApiError::BadUpstream(m),
-        }
-    }
-}
-
 /// Who asked, for the audit record.
 #[derive(Debug, Clone)]
 pub struct Client(pub String);
@@ -94,7 +70,6 @@ pub struct Pypi {
     page_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     page_failures: Mutex<HashMap<String, i64>>,
     rendered: Mutex<HashMap<(ProjectName, Format), Arc<Rendered>>>,
-    downloads: Mutex<HashMap<Sha256, watch::Receiver<Download>>>,
     hashing: Mutex<HashSet<String>>,
     pins_gen: AtomicU64,
     /// Serialises the read-modify-write of first-sight pins, so two renders of one page cannot
@@ -102,6 +77,7 @@ pub struct Pypi {
     pin_lock: tokio::sync::Mutex<()>,
     store: Arc<Store>,
     pub cache: Arc<Cache>,
+    fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
     audit: Audit,
 }
@@ -120,6 +96,7 @@ impl Pypi {
         config: &Config,
         store: Arc<Store>,
         cache: Arc<Cache>,
+        fetcher: Arc<Fetcher>,
         metrics: Arc<Metrics>,
         audit: Audit,
     ) -> Result<Pypi, String> {
@@ -145,12 +122,12 @@ impl Pypi {
             page_locks: Mutex::default(),
             page_failures: Mutex::default(),
             rendered: Mutex::default(),
-            downloads: Mutex::default(),
             hashing: Mutex::default(),
             pins_gen: AtomicU64::new(0),
             pin_lock: tokio::sync::Mutex::new(()),
             store,
             cache,
+            fetcher,
             metrics,
             audit,
         })
@@ -190,8 +167,8 @@ impl Pypi {
                 decision: dec,
                 reason,
                 detail,
-                project: project.to_string(),
-                filename: file.map(|(f, _)| f.to_string()),
+                subject: project.to_string(),
+                artifact: file.map(|(f, _)| f.to_string()),
                 sha256: file.map(|(_, s)| s.hex()),
                 actual_sha256: actual,
                 client: client.0.clone(),
@@ -609,7 +586,8 @@ impl Pypi {
             }
             self.metrics.cache_hits.fetch_add(1, Relaxed);
             return self
-                .serve_cached(&sha, size, head, headers, "application/octet-stream")
+                .fetcher
+                .serve_cached(&sha, size, head, headers, "application/octet-stream", &[])
                 .await;
         }
         self.metrics.cache_misses.fetch_add(1, Relaxed);
@@ -623,8 +601,58 @@ impl Pypi {
                 .body(Body::empty())
                 .map_err(|e| ApiError::Internal(e.to_string()));
         }
-        self.fetch_and_serve(rules, project, sha, filename, url, size)
+        let job = self.job(rules, project, sha, filename, url, size)?;
+        self.fetcher
+            .fetch_and_serve(job, "application/octet-stream", &[])
             .await
+    }
+
+    /// The download of one file from the project's index, as a fetcher job.
+    fn job(
+        &self,
+        rules: &ProjectRules,
+        project: &ProjectName,
+        sha: Sha256,
+        filename: &str,
+        url: Url,
+        size: Option<u64>,
+    ) -> Result<impl Fn() -> Job, ApiError> {
+        let upstream =
+            self.upstreams.get(&rules.index).cloned().ok_or_else(|| {
+                ApiError::Internal(format!("index {} not configured", rules.index))
+            })?;
+        let project = project.to_string();
+        let filename = filename.to_string();
+        Ok(move || {
+            let up = upstream.clone();
+            let url = url.clone();
+            let name = filename.clone();
+            Job {
+                sha,
+                name: filename.clone(),
+                size,
+                open: Box::pin(async move {
+                    up.open_file(&url).await.map_err(|e| match e {
+                        UpstreamError::NotFound => Failure::BadUpstream(format!(
+                            "the upstream index lists {name} but does not serve it"
+                        )),
+                        e => Failure::Unavailable(e.to_string()),
+                    })
+                }),
+                mismatch: AuditEvent {
+                    time: 0,
+                    action: "pypi.file",
+                    decision: "deny",
+                    reason: String::new(),
+                    detail: String::new(),
+                    subject: project.clone(),
+                    artifact: Some(filename.clone()),
+                    sha256: Some(sha.hex()),
+                    actual_sha256: None,
+                    client: "gate".into(),
+                },
+            }
+        })
     }
 
     /// Where the upstream has this file now, and its expected size.
@@ -656,305 +684,6 @@ impl Pypi {
         Ok((url, f.size))
     }
 
-    /// Streams a file from the upstream to the client while hashing it. One upstream fetch per
-    /// file: concurrent requests wait for it and are then served from the cache.
-    async fn fetch_and_serve(
-        self: &Arc<Self>,
-        rules: &ProjectRules,
-        project: &ProjectName,
-        sha: Sha256,
-        filename: &str,
-        url: Url,
-        size: Option<u64>,
-    ) -> Result<Response, ApiError> {
-        loop {
-            let existing = lock(&self.downloads).get(&sha).cloned();
-            if let Some(rx) = existing {
-                match wait_download(rx).await {
-                    Download::Done => {
-                        if let Some(sz) = self.cache.lookup(&sha) {
-                            return self
-                                .serve_cached(
-                                    &sha,
-                                    sz,
-                                    false,
-                                    &HeaderMap::new(),
-                                    "application/octet-stream",
-                                )
-                                .await;
-                        }
-                        // Verified but not cacheable (quota, disk): fetch again for this client.
-                    }
-                    Download::Failed(f) => return Err(f.into()),
-                    Download::Running => {}
-                }
-            }
-            let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-            let Some(head_rx) = self.start_download(
-                rules,
-                project,
-                sha,
-                filename,
-                url.clone(),
-                size,
-                Some(body_tx),
-            ) else {
-                continue;
-            };
-            let len = match head_rx.await {
-                Ok(Ok(len)) => len,
-                Ok(Err(f)) => return Err(f.into()),
-                Err(_) => return Err(ApiError::Internal("download task ended early".into())),
-            };
-            let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            });
-            let mut resp = Response::builder().status(StatusCode::OK);
-            if let Some(l) = len {
-                resp = resp.header(header::CONTENT_LENGTH, l);
-            }
-            return file_headers(resp, &sha, "application/octet-stream")
-                .body(Body::from_stream(stream))
-                .map_err(|e| ApiError::Internal(e.to_string()));
-        }
-    }
-
-    /// Starts the one download of `sha`, unless one is already running (then `None`).
-    #[allow(clippy::too_many_arguments)]
-    fn start_download(
-        self: &Arc<Self>,
-        rules: &ProjectRules,
-        project: &ProjectName,
-        sha: Sha256,
-        filename: &str,
-        url: Url,
-        size: Option<u64>,
-        body: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
-    ) -> Option<oneshot::Receiver<Result<Option<u64>, Failure>>> {
-        let (state_tx, state_rx) = watch::channel(Download::Running);
-        {
-            let mut d = lock(&self.downloads);
-            if d.contains_key(&sha) {
-                return None;
-            }
-            d.insert(sha, state_rx);
-        }
-        let (head_tx, head_rx) = oneshot::channel();
-        let upstream = self.upstreams.get(&rules.index).cloned();
-        let this = self.clone();
-        let project = project.clone();
-        let filename = filename.to_string();
-        tokio::spawn(async move {
-            let result = match upstream {
-                Some(up) => {
-                    this.download(&up, &project, sha, &filename, &url, size, head_tx, body)
-                        .await
-                }
-                None => Download::Failed(Failure::Unavailable("index not configured".into())),
-            };
-            lock(&this.downloads).remove(&sha);
-            let _ = state_tx.send(result);
-        });
-        Some(head_rx)
-    }
-
-    /// The download itself. The client's copy of the last chunk is held back until the hash is
-    /// known: on a mismatch the client receives an error instead, so it never holds a complete
-    /// file with the wrong hash, and nothing is cached.
-    #[allow(clippy::too_many_arguments)]
-    async fn download(
-        &self,
-        up: &Upstream,
-        project: &ProjectName,
-        sha: Sha256,
-        filename: &str,
-        url: &Url,
-        size: Option<u64>,
-        head: oneshot::Sender<Result<Option<u64>, Failure>>,
-        mut body: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
-    ) -> Download {
-        let fail = |head: oneshot::Sender<Result<Option<u64>, Failure>>, f: Failure| {
-            let _ = head.send(Err(f.clone()));
-            Download::Failed(f)
-        };
-        let resp = match up.open_file(url).await {
-            Ok(r) => r,
-            Err(UpstreamError::NotFound) => {
-                return fail(
-                    head,
-                    Failure::BadUpstream(format!(
-                        "the upstream index lists {filename} but does not serve it"
-                    )),
-                )
-            }
-            Err(e) => return fail(head, Failure::Unavailable(e.to_string())),
-        };
-        let declared = resp.content_length();
-        if let (Some(want), Some(got)) = (size, declared) {
-            if want != got {
-                tracing::warn!(%filename, want, got, "upstream file length differs from the listed size");
-                return fail(head, Failure::BadUpstream(format!("the upstream sent {filename} with a length of {got} bytes, but {want} were listed")));
-            }
-        }
-        let limit = size.or(declared).unwrap_or(self.cache_max_bytes);
-        let _ = head.send(Ok(size.or(declared)));
-
-        let mut temp = match self.cache.temp_file().await {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create a cache temp file; serving without caching");
-                self.metrics.cache_store_failures.fetch_add(1, Relaxed);
-                None
-            }
-        };
-        let mut hasher = sha2::Sha256::new();
-        let mut total = 0u64;
-        let mut held: Option<Bytes> = None;
-        let mut stream = resp.bytes_stream();
-        let mut failure = None;
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(%filename, url = %safe(url), error = %e, "upstream file transfer broke");
-                    failure = Some(Failure::Unavailable(format!(
-                        "the upstream transfer of {filename} broke off"
-                    )));
-                    break;
-                }
-            };
-            total += chunk.len() as u64;
-            if total > limit {
-                // Never read past the declared size: a longer body is a lie.
-                failure = Some(Failure::BadUpstream(format!(
-                    "the upstream sent more than the {limit} bytes declared for {filename}"
-                )));
-                break;
-            }
-            hasher.update(&chunk);
-            if let Some(t) = temp.as_mut() {
-                if let Err(e) = t.file.write_all(&chunk).await {
-                    tracing::warn!(error = %e, "cache write failed (disk full?); serving without caching");
-                    self.metrics.cache_store_failures.fetch_add(1, Relaxed);
-                    if let Some(t) = temp.take() {
-                        let _ = tokio::fs::remove_file(&t.path).await;
-                    }
-                }
-            }
-            if let Some(prev) = held.replace(chunk) {
-                if let Some(b) = &body {
-                    // A client that left, or reads so slowly that it would hold up the shared
-                    // download, is cut loose; the download goes on for the cache and the others.
-                    if !matches!(
-                        tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(Ok(prev))).await,
-                        Ok(Ok(()))
-                    ) {
-                        body = None;
-                    }
-                }
-            }
-        }
-        if failure.is_none() && size.or(declared).is_some_and(|s| s != total) {
-            failure = Some(Failure::BadUpstream(format!(
-                "the upstream sent {total} bytes of {filename}, fewer than declared"
-            )));
-        }
-        let actual = Sha256::from_bytes(hasher.finalize().into());
-        if failure.is_none() && actual != sha {
-            let reason = DenyReason::HashMismatch {
-                filename: filename.to_string(),
-                expected: sha,
-                actual,
-            };
-            tracing::error!(%project, %filename, expected = %sha, actual = %actual, url = %safe(url), "upstream bytes do not match the pin; not served, not cached");
-            self.audit(
-                "pypi.file",
-                project,
-                Some((filename, &sha)),
-                Err(&reason),
-                &Client("gate".into()),
-            )
-            .await;
-            failure = Some(Failure::BadUpstream(reason.to_string()));
-        }
-        if let Some(f) = failure {
-            // The error must reach the client's stream (not be dropped on a full buffer), so
-            // the response ends in a reset rather than a clean end, chunked or not.
-            if let Some(b) = body.take() {
-                let err = Err(std::io::Error::other("upstream file rejected"));
-                let _ = tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(err)).await;
-            }
-            if let Some(t) = temp {
-                let _ = tokio::fs::remove_file(&t.path).await;
-            }
-            return Download::Failed(f);
-        }
-        if let Some(t) = temp {
-            if let Err(e) = self.cache.commit(t, sha, total, Some(filename)).await {
-                tracing::warn!(error = %e, "could not cache a verified file");
-                self.metrics.cache_store_failures.fetch_add(1, Relaxed);
-            }
-        }
-        if let (Some(b), Some(last)) = (&body, held) {
-            let _ = b.send(Ok(last)).await;
-        }
-        Download::Done
-    }
-
-    /// Serves a verified cached file, honouring a single `Range: bytes=` (RFC 9110 §14).
-    async fn serve_cached(
-        &self,
-        sha: &Sha256,
-        size: u64,
-        head: bool,
-        headers: &HeaderMap,
-        content_type: &'static str,
-    ) -> Result<Response, ApiError> {
-        let range = headers
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|r| parse_range(r, size));
-        let (status, start, len) = match range {
-            Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-            Some(Err(())) => {
-                return Response::builder()
-                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                    .body(Body::empty())
-                    .map_err(|e| ApiError::Internal(e.to_string()));
-            }
-            None => (StatusCode::OK, 0, size),
-        };
-        let mut b = Response::builder()
-            .status(status)
-            .header(header::CONTENT_LENGTH, len)
-            .header(header::ACCEPT_RANGES, "bytes");
-        if status == StatusCode::PARTIAL_CONTENT {
-            b = b.header(
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{size}", start + len - 1),
-            );
-        }
-        let b = file_headers(b, sha, content_type);
-        if head {
-            return b
-                .body(Body::empty())
-                .map_err(|e| ApiError::Internal(e.to_string()));
-        }
-        let mut file = tokio::fs::File::open(self.cache.path(sha))
-            .await
-            .map_err(|e| ApiError::Internal(format!("cached file: {e}")))?;
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-        }
-        self.metrics.cache_bytes_served.fetch_add(len, Relaxed);
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 512 * 1024);
-        b.body(Body::from_stream(stream))
-            .map_err(|e| ApiError::Internal(e.to_string()))
-    }
-
     /// `….metadata` (PEP 658): the METADATA file of the verified wheel, never upstream bytes.
     pub async fn metadata(
         self: &Arc<Self>,
@@ -977,47 +706,23 @@ impl Pypi {
         if let Some(md) = known.and_then(|m| Sha256::parse(&m).ok()) {
             if let Some(size) = self.cache.lookup(&md) {
                 return self
+                    .fetcher
                     .serve_cached(
                         &md,
                         size,
                         head,
                         &HeaderMap::new(),
                         "text/plain; charset=utf-8",
+                        &[],
                     )
                     .await;
             }
         }
         // The wheel must be verified and cached first.
-        let mut tries = 0;
-        while self.cache.lookup(&sha).is_none() {
-            tries += 1;
-            if tries > 3 {
-                return Err(ApiError::Unavailable(
-                    "the wheel could not be cached to read its metadata".into(),
-                ));
-            }
-            let existing = lock(&self.downloads).get(&sha).cloned();
-            let rx = match existing {
-                Some(rx) => rx,
-                None => {
-                    let (url, size) = self.locate(rules, project, &sha, wheel_name).await?;
-                    match self.start_download(rules, project, sha, wheel_name, url, size, None) {
-                        Some(head_rx) => {
-                            if let Ok(Err(f)) = head_rx.await {
-                                return Err(f.into());
-                            }
-                        }
-                        None => continue,
-                    }
-                    match lock(&self.downloads).get(&sha).cloned() {
-                        Some(rx) => rx,
-                        None => continue,
-                    }
-                }
-            };
-            if let Download::Failed(f) = wait_download(rx).await {
-                return Err(f.into());
-            }
+        if self.cache.lookup(&sha).is_none() {
+            let (url, size) = self.locate(rules, project, &sha, wheel_name).await?;
+            let job = self.job(rules, project, sha, wheel_name, url, size)?;
+            self.fetcher.ensure_cached(job).await?;
         }
         let path = self.cache.path(&sha);
         let p2 = project.clone();
@@ -1070,81 +775,5 @@ impl Pypi {
     /// Drops rendered pages so the next request re-decides (after a reload).
     pub fn invalidate(&self) {
         lock(&self.rendered).clear();
-    }
-}
-
-async fn wait_download(mut rx: watch::Receiver<Download>) -> Download {
-    loop {
-        let cur = rx.borrow().clone();
-        if cur != Download::Running {
-            return cur;
-        }
-        if rx.changed().await.is_err() {
-            let last = rx.borrow().clone();
-            return if last == Download::Running {
-                Download::Failed(Failure::Unavailable("download stopped".into()))
-            } else {
-                last
-            };
-        }
-    }
-}
-
-fn file_headers(
-    b: axum::http::response::Builder,
-    sha: &Sha256,
-    content_type: &'static str,
-) -> axum::http::response::Builder {
-    b.header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
-        .header(header::ETAG, format!("\"{sha}\""))
-        // The URL names the content's hash, so it never changes.
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
-}
-
-/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range. `None`: no usable single range (serve the
-/// whole file, as RFC 9110 permits); `Err`: unsatisfiable (416).
-fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
-    let spec = h.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    let r = if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
-        if n == 0 || size == 0 {
-            return Some(Err(()));
-        }
-        (size.saturating_sub(n), size - 1)
-    } else {
-        let s: u64 = a.parse().ok()?;
-        let e: u64 = if b.is_empty() {
-            size.saturating_sub(1)
-        } else {
-            b.parse().ok()?
-        };
-        if s >= size || e < s {
-            return Some(Err(()));
-        }
-        (s, e.min(size - 1))
-    };
-    Some(Ok(r))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
-        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 99))));
-        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
-        assert_eq!(parse_range("bytes=50-500", 100), Some(Ok((50, 99))));
-        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
-        assert_eq!(parse_range("bytes=5-1", 100), Some(Err(())));
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
-        assert_eq!(parse_range("bytes=x-y", 100), None);
     }
 }

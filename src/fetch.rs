@@ -1,0 +1,489 @@
+//! Verified fetching, shared by the index and the pull gate: one upstream download per digest,
+//! streamed to the first client while it is hashed, committed to the cache only on a match, and
+//! serving of cached, verified bytes (with Range).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::audit::{Audit, AuditEvent};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::policy::Sha256;
+use crate::store::cache::now_secs;
+use crate::store::Cache;
+
+/// How long the shared download waits for the first client to take a chunk.
+const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Download {
+    Running,
+    Done,
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// The upstream could not be reached or broke off: 503.
+    Unavailable(String),
+    /// The upstream sent something other than it declared: 502.
+    BadUpstream(String),
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Unavailable(m) => ApiError::Unavailable(m),
+            Failure::BadUpstream(m) => ApiError::BadUpstream(m),
+        }
+    }
+}
+
+pub type Opener = Pin<Box<dyn Future<Output = Result<reqwest::Response, Failure>> + Send>>;
+
+/// One download: what to fetch and what the bytes must hash to.
+pub struct Job {
+    pub sha: Sha256,
+    /// A filename or digest, for messages and the cache record.
+    pub name: String,
+    /// The size the upstream's listing or manifest declared, if any.
+    pub size: Option<u64>,
+    pub open: Opener,
+    /// Recorded (as a deny) if the bytes do not match.
+    pub mismatch: AuditEvent,
+}
+
+type Body1 = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+pub struct Fetcher {
+    pub cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    audit: Audit,
+    cache_max_bytes: u64,
+    downloads: Mutex<HashMap<Sha256, watch::Receiver<Download>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Fetcher {
+    pub fn new(
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+        audit: Audit,
+        cache_max_bytes: u64,
+    ) -> Fetcher {
+        Fetcher {
+            cache,
+            metrics,
+            audit,
+            cache_max_bytes,
+            downloads: Mutex::default(),
+        }
+    }
+
+    /// Streams `sha` to the client: joins a running download (then serves from the cache) or
+    /// starts one. `job` builds the download when one has to start.
+    pub async fn fetch_and_serve(
+        self: &Arc<Self>,
+        job: impl Fn() -> Job,
+        content_type: &'static str,
+        extra: &[(HeaderName, String)],
+    ) -> Result<Response, ApiError> {
+        let sha = job_sha(&job);
+        loop {
+            let existing = lock(&self.downloads).get(&sha).cloned();
+            if let Some(rx) = existing {
+                match wait_download(rx).await {
+                    Download::Done => {
+                        if let Some(sz) = self.cache.lookup(&sha) {
+                            return self
+                                .serve_cached(
+                                    &sha,
+                                    sz,
+                                    false,
+                                    &HeaderMap::new(),
+                                    content_type,
+                                    extra,
+                                )
+                                .await;
+                        }
+                        // Verified but not cacheable (quota, disk): fetch again for this client.
+                    }
+                    Download::Failed(f) => return Err(f.into()),
+                    Download::Running => {}
+                }
+            }
+            let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+            let Some(head_rx) = self.start(job(), Some(body_tx)) else {
+                continue;
+            };
+            let len = match head_rx.await {
+                Ok(Ok(len)) => len,
+                Ok(Err(f)) => return Err(f.into()),
+                Err(_) => return Err(ApiError::Internal("download task ended early".into())),
+            };
+            let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            let mut resp = Response::builder().status(StatusCode::OK);
+            if let Some(l) = len {
+                resp = resp.header(header::CONTENT_LENGTH, l);
+            }
+            let mut resp = file_headers(resp, &sha, content_type);
+            for (k, v) in extra {
+                resp = resp.header(k, v);
+            }
+            return resp
+                .body(Body::from_stream(stream))
+                .map_err(|e| ApiError::Internal(e.to_string()));
+        }
+    }
+
+    /// Makes sure `sha` is in the cache (downloading it if needed), without a client stream.
+    pub async fn ensure_cached(self: &Arc<Self>, job: impl Fn() -> Job) -> Result<u64, ApiError> {
+        let sha = job_sha(&job);
+        for _ in 0..3 {
+            if let Some(size) = self.cache.lookup(&sha) {
+                return Ok(size);
+            }
+            let existing = lock(&self.downloads).get(&sha).cloned();
+            let rx = match existing {
+                Some(rx) => rx,
+                None => {
+                    let Some(head_rx) = self.start(job(), None) else {
+                        continue;
+                    };
+                    if let Ok(Err(f)) = head_rx.await {
+                        return Err(f.into());
+                    }
+                    match lock(&self.downloads).get(&sha).cloned() {
+                        Some(rx) => rx,
+                        None => continue,
+                    }
+                }
+            };
+            if let Download::Failed(f) = wait_download(rx).await {
+                return Err(f.into());
+            }
+        }
+        self.cache
+            .lookup(&sha)
+            .ok_or_else(|| ApiError::Unavailable("the file could not be cached".into()))
+    }
+
+    /// Starts the one download of `job.sha`, unless one is already running (then `None`).
+    fn start(
+        self: &Arc<Self>,
+        job: Job,
+        body: Option<Body1>,
+    ) -> Option<oneshot::Receiver<Result<Option<u64>, Failure>>> {
+        let sha = job.sha;
+        let (state_tx, state_rx) = watch::channel(Download::Running);
+        {
+            let mut d = lock(&self.downloads);
+            if d.contains_key(&sha) {
+                return None;
+            }
+            d.insert(sha, state_rx);
+        }
+        let (head_tx, head_rx) = oneshot::channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.download(job, head_tx, body).await;
+            lock(&this.downloads).remove(&sha);
+            let _ = state_tx.send(result);
+        });
+        Some(head_rx)
+    }
+
+    /// The download itself. The client's copy of the last chunk is held back until the hash is
+    /// known: on a mismatch the client receives an error instead, so it never holds a complete
+    /// file with the wrong hash, and nothing is cached.
+    async fn download(
+        &self,
+        job: Job,
+        head: oneshot::Sender<Result<Option<u64>, Failure>>,
+        mut body: Option<Body1>,
+    ) -> Download {
+        let Job {
+            sha,
+            name,
+            size,
+            open,
+            mismatch,
+        } = job;
+        let fail = |head: oneshot::Sender<Result<Option<u64>, Failure>>, f: Failure| {
+            let _ = head.send(Err(f.clone()));
+            Download::Failed(f)
+        };
+        let resp = match open.await {
+            Ok(r) => r,
+            Err(f) => return fail(head, f),
+        };
+        let declared = resp.content_length();
+        if let (Some(want), Some(got)) = (size, declared) {
+            if want != got {
+                tracing::warn!(%name, want, got, "upstream length differs from the declared size");
+                return fail(head, Failure::BadUpstream(format!("the upstream sent {name} with a length of {got} bytes, but {want} were declared")));
+            }
+        }
+        let limit = size.or(declared).unwrap_or(self.cache_max_bytes);
+        let _ = head.send(Ok(size.or(declared)));
+
+        let mut temp = match self.cache.temp_file().await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a cache temp file; serving without caching");
+                self.metrics.cache_store_failures.fetch_add(1, Relaxed);
+                None
+            }
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut total = 0u64;
+        let mut held: Option<Bytes> = None;
+        let mut stream = resp.bytes_stream();
+        let mut failure = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%name, error = %e, "upstream transfer broke");
+                    failure = Some(Failure::Unavailable(format!(
+                        "the upstream transfer of {name} broke off"
+                    )));
+                    break;
+                }
+            };
+            total += chunk.len() as u64;
+            if total > limit {
+                // Never read past the declared size: a longer body is a lie.
+                failure = Some(Failure::BadUpstream(format!(
+                    "the upstream sent more than the {limit} bytes declared for {name}"
+                )));
+                break;
+            }
+            hasher.update(&chunk);
+            if let Some(t) = temp.as_mut() {
+                if let Err(e) = t.file.write_all(&chunk).await {
+                    tracing::warn!(error = %e, "cache write failed (disk full?); serving without caching");
+                    self.metrics.cache_store_failures.fetch_add(1, Relaxed);
+                    if let Some(t) = temp.take() {
+                        let _ = tokio::fs::remove_file(&t.path).await;
+                    }
+                }
+            }
+            if let Some(prev) = held.replace(chunk) {
+                if let Some(b) = &body {
+                    // A client that left, or reads so slowly that it would hold up the shared
+                    // download, is cut loose; the download goes on for the cache and the others.
+                    if !matches!(
+                        tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(Ok(prev))).await,
+                        Ok(Ok(()))
+                    ) {
+                        body = None;
+                    }
+                }
+            }
+        }
+        if failure.is_none() && size.or(declared).is_some_and(|s| s != total) {
+            failure = Some(Failure::BadUpstream(format!(
+                "the upstream sent {total} bytes of {name}, fewer than declared"
+            )));
+        }
+        let actual = Sha256::from_bytes(hasher.finalize().into());
+        if failure.is_none() && actual != sha {
+            let detail = format!(
+                "{name}: the upstream sent bytes with sha256 {actual}, but the pin is {sha}"
+            );
+            tracing::error!(%name, expected = %sha, actual = %actual, "upstream bytes do not match the pin; not served, not cached");
+            self.metrics.deny_code("hash_mismatch");
+            self.audit
+                .record(AuditEvent {
+                    time: now_secs(),
+                    decision: "deny",
+                    reason: "hash_mismatch".into(),
+                    detail: detail.clone(),
+                    actual_sha256: Some(actual.hex()),
+                    ..mismatch
+                })
+                .await;
+            failure = Some(Failure::BadUpstream(detail));
+        }
+        if let Some(f) = failure {
+            // The error must reach the client's stream (not be dropped on a full buffer), so
+            // the response ends in a reset rather than a clean end, chunked or not.
+            if let Some(b) = body.take() {
+                let err = Err(std::io::Error::other("upstream bytes rejected"));
+                let _ = tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(err)).await;
+            }
+            if let Some(t) = temp {
+                let _ = tokio::fs::remove_file(&t.path).await;
+            }
+            return Download::Failed(f);
+        }
+        if let Some(t) = temp {
+            if let Err(e) = self.cache.commit(t, sha, total, Some(&name)).await {
+                tracing::warn!(error = %e, "could not cache verified bytes");
+                self.metrics.cache_store_failures.fetch_add(1, Relaxed);
+            }
+        }
+        if let (Some(b), Some(last)) = (&body, held) {
+            let _ = b.send(Ok(last)).await;
+        }
+        Download::Done
+    }
+
+    /// Serves verified cached bytes, honouring a single `Range: bytes=` (RFC 9110 §14).
+    pub async fn serve_cached(
+        &self,
+        sha: &Sha256,
+        size: u64,
+        head: bool,
+        headers: &HeaderMap,
+        content_type: &'static str,
+        extra: &[(HeaderName, String)],
+    ) -> Result<Response, ApiError> {
+        let range = headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| parse_range(r, size));
+        let (status, start, len) = match range {
+            Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+            Some(Err(())) => {
+                return Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                    .body(Body::empty())
+                    .map_err(|e| ApiError::Internal(e.to_string()));
+            }
+            None => (StatusCode::OK, 0, size),
+        };
+        let mut b = Response::builder()
+            .status(status)
+            .header(header::CONTENT_LENGTH, len)
+            .header(header::ACCEPT_RANGES, "bytes");
+        if status == StatusCode::PARTIAL_CONTENT {
+            b = b.header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{size}", start + len - 1),
+            );
+        }
+        let mut b = file_headers(b, sha, content_type);
+        for (k, v) in extra {
+            b = b.header(k, v);
+        }
+        if head {
+            return b
+                .body(Body::empty())
+                .map_err(|e| ApiError::Internal(e.to_string()));
+        }
+        let mut file = tokio::fs::File::open(self.cache.path(sha))
+            .await
+            .map_err(|e| ApiError::Internal(format!("cached file: {e}")))?;
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        self.metrics.cache_bytes_served.fetch_add(len, Relaxed);
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 512 * 1024);
+        b.body(Body::from_stream(stream))
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
+fn job_sha(job: &impl Fn() -> Job) -> Sha256 {
+    // Building a job only creates a future; nothing runs until it is awaited.
+    job().sha
+}
+
+async fn wait_download(mut rx: watch::Receiver<Download>) -> Download {
+    loop {
+        let cur = rx.borrow().clone();
+        if cur != Download::Running {
+            return cur;
+        }
+        if rx.changed().await.is_err() {
+            let last = rx.borrow().clone();
+            return if last == Download::Running {
+                Download::Failed(Failure::Unavailable("download stopped".into()))
+            } else {
+                last
+            };
+        }
+    }
+}
+
+pub fn file_headers(
+    b: axum::http::response::Builder,
+    sha: &Sha256,
+    content_type: &'static str,
+) -> axum::http::response::Builder {
+    b.header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
+        .header(header::ETAG, format!("\"{sha}\""))
+        // The URL names the content's hash, so it never changes.
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+}
+
+/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range. `None`: no usable single range (serve the
+/// whole file, as RFC 9110 permits); `Err`: unsatisfiable (416).
+fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = h.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let r = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || size == 0 {
+            return Some(Err(()));
+        }
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let s: u64 = a.parse().ok()?;
+        let e: u64 = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse().ok()?
+        };
+        if s >= size || e < s {
+            return Some(Err(()));
+        }
+        (s, e.min(size - 1))
+    };
+    Some(Ok(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=50-500", 100), Some(Ok((50, 99))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=5-1", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=x-y", 100), None);
+    }
+}

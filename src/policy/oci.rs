@@ -1,0 +1,447 @@
+//! OCI names and image rules: registries, repositories, tags and digests as the distribution
+//! spec defines them, `[[image]]` rules matched on path components, and the pull decision.
+//! Pure: the caller resolves tags and fetches manifests.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::allowlist::Source;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    #[error("{0:?} is not a sha256 digest (sha256: and 64 lowercase hex characters)")]
+    Digest(String),
+    #[error("{0:?} is not a valid repository name (distribution spec: lowercase components of [a-z0-9] separated by '.', '_', '__' or '-', joined by '/', at most 255 characters)")]
+    Repository(String),
+    #[error("{0:?} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})")]
+    Tag(String),
+    #[error("{0:?} is not a valid registry host")]
+    Host(String),
+}
+
+/// `sha256:` and 64 lowercase hex characters: the only digest algorithm the gate accepts, so
+/// a digest can name a cache file directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub super::Sha256);
+
+impl Digest {
+    pub fn parse(raw: &str) -> Result<Digest, RefError> {
+        let err = || RefError::Digest(raw.chars().take(80).collect());
+        let hex = raw.strip_prefix("sha256:").ok_or_else(err)?;
+        super::Sha256::parse_canonical(hex)
+            .map(Digest)
+            .map_err(|_| err())
+    }
+
+    pub fn sha(&self) -> &super::Sha256 {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    pub fn parse(raw: &str) -> Result<Tag, RefError> {
+        let b = raw.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 128
+            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Tag(raw.to_string()))
+        } else {
+            Err(RefError::Tag(raw.chars().take(140).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Docker Hub's aliases all mean `docker.io`.
+pub fn normalize_host(raw: &str) -> Result<String, RefError> {
+    let h = raw.to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'))
+        && !h.starts_with(['.', '-', ':']);
+    if !ok {
+        return Err(RefError::Host(raw.chars().take(80).collect()));
+    }
+    Ok(match h.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+        _ => h,
+    })
+}
+
+fn valid_component(c: &str) -> bool {
+    // [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*
+    let b = c.as_bytes();
+    if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let ch = b[i];
+        if ch.is_ascii_lowercase() || ch.is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // a separator run: ".", "_", "__" or one or more "-"
+        let start = i;
+        match ch {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < b.len() && b[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < b.len() && b[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        if i == start || i >= b.len() || !b[i].is_ascii_alphanumeric() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A repository on a registry: `docker.io/library/ubuntu`, `nvcr.io/nvidia/cuda`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Repository {
+    pub registry: String,
+    pub path: String,
+}
+
+impl Repository {
+    /// `registry` is a (normalised) host; `path` the repository path within it. Docker Hub's
+    /// one-component names live under `library/`.
+    pub fn new(registry: &str, path: &str) -> Result<Repository, RefError> {
+        let registry = normalize_host(registry)?;
+        let err = || RefError::Repository(path.chars().take(300).collect());
+        if path.is_empty() || path.len() > 255 || !path.split('/').all(valid_component) {
+            return Err(err());
+        }
+        let path = if registry == "docker.io" && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path.to_string()
+        };
+        Ok(Repository { registry, path })
+    }
+
+    /// Parses `host/path` (the form rules and signatures use).
+    pub fn parse(full: &str) -> Result<Repository, RefError> {
+        let (host, path) = full
+            .split_once('/')
+            .ok_or_else(|| RefError::Repository(full.chars().take(300).collect()))?;
+        Repository::new(host, path)
+    }
+
+    fn components(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.registry.as_str()).chain(self.path.split('/'))
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.path)
+    }
+}
+
+/// What a rule's `repository` names: one repository, or every repository below a prefix
+/// (`nvcr.io/nvidia/*`), compared component by component so `nvcr.io/nvidia/*` never matches
+/// `nvcr.io/nvidia-evil/x`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RepoPattern {
+    Exact(Repository),
+    Below {
+        registry: String,
+        prefix: Vec<String>,
+    },
+}
+
+impl RepoPattern {
+    pub fn parse(raw: &str) -> Result<RepoPattern, RefError> {
+        if let Some(prefix) = raw.strip_suffix("/*") {
+            let (host, path) = match prefix.split_once('/') {
+                Some((h, p)) => (h, Some(p)),
+                None => (prefix, None),
+            };
+            let registry = normalize_host(host)?;
+            let prefix = match path {
+                None => Vec::new(),
+                Some(p) => {
+                    if !p.split('/').all(valid_component) {
+                        return Err(RefError::Repository(raw.to_string()));
+                    }
+                    p.split('/').map(str::to_string).collect()
+                }
+            };
+            return Ok(RepoPattern::Below { registry, prefix });
+        }
+        Repository::parse(raw).map(RepoPattern::Exact)
+    }
+
+    /// `None`: no match; `Some(n)`: a match of specificity `n` (higher wins).
+    pub fn specificity(&self, repo: &Repository) -> Option<usize> {
+        match self {
+            RepoPattern::Exact(r) => (r == repo).then_some(usize::MAX),
+            RepoPattern::Below { registry, prefix } => {
+                let mut comps = repo.components();
+                if comps.next() != Some(registry.as_str()) {
+                    return None;
+                }
+                let rest: Vec<&str> = comps.collect();
+                // `x/*` admits repositories strictly below `x`.
+                (rest.len() > prefix.len() && prefix.iter().zip(&rest).all(|(a, b)| a == b))
+                    .then_some(prefix.len())
+            }
+        }
+    }
+}
+
+impl fmt::Display for RepoPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoPattern::Exact(r) => write!(f, "{r}"),
+            RepoPattern::Below { registry, prefix } if prefix.is_empty() => {
+                write!(f, "{registry}/*")
+            }
+            RepoPattern::Below { registry, prefix } => {
+                write!(f, "{registry}/{}/*", prefix.join("/"))
+            }
+        }
+    }
+}
+
+/// One `[[image]]` rule. Signature requirements are a later addition; `digests` is never empty
+/// in this version (the loader refuses a rule that admits nothing).
+#[derive(Debug, Clone)]
+pub struct ImageRule {
+    pub pattern: RepoPattern,
+    pub tags: Option<BTreeSet<Tag>>,
+    pub digests: BTreeSet<Digest>,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageDeny {
+    NoRule(Repository),
+    TagNotAllowed {
+        repo: Repository,
+        tag: Tag,
+    },
+    DigestNotPinned {
+        repo: Repository,
+        digest: Digest,
+        tag: Option<Tag>,
+    },
+    NotReferenced {
+        repo: Repository,
+        digest: Digest,
+    },
+}
+
+impl ImageDeny {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ImageDeny::NoRule(_) => "image_not_allowlisted",
+            ImageDeny::TagNotAllowed { .. } => "tag_not_allowed",
+            ImageDeny::DigestNotPinned { .. } => "digest_not_pinned",
+            ImageDeny::NotReferenced { .. } => "blob_not_referenced",
+        }
+    }
+}
+
+impl fmt::Display for ImageDeny {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageDeny::NoRule(r) => write!(f, "repository {r} is not on the allowlist; ask the security team to approve it"),
+            ImageDeny::TagNotAllowed { repo, tag } => write!(f, "tag {tag} of {repo} is not an allowed tag; pull an allowed tag or a pinned digest"),
+            ImageDeny::DigestNotPinned { repo, digest, tag: Some(tag) } => write!(f, "{repo}:{tag} now points to {digest}, which is not a pinned digest; the tag may have moved upstream"),
+            ImageDeny::DigestNotPinned { repo, digest, tag: None } => write!(f, "{repo}@{digest} is not a pinned digest"),
+            ImageDeny::NotReferenced { repo, digest } => write!(f, "{digest} is not referenced by an admitted manifest of {repo}"),
+        }
+    }
+}
+
+/// The rule that governs a repository: the most specific match.
+pub fn rule_for<'a>(rules: &'a [ImageRule], repo: &Repository) -> Option<&'a ImageRule> {
+    rules
+        .iter()
+        .filter_map(|r| r.pattern.specificity(repo).map(|s| (s, r)))
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, r)| r)
+}
+
+/// May this tag be pulled? (Checked before anything is resolved upstream.)
+pub fn check_tag(rule: &ImageRule, repo: &Repository, tag: &Tag) -> Result<(), ImageDeny> {
+    match &rule.tags {
+        Some(tags) if !tags.contains(tag) => Err(ImageDeny::TagNotAllowed {
+            repo: repo.clone(),
+            tag: tag.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The decision for a top-level manifest digest (an image or an index).
+pub fn decide_manifest(
+    rule: &ImageRule,
+    repo: &Repository,
+    digest: &Digest,
+    tag: Option<&Tag>,
+) -> Result<(), ImageDeny> {
+    if rule.digests.contains(digest) {
+        Ok(())
+    } else {
+        Err(ImageDeny::DigestNotPinned {
+            repo: repo.clone(),
+            digest: *digest,
+            tag: tag.cloned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn rule(pattern: &str, tags: Option<&[&str]>, line: usize) -> ImageRule {
+        ImageRule {
+            pattern: RepoPattern::parse(pattern).unwrap(),
+            tags: tags.map(|t| t.iter().map(|t| Tag::parse(t).unwrap()).collect()),
+            digests: [Digest::parse(D1).unwrap()].into_iter().collect(),
+            source: Source {
+                file: "a.toml".into(),
+                line,
+            },
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            Repository::parse("docker.io/ubuntu").unwrap().to_string(),
+            "docker.io/library/ubuntu"
+        );
+        assert_eq!(
+            Repository::parse("index.docker.io/library/ubuntu")
+                .unwrap()
+                .to_string(),
+            "docker.io/library/ubuntu"
+        );
+        assert_eq!(
+            Repository::parse("registry-1.docker.io/ubuntu")
+                .unwrap()
+                .to_string(),
+            "docker.io/library/ubuntu"
+        );
+        assert_eq!(
+            Repository::parse("nvcr.io/nvidia/cuda").unwrap().path,
+            "nvidia/cuda"
+        );
+        assert_eq!(
+            Repository::parse("127.0.0.1:5000/a/b").unwrap().registry,
+            "127.0.0.1:5000"
+        );
+        for bad in [
+            "nvcr.io/",
+            "nvcr.io/Nvidia/cuda",
+            "nvcr.io/a//b",
+            "nvcr.io/../etc",
+            "nvcr.io/a/-b",
+            "nvcr.io/a_-b",
+            "nvcr.io/a%2fb",
+            "x",
+        ] {
+            assert!(Repository::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Repository::parse("nvcr.io/a__b/c-d.e--f").is_ok());
+        assert!(Tag::parse("12.4.1-runtime-ubuntu22.04").is_ok());
+        for bad in ["", "-x", ".x", "a/b", "a:b", &"a".repeat(129)] {
+            assert!(Tag::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Digest::parse(D1).is_ok());
+        for bad in [
+            "sha256:abc",
+            "sha512:11",
+            &D1.to_uppercase(),
+            "1111111111111111111111111111111111111111111111111111111111111111",
+        ] {
+            assert!(Digest::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_on_components() {
+        let rules = vec![
+            rule("nvcr.io/nvidia/*", None, 1),
+            rule("nvcr.io/nvidia/cuda", Some(&["12"]), 2),
+        ];
+        let cuda = Repository::parse("nvcr.io/nvidia/cuda").unwrap();
+        assert_eq!(
+            rule_for(&rules, &cuda).unwrap().source.line,
+            2,
+            "the exact rule wins"
+        );
+        let other = Repository::parse("nvcr.io/nvidia/tritonserver").unwrap();
+        assert_eq!(rule_for(&rules, &other).unwrap().source.line, 1);
+        for no in [
+            "nvcr.io/nvidia-evil/x",
+            "nvcr.io/nvidia",
+            "nvcr.io.evil.com/nvidia/cuda",
+            "docker.io/nvidia/cuda",
+        ] {
+            assert!(
+                rule_for(&rules, &Repository::parse(no).unwrap()).is_none(),
+                "{no}"
+            );
+        }
+        let all = vec![rule("docker.io/*", None, 3)];
+        assert!(rule_for(&all, &Repository::parse("docker.io/ubuntu").unwrap()).is_some());
+    }
+
+    #[test]
+    fn decisions() {
+        let r = rule("nvcr.io/nvidia/cuda", Some(&["12"]), 1);
+        let repo = Repository::parse("nvcr.io/nvidia/cuda").unwrap();
+        assert!(check_tag(&r, &repo, &Tag::parse("12").unwrap()).is_ok());
+        let e = check_tag(&r, &repo, &Tag::parse("latest").unwrap()).unwrap_err();
+        assert_eq!(e.code(), "tag_not_allowed");
+        assert!(decide_manifest(&r, &repo, &Digest::parse(D1).unwrap(), None).is_ok());
+        let e = decide_manifest(
+            &r,
+            &repo,
+            &Digest::parse(D2).unwrap(),
+            Some(&Tag::parse("12").unwrap()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("may have moved upstream"));
+    }
+}
