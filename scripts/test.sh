@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs what the tests drive (pip's own
-# client is already there; uv and pypiserver come from PyPI), then lint and every test.
+# Runs the whole test suite on a fresh machine: installs what the tests drive (docker-registry,
+# skopeo and openssl from Debian; uv and pypiserver from PyPI; pip is already there), then lint
+# and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The Debian package starts its own registry on :5000 where systemd runs; the tests start theirs.
 
 need_pip=()
 command -v uv >/dev/null 2>&1 || need_pip+=(uv)

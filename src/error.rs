@@ -31,9 +31,9 @@ pub enum ApiError {
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECS: u64 = 30;
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
@@ -41,23 +41,52 @@ impl IntoResponse for ApiError {
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        let body = format!("{self}\n");
-        let mut resp = (status, body).into_response();
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
-        resp
+    }
+
+    /// Logs what must not be sent; returns the status and the sentence that may be.
+    fn public(&self) -> (StatusCode, String) {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(%cause, "internal error");
+        }
+        (self.status(), self.to_string())
+    }
+}
+
+fn finish(mut resp: Response, status: StatusCode, content_type: &'static str) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = self.public();
+        finish(
+            (status, format!("{message}\n")).into_response(),
+            status,
+            "text/plain; charset=utf-8",
+        )
+    }
+}
+
+/// The distribution spec's error body (`{"errors":[{"code","message"}]}`) for `/v2/` routes,
+/// with the same statuses and sentences as every other route.
+impl IntoResponse for crate::oci::service::OciError {
+    fn into_response(self) -> Response {
+        let crate::oci::service::OciError::Coded(code, err) = self;
+        let (status, message) = err.public();
+        let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
+        finish(
+            (status, json.to_string()).into_response(),
+            status,
+            "application/json",
+        )
     }
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod metrics;
+pub mod oci;
 pub mod policy;
 pub mod pypi;
 pub mod server;
@@ -38,6 +39,7 @@ pub struct AppState {
     policy: RwLock<Arc<LoadedPolicy>>,
     policy_version: AtomicU64,
     pub pypi: Arc<Pypi>,
+    pub oci: Arc<oci::service::Oci>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
 }
@@ -74,6 +76,13 @@ impl AppState {
             audit.clone(),
             config.cache_max_bytes,
         ));
+        let oci = Arc::new(oci::service::Oci::new(
+            &config,
+            store.clone(),
+            fetcher.clone(),
+            metrics.clone(),
+            audit.clone(),
+        )?);
         let pypi = Arc::new(Pypi::new(
             &config,
             store,
@@ -87,6 +96,7 @@ impl AppState {
             policy: RwLock::new(Arc::new(LoadedPolicy { policy, version: 1 })),
             policy_version: AtomicU64::new(1),
             pypi,
+            oci,
             metrics,
             ready: AtomicBool::new(true),
         }))
@@ -161,6 +171,7 @@ pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(pypi::routes())
+        .merge(oci::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -202,6 +213,8 @@ async fn edge(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         Route::Simple
     } else if path.starts_with("/files/") {
         Route::Files
+    } else if path.starts_with("/v2") {
+        Route::Oci
     } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         Route::Ops
     } else {

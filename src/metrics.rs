@@ -13,8 +13,9 @@ pub enum Route {
     Files = 1,
     Ops = 2,
     Other = 3,
+    Oci = 4,
 }
-const ROUTES: [&str; 4] = ["simple", "files", "ops", "other"];
+const ROUTES: [&str; 5] = ["simple", "files", "ops", "other", "oci"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Upstream request kinds.
@@ -51,7 +52,7 @@ struct Histogram {
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; 5]; 4],
+    requests: [[AtomicU64; 5]; 5],
     allow: [AtomicU64; 2],
     deny: [AtomicU64; DENY_CODES.len()],
     upstream_requests: [AtomicU64; 2],

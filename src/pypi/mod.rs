@@ -41,7 +41,7 @@ fn redirect(location: &str) -> Response {
     r
 }
 
-fn client_of(req: &Request) -> Client {
+pub fn client_of(req: &Request) -> Client {
     Client(
         req.extensions()
             .get::<ConnectInfo<SocketAddr>>()

@@ -46,7 +46,18 @@ pub const CACHED: TableDefinition<&str, &[u8]> = TableDefinition::new("cached");
 /// Wheel sha256 → sha256 of its METADATA file (itself in the cache).
 pub const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 5] = [PINS, OBSERVED, PAGES, CACHED, METADATA];
+/// Verified manifests: digest → media type and size (bytes in the cache).
+pub const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
+/// `{repository}|{child digest}` → the index digests that list it.
+pub const CHILDREN: TableDefinition<&str, &[u8]> = TableDefinition::new("children");
+/// `{repository}|{blob digest}` → size and the manifests that reference it.
+pub const BLOBREFS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobrefs");
+/// `{repository}|{tag}` → the digest it last resolved to, and when.
+pub const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
+
+const TABLES: [TableDefinition<&str, &[u8]>; 9] = [
+    PINS, OBSERVED, PAGES, CACHED, METADATA, MANIFESTS, CHILDREN, BLOBREFS, TAGS,
+];
 
 pub struct Store {
     db: Database,

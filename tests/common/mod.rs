@@ -349,3 +349,59 @@ pub fn show(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// A real registry (Debian's docker-registry, i.e. distribution 2.8) on 127.0.0.1 with its own
+/// storage folder. `extra` is appended to its YAML config (auth sections).
+pub fn docker_registry(dir: &Path, extra: &str) -> Proc {
+    let port = free_port();
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = format!(
+        "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+        dir.join("data").display()
+    );
+    std::fs::write(dir.join("config.yml"), cfg).unwrap();
+    let log = dir.join("registry.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::from(logf.try_clone().unwrap()))
+        .stderr(Stdio::from(logf))
+        .spawn()
+        .expect("docker-registry must be installed (the test script installs it)");
+    let p = Proc { child, port, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "docker-registry did not start:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p
+}
+
+/// `skopeo` with no policy file needed (the tests verify nothing through skopeo's policy).
+pub fn skopeo(args: &[&str]) -> Output {
+    Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("skopeo must be installed (the test script installs it)")
+}
+
+/// Builds the test images into an OCI layout; returns {ref: digest}.
+pub fn oci_images(layout: &Path) -> BTreeMap<String, String> {
+    let out = Command::new("python3")
+        .arg(support("oci_images.py"))
+        .arg(layout)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "oci_images.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -1,0 +1,449 @@
+//! The client for one upstream registry (OCI distribution spec). It fetches and never decides.
+//!
+//! Authentication: anonymous, Basic (password from the environment) and the bearer-token flow
+//! (`WWW-Authenticate: Bearer realm,service,scope`, Docker's token spec), tokens cached per scope
+//! until they expire. Token endpoints only on `auth_hosts`; blob redirects followed by the gate
+//! without credentials, and never to private, loopback or link-local addresses unless listed in
+//! `redirect_hosts`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode, Url};
+
+use crate::config::{is_loopback_host, RegistryConfig};
+
+/// Media types the gate accepts, in the order it asks for them.
+pub const MANIFEST_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+const MAX_REDIRECTS: usize = 5;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {0} could not be reached")]
+    Unreachable(String),
+    #[error("registry {0} refused the gate's credentials")]
+    Auth(String),
+    #[error("registry {0} answered HTTP {1}")]
+    Status(String, u16),
+    #[error("registry {0}: {1}")]
+    Refused(String, String),
+    #[error("not found in the upstream registry")]
+    NotFound,
+}
+
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+pub struct RegistryClient {
+    pub cfg: RegistryConfig,
+    client: reqwest::Client,
+    tokens: Mutex<HashMap<String, Token>>,
+}
+
+/// The parameters of a `WWW-Authenticate` challenge (RFC 9110 §11.6.1).
+fn parse_challenge(h: &str) -> Option<(String, HashMap<String, String>)> {
+    let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h.trim(), ""));
+    let mut params = HashMap::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let (k, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let (v, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            (&q[..end], &q[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        params.insert(k.trim().to_ascii_lowercase(), v.to_string());
+        rest = next.trim_start_matches([',', ' ']);
+    }
+    Some((scheme.to_ascii_lowercase(), params))
+}
+
+fn ip_is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| ip_is_private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+impl RegistryClient {
+    pub fn new(cfg: RegistryConfig, timeout: Duration) -> Result<RegistryClient, String> {
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .read_timeout(timeout)
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("registry {}: ca_file {}: {e}", cfg.host, ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("registry {}: ca_file: {e}", cfg.host))?;
+            b = b.add_root_certificate(cert);
+        }
+        Ok(RegistryClient {
+            client: b
+                .build()
+                .map_err(|e| format!("registry {}: {e}", cfg.host))?,
+            cfg,
+            tokens: Mutex::default(),
+        })
+    }
+
+    fn name(&self) -> String {
+        self.cfg.host.clone()
+    }
+
+    fn cached_token(&self, scope: &str) -> Option<String> {
+        let t = self.tokens.lock().ok()?;
+        t.get(scope)
+            .filter(|t| t.expires > Instant::now())
+            .map(|t| t.value.clone())
+    }
+
+    /// Fetches a bearer token for `scope` from the challenge's realm, which must be an https
+    /// URL (http only on loopback) on one of `auth_hosts`.
+    async fn fetch_token(
+        &self,
+        params: &HashMap<String, String>,
+        scope: &str,
+    ) -> Result<String, RegistryError> {
+        let name = self.name();
+        let realm = params.get("realm").ok_or_else(|| {
+            RegistryError::Refused(name.clone(), "bearer challenge without a realm".into())
+        })?;
+        let mut url = Url::parse(realm).map_err(|_| {
+            RegistryError::Refused(name.clone(), "bearer realm is not a URL".into())
+        })?;
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let scheme_ok =
+            url.scheme() == "https" || (url.scheme() == "http" && is_loopback_host(&host));
+        if !scheme_ok || !self.cfg.auth_hosts.contains(&host) {
+            return Err(RegistryError::Refused(
+                name,
+                format!("token endpoint {host} is not in auth_hosts"),
+            ));
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = params.get("service") {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = self.client.get(url);
+        if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
+            req = req.basic_auth(u, Some(p.expose()));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|_| RegistryError::Unreachable(name.clone()))?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(RegistryError::Auth(name))
+            }
+            s => return Err(RegistryError::Status(name, s.as_u16())),
+        }
+        let body = crate::pypi::upstream::read_limited(resp, 64 * 1024)
+            .await
+            .map_err(|_| RegistryError::Unreachable(name.clone()))?;
+        #[derive(serde::Deserialize)]
+        struct TokenResp {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let t: TokenResp = serde_json::from_slice(&body).map_err(|_| {
+            RegistryError::Refused(name.clone(), "token response is not JSON".into())
+        })?;
+        let value = t
+            .token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                RegistryError::Refused(name.clone(), "token response without a token".into())
+            })?;
+        // Docker's token spec: 60 s when the server says nothing; renew a little early.
+        let ttl = t.expires_in.unwrap_or(60).clamp(10, 3600).saturating_sub(5);
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(
+                scope.to_string(),
+                Token {
+                    value: value.clone(),
+                    expires: Instant::now() + Duration::from_secs(ttl),
+                },
+            );
+        }
+        Ok(value)
+    }
+
+    /// A request to the registry's own origin with its credentials (token or Basic), answering
+    /// one auth challenge. Redirects are returned, not followed.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+        scope: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let name = self.name();
+        let url = self
+            .cfg
+            .url
+            .join(path)
+            .map_err(|_| RegistryError::Refused(name.clone(), "bad path".into()))?;
+        let mut auth: Option<String> = self.cached_token(scope).map(|t| format!("Bearer {t}"));
+        for attempt in 0..2 {
+            let mut req = self.client.request(method.clone(), url.clone());
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            if let Some(a) = &auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = req.send().await.map_err(|e| {
+                tracing::warn!(registry = %name, error = %e, "registry request failed");
+                RegistryError::Unreachable(name.clone())
+            })?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            if attempt == 1 {
+                break;
+            }
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge);
+            auth = match challenge {
+                Some((scheme, params)) if scheme == "bearer" => Some(format!(
+                    "Bearer {}",
+                    self.fetch_token(&params, scope).await?
+                )),
+                Some((scheme, _)) if scheme == "basic" => {
+                    match (&self.cfg.username, &self.cfg.password) {
+                        (Some(u), Some(p)) => {
+                            use base64_basic::encode;
+                            Some(format!("Basic {}", encode(&format!("{u}:{}", p.expose()))))
+                        }
+                        _ => return Err(RegistryError::Auth(name)),
+                    }
+                }
+                _ => return Err(RegistryError::Auth(name)),
+            };
+        }
+        Err(RegistryError::Auth(name))
+    }
+
+    /// GET or HEAD a manifest by tag or digest.
+    pub async fn manifest(
+        &self,
+        repo_path: &str,
+        reference: &str,
+        head: bool,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let method = if head { Method::HEAD } else { Method::GET };
+        let accept = MANIFEST_TYPES.join(", ");
+        let resp = self
+            .send(
+                method,
+                &format!("/v2/{repo_path}/manifests/{reference}"),
+                Some(&accept),
+                &format!("repository:{repo_path}:pull"),
+            )
+            .await?;
+        self.classify(resp)
+    }
+
+    pub async fn tags(&self, repo_path: &str) -> Result<reqwest::Response, RegistryError> {
+        let resp = self
+            .send(
+                Method::GET,
+                &format!("/v2/{repo_path}/tags/list"),
+                None,
+                &format!("repository:{repo_path}:pull"),
+            )
+            .await?;
+        self.classify(resp)
+    }
+
+    fn classify(&self, resp: reqwest::Response) -> Result<reqwest::Response, RegistryError> {
+        let name = self.name();
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(RegistryError::Auth(name)),
+            s => Err(RegistryError::Status(name, s.as_u16())),
+        }
+    }
+
+    /// Opens a blob, following redirects itself: without credentials, and only to https hosts
+    /// (or loopback http) whose addresses are public, unless listed in `redirect_hosts`.
+    pub async fn open_blob(
+        &self,
+        repo_path: &str,
+        digest: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let name = self.name();
+        let mut resp = self
+            .send(
+                Method::GET,
+                &format!("/v2/{repo_path}/blobs/{digest}"),
+                None,
+                &format!("repository:{repo_path}:pull"),
+            )
+            .await?;
+        for _ in 0..MAX_REDIRECTS {
+            if !resp.status().is_redirection() {
+                return self.classify(resp);
+            }
+            let next = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| resp.url().join(l).ok())
+                .ok_or_else(|| {
+                    RegistryError::Refused(
+                        name.clone(),
+                        "redirect without a usable Location".into(),
+                    )
+                })?;
+            self.check_redirect(&next).await?;
+            resp = self
+                .client
+                .get(next)
+                .send()
+                .await
+                .map_err(|_| RegistryError::Unreachable(name.clone()))?;
+        }
+        Err(RegistryError::Refused(name, "too many redirects".into()))
+    }
+
+    async fn check_redirect(&self, url: &Url) -> Result<(), RegistryError> {
+        let name = self.name();
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let listed = self.cfg.redirect_hosts.contains(&host);
+        match url.scheme() {
+            "https" => {}
+            "http" if listed && is_loopback_host(&host) => {}
+            _ => {
+                return Err(RegistryError::Refused(
+                    name,
+                    format!("blob redirect to {}://{host} refused", url.scheme()),
+                ))
+            }
+        }
+        if listed {
+            return Ok(());
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|_| RegistryError::Unreachable(name.clone()))?;
+        for a in addrs {
+            if ip_is_private(a.ip()) {
+                return Err(RegistryError::Refused(
+                    name,
+                    format!("blob redirect to {host}, which resolves to a private address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Basic credentials need base64; a dozen lines do not justify a crate.
+mod base64_basic {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+        for chunk in b.chunks(3) {
+            let n = (chunk[0] as u32) << 16
+                | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+                | *chunk.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let (s, p) = parse_challenge(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull""#).unwrap();
+        assert_eq!(s, "bearer");
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["scope"], "repository:library/ubuntu:pull");
+        let (s, p) = parse_challenge("Basic realm=registry").unwrap();
+        assert_eq!((s.as_str(), p["realm"].as_str()), ("basic", "registry"));
+    }
+
+    #[test]
+    fn private_addresses() {
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(ip_is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2606:4700::1111"] {
+            assert!(!ip_is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn basic_encoding() {
+        assert_eq!(base64_basic::encode("user:secret"), "dXNlcjpzZWNyZXQ=");
+        assert_eq!(base64_basic::encode("ab"), "YWI=");
+        assert_eq!(base64_basic::encode("abc"), "YWJj");
+    }
+}

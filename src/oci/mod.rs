@@ -1,0 +1,118 @@
+//! The OCI pull gate: `/v2/…` (OCI distribution spec, pull side only).
+
+pub mod client;
+pub mod service;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::policy::oci::{Digest, Tag};
+use crate::AppState;
+use service::{OciError, Reference};
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v2/", get(base))
+        .route("/v2", get(base))
+        .route("/v2/{*path}", get(dispatch))
+}
+
+fn api_version(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        HeaderName::from_static("docker-distribution-api-version"),
+        HeaderValue::from_static("registry/2.0"),
+    );
+    r
+}
+
+use axum::http::HeaderName;
+
+/// `/v2/`: the API version check every client makes first.
+async fn base() -> Response {
+    let mut r = (StatusCode::OK, "{}").into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    api_version(r)
+}
+
+#[derive(serde::Deserialize)]
+struct NsQuery {
+    ns: Option<String>,
+}
+
+/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/tags/list`.
+fn split(path: &str) -> Option<(&str, &str, &str)> {
+    for kind in ["/manifests/", "/blobs/"] {
+        if let Some(i) = path.rfind(kind) {
+            return Some((&path[..i], kind.trim_matches('/'), &path[i + kind.len()..]));
+        }
+    }
+    path.strip_suffix("/tags/list")
+        .map(|name| (name, "tags", ""))
+}
+
+async fn dispatch(
+    State(st): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    Query(q): Query<NsQuery>,
+    req: Request,
+) -> Response {
+    let client = crate::pypi::client_of(&req);
+    let (parts, _) = req.into_parts();
+    let result = handle(&st, &path, q.ns.as_deref(), &parts, client).await;
+    api_version(match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    })
+}
+
+async fn handle(
+    st: &Arc<AppState>,
+    path: &str,
+    ns: Option<&str>,
+    req: &axum::http::request::Parts,
+    client: crate::pypi::service::Client,
+) -> Result<Response, OciError> {
+    let Some((name, kind, reference)) = split(path) else {
+        return Err(OciError::Coded(
+            "UNSUPPORTED",
+            ApiError::NotFound("not a pull endpoint of the distribution API".into()),
+        ));
+    };
+    let (reg, repo) = st.oci.resolve(name, ns)?;
+    let lp = st.policy();
+    let head = req.method == Method::HEAD;
+    match kind {
+        "manifests" => {
+            let reference = if reference.starts_with("sha256:") || reference.contains(':') {
+                Reference::Digest(Digest::parse(reference).map_err(|e| {
+                    OciError::Coded("DIGEST_INVALID", ApiError::BadRequest(e.to_string()))
+                })?)
+            } else {
+                Reference::Tag(Tag::parse(reference).map_err(|e| {
+                    OciError::Coded("TAG_INVALID", ApiError::BadRequest(e.to_string()))
+                })?)
+            };
+            st.oci
+                .manifest(&lp, &reg, &repo, reference, head, &client)
+                .await
+        }
+        "blobs" => {
+            let digest = Digest::parse(reference).map_err(|e| {
+                OciError::Coded("DIGEST_INVALID", ApiError::BadRequest(e.to_string()))
+            })?;
+            st.oci
+                .blob(&lp, &reg, &repo, digest, head, &req.headers, &client)
+                .await
+        }
+        _ => st.oci.tags(&lp, &reg, &repo, &client).await,
+    }
+}

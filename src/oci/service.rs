@@ -1,0 +1,775 @@
+//! The pull gate: resolves a request to a repository and a digest, decides with the pure policy,
+//! and serves only verified bytes (manifests checked against their digest, blobs hashed while
+//! they stream and cached only on a match).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tokio::io::AsyncWriteExt;
+
+use super::client::{RegistryClient, RegistryError, MANIFEST_TYPES};
+use crate::audit::{Audit, AuditEvent};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::fetch::{Failure, Fetcher, Job};
+use crate::metrics::Metrics;
+use crate::policy::oci::{
+    check_tag, decide_manifest, rule_for, Digest, ImageDeny, ImageRule, Repository, Tag,
+};
+use crate::policy::Sha256;
+use crate::pypi::service::{Client, LoadedPolicy};
+use crate::store::cache::now_secs;
+use crate::store::{Store, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
+
+static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+
+/// What the gate knows of a verified manifest (its bytes are in the cache under its digest).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A blob referenced by manifests of one repository.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub size: u64,
+    pub manifests: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TagRecord {
+    digest: String,
+    resolved_at: i64,
+}
+
+/// A reference in a request: a tag or a digest.
+pub enum Reference {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+pub struct Oci {
+    registries: Vec<Arc<RegistryClient>>,
+    default_registry: String,
+    tag_ttl: i64,
+    manifest_bytes: u64,
+    store: Arc<Store>,
+    fetcher: Arc<Fetcher>,
+    metrics: Arc<Metrics>,
+    audit: Audit,
+    manifests: Mutex<HashMap<Digest, ManifestRecord>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{1}")]
+    Coded(&'static str, ApiError),
+}
+
+impl OciError {
+    fn denied(reason: &ImageDeny) -> OciError {
+        OciError::Coded("DENIED", ApiError::Denied(reason.to_string()))
+    }
+}
+
+impl From<ApiError> for OciError {
+    fn from(e: ApiError) -> Self {
+        let code = match &e {
+            ApiError::Denied(_) => "DENIED",
+            ApiError::BadRequest(_) => "NAME_INVALID",
+            ApiError::NotFound(_) => "NAME_UNKNOWN",
+            ApiError::Unavailable(_) => "UNAVAILABLE",
+            ApiError::BadUpstream(_) => "MANIFEST_INVALID",
+            _ => "UNKNOWN",
+        };
+        OciError::Coded(code, e)
+    }
+}
+
+fn registry_error(e: RegistryError, what: &'static str) -> OciError {
+    match e {
+        RegistryError::NotFound => OciError::Coded(
+            what,
+            ApiError::NotFound(format!(
+                "{} unknown to the upstream registry",
+                what.split('_').next().unwrap_or("").to_lowercase()
+            )),
+        ),
+        RegistryError::Refused(..) => {
+            OciError::Coded("UNAVAILABLE", ApiError::BadUpstream(e.to_string()))
+        }
+        e => OciError::Coded("UNAVAILABLE", ApiError::Unavailable(e.to_string())),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn key(repo: &Repository, item: &str) -> String {
+    format!("{repo}|{item}")
+}
+
+/// The manifest fields the gate reads: enough to check the media type and to learn which
+/// children (index) or blobs (image) an admitted manifest vouches for.
+#[derive(Deserialize)]
+struct ManifestDoc {
+    #[serde(rename = "schemaVersion")]
+    schema_version: Option<u32>,
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    size: u64,
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == "application/vnd.oci.image.index.v1+json"
+        || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+impl Oci {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        fetcher: Arc<Fetcher>,
+        metrics: Arc<Metrics>,
+        audit: Audit,
+    ) -> Result<Oci, String> {
+        let registries = config
+            .oci
+            .registries
+            .iter()
+            .map(|r| RegistryClient::new(r.clone(), config.pypi.upstream_timeout).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Oci {
+            registries,
+            default_registry: config.oci.default_registry.clone(),
+            tag_ttl: config.oci.tag_ttl.as_secs() as i64,
+            manifest_bytes: config.limits.manifest_bytes,
+            store,
+            fetcher,
+            metrics,
+            audit,
+            manifests: Mutex::default(),
+        })
+    }
+
+    /// The registry and repository a request names: containerd's `?ns=` wins, then the first
+    /// path segment as a configured prefix, then `default_registry` (Docker's registry-mirrors).
+    pub fn resolve(
+        &self,
+        name: &str,
+        ns: Option<&str>,
+    ) -> Result<(Arc<RegistryClient>, Repository), OciError> {
+        let unknown = |what: String| OciError::Coded("NAME_UNKNOWN", ApiError::NotFound(what));
+        let by_host = |host: &str| -> Result<Arc<RegistryClient>, OciError> {
+            let host = crate::policy::oci::normalize_host(host).map_err(|e| {
+                OciError::Coded("NAME_INVALID", ApiError::BadRequest(e.to_string()))
+            })?;
+            self.registries
+                .iter()
+                .find(|r| r.cfg.host == host)
+                .cloned()
+                .ok_or_else(|| unknown(format!("registry {host} is not configured on this gate")))
+        };
+        let (reg, path) = if let Some(ns) = ns {
+            (by_host(ns)?, name)
+        } else if let Some((first, rest)) = name.split_once('/').and_then(|(f, r)| {
+            self.registries
+                .iter()
+                .find(|x| x.cfg.prefix == f)
+                .map(|x| (x.clone(), r))
+        }) {
+            (first, rest)
+        } else {
+            (by_host(&self.default_registry)?, name)
+        };
+        let repo = Repository::new(&reg.cfg.host, path)
+            .map_err(|e| OciError::Coded("NAME_INVALID", ApiError::BadRequest(e.to_string())))?;
+        Ok((reg, repo))
+    }
+
+    async fn audit(
+        &self,
+        action: &'static str,
+        repo: &Repository,
+        artifact: Option<String>,
+        digest: Option<&Digest>,
+        decision: Result<&ImageRule, &ImageDeny>,
+        client: &Client,
+    ) {
+        let (dec, reason, detail) = match decision {
+            Ok(rule) => {
+                self.metrics.allow(false);
+                (
+                    "allow",
+                    "pinned_digest".to_string(),
+                    rule.source.to_string(),
+                )
+            }
+            Err(d) => {
+                self.metrics.deny_code(d.code());
+                ("deny", d.code().to_string(), d.to_string())
+            }
+        };
+        self.audit
+            .record(AuditEvent {
+                time: now_secs(),
+                action,
+                decision: dec,
+                reason,
+                detail,
+                subject: repo.to_string(),
+                artifact,
+                sha256: digest.map(|d| d.to_string()),
+                actual_sha256: None,
+                client: client.0.clone(),
+            })
+            .await;
+    }
+
+    async fn deny(
+        &self,
+        action: &'static str,
+        repo: &Repository,
+        artifact: Option<String>,
+        digest: Option<&Digest>,
+        reason: ImageDeny,
+        client: &Client,
+    ) -> OciError {
+        self.audit(action, repo, artifact, digest, Err(&reason), client)
+            .await;
+        OciError::denied(&reason)
+    }
+
+    fn rule<'p>(lp: &'p LoadedPolicy, repo: &Repository) -> Result<&'p ImageRule, ImageDeny> {
+        rule_for(&lp.policy.images, repo).ok_or_else(|| ImageDeny::NoRule(repo.clone()))
+    }
+
+    /// Is this manifest digest admitted in this repository now: pinned itself, or listed by a
+    /// pinned index (the link was recorded when the index was verified)?
+    fn admitted(
+        &self,
+        rule: &ImageRule,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<bool, ApiError> {
+        if rule.digests.contains(digest) {
+            return Ok(true);
+        }
+        let parents: Option<Vec<String>> =
+            self.store.get(CHILDREN, &key(repo, &digest.to_string()))?;
+        Ok(parents
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| Digest::parse(p).ok())
+            .any(|p| rule.digests.contains(&p)))
+    }
+
+    /// Resolves a tag to a digest: trusted for `tag_ttl`, asked with HEAD (rate-limited
+    /// registries do not charge it as a pull), and the last answer kept while the upstream is down.
+    async fn resolve_tag(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        tag: &Tag,
+    ) -> Result<Digest, OciError> {
+        let k = key(repo, tag.as_str());
+        let cached: Option<TagRecord> = self.store.get(TAGS, &k).map_err(ApiError::from)?;
+        let now = now_secs();
+        if let Some(c) = &cached {
+            if now - c.resolved_at < self.tag_ttl {
+                if let Ok(d) = Digest::parse(&c.digest) {
+                    return Ok(d);
+                }
+            }
+        }
+        let fresh = match reg.manifest(&repo.path, tag.as_str(), true).await {
+            Ok(resp) => match resp
+                .headers()
+                .get(&DOCKER_CONTENT_DIGEST)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|d| Digest::parse(d).ok())
+            {
+                Some(d) => Ok(d),
+                // No digest header: fetch the manifest and hash it ourselves.
+                None => match reg.manifest(&repo.path, tag.as_str(), false).await {
+                    Ok(resp) => {
+                        let body = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+                            .await
+                            .map_err(|_| {
+                                OciError::Coded(
+                                    "MANIFEST_INVALID",
+                                    ApiError::BadUpstream("manifest too large or broken".into()),
+                                )
+                            })?;
+                        Ok(Digest(Sha256::from_bytes(
+                            sha2::Sha256::digest(&body).into(),
+                        )))
+                    }
+                    Err(e) => Err(e),
+                },
+            },
+            Err(e) => Err(e),
+        };
+        match fresh {
+            Ok(d) => {
+                let rec = TagRecord {
+                    digest: d.to_string(),
+                    resolved_at: now,
+                };
+                let store = self.store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.put(TAGS, &k, &rec)).await;
+                Ok(d)
+            }
+            Err(RegistryError::NotFound) => Err(OciError::Coded(
+                "MANIFEST_UNKNOWN",
+                ApiError::NotFound(format!("{repo}:{tag} is unknown to the upstream registry")),
+            )),
+            Err(e) => match cached.and_then(|c| Digest::parse(&c.digest).ok()) {
+                Some(d) => {
+                    tracing::warn!(%repo, %tag, error = %e, "upstream down; using the last resolution of the tag");
+                    Ok(d)
+                }
+                None => Err(registry_error(e, "MANIFEST_UNKNOWN")),
+            },
+        }
+    }
+
+    /// `GET/HEAD /v2/<name>/manifests/<reference>`.
+    pub async fn manifest(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &RegistryClient,
+        repo: &Repository,
+        reference: Reference,
+        head: bool,
+        client: &Client,
+    ) -> Result<Response, OciError> {
+        let action = "oci.manifest";
+        let rule = match Self::rule(lp, repo) {
+            Ok(r) => r,
+            Err(d) => return Err(self.deny(action, repo, None, None, d, client).await),
+        };
+        let (digest, tag) = match reference {
+            Reference::Digest(d) => (d, None),
+            Reference::Tag(t) => {
+                if let Err(d) = check_tag(rule, repo, &t) {
+                    return Err(self
+                        .deny(action, repo, Some(t.to_string()), None, d, client)
+                        .await);
+                }
+                (self.resolve_tag(reg, repo, &t).await?, Some(t))
+            }
+        };
+        let artifact = tag.as_ref().map(|t| t.to_string());
+        if !self.admitted(rule, repo, &digest)? {
+            let d = decide_manifest(rule, repo, &digest, tag.as_ref())
+                .err()
+                .unwrap_or(ImageDeny::DigestNotPinned {
+                    repo: repo.clone(),
+                    digest,
+                    tag: tag.clone(),
+                });
+            return Err(self
+                .deny(action, repo, artifact, Some(&digest), d, client)
+                .await);
+        }
+        let rec = self.verified_manifest(reg, repo, &digest).await?;
+        self.audit(action, repo, artifact, Some(&digest), Ok(rule), client)
+            .await;
+        let mut b = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, rec.media_type.as_str())
+            .header(header::CONTENT_LENGTH, rec.size)
+            .header(&DOCKER_CONTENT_DIGEST, digest.to_string())
+            .header(header::ETAG, format!("\"{digest}\""));
+        if head {
+            return b
+                .body(Body::empty())
+                .map_err(|e| ApiError::Internal(e.to_string()).into());
+        }
+        let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
+            .await
+            .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
+        b = b.header(
+            header::CACHE_CONTROL,
+            "private, max-age=31536000, immutable",
+        );
+        b.body(Body::from(bytes))
+            .map_err(|e| ApiError::Internal(e.to_string()).into())
+    }
+
+    /// The manifest's record, fetching and verifying it (digest, media type, schema) when it is
+    /// not cached yet, and recording which children or blobs it vouches for in this repository.
+    async fn verified_manifest(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<ManifestRecord, OciError> {
+        if let Some(rec) = lock(&self.manifests).get(digest).cloned() {
+            if self.fetcher.cache.lookup(digest.sha()).is_some()
+                && self.links_known(repo, digest)?
+            {
+                return Ok(rec);
+            }
+        }
+        let stored: Option<ManifestRecord> = self
+            .store
+            .get(MANIFESTS, &digest.to_string())
+            .map_err(ApiError::from)?;
+        if let Some(rec) = stored {
+            if self.fetcher.cache.lookup(digest.sha()).is_some() {
+                let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                self.record_links(repo, digest, &rec.media_type, &bytes)
+                    .await?;
+                lock(&self.manifests).insert(*digest, rec.clone());
+                return Ok(rec);
+            }
+        }
+        let resp = reg
+            .manifest(&repo.path, &digest.to_string(), false)
+            .await
+            .map_err(|e| registry_error(e, "MANIFEST_UNKNOWN"))?;
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .unwrap_or_default();
+        let bad = |m: String| OciError::Coded("MANIFEST_INVALID", ApiError::BadUpstream(m));
+        let bytes = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+            .await
+            .map_err(|_| bad(format!("the upstream manifest {digest} is larger than limits.manifest_bytes or broke off")))?;
+        let actual = Digest(Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()));
+        if actual != *digest {
+            tracing::error!(%repo, expected = %digest, %actual, "upstream manifest does not match its digest");
+            self.metrics.deny_code("hash_mismatch");
+            return Err(bad(format!(
+                "the upstream sent a manifest with digest {actual} for {digest}"
+            )));
+        }
+        let doc: ManifestDoc = serde_json::from_slice(&bytes)
+            .map_err(|_| bad(format!("manifest {digest} is not a JSON manifest")))?;
+        if doc.schema_version == Some(1)
+            || content_type.contains("prettyjws")
+            || content_type == "application/vnd.docker.distribution.manifest.v1+json"
+        {
+            return Err(OciError::Coded(
+                "MANIFEST_INVALID",
+                ApiError::BadUpstream(format!(
+                    "{digest} is a Docker schema 1 manifest, which the gate does not serve"
+                )),
+            ));
+        }
+        let media_type = match (&doc.media_type, content_type.as_str()) {
+            (Some(m), ct) if !MANIFEST_TYPES.contains(&ct) || m == ct => m.clone(),
+            (Some(m), ct) => {
+                return Err(bad(format!(
+                    "manifest {digest} says mediaType {m} but was served as {ct}"
+                )))
+            }
+            (None, ct) if MANIFEST_TYPES.contains(&ct) => ct.to_string(),
+            (None, ct) => {
+                return Err(bad(format!(
+                    "manifest {digest} has no mediaType and an unknown Content-Type {ct:?}"
+                )))
+            }
+        };
+        if !MANIFEST_TYPES.contains(&media_type.as_str()) {
+            return Err(bad(format!(
+                "manifest {digest} has unsupported media type {media_type}"
+            )));
+        }
+        self.record_links(repo, digest, &media_type, &bytes).await?;
+        let rec = ManifestRecord {
+            media_type,
+            size: bytes.len() as u64,
+        };
+        let mut temp = self
+            .fetcher
+            .cache
+            .temp_file()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        temp.file
+            .write_all(&bytes)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let cached = self
+            .fetcher
+            .cache
+            .commit(temp, *digest.sha(), bytes.len() as u64, None)
+            .await
+            .map_err(ApiError::from)?;
+        if !cached {
+            return Err(ApiError::Unavailable("the manifest could not be cached".into()).into());
+        }
+        let store = self.store.clone();
+        let (k, r2) = (digest.to_string(), rec.clone());
+        tokio::task::spawn_blocking(move || store.put(MANIFESTS, &k, &r2))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::from)?;
+        lock(&self.manifests).insert(*digest, rec.clone());
+        Ok(rec)
+    }
+
+    fn links_known(&self, repo: &Repository, digest: &Digest) -> Result<bool, OciError> {
+        let marker: Option<bool> = self
+            .store
+            .get(BLOBREFS, &key(repo, &format!("manifest:{digest}")))
+            .map_err(ApiError::from)?;
+        Ok(marker.unwrap_or(false))
+    }
+
+    /// Persists what a verified manifest vouches for in this repository: an index's children,
+    /// an image's config and layers (with their sizes, so a blob is never read past them).
+    async fn record_links(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), OciError> {
+        if self.links_known(repo, digest)? {
+            return Ok(());
+        }
+        let doc: ManifestDoc = serde_json::from_slice(bytes)
+            .map_err(|_| ApiError::BadUpstream(format!("manifest {digest} is not JSON")))?;
+        let store = self.store.clone();
+        let repo = repo.clone();
+        let digest = digest.to_string();
+        let index = is_index(media_type);
+        let children: Vec<String> = doc.manifests.iter().map(|d| d.digest.clone()).collect();
+        let blobs: Vec<(String, u64)> = doc
+            .config
+            .iter()
+            .chain(doc.layers.iter())
+            .map(|d| (d.digest.clone(), d.size))
+            .collect();
+        tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+            if index {
+                let mut items = Vec::new();
+                for c in children {
+                    let k = key(&repo, &c);
+                    let mut parents: Vec<String> = store.get(CHILDREN, &k)?.unwrap_or_default();
+                    if !parents.contains(&digest) {
+                        parents.push(digest.clone());
+                    }
+                    items.push((k, parents));
+                }
+                store.put_many(CHILDREN, &items)?;
+            } else {
+                let mut items = Vec::new();
+                for (b, size) in blobs {
+                    let k = key(&repo, &b);
+                    let mut r: BlobRef = store.get(BLOBREFS, &k)?.unwrap_or_default();
+                    r.size = size;
+                    if !r.manifests.contains(&digest) {
+                        r.manifests.push(digest.clone());
+                    }
+                    items.push((k, r));
+                }
+                store.put_many(BLOBREFS, &items)?;
+            }
+            store.put(BLOBREFS, &key(&repo, &format!("manifest:{digest}")), &true)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)?;
+        Ok(())
+    }
+
+    /// `GET/HEAD /v2/<name>/blobs/<digest>`: only a blob that an admitted manifest of this
+    /// repository references, re-decided through that manifest on every request.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn blob(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &Arc<RegistryClient>,
+        repo: &Repository,
+        digest: Digest,
+        head: bool,
+        headers: &HeaderMap,
+        client: &Client,
+    ) -> Result<Response, OciError> {
+        let action = "oci.blob";
+        let rule = match Self::rule(lp, repo) {
+            Ok(r) => r,
+            Err(d) => {
+                return Err(self
+                    .deny(action, repo, None, Some(&digest), d, client)
+                    .await)
+            }
+        };
+        let refs: Option<BlobRef> = self
+            .store
+            .get(BLOBREFS, &key(repo, &digest.to_string()))
+            .map_err(ApiError::from)?;
+        let mut allowed = false;
+        if let Some(r) = &refs {
+            for m in r.manifests.iter().filter_map(|m| Digest::parse(m).ok()) {
+                if self.admitted(rule, repo, &m)? {
+                    allowed = true;
+                    break;
+                }
+            }
+        }
+        if !allowed {
+            let d = ImageDeny::NotReferenced {
+                repo: repo.clone(),
+                digest,
+            };
+            return Err(self
+                .deny(action, repo, None, Some(&digest), d, client)
+                .await);
+        }
+        let size = refs.map(|r| r.size);
+        self.audit(action, repo, None, Some(&digest), Ok(rule), client)
+            .await;
+        let extra = [(DOCKER_CONTENT_DIGEST.clone(), digest.to_string())];
+        if let Some(sz) = self.fetcher.cache.lookup(digest.sha()) {
+            self.metrics.cache_hits.fetch_add(1, Relaxed);
+            return Ok(self
+                .fetcher
+                .serve_cached(
+                    digest.sha(),
+                    sz,
+                    head,
+                    headers,
+                    "application/octet-stream",
+                    &extra,
+                )
+                .await?);
+        }
+        self.metrics.cache_misses.fetch_add(1, Relaxed);
+        if head {
+            let mut b = crate::fetch::file_headers(
+                Response::builder().status(StatusCode::OK),
+                digest.sha(),
+                "application/octet-stream",
+            )
+            .header(&DOCKER_CONTENT_DIGEST, digest.to_string());
+            if let Some(s) = size {
+                b = b.header(header::CONTENT_LENGTH, s);
+            }
+            return b
+                .body(Body::empty())
+                .map_err(|e| ApiError::Internal(e.to_string()).into());
+        }
+        let reg = reg.clone();
+        let path = repo.path.clone();
+        let subject = repo.to_string();
+        let job = move || {
+            let reg = reg.clone();
+            let path = path.clone();
+            Job {
+                sha: *digest.sha(),
+                name: digest.to_string(),
+                size,
+                open: Box::pin(async move {
+                    reg.open_blob(&path, &digest.to_string())
+                        .await
+                        .map_err(|e| match e {
+                            RegistryError::NotFound => Failure::BadUpstream(format!(
+                                "the upstream registry does not have {digest}"
+                            )),
+                            RegistryError::Refused(..) => Failure::BadUpstream(e.to_string()),
+                            e => Failure::Unavailable(e.to_string()),
+                        })
+                }),
+                mismatch: AuditEvent {
+                    time: 0,
+                    action: "oci.blob",
+                    decision: "deny",
+                    reason: String::new(),
+                    detail: String::new(),
+                    subject: subject.clone(),
+                    artifact: None,
+                    sha256: Some(digest.to_string()),
+                    actual_sha256: None,
+                    client: "gate".into(),
+                },
+            }
+        };
+        Ok(self
+            .fetcher
+            .fetch_and_serve(job, "application/octet-stream", &extra)
+            .await?)
+    }
+
+    /// `GET /v2/<name>/tags/list`: the upstream's tags, limited to the rule's allowed tags.
+    pub async fn tags(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &RegistryClient,
+        repo: &Repository,
+        client: &Client,
+    ) -> Result<Response, OciError> {
+        let rule = match Self::rule(lp, repo) {
+            Ok(r) => r,
+            Err(d) => return Err(self.deny("oci.tags", repo, None, None, d, client).await),
+        };
+        #[derive(Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let resp = reg
+            .tags(&repo.path)
+            .await
+            .map_err(|e| registry_error(e, "NAME_UNKNOWN"))?;
+        let body = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+            .await
+            .map_err(|_| {
+                OciError::Coded(
+                    "UNAVAILABLE",
+                    ApiError::BadUpstream("tag list too large or broken".into()),
+                )
+            })?;
+        let list: TagList = serde_json::from_slice(&body).map_err(|_| {
+            OciError::Coded(
+                "UNAVAILABLE",
+                ApiError::BadUpstream("tag list is not JSON".into()),
+            )
+        })?;
+        let tags: Vec<String> = list
+            .tags
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| {
+                Tag::parse(t).is_ok_and(|t| {
+                    rule.tags
+                        .as_ref()
+                        .is_none_or(|allowed| allowed.contains(&t))
+                })
+            })
+            .collect();
+        let json = serde_json::json!({ "name": format!("{}", repo.path), "tags": tags });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json.to_string()))
+            .map_err(|e| ApiError::Internal(e.to_string()).into())
+    }
+}
