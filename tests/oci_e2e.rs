@@ -181,9 +181,12 @@ async fn pinned_images_pull_by_tag_and_by_digest() {
     let r = c.get(env.gate.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // containerd's ?ns= names the registry.
-    let r = head("/v2/demo/app/manifests/v1?ns=registry.test".to_string(), "*/*")
-        .await
-        .unwrap();
+    let r = head(
+        "/v2/demo/app/manifests/v1?ns=registry.test".to_string(),
+        "*/*",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     // The platform manifests of the admitted index are served by digest.
     let r = head(

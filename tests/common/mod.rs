@@ -138,6 +138,13 @@ pub fn static_upstream(root: &Path, log: PathBuf) -> Proc {
     })
 }
 
+/// Any helper that prints "port N" once it listens.
+pub fn spawn_port(cmd: Command, log: PathBuf) -> Proc {
+    spawn_with_port(cmd, log, |l| {
+        l.strip_prefix("port ").and_then(|p| p.parse().ok())
+    })
+}
+
 pub fn liar_upstream(wheels: &Path, log: PathBuf) -> Proc {
     let mut cmd = Command::new("python3");
     cmd.arg("-u").arg(support("liar_upstream.py")).arg(wheels);
