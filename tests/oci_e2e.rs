@@ -188,6 +188,37 @@ async fn pinned_images_pull_by_tag_and_by_digest() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
+    // Referrers: answered for an admitted subject (distribution 2.8 has no referrers API, so an
+    // empty index), refused for any other; tags/list passes through.
+    let r = c
+        .get(
+            env.gate
+                .url(&format!("/v2/reg/demo/app/referrers/{}", env.digests["v1"])),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let idx: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(idx["manifests"], serde_json::json!([]));
+    let r = c
+        .get(
+            env.gate
+                .url(&format!("/v2/reg/demo/app/referrers/{}", env.digests["v2"])),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let tags: serde_json::Value = c
+        .get(env.gate.url("/v2/reg/demo/app/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
     // The platform manifests of the admitted index are served by digest.
     let r = head(
         format!(

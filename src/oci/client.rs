@@ -284,6 +284,22 @@ impl RegistryClient {
         self.classify(resp)
     }
 
+    pub async fn referrers(
+        &self,
+        repo_path: &str,
+        digest: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let resp = self
+            .send(
+                Method::GET,
+                &format!("/v2/{repo_path}/referrers/{digest}"),
+                Some("application/vnd.oci.image.index.v1+json"),
+                &format!("repository:{repo_path}:pull"),
+            )
+            .await?;
+        self.classify(resp)
+    }
+
     pub async fn tags(&self, repo_path: &str) -> Result<reqwest::Response, RegistryError> {
         let resp = self
             .send(

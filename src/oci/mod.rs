@@ -50,7 +50,7 @@ struct NsQuery {
 
 /// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/tags/list`.
 fn split(path: &str) -> Option<(&str, &str, &str)> {
-    for kind in ["/manifests/", "/blobs/"] {
+    for kind in ["/manifests/", "/blobs/", "/referrers/"] {
         if let Some(i) = path.rfind(kind) {
             return Some((&path[..i], kind.trim_matches('/'), &path[i + kind.len()..]));
         }
@@ -112,6 +112,12 @@ async fn handle(
             st.oci
                 .blob(&lp, &reg, &repo, digest, head, &req.headers, &client)
                 .await
+        }
+        "referrers" => {
+            let digest = Digest::parse(reference).map_err(|e| {
+                OciError::Coded("DIGEST_INVALID", ApiError::BadRequest(e.to_string()))
+            })?;
+            st.oci.referrers(&lp, &reg, &repo, digest, &client).await
         }
         _ => st.oci.tags(&lp, &reg, &repo, &client).await,
     }

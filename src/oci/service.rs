@@ -300,33 +300,41 @@ impl Oci {
                 }
             }
         }
-        let fresh = match reg.manifest(&repo.path, tag.as_str(), true).await {
-            Ok(resp) => match resp
-                .headers()
+        // HEAD first; a registry that answers HEAD without a digest, or refuses HEAD, is asked
+        // with GET and the manifest is hashed here.
+        let head = reg.manifest(&repo.path, tag.as_str(), true).await;
+        let from_head = head.as_ref().ok().and_then(|resp| {
+            resp.headers()
                 .get(&DOCKER_CONTENT_DIGEST)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|d| Digest::parse(d).ok())
-            {
-                Some(d) => Ok(d),
-                // No digest header: fetch the manifest and hash it ourselves.
-                None => match reg.manifest(&repo.path, tag.as_str(), false).await {
-                    Ok(resp) => {
-                        let body = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
-                            .await
-                            .map_err(|_| {
-                                OciError::Coded(
-                                    "MANIFEST_INVALID",
-                                    ApiError::BadUpstream("manifest too large or broken".into()),
-                                )
-                            })?;
-                        Ok(Digest(Sha256::from_bytes(
-                            sha2::Sha256::digest(&body).into(),
-                        )))
-                    }
-                    Err(e) => Err(e),
-                },
+        });
+        let fresh = match (from_head, head) {
+            (Some(d), _) => Ok(d),
+            (
+                None,
+                Err(
+                    e @ (RegistryError::NotFound
+                    | RegistryError::Auth(_)
+                    | RegistryError::Unreachable(_)),
+                ),
+            ) => Err(e),
+            (None, _) => match reg.manifest(&repo.path, tag.as_str(), false).await {
+                Ok(resp) => {
+                    let body = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+                        .await
+                        .map_err(|_| {
+                            OciError::Coded(
+                                "MANIFEST_INVALID",
+                                ApiError::BadUpstream("manifest too large or broken".into()),
+                            )
+                        })?;
+                    Ok(Digest(Sha256::from_bytes(
+                        sha2::Sha256::digest(&body).into(),
+                    )))
+                }
+                Err(e) => Err(e),
             },
-            Err(e) => Err(e),
         };
         match fresh {
             Ok(d) => {
@@ -716,6 +724,71 @@ impl Oci {
             .fetcher
             .fetch_and_serve(job, "application/octet-stream", &extra)
             .await?)
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>`: answered only for an admitted subject, with the
+    /// upstream's index (an empty one where the registry has no referrers API).
+    pub async fn referrers(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &RegistryClient,
+        repo: &Repository,
+        subject: Digest,
+        client: &Client,
+    ) -> Result<Response, OciError> {
+        let rule = match Self::rule(lp, repo) {
+            Ok(r) => r,
+            Err(d) => {
+                return Err(self
+                    .deny("oci.referrers", repo, None, Some(&subject), d, client)
+                    .await)
+            }
+        };
+        if !self.admitted(rule, repo, &subject)? {
+            let d = ImageDeny::DigestNotPinned {
+                repo: repo.clone(),
+                digest: subject,
+                tag: None,
+            };
+            return Err(self
+                .deny("oci.referrers", repo, None, Some(&subject), d, client)
+                .await);
+        }
+        let body = match reg.referrers(&repo.path, &subject.to_string()).await {
+            Ok(resp) => {
+                let bytes = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+                    .await
+                    .map_err(|_| {
+                        OciError::Coded(
+                            "UNAVAILABLE",
+                            ApiError::BadUpstream("referrers index too large or broken".into()),
+                        )
+                    })?;
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|_| {
+                        OciError::Coded(
+                            "UNAVAILABLE",
+                            ApiError::BadUpstream("referrers index is not JSON".into()),
+                        )
+                    })?
+                    .to_string()
+            }
+            Err(RegistryError::NotFound) => serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [],
+            })
+            .to_string(),
+            Err(e) => return Err(registry_error(e, "NAME_UNKNOWN")),
+        };
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.index.v1+json",
+            )
+            .body(Body::from(body))
+            .map_err(|e| ApiError::Internal(e.to_string()).into())
     }
 
     /// `GET /v2/<name>/tags/list`: the upstream's tags, limited to the rule's allowed tags.
