@@ -138,6 +138,33 @@ struct Descriptor {
     size: u64,
 }
 
+/// The media type of a manifest the upstream served: its `mediaType` field and `Content-Type`
+/// must agree (where the field is absent, as older OCI manifests allow, the header decides), it
+/// must be one the gate serves, and Docker schema 1 is refused.
+fn manifest_media_type(content_type: &str, bytes: &[u8]) -> Result<String, String> {
+    let doc: ManifestDoc =
+        serde_json::from_slice(bytes).map_err(|_| "not a JSON manifest".to_string())?;
+    if doc.schema_version == Some(1)
+        || content_type.contains("prettyjws")
+        || content_type == "application/vnd.docker.distribution.manifest.v1+json"
+    {
+        return Err("a Docker schema 1 manifest, which the gate does not serve".into());
+    }
+    let media_type = match &doc.media_type {
+        Some(m) if m == content_type => m.clone(),
+        Some(m) => {
+            return Err(format!(
+                "says mediaType {m} but was served as {content_type:?}"
+            ))
+        }
+        None => content_type.to_string(),
+    };
+    if !MANIFEST_TYPES.contains(&media_type.as_str()) {
+        return Err(format!("unsupported media type {media_type:?}"));
+    }
+    Ok(media_type)
+}
+
 fn is_index(media_type: &str) -> bool {
     media_type == "application/vnd.oci.image.index.v1+json"
         || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -476,38 +503,8 @@ impl Oci {
                 "the upstream sent a manifest with digest {actual} for {digest}"
             )));
         }
-        let doc: ManifestDoc = serde_json::from_slice(&bytes)
-            .map_err(|_| bad(format!("manifest {digest} is not a JSON manifest")))?;
-        if doc.schema_version == Some(1)
-            || content_type.contains("prettyjws")
-            || content_type == "application/vnd.docker.distribution.manifest.v1+json"
-        {
-            return Err(OciError::Coded(
-                "MANIFEST_INVALID",
-                ApiError::BadUpstream(format!(
-                    "{digest} is a Docker schema 1 manifest, which the gate does not serve"
-                )),
-            ));
-        }
-        let media_type = match (&doc.media_type, content_type.as_str()) {
-            (Some(m), ct) if !MANIFEST_TYPES.contains(&ct) || m == ct => m.clone(),
-            (Some(m), ct) => {
-                return Err(bad(format!(
-                    "manifest {digest} says mediaType {m} but was served as {ct}"
-                )))
-            }
-            (None, ct) if MANIFEST_TYPES.contains(&ct) => ct.to_string(),
-            (None, ct) => {
-                return Err(bad(format!(
-                    "manifest {digest} has no mediaType and an unknown Content-Type {ct:?}"
-                )))
-            }
-        };
-        if !MANIFEST_TYPES.contains(&media_type.as_str()) {
-            return Err(bad(format!(
-                "manifest {digest} has unsupported media type {media_type}"
-            )));
-        }
+        let media_type = manifest_media_type(&content_type, &bytes)
+            .map_err(|m| bad(format!("manifest {digest}: {m}")))?;
         self.record_links(repo, digest, &media_type, &bytes).await?;
         let rec = ManifestRecord {
             media_type,
@@ -844,5 +841,57 @@ impl Oci {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(json.to_string()))
             .map_err(|e| ApiError::Internal(e.to_string()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::manifest_media_type;
+
+    const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+    const DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+    #[test]
+    fn media_types_must_agree() {
+        let with = |mt: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{mt}","config":{{"digest":"sha256:x","size":1}},"layers":[]}}"#
+            )
+        };
+        assert_eq!(manifest_media_type(OCI, with(OCI).as_bytes()).unwrap(), OCI);
+        assert_eq!(
+            manifest_media_type(DOCKER, with(DOCKER).as_bytes()).unwrap(),
+            DOCKER
+        );
+        assert_eq!(
+            manifest_media_type(OCI, br#"{"schemaVersion":2,"layers":[]}"#).unwrap(),
+            OCI,
+            "no mediaType field: the header decides"
+        );
+        for (ct, body) in [
+            (DOCKER, with(OCI)),
+            ("application/json", with(OCI)),
+            ("", with(OCI)),
+            ("application/json", r#"{"schemaVersion":2}"#.to_string()),
+            (
+                "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                r#"{"schemaVersion":1}"#.to_string(),
+            ),
+            (
+                OCI,
+                r#"{"schemaVersion":1,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#
+                    .to_string(),
+            ),
+            (
+                "application/vnd.oci.image.config.v1+json",
+                with("application/vnd.oci.image.config.v1+json"),
+            ),
+            (OCI, "not json".to_string()),
+        ] {
+            assert!(
+                manifest_media_type(ct, body.as_bytes()).is_err(),
+                "{ct} {body}"
+            );
+        }
     }
 }
