@@ -502,6 +502,9 @@ impl Config {
                 ca_file: rr.ca_file.as_deref().map(resolve),
             });
         }
+        if ro.default_registry.is_some() && !registries.iter().any(|r| r.host == default_registry) {
+            return Err(invalid(line_of("default_registry"), format!("default_registry {default_registry:?} is not a configured [[oci.registry]] host")));
+        }
         let oci = OciConfig {
             trusted_root: ro.trusted_root.as_deref().map(resolve),
             tag_ttl,

@@ -105,6 +105,7 @@ impl Fetcher {
         extra: &[(HeaderName, String)],
     ) -> Result<Response, ApiError> {
         let sha = job_sha(&job);
+        let mut retried = false;
         loop {
             let existing = lock(&self.downloads).get(&sha).cloned();
             if let Some(rx) = existing {
@@ -124,7 +125,10 @@ impl Fetcher {
                         }
                         // Verified but not cacheable (quota, disk): fetch again for this client.
                     }
-                    Download::Failed(f) => return Err(f.into()),
+                    // Another request's download may have gone through another registry or
+                    // mirror; retry once with this request's own source before failing.
+                    Download::Failed(f) if retried => return Err(f.into()),
+                    Download::Failed(_) => retried = true,
                     Download::Running => {}
                 }
             }

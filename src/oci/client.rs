@@ -71,24 +71,43 @@ fn parse_challenge(h: &str) -> Option<(String, HashMap<String, String>)> {
     Some((scheme.to_ascii_lowercase(), params))
 }
 
+/// Addresses a blob redirect may not reach unless listed in `redirect_hosts`: private,
+/// loopback, link-local, shared (CGNAT), reserved and multicast ranges, and IPv6 forms that embed
+/// such an IPv4 address (mapped, compatible, NAT64, 6to4).
 fn ip_is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let o = v4.octets();
             v4.is_private()
                 || v4.is_loopback()
                 || v4.is_link_local()
-                || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+                || v4.is_multicast()
+                || o[0] == 0
+                || o[0] >= 240
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
         }
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] & 0xffc0) == 0xfec0
                 || v6
                     .to_ipv4_mapped()
                     .is_some_and(|v4| ip_is_private(IpAddr::V4(v4)))
+                || (seg[..6] == [0; 6] && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
+                || (seg[0] == 0x64
+                    && seg[1] == 0xff9b
+                    && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
+                || (seg[0] == 0x2002 && ip_is_private(IpAddr::V4(embedded(seg[1], seg[2]))))
         }
     }
 }
@@ -379,6 +398,21 @@ impl RegistryClient {
             }
         }
         if listed {
+            return Ok(());
+        }
+        // An IP literal (IPv6 in brackets) is checked as it is, not looked up.
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok();
+        if let Some(ip) = literal {
+            if ip_is_private(ip) {
+                return Err(RegistryError::Refused(
+                    name,
+                    format!("blob redirect to the private address {host}"),
+                ));
+            }
             return Ok(());
         }
         let port = url.port_or_known_default().unwrap_or(443);

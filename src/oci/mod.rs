@@ -48,15 +48,18 @@ struct NsQuery {
     ns: Option<String>,
 }
 
-/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/tags/list`.
+/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/referrers/<digest>`,
+/// `<name>/tags/list`. The last marker in the path wins, since a repository name may itself
+/// contain a component called `manifests` or `blobs`.
 fn split(path: &str) -> Option<(&str, &str, &str)> {
-    for kind in ["/manifests/", "/blobs/", "/referrers/"] {
-        if let Some(i) = path.rfind(kind) {
-            return Some((&path[..i], kind.trim_matches('/'), &path[i + kind.len()..]));
-        }
+    if let Some(name) = path.strip_suffix("/tags/list") {
+        return Some((name, "tags", ""));
     }
-    path.strip_suffix("/tags/list")
-        .map(|name| (name, "tags", ""))
+    ["/manifests/", "/blobs/", "/referrers/"]
+        .iter()
+        .filter_map(|kind| path.rfind(kind).map(|i| (i, *kind)))
+        .max_by_key(|(i, _)| *i)
+        .map(|(i, kind)| (&path[..i], kind.trim_matches('/'), &path[i + kind.len()..]))
 }
 
 async fn dispatch(
@@ -120,5 +123,28 @@ async fn handle(
             st.oci.referrers(&lp, &reg, &repo, digest, &client).await
         }
         _ => st.oci.tags(&lp, &reg, &repo, &client).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            split("reg/a/b/manifests/v1"),
+            Some(("reg/a/b", "manifests", "v1"))
+        );
+        assert_eq!(
+            split("a/manifests/b/blobs/sha256:x"),
+            Some(("a/manifests/b", "blobs", "sha256:x"))
+        );
+        assert_eq!(
+            split("a/blobs/b/manifests/v1"),
+            Some(("a/blobs/b", "manifests", "v1"))
+        );
+        assert_eq!(split("a/tags/list"), Some(("a", "tags", "")));
+        assert_eq!(split("a/b"), None);
     }
 }

@@ -65,6 +65,9 @@ pub struct Oci {
     metrics: Arc<Metrics>,
     audit: Audit,
     manifests: Mutex<HashMap<Digest, ManifestRecord>>,
+    /// Serialises the read-modify-write of link records, so two manifests verified at once
+    /// cannot drop each other's links to a shared layer or child.
+    links_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +197,7 @@ impl Oci {
             metrics,
             audit,
             manifests: Mutex::default(),
+            links_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -429,12 +433,21 @@ impl Oci {
         let rec = self.verified_manifest(reg, repo, &digest).await?;
         self.audit(action, repo, artifact, Some(&digest), Ok(rule), client)
             .await;
-        let mut b = Response::builder()
+        let b = Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, rec.media_type.as_str())
             .header(header::CONTENT_LENGTH, rec.size)
             .header(&DOCKER_CONTENT_DIGEST, digest.to_string())
-            .header(header::ETAG, format!("\"{digest}\""));
+            .header(header::ETAG, format!("\"{digest}\""))
+            // A tag can move and every pull is re-decided: only a by-digest answer may be kept.
+            .header(
+                header::CACHE_CONTROL,
+                if tag.is_some() {
+                    "no-cache"
+                } else {
+                    "private, max-age=31536000, immutable"
+                },
+            );
         if head {
             return b
                 .body(Body::empty())
@@ -443,10 +456,6 @@ impl Oci {
         let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
             .await
             .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
-        b = b.header(
-            header::CACHE_CONTROL,
-            "private, max-age=31536000, immutable",
-        );
         b.body(Body::from(bytes))
             .map_err(|e| ApiError::Internal(e.to_string()).into())
     }
@@ -499,9 +508,22 @@ impl Oci {
         if actual != *digest {
             tracing::error!(%repo, expected = %digest, %actual, "upstream manifest does not match its digest");
             self.metrics.deny_code("hash_mismatch");
-            return Err(bad(format!(
-                "the upstream sent a manifest with digest {actual} for {digest}"
-            )));
+            let detail = format!("the upstream sent a manifest with digest {actual} for {digest}");
+            self.audit
+                .record(AuditEvent {
+                    time: now_secs(),
+                    action: "oci.manifest",
+                    decision: "deny",
+                    reason: "hash_mismatch".into(),
+                    detail: detail.clone(),
+                    subject: repo.to_string(),
+                    artifact: None,
+                    sha256: Some(digest.to_string()),
+                    actual_sha256: Some(actual.to_string()),
+                    client: "gate".into(),
+                })
+                .await;
+            return Err(bad(detail));
         }
         let media_type = manifest_media_type(&content_type, &bytes)
             .map_err(|m| bad(format!("manifest {digest}: {m}")))?;
@@ -556,6 +578,7 @@ impl Oci {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<(), OciError> {
+        let _links = self.links_lock.lock().await;
         if self.links_known(repo, digest)? {
             return Ok(());
         }
@@ -751,6 +774,15 @@ impl Oci {
                 .deny("oci.referrers", repo, None, Some(&subject), d, client)
                 .await);
         }
+        self.audit(
+            "oci.referrers",
+            repo,
+            None,
+            Some(&subject),
+            Ok(rule),
+            client,
+        )
+        .await;
         let body = match reg.referrers(&repo.path, &subject.to_string()).await {
             Ok(resp) => {
                 let bytes = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
@@ -805,6 +837,8 @@ impl Oci {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
+        self.audit("oci.tags", repo, None, None, Ok(rule), client)
+            .await;
         let resp = reg
             .tags(&repo.path)
             .await
