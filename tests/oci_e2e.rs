@@ -414,3 +414,26 @@ async fn cached_images_pull_with_the_registry_stopped() {
     );
     assert!(r.headers().get("retry-after").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_platform_manifest_pulls_by_digest_before_its_index() {
+    let env = start(
+        |d| rule("demo/multi", &[&d["multi"]]),
+        |env| {
+            env.push("multi", "demo/multi:v1", &["--all", "--preserve-digests"]);
+        },
+    );
+    // A fresh gate has never seen the index; a node asks for the arm64 manifest directly.
+    let out = tokio::task::block_in_place(|| {
+        env.pull(&format!("demo/multi@{}", env.digests["multi-arm64"]))
+    });
+    assert!(out.status.success(), "{}", show(&out));
+    // A digest no pinned index lists stays refused.
+    let r = reqwest::get(env.gate.url(&format!(
+        "/v2/reg/demo/multi/manifests/{}",
+        env.digests["v1"]
+    )))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+}

@@ -313,6 +313,32 @@ impl Oci {
             .any(|p| rule.digests.contains(&p)))
     }
 
+    /// A platform manifest can be pulled by digest before its index ever went through this gate
+    /// (a fresh data_dir, a node that pins the child). Verifying the rule's pinned manifests
+    /// records which children they list; then the question is asked again. Only pinned digests
+    /// of a rule that already names this repository are fetched, once each.
+    async fn admitted_after_learning(
+        &self,
+        reg: &RegistryClient,
+        rule: &ImageRule,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<bool, OciError> {
+        let mut learned = false;
+        for pinned in &rule.digests {
+            if self.links_known(repo, pinned)? {
+                continue;
+            }
+            match self.verified_manifest(reg, repo, pinned).await {
+                Ok(_) => learned = true,
+                // A pinned digest the registry does not have says nothing about this one.
+                Err(OciError::Coded(_, ApiError::NotFound(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(learned && self.admitted(rule, repo, digest)?)
+    }
+
     /// Resolves a tag to a digest: trusted for `tag_ttl`, asked with HEAD (rate-limited
     /// registries do not charge it as a pull), and the last answer kept while the upstream is down.
     async fn resolve_tag(
@@ -418,7 +444,11 @@ impl Oci {
             }
         };
         let artifact = tag.as_ref().map(|t| t.to_string());
-        if !self.admitted(rule, repo, &digest)? {
+        if !self.admitted(rule, repo, &digest)?
+            && !self
+                .admitted_after_learning(reg, rule, repo, &digest)
+                .await?
+        {
             let d = decide_manifest(rule, repo, &digest, tag.as_ref())
                 .err()
                 .unwrap_or(ImageDeny::DigestNotPinned {
