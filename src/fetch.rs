@@ -474,6 +474,51 @@ fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok(r))
 }
 
+/// The HTTP client for one upstream: no automatic redirects (each caller checks where a
+/// redirect goes and strips credentials itself), bounded connect and read times, and an
+/// optional private CA.
+pub fn http_client(
+    label: &str,
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .read_timeout(timeout)
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca_file {
+        let pem =
+            std::fs::read(ca).map_err(|e| format!("{label}: ca_file {}: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("{label}: ca_file {}: {e}", ca.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build().map_err(|e| format!("{label}: {e}"))
+}
+
+pub enum ReadError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads a body, never past `limit` bytes (nor past a declared Content-Length over it).
+pub async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, ReadError> {
+    if resp.content_length().is_some_and(|l| l > limit) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ReadError::Broken)?;
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(ReadError::TooLarge);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_range;

@@ -114,22 +114,13 @@ fn ip_is_private(ip: IpAddr) -> bool {
 
 impl RegistryClient {
     pub fn new(cfg: RegistryConfig, timeout: Duration) -> Result<RegistryClient, String> {
-        let mut b = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .read_timeout(timeout)
-            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("registry {}: ca_file {}: {e}", cfg.host, ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| format!("registry {}: ca_file: {e}", cfg.host))?;
-            b = b.add_root_certificate(cert);
-        }
+        let client = crate::fetch::http_client(
+            &format!("registry {}", cfg.host),
+            cfg.ca_file.as_deref(),
+            timeout,
+        )?;
         Ok(RegistryClient {
-            client: b
-                .build()
-                .map_err(|e| format!("registry {}: {e}", cfg.host))?,
+            client,
             cfg,
             tokens: Mutex::default(),
         })
@@ -191,7 +182,7 @@ impl RegistryClient {
             }
             s => return Err(RegistryError::Status(name, s.as_u16())),
         }
-        let body = crate::pypi::upstream::read_limited(resp, 64 * 1024)
+        let body = crate::fetch::read_limited(resp, 64 * 1024)
             .await
             .map_err(|_| RegistryError::Unreachable(name.clone()))?;
         #[derive(serde::Deserialize)]

@@ -378,7 +378,7 @@ impl Oci {
             ) => Err(e),
             (None, _) => match reg.manifest(&repo.path, tag.as_str(), false).await {
                 Ok(resp) => {
-                    let body = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+                    let body = crate::fetch::read_limited(resp, self.manifest_bytes)
                         .await
                         .map_err(|_| {
                             OciError::Coded(
@@ -531,7 +531,7 @@ impl Oci {
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
         let bad = |m: String| OciError::Coded("MANIFEST_INVALID", ApiError::BadUpstream(m));
-        let bytes = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+        let bytes = crate::fetch::read_limited(resp, self.manifest_bytes)
             .await
             .map_err(|_| bad(format!("the upstream manifest {digest} is larger than limits.manifest_bytes or broke off")))?;
         let actual = Digest(Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()));
@@ -815,7 +815,7 @@ impl Oci {
         .await;
         let body = match reg.referrers(&repo.path, &subject.to_string()).await {
             Ok(resp) => {
-                let bytes = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+                let bytes = crate::fetch::read_limited(resp, self.manifest_bytes)
                     .await
                     .map_err(|_| {
                         OciError::Coded(
@@ -873,7 +873,7 @@ impl Oci {
             .tags(&repo.path)
             .await
             .map_err(|e| registry_error(e, "NAME_UNKNOWN"))?;
-        let body = crate::pypi::upstream::read_limited(resp, self.manifest_bytes)
+        let body = crate::fetch::read_limited(resp, self.manifest_bytes)
             .await
             .map_err(|_| {
                 OciError::Coded(

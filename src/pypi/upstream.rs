@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
 
 use super::page::{check_file_url, parse_html, parse_json, resolve_links, PageError, UpstreamFile};
 use crate::config::IndexConfig;
+pub use crate::fetch::{read_limited, ReadError};
 use crate::metrics::{self, Metrics};
 use crate::policy::ProjectName;
 
@@ -51,19 +51,11 @@ impl Upstream {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, String> {
-        let mut b = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .read_timeout(timeout)
-            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("index {}: ca_file {}: {e}", cfg.name, ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| format!("index {}: ca_file {}: {e}", cfg.name, ca.display()))?;
-            b = b.add_root_certificate(cert);
-        }
-        let client = b.build().map_err(|e| format!("index {}: {e}", cfg.name))?;
+        let client = crate::fetch::http_client(
+            &format!("index {}", cfg.name),
+            cfg.ca_file.as_deref(),
+            timeout,
+        )?;
         Ok(Upstream {
             cfg,
             client,
@@ -223,26 +215,4 @@ pub fn safe(url: &Url) -> String {
     let _ = u.set_password(None);
     u.set_query(None);
     u.to_string()
-}
-
-pub enum ReadError {
-    TooLarge,
-    Broken,
-}
-
-/// Reads a body, never past `limit` bytes (nor past a declared Content-Length over it).
-pub async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, ReadError> {
-    if resp.content_length().is_some_and(|l| l > limit) {
-        return Err(ReadError::TooLarge);
-    }
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ReadError::Broken)?;
-        if out.len() as u64 + chunk.len() as u64 > limit {
-            return Err(ReadError::TooLarge);
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
