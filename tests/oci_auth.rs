@@ -161,3 +161,59 @@ async fn token_auth_registry() {
         .unwrap();
     assert_eq!(r.status(), 503);
 }
+
+/// Blob redirects (object-storage registries): followed by the gate without credentials, and
+/// only to a private or loopback host listed in `redirect_hosts`.
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_redirects_carry_no_credentials_and_stay_public_unless_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let digests = oci_images(&dir.path().join("layout"));
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u")
+        .arg(support("redirecting_registry.py"))
+        .arg(dir.path().join("layout"));
+    let registry = spawn_port(cmd, dir.path().join("registry.log"));
+    let rule = rule(&digests["v1"]);
+
+    // Not listed: the loopback redirect target is refused (502), nothing is served.
+    let closed = Gate::start_env(
+        &dir.path().join("gate-closed"),
+        &gate_config(registry.port, true),
+        &rule,
+        &[("TOLLGATE_REG_PW", "secret")],
+    );
+    let out = tokio::task::block_in_place(|| pull(&closed, &dir.path().join("out-closed")));
+    assert!(
+        !out.status.success(),
+        "a redirect to a loopback host not in redirect_hosts was followed"
+    );
+    assert!(
+        !registry.log_text().contains("/storage/"),
+        "the gate connected to the refused target:\n{}",
+        registry.log_text()
+    );
+
+    // Listed: the pull works, and the storage host never sees the registry's credentials.
+    let cfg = format!(
+        "{}redirect_hosts = [\"localhost\"]\n",
+        gate_config(registry.port, true)
+    );
+    let open = Gate::start_env(
+        &dir.path().join("gate-open"),
+        &cfg,
+        &rule,
+        &[("TOLLGATE_REG_PW", "secret")],
+    );
+    let out = tokio::task::block_in_place(|| pull(&open, &dir.path().join("out-open")));
+    assert!(out.status.success(), "{}", show(&out));
+    let log = registry.log_text();
+    assert!(log.contains("/storage/sha256:"), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("/storage/") && l.ends_with("auth=yes")),
+        "credentials followed a redirect:\n{log}"
+    );
+    assert!(log
+        .lines()
+        .any(|l| l.contains("/blobs/") && l.ends_with("auth=yes")));
+}
