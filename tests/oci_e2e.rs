@@ -117,6 +117,7 @@ async fn pinned_images_pull_by_tag_and_by_digest() {
         },
         |env| {
             env.push("v1", "demo/app:v1", &["--preserve-digests"]);
+            env.push("v1", "demo/app:v0", &["--preserve-digests"]);
             env.push("multi", "demo/multi:v1", &["--all", "--preserve-digests"]);
             *docker_digest.lock().unwrap() =
                 env.push("v1", "demo/docker:v1", &["--format", "v2s2"]);
@@ -218,7 +219,29 @@ async fn pinned_images_pull_by_tag_and_by_digest() {
         .json()
         .await
         .unwrap();
-    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    let mut listed: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, vec!["v0", "v1"]);
+    // Paging parameters pass through (distribution 2.8 itself answers with the whole list).
+    let r = c
+        .get(env.gate.url("/v2/reg/demo/app/tags/list?n=1&last=v0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        c.get(env.gate.url("/v2/reg/demo/app/tags/list?last=-bad"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     // The platform manifests of the admitted index are served by digest.
     let r = head(
         format!(

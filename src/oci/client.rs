@@ -310,11 +310,29 @@ impl RegistryClient {
         self.classify(resp)
     }
 
-    pub async fn tags(&self, repo_path: &str) -> Result<reqwest::Response, RegistryError> {
+    /// `n` and `last` (a validated tag) page through the list (distribution spec "Listing Tags").
+    pub async fn tags(
+        &self,
+        repo_path: &str,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut query = Vec::new();
+        if let Some(n) = n {
+            query.push(format!("n={n}"));
+        }
+        if let Some(l) = last {
+            query.push(format!("last={l}"));
+        }
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
         let resp = self
             .send(
                 Method::GET,
-                &format!("/v2/{repo_path}/tags/list"),
+                &format!("/v2/{repo_path}/tags/list{query}"),
                 None,
                 &format!("repository:{repo_path}:pull"),
             )

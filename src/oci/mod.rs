@@ -46,6 +46,8 @@ async fn base() -> Response {
 #[derive(serde::Deserialize)]
 struct NsQuery {
     ns: Option<String>,
+    n: Option<u32>,
+    last: Option<String>,
 }
 
 /// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/referrers/<digest>`,
@@ -70,7 +72,7 @@ async fn dispatch(
 ) -> Response {
     let client = crate::pypi::client_of(&req);
     let (parts, _) = req.into_parts();
-    let result = handle(&st, &path, q.ns.as_deref(), &parts, client).await;
+    let result = handle(&st, &path, &q, &parts, client).await;
     api_version(match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -80,7 +82,7 @@ async fn dispatch(
 async fn handle(
     st: &Arc<AppState>,
     path: &str,
-    ns: Option<&str>,
+    q: &NsQuery,
     req: &axum::http::request::Parts,
     client: crate::pypi::service::Client,
 ) -> Result<Response, OciError> {
@@ -90,7 +92,7 @@ async fn handle(
             ApiError::NotFound("not a pull endpoint of the distribution API".into()),
         ));
     };
-    let (reg, repo) = st.oci.resolve(name, ns)?;
+    let (reg, repo) = st.oci.resolve(name, q.ns.as_deref())?;
     let lp = st.policy();
     let head = req.method == Method::HEAD;
     match kind {
@@ -122,7 +124,21 @@ async fn handle(
             })?;
             st.oci.referrers(&lp, &reg, &repo, digest, &client).await
         }
-        _ => st.oci.tags(&lp, &reg, &repo, &client).await,
+        _ => {
+            let last = match &q.last {
+                Some(l) => Some(Tag::parse(l).map_err(|e| {
+                    OciError::Coded("TAG_INVALID", ApiError::BadRequest(e.to_string()))
+                })?),
+                None => None,
+            };
+            let page = service::TagPage {
+                name,
+                ns: q.ns.as_deref(),
+                n: q.n,
+                last: last.as_ref(),
+            };
+            st.oci.tags(&lp, &reg, &repo, &page, &client).await
+        }
     }
 }
 

@@ -49,6 +49,15 @@ struct TagRecord {
     resolved_at: i64,
 }
 
+/// A page of `tags/list` as the client asked for it.
+pub struct TagPage<'a> {
+    /// The repository name as the client wrote it (with the registry prefix, if any).
+    pub name: &'a str,
+    pub ns: Option<&'a str>,
+    pub n: Option<u32>,
+    pub last: Option<&'a Tag>,
+}
+
 /// A reference in a request: a tag or a digest.
 pub enum Reference {
     Tag(Tag),
@@ -166,6 +175,20 @@ fn manifest_media_type(content_type: &str, bytes: &[u8]) -> Result<String, Strin
         return Err(format!("unsupported media type {media_type:?}"));
     }
     Ok(media_type)
+}
+
+/// The `last` of an upstream `Link: <…?n=…&last=…>; rel="next"` header (distribution spec,
+/// "Listing Tags"), as a validated tag.
+fn next_page_last(link: &str) -> Option<Tag> {
+    if !link.contains("rel=\"next\"") {
+        return None;
+    }
+    let target = link.split('>').next()?;
+    let query = target.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("last="))
+        .and_then(|l| Tag::parse(l).ok())
 }
 
 fn is_index(media_type: &str) -> bool {
@@ -856,6 +879,7 @@ impl Oci {
         lp: &LoadedPolicy,
         reg: &RegistryClient,
         repo: &Repository,
+        page: &TagPage<'_>,
         client: &Client,
     ) -> Result<Response, OciError> {
         let rule = match Self::rule(lp, repo) {
@@ -870,9 +894,15 @@ impl Oci {
         self.audit("oci.tags", repo, None, None, Ok(rule), client)
             .await;
         let resp = reg
-            .tags(&repo.path)
+            .tags(&repo.path, page.n, page.last.map(Tag::as_str))
             .await
             .map_err(|e| registry_error(e, "NAME_UNKNOWN"))?;
+        // The upstream's next page, re-addressed to this gate (its Link names the upstream path).
+        let next_last = resp
+            .headers()
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_page_last);
         let body = crate::fetch::read_limited(resp, self.manifest_bytes)
             .await
             .map_err(|_| {
@@ -900,17 +930,44 @@ impl Oci {
             })
             .collect();
         let json = serde_json::json!({ "name": format!("{}", repo.path), "tags": tags });
-        Response::builder()
+        let mut b = Response::builder()
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json.to_string()))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(last) = next_last {
+            let n = page.n.map(|n| format!("n={n}&")).unwrap_or_default();
+            let ns = page.ns.map(|ns| format!("&ns={ns}")).unwrap_or_default();
+            b = b.header(
+                header::LINK,
+                format!(
+                    "</v2/{}/tags/list?{n}last={last}{ns}>; rel=\"next\"",
+                    page.name
+                ),
+            );
+        }
+        b.body(Body::from(json.to_string()))
             .map_err(|e| ApiError::Internal(e.to_string()).into())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::manifest_media_type;
+    use super::{manifest_media_type, next_page_last};
+
+    #[test]
+    fn next_page_links() {
+        let t = |l: &str| next_page_last(l).map(|t| t.to_string());
+        assert_eq!(
+            t("</v2/library/ubuntu/tags/list?n=100&last=22.04>; rel=\"next\""),
+            Some("22.04".into())
+        );
+        assert_eq!(
+            t("</v2/x/tags/list?last=v1&n=2>; rel=\"next\""),
+            Some("v1".into())
+        );
+        assert_eq!(t("</v2/x/tags/list?n=2&last=v1>; rel=\"prev\""), None);
+        assert_eq!(t("</v2/x/tags/list?n=2&last=../x>; rel=\"next\""), None);
+        assert_eq!(t("garbage"), None);
+    }
 
     const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
     const DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
