@@ -329,14 +329,16 @@ impl Fetcher {
             failure = Some(Failure::BadUpstream(detail));
         }
         if let Some(f) = failure {
+            // The rejected bytes leave the disk before anyone hears of the failure.
+            if let Some(t) = temp {
+                drop(t.file);
+                let _ = tokio::fs::remove_file(&t.path).await;
+            }
             // The error must reach the client's stream (not be dropped on a full buffer), so
             // the response ends in a reset rather than a clean end, chunked or not.
             if let Some(b) = body.take() {
                 let err = Err(std::io::Error::other("upstream bytes rejected"));
                 let _ = tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(err)).await;
-            }
-            if let Some(t) = temp {
-                let _ = tokio::fs::remove_file(&t.path).await;
             }
             return Download::Failed(f);
         }
