@@ -36,6 +36,51 @@ pub struct AuditEvent {
     pub client: String,
 }
 
+impl AuditEvent {
+    /// An event about `subject` (a project or repository) and what in it was asked for; the
+    /// decision is filled in by [`AuditEvent::allow`] or [`AuditEvent::deny`].
+    pub fn about(
+        action: &'static str,
+        subject: String,
+        artifact: Option<String>,
+        sha256: Option<String>,
+        client: &str,
+    ) -> AuditEvent {
+        AuditEvent {
+            time: 0,
+            action,
+            decision: "deny",
+            reason: String::new(),
+            detail: String::new(),
+            subject,
+            artifact,
+            sha256,
+            actual_sha256: None,
+            client: client.to_string(),
+        }
+    }
+
+    /// Allowed by a rule of kind `reason`, written at `source` (file:line).
+    pub fn allow(self, reason: &str, source: String) -> AuditEvent {
+        AuditEvent {
+            decision: "allow",
+            reason: reason.to_string(),
+            detail: source,
+            ..self
+        }
+    }
+
+    /// Denied, with the reason code and the sentence the client saw.
+    pub fn deny(self, reason: &str, detail: String) -> AuditEvent {
+        AuditEvent {
+            decision: "deny",
+            reason: reason.to_string(),
+            detail,
+            ..self
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<AuditEvent>,
@@ -60,8 +105,11 @@ impl Audit {
         (Audit { tx, metrics }, task)
     }
 
-    pub async fn record(&self, ev: AuditEvent) {
+    /// Records a decision (stamping its time) and counts it in the metrics.
+    pub async fn record(&self, mut ev: AuditEvent) {
+        ev.time = crate::store::cache::now_secs();
         self.metrics.audit_events.fetch_add(1, Relaxed);
+        self.metrics.decision(ev.decision == "allow", &ev.reason);
         match self.tx.try_send(ev) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(ev)) => {

@@ -22,7 +22,6 @@ use crate::audit::{Audit, AuditEvent};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::Sha256;
-use crate::store::cache::now_secs;
 use crate::store::Cache;
 
 /// How long the shared download waits for the first client to take a chunk.
@@ -315,15 +314,10 @@ impl Fetcher {
                 "{name}: the upstream sent bytes with sha256 {actual}, but the pin is {sha}"
             );
             tracing::error!(%name, expected = %sha, actual = %actual, "upstream bytes do not match the pin; not served, not cached");
-            self.metrics.deny_code("hash_mismatch");
             self.audit
                 .record(AuditEvent {
-                    time: now_secs(),
-                    decision: "deny",
-                    reason: "hash_mismatch".into(),
-                    detail: detail.clone(),
                     actual_sha256: Some(actual.hex()),
-                    ..mismatch
+                    ..mismatch.deny("hash_mismatch", detail.clone())
                 })
                 .await;
             failure = Some(Failure::BadUpstream(detail));

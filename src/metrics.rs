@@ -4,8 +4,6 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::policy::DenyReason;
-
 /// Route classes counted in `tollgate_requests_total`.
 #[derive(Debug, Clone, Copy)]
 pub enum Route {
@@ -25,6 +23,8 @@ pub enum Upstream {
     File = 1,
 }
 const UPSTREAMS: [&str; 2] = ["page", "file"];
+/// Every allow reason code: the kind of rule that admitted the request.
+const ALLOW_CODES: [&str; 3] = ["exact", "release_rule", "pinned_digest"];
 /// Every deny reason code of the index and the pull gate.
 const DENY_CODES: [&str; 13] = [
     "not_allowlisted",
@@ -53,7 +53,7 @@ struct Histogram {
 #[derive(Default)]
 pub struct Metrics {
     requests: [[AtomicU64; 5]; 5],
-    allow: [AtomicU64; 2],
+    allow: [AtomicU64; ALLOW_CODES.len()],
     deny: [AtomicU64; DENY_CODES.len()],
     upstream_requests: [AtomicU64; 2],
     upstream_errors: [AtomicU64; 2],
@@ -77,17 +77,15 @@ impl Metrics {
         self.requests[route as usize][class].fetch_add(1, Relaxed);
     }
 
-    pub fn allow(&self, release_rule: bool) {
-        self.allow[release_rule as usize].fetch_add(1, Relaxed);
-    }
-
-    pub fn deny(&self, reason: &DenyReason) {
-        self.deny_code(reason.code());
-    }
-
-    pub fn deny_code(&self, code: &str) {
-        if let Some(i) = DENY_CODES.iter().position(|c| *c == code) {
-            self.deny[i].fetch_add(1, Relaxed);
+    /// Counts one decision by its audit reason code.
+    pub fn decision(&self, allowed: bool, code: &str) {
+        let (codes, counters): (&[&str], &[AtomicU64]) = if allowed {
+            (&ALLOW_CODES, &self.allow)
+        } else {
+            (&DENY_CODES, &self.deny)
+        };
+        if let Some(i) = codes.iter().position(|c| *c == code) {
+            counters[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -122,7 +120,7 @@ impl Metrics {
             }
         }
         let _ = writeln!(o, "# HELP tollgate_decisions_total Policy decisions by outcome and reason.\n# TYPE tollgate_decisions_total counter");
-        for (i, rule) in ["exact", "release_rule"].iter().enumerate() {
+        for (i, rule) in ALLOW_CODES.iter().enumerate() {
             let _ = writeln!(
                 o,
                 "tollgate_decisions_total{{decision=\"allow\",reason=\"{rule}\"}} {}",

@@ -518,15 +518,7 @@ async fn reload_is_atomic_and_revocation_applies() {
     let r = reqwest::get(&wheel).await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("CVE-2099-0001"));
-    let page: serde_json::Value = reqwest::Client::new()
-        .get(env.gate.url("/simple/demo-a/"))
-        .header("accept", "application/vnd.pypi.simple.v1+json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = env.gate.json_page("demo-a").await;
     assert_eq!(
         page["files"].as_array().unwrap().len(),
         1,

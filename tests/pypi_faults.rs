@@ -61,15 +61,7 @@ async fn credentials_stay_with_the_index_origin() {
         &format!("{}{}", exact("authed", &sha), exact("badhtml", &sha)),
         &[("TOLLGATE_TEST_PW", "secret")],
     );
-    let page: serde_json::Value = reqwest::Client::new()
-        .get(gate.url("/simple/authed/"))
-        .header("accept", "application/vnd.pypi.simple.v1+json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = gate.json_page("authed").await;
     assert_eq!(page["files"].as_array().unwrap().len(), 1);
     let body = reqwest::get(gate.url(&format!("/files/authed/{sha}/authed-1.0-py3-none-any.whl")))
         .await
@@ -239,15 +231,7 @@ async fn a_republished_file_is_not_listed_and_the_pinned_bytes_stay() {
     std::fs::write(&page_path, page).unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
-    let listed: serde_json::Value = reqwest::Client::new()
-        .get(gate.url("/simple/swapped/"))
-        .header("accept", "application/vnd.pypi.simple.v1+json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value = gate.json_page("swapped").await;
     assert_eq!(
         listed["files"].as_array().unwrap().len(),
         0,
@@ -443,18 +427,9 @@ async fn release_rule_pins_hashless_files_at_first_sight() {
         "",
         "[[package]]\nname = \"fresh\"\nspecifier = \">=1,<2\"\nmin_age = \"0s\"\n",
     );
-    let c = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let listed = loop {
-        let page: serde_json::Value = c
-            .get(gate.url("/simple/fresh/"))
-            .header("accept", "application/vnd.pypi.simple.v1+json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: serde_json::Value = gate.json_page("fresh").await;
         let files = page["files"].as_array().unwrap().clone();
         if !files.is_empty() {
             break files;

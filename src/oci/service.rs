@@ -268,34 +268,18 @@ impl Oci {
         decision: Result<&ImageRule, &ImageDeny>,
         client: &Client,
     ) {
-        let (dec, reason, detail) = match decision {
-            Ok(rule) => {
-                self.metrics.allow(false);
-                (
-                    "allow",
-                    "pinned_digest".to_string(),
-                    rule.source.to_string(),
-                )
-            }
-            Err(d) => {
-                self.metrics.deny_code(d.code());
-                ("deny", d.code().to_string(), d.to_string())
-            }
+        let ev = AuditEvent::about(
+            action,
+            repo.to_string(),
+            artifact,
+            digest.map(|d| d.to_string()),
+            &client.0,
+        );
+        let ev = match decision {
+            Ok(rule) => ev.allow("pinned_digest", rule.source.to_string()),
+            Err(d) => ev.deny(d.code(), d.to_string()),
         };
-        self.audit
-            .record(AuditEvent {
-                time: now_secs(),
-                action,
-                decision: dec,
-                reason,
-                detail,
-                subject: repo.to_string(),
-                artifact,
-                sha256: digest.map(|d| d.to_string()),
-                actual_sha256: None,
-                client: client.0.clone(),
-            })
-            .await;
+        self.audit.record(ev).await;
     }
 
     async fn deny(
@@ -560,20 +544,18 @@ impl Oci {
         let actual = Digest(Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()));
         if actual != *digest {
             tracing::error!(%repo, expected = %digest, %actual, "upstream manifest does not match its digest");
-            self.metrics.deny_code("hash_mismatch");
             let detail = format!("the upstream sent a manifest with digest {actual} for {digest}");
+            let ev = AuditEvent::about(
+                "oci.manifest",
+                repo.to_string(),
+                None,
+                Some(digest.to_string()),
+                "gate",
+            );
             self.audit
                 .record(AuditEvent {
-                    time: now_secs(),
-                    action: "oci.manifest",
-                    decision: "deny",
-                    reason: "hash_mismatch".into(),
-                    detail: detail.clone(),
-                    subject: repo.to_string(),
-                    artifact: None,
-                    sha256: Some(digest.to_string()),
                     actual_sha256: Some(actual.to_string()),
-                    client: "gate".into(),
+                    ..ev.deny("hash_mismatch", detail.clone())
                 })
                 .await;
             return Err(bad(detail));
@@ -779,18 +761,13 @@ impl Oci {
                             e => Failure::Unavailable(e.to_string()),
                         })
                 }),
-                mismatch: AuditEvent {
-                    time: 0,
-                    action: "oci.blob",
-                    decision: "deny",
-                    reason: String::new(),
-                    detail: String::new(),
-                    subject: subject.clone(),
-                    artifact: None,
-                    sha256: Some(digest.to_string()),
-                    actual_sha256: None,
-                    client: "gate".into(),
-                },
+                mismatch: AuditEvent::about(
+                    "oci.blob",
+                    subject.clone(),
+                    None,
+                    Some(digest.to_string()),
+                    "gate",
+                ),
             }
         };
         Ok(self

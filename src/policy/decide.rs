@@ -64,11 +64,6 @@ pub enum DenyReason {
         filename: String,
         remaining: Duration,
     },
-    HashMismatch {
-        filename: String,
-        expected: Sha256,
-        actual: Sha256,
-    },
 }
 
 impl DenyReason {
@@ -83,7 +78,6 @@ impl DenyReason {
             DenyReason::NotYetSeen { .. } => "not_yet_seen",
             DenyReason::SupersededPin { .. } => "superseded_pin",
             DenyReason::TooNew { .. } => "too_new",
-            DenyReason::HashMismatch { .. } => "hash_mismatch",
         }
     }
 }
@@ -110,7 +104,6 @@ impl fmt::Display for DenyReason {
             DenyReason::NotYetSeen { filename } => write!(f, "{filename} has not been pinned yet; it is pinned when the gate first lists it"),
             DenyReason::SupersededPin { filename, sha256 } => write!(f, "{filename} with sha256 {sha256} was replaced upstream by another hash and is never served again"),
             DenyReason::TooNew { filename, remaining } => write!(f, "{filename} is newer than the release rule's min_age; it becomes available in {}", human(*remaining)),
-            DenyReason::HashMismatch { filename, expected, actual } => write!(f, "{filename}: the upstream sent bytes with sha256 {actual}, but the pin is {expected}"),
         }
     }
 }

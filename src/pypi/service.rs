@@ -141,39 +141,19 @@ impl Pypi {
         decision: Result<&Allowed, &DenyReason>,
         client: &Client,
     ) {
-        let (dec, reason, detail, actual) = match decision {
-            Ok(a) => {
-                self.metrics.allow(matches!(a, Allowed::Release(_)));
-                let kind = if matches!(a, Allowed::Release(_)) {
-                    "release_rule"
-                } else {
-                    "exact"
-                };
-                ("allow", kind.to_string(), a.source().to_string(), None)
-            }
-            Err(r) => {
-                self.metrics.deny(r);
-                let actual = match r {
-                    DenyReason::HashMismatch { actual, .. } => Some(actual.hex()),
-                    _ => None,
-                };
-                ("deny", r.code().to_string(), r.to_string(), actual)
-            }
+        let ev = AuditEvent::about(
+            action,
+            project.to_string(),
+            file.map(|(f, _)| f.to_string()),
+            file.map(|(_, s)| s.hex()),
+            &client.0,
+        );
+        let ev = match decision {
+            Ok(a @ Allowed::Release(_)) => ev.allow("release_rule", a.source().to_string()),
+            Ok(a) => ev.allow("exact", a.source().to_string()),
+            Err(r) => ev.deny(r.code(), r.to_string()),
         };
-        self.audit
-            .record(AuditEvent {
-                time: now_secs(),
-                action,
-                decision: dec,
-                reason,
-                detail,
-                subject: project.to_string(),
-                artifact: file.map(|(f, _)| f.to_string()),
-                sha256: file.map(|(_, s)| s.hex()),
-                actual_sha256: actual,
-                client: client.0.clone(),
-            })
-            .await;
+        self.audit.record(ev).await;
     }
 
     /// A refusal: audited, counted, and turned into the 403 the client sees.
@@ -639,18 +619,13 @@ impl Pypi {
                         e => Failure::Unavailable(e.to_string()),
                     })
                 }),
-                mismatch: AuditEvent {
-                    time: 0,
-                    action: "pypi.file",
-                    decision: "deny",
-                    reason: String::new(),
-                    detail: String::new(),
-                    subject: project.clone(),
-                    artifact: Some(filename.clone()),
-                    sha256: Some(sha.hex()),
-                    actual_sha256: None,
-                    client: "gate".into(),
-                },
+                mismatch: AuditEvent::about(
+                    "pypi.file",
+                    project.clone(),
+                    Some(filename.clone()),
+                    Some(sha.hex()),
+                    "gate",
+                ),
             }
         })
     }

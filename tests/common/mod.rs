@@ -261,6 +261,19 @@ impl Gate {
         self.url("/simple/")
     }
 
+    /// A project page as PEP 691 JSON.
+    pub async fn json_page(&self, project: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(self.url(&format!("/simple/{project}/")))
+            .header("accept", "application/vnd.pypi.simple.v1+json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn cache_has(&self, sha: &str) -> bool {
         self.dir
             .join("data/cache")
