@@ -66,6 +66,11 @@ pub struct Job {
 }
 
 type Body1 = mpsc::Sender<Result<Bytes, std::io::Error>>;
+/// A started download: its response head (length or failure) and its final state.
+type Started = (
+    oneshot::Receiver<Result<Option<u64>, Failure>>,
+    watch::Receiver<Download>,
+);
 
 pub struct Fetcher {
     pub cache: Arc<Cache>,
@@ -96,20 +101,21 @@ impl Fetcher {
     }
 
     /// Streams `sha` to the client: joins a running download (then serves from the cache) or
-    /// starts one. `job` builds the download when one has to start.
+    /// starts one. `job` builds the download when one has to start; its `mismatch` event names
+    /// this request's client.
     pub async fn fetch_and_serve(
         self: &Arc<Self>,
+        sha: Sha256,
         job: impl Fn() -> Job,
         content_type: &'static str,
         extra: &[(HeaderName, String)],
     ) -> Result<Response, ApiError> {
-        let sha = job_sha(&job);
         let mut retried = false;
         loop {
             let existing = lock(&self.downloads).get(&sha).cloned();
             if let Some(rx) = existing {
                 match wait_download(rx).await {
-                    Download::Done => {
+                    Ok(()) => {
                         if let Some(sz) = self.cache.lookup(&sha) {
                             return self
                                 .serve_cached(
@@ -125,14 +131,21 @@ impl Fetcher {
                         // Verified but not cacheable (quota, disk): fetch again for this client.
                     }
                     // Another request's download may have gone through another registry or
-                    // mirror; retry once with this request's own source before failing.
-                    Download::Failed(f) if retried => return Err(f.into()),
-                    Download::Failed(_) => retried = true,
-                    Download::Running => {}
+                    // mirror that is down; retry once with this request's own source.
+                    Err(Failure::Unavailable(_)) if !retried => retried = true,
+                    Err(f) => {
+                        // This client is refused too: its own record of the refusal.
+                        if let Failure::BadUpstream(m) = &f {
+                            self.audit
+                                .record(job().mismatch.deny("upstream_rejected", m.clone()))
+                                .await;
+                        }
+                        return Err(f.into());
+                    }
                 }
             }
             let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-            let Some(head_rx) = self.start(job(), Some(body_tx)) else {
+            let Some((head_rx, _)) = self.start(job(), Some(body_tx)) else {
                 continue;
             };
             let len = match head_rx.await {
@@ -158,31 +171,30 @@ impl Fetcher {
     }
 
     /// Makes sure `sha` is in the cache (downloading it if needed), without a client stream.
-    pub async fn ensure_cached(self: &Arc<Self>, job: impl Fn() -> Job) -> Result<u64, ApiError> {
-        let sha = job_sha(&job);
-        for _ in 0..3 {
+    pub async fn ensure_cached(
+        self: &Arc<Self>,
+        sha: Sha256,
+        job: impl Fn() -> Job,
+    ) -> Result<u64, ApiError> {
+        for _ in 0..2 {
             if let Some(size) = self.cache.lookup(&sha) {
                 return Ok(size);
             }
             let existing = lock(&self.downloads).get(&sha).cloned();
             let rx = match existing {
                 Some(rx) => rx,
-                None => {
-                    let Some(head_rx) = self.start(job(), None) else {
-                        continue;
-                    };
-                    if let Ok(Err(f)) = head_rx.await {
-                        return Err(f.into());
-                    }
-                    match lock(&self.downloads).get(&sha).cloned() {
-                        Some(rx) => rx,
-                        None => continue,
-                    }
-                }
+                None => match self.start(job(), None) {
+                    Some((_, rx)) => rx,
+                    // Started by someone else just now: look again.
+                    None => continue,
+                },
             };
-            if let Download::Failed(f) = wait_download(rx).await {
-                return Err(f.into());
-            }
+            return match wait_download(rx).await {
+                Ok(()) => self.cache.lookup(&sha).ok_or_else(|| {
+                    ApiError::Unavailable("the verified file could not be cached".into())
+                }),
+                Err(f) => Err(f.into()),
+            };
         }
         self.cache
             .lookup(&sha)
@@ -190,11 +202,7 @@ impl Fetcher {
     }
 
     /// Starts the one download of `job.sha`, unless one is already running (then `None`).
-    fn start(
-        self: &Arc<Self>,
-        job: Job,
-        body: Option<Body1>,
-    ) -> Option<oneshot::Receiver<Result<Option<u64>, Failure>>> {
+    fn start(self: &Arc<Self>, job: Job, body: Option<Body1>) -> Option<Started> {
         let sha = job.sha;
         let (state_tx, state_rx) = watch::channel(Download::Running);
         {
@@ -202,7 +210,7 @@ impl Fetcher {
             if d.contains_key(&sha) {
                 return None;
             }
-            d.insert(sha, state_rx);
+            d.insert(sha, state_rx.clone());
         }
         let (head_tx, head_rx) = oneshot::channel();
         let this = self.clone();
@@ -211,7 +219,7 @@ impl Fetcher {
             lock(&this.downloads).remove(&sha);
             let _ = state_tx.send(result);
         });
-        Some(head_rx)
+        Some((head_rx, state_rx))
     }
 
     /// The download itself. The client's copy of the last chunk is held back until the hash is
@@ -242,7 +250,11 @@ impl Fetcher {
         if let (Some(want), Some(got)) = (size, declared) {
             if want != got {
                 tracing::warn!(%name, want, got, "upstream length differs from the declared size");
-                return fail(head, Failure::BadUpstream(format!("the upstream sent {name} with a length of {got} bytes, but {want} were declared")));
+                let detail = format!("the upstream sent {name} with a length of {got} bytes, but {want} were declared");
+                self.audit
+                    .record(mismatch.deny("size_mismatch", detail.clone()))
+                    .await;
+                return fail(head, Failure::BadUpstream(detail));
             }
         }
         let limit = size.or(declared).unwrap_or(self.cache_max_bytes);
@@ -308,6 +320,12 @@ impl Fetcher {
                 "the upstream sent {total} bytes of {name}, fewer than declared"
             )));
         }
+        // A body longer or shorter than declared is as much a lie as other bytes: audited too.
+        if let Some(Failure::BadUpstream(detail)) = &failure {
+            self.audit
+                .record(mismatch.clone().deny("size_mismatch", detail.clone()))
+                .await;
+        }
         let actual = Sha256::from_bytes(hasher.finalize().into());
         if failure.is_none() && actual != sha {
             let detail = format!(
@@ -343,7 +361,7 @@ impl Fetcher {
             }
         }
         if let (Some(b), Some(last)) = (&body, held) {
-            let _ = b.send(Ok(last)).await;
+            let _ = tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(Ok(last))).await;
         }
         Download::Done
     }
@@ -407,23 +425,20 @@ impl Fetcher {
     }
 }
 
-fn job_sha(job: &impl Fn() -> Job) -> Sha256 {
-    // Building a job only creates a future; nothing runs until it is awaited.
-    job().sha
-}
-
-async fn wait_download(mut rx: watch::Receiver<Download>) -> Download {
+/// Waits for a download to settle: `Ok` once its bytes were verified (and cached if they could
+/// be), `Err` with its failure otherwise.
+async fn wait_download(mut rx: watch::Receiver<Download>) -> Result<(), Failure> {
     loop {
-        let cur = rx.borrow().clone();
-        if cur != Download::Running {
-            return cur;
+        match rx.borrow().clone() {
+            Download::Done => return Ok(()),
+            Download::Failed(f) => return Err(f),
+            Download::Running => {}
         }
         if rx.changed().await.is_err() {
-            let last = rx.borrow().clone();
-            return if last == Download::Running {
-                Download::Failed(Failure::Unavailable("download stopped".into()))
-            } else {
-                last
+            return match rx.borrow().clone() {
+                Download::Done => Ok(()),
+                Download::Failed(f) => Err(f),
+                Download::Running => Err(Failure::Unavailable("download stopped".into())),
             };
         }
     }

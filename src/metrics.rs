@@ -24,9 +24,9 @@ pub enum Upstream {
 }
 const UPSTREAMS: [&str; 2] = ["page", "file"];
 /// Every allow reason code: the kind of rule that admitted the request.
-const ALLOW_CODES: [&str; 3] = ["exact", "release_rule", "pinned_digest"];
+pub const ALLOW_CODES: [&str; 4] = ["exact", "release_rule", "pinned_digest", "repository_rule"];
 /// Every deny reason code of the index and the pull gate.
-const DENY_CODES: [&str; 13] = [
+pub const DENY_CODES: [&str; 15] = [
     "not_allowlisted",
     "revoked",
     "wheels_only",
@@ -36,6 +36,8 @@ const DENY_CODES: [&str; 13] = [
     "superseded_pin",
     "too_new",
     "hash_mismatch",
+    "size_mismatch",
+    "upstream_rejected",
     "image_not_allowlisted",
     "tag_not_allowed",
     "digest_not_pinned",
@@ -250,5 +252,74 @@ impl Metrics {
             );
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::oci::{Digest, ImageDeny, Repository, Tag};
+    use crate::policy::{DenyReason, ProjectName, Sha256};
+
+    /// Every reason the policy can give has a counter: a new one cannot vanish from /metrics.
+    #[test]
+    fn every_reason_code_is_counted() {
+        let p = ProjectName::parse("p").unwrap();
+        let h = Sha256::parse(&"a".repeat(64)).unwrap();
+        let f = || "p-1.0.tar.gz".to_string();
+        let pypi = [
+            DenyReason::NotAllowlisted(p),
+            DenyReason::Revoked {
+                sha256: h,
+                reason: String::new(),
+            },
+            DenyReason::WheelsOnly(f()),
+            DenyReason::VersionNotAllowed { filename: f() },
+            DenyReason::HashNotPinned {
+                filename: f(),
+                sha256: h,
+            },
+            DenyReason::NotYetSeen { filename: f() },
+            DenyReason::SupersededPin {
+                filename: f(),
+                sha256: h,
+            },
+            DenyReason::TooNew {
+                filename: f(),
+                remaining: std::time::Duration::ZERO,
+            },
+        ];
+        let repo = Repository::parse("r.io/a").unwrap();
+        let d = Digest(h);
+        let oci = [
+            ImageDeny::NoRule(repo.clone()),
+            ImageDeny::TagNotAllowed {
+                repo: repo.clone(),
+                tag: Tag::parse("t").unwrap(),
+            },
+            ImageDeny::DigestNotPinned {
+                repo: repo.clone(),
+                digest: d,
+                tag: None,
+            },
+            ImageDeny::NotReferenced { repo, digest: d },
+        ];
+        let codes: Vec<&str> = pypi
+            .iter()
+            .map(|r| r.code())
+            .chain(oci.iter().map(|r| r.code()))
+            .collect();
+        for c in codes {
+            assert!(DENY_CODES.contains(&c), "{c} has no counter");
+        }
+        let m = Metrics::default();
+        m.decision(false, "hash_mismatch");
+        m.decision(true, "repository_rule");
+        let text = m.render();
+        assert!(
+            text.contains("tollgate_decisions_total{decision=\"deny\",reason=\"hash_mismatch\"} 1")
+        );
+        assert!(text
+            .contains("tollgate_decisions_total{decision=\"allow\",reason=\"repository_rule\"} 1"));
     }
 }

@@ -114,8 +114,15 @@ fn registry_error(e: RegistryError, what: &'static str) -> OciError {
                 what.split('_').next().unwrap_or("").to_lowercase()
             )),
         ),
-        RegistryError::Refused(..) => {
-            OciError::Coded("UNAVAILABLE", ApiError::BadUpstream(e.to_string()))
+        // The detail (which host, which endpoint) is logged, not told to the client.
+        RegistryError::Refused(registry, detail) => {
+            tracing::warn!(%registry, %detail, "registry answer refused");
+            OciError::Coded(
+                "UNAVAILABLE",
+                ApiError::BadUpstream(format!(
+                    "the upstream registry {registry} answered in a way the gate does not accept"
+                )),
+            )
         }
         e => OciError::Coded("UNAVAILABLE", ApiError::Unavailable(e.to_string())),
     }
@@ -265,7 +272,7 @@ impl Oci {
         repo: &Repository,
         artifact: Option<String>,
         digest: Option<&Digest>,
-        decision: Result<&ImageRule, &ImageDeny>,
+        decision: Result<(&'static str, &ImageRule), &ImageDeny>,
         client: &Client,
     ) {
         let ev = AuditEvent::about(
@@ -276,7 +283,7 @@ impl Oci {
             &client.0,
         );
         let ev = match decision {
-            Ok(rule) => ev.allow("pinned_digest", rule.source.to_string()),
+            Ok((kind, rule)) => ev.allow(kind, rule.source.to_string()),
             Err(d) => ev.deny(d.code(), d.to_string()),
         };
         self.audit.record(ev).await;
@@ -336,11 +343,13 @@ impl Oci {
             if self.links_known(repo, pinned)? {
                 continue;
             }
+            // A pinned digest the registry cannot give says nothing about this one: the request
+            // is then refused (and audited) as not pinned.
             match self.verified_manifest(reg, repo, pinned).await {
                 Ok(_) => learned = true,
-                // A pinned digest the registry does not have says nothing about this one.
-                Err(OciError::Coded(_, ApiError::NotFound(_))) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%repo, %pinned, error = %e, "could not verify a pinned manifest to learn its children")
+                }
             }
         }
         Ok(learned && self.admitted(rule, repo, digest)?)
@@ -456,20 +465,29 @@ impl Oci {
                 .admitted_after_learning(reg, rule, repo, &digest)
                 .await?
         {
-            let d = decide_manifest(rule, repo, &digest, tag.as_ref())
-                .err()
-                .unwrap_or(ImageDeny::DigestNotPinned {
+            let d = match decide_manifest(rule, repo, &digest, tag.as_ref()) {
+                Err(d) => d,
+                // Pinned digests are admitted above; this arm only keeps the match total.
+                Ok(()) => ImageDeny::DigestNotPinned {
                     repo: repo.clone(),
                     digest,
                     tag: tag.clone(),
-                });
+                },
+            };
             return Err(self
                 .deny(action, repo, artifact, Some(&digest), d, client)
                 .await);
         }
         let rec = self.verified_manifest(reg, repo, &digest).await?;
-        self.audit(action, repo, artifact, Some(&digest), Ok(rule), client)
-            .await;
+        self.audit(
+            action,
+            repo,
+            artifact,
+            Some(&digest),
+            Ok(("pinned_digest", rule)),
+            client,
+        )
+        .await;
         let b = Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, rec.media_type.as_str())
@@ -708,8 +726,15 @@ impl Oci {
                 .await);
         }
         let size = refs.map(|r| r.size);
-        self.audit(action, repo, None, Some(&digest), Ok(rule), client)
-            .await;
+        self.audit(
+            action,
+            repo,
+            None,
+            Some(&digest),
+            Ok(("pinned_digest", rule)),
+            client,
+        )
+        .await;
         let extra = [(DOCKER_CONTENT_DIGEST.clone(), digest.to_string())];
         if let Some(sz) = self.fetcher.cache.lookup(digest.sha()) {
             self.metrics.cache_hits.fetch_add(1, Relaxed);
@@ -743,6 +768,7 @@ impl Oci {
         let reg = reg.clone();
         let path = repo.path.clone();
         let subject = repo.to_string();
+        let who = client.0.clone();
         let job = move || {
             let reg = reg.clone();
             let path = path.clone();
@@ -757,7 +783,11 @@ impl Oci {
                             RegistryError::NotFound => Failure::BadUpstream(format!(
                                 "the upstream registry does not have {digest}"
                             )),
-                            RegistryError::Refused(..) => Failure::BadUpstream(e.to_string()),
+                            // Where a redirect tried to go is logged, not told to the client.
+                            RegistryError::Refused(registry, detail) => {
+                                tracing::warn!(%registry, %detail, "blob fetch refused");
+                                Failure::BadUpstream(format!("the upstream registry {registry} redirected {digest} where the gate does not follow"))
+                            }
                             e => Failure::Unavailable(e.to_string()),
                         })
                 }),
@@ -766,13 +796,13 @@ impl Oci {
                     subject.clone(),
                     None,
                     Some(digest.to_string()),
-                    "gate",
+                    &who,
                 ),
             }
         };
         Ok(self
             .fetcher
-            .fetch_and_serve(job, "application/octet-stream", &extra)
+            .fetch_and_serve(*digest.sha(), job, "application/octet-stream", &extra)
             .await?)
     }
 
@@ -809,7 +839,7 @@ impl Oci {
             repo,
             None,
             Some(&subject),
-            Ok(rule),
+            Ok(("repository_rule", rule)),
             client,
         )
         .await;
@@ -868,8 +898,15 @@ impl Oci {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        self.audit("oci.tags", repo, None, None, Ok(rule), client)
-            .await;
+        self.audit(
+            "oci.tags",
+            repo,
+            None,
+            None,
+            Ok(("repository_rule", rule)),
+            client,
+        )
+        .await;
         let resp = reg
             .tags(&repo.path, page.n, page.last.map(Tag::as_str))
             .await

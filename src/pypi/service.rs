@@ -581,13 +581,14 @@ impl Pypi {
                 .body(Body::empty())
                 .map_err(|e| ApiError::Internal(e.to_string()));
         }
-        let job = self.job(rules, project, sha, filename, url, size)?;
+        let job = self.job(rules, project, sha, filename, url, size, client)?;
         self.fetcher
-            .fetch_and_serve(job, "application/octet-stream", &[])
+            .fetch_and_serve(sha, job, "application/octet-stream", &[])
             .await
     }
 
     /// The download of one file from the project's index, as a fetcher job.
+    #[allow(clippy::too_many_arguments)]
     fn job(
         &self,
         rules: &ProjectRules,
@@ -596,7 +597,9 @@ impl Pypi {
         filename: &str,
         url: Url,
         size: Option<u64>,
+        client: &Client,
     ) -> Result<impl Fn() -> Job, ApiError> {
+        let client = client.0.clone();
         let upstream =
             self.upstreams.get(&rules.index).cloned().ok_or_else(|| {
                 ApiError::Internal(format!("index {} not configured", rules.index))
@@ -616,6 +619,11 @@ impl Pypi {
                         UpstreamError::NotFound => Failure::BadUpstream(format!(
                             "the upstream index lists {name} but does not serve it"
                         )),
+                        // Where a redirect tried to go is logged, not told to the client.
+                        UpstreamError::Redirect(index, detail) => {
+                            tracing::warn!(%index, %detail, "file redirect refused");
+                            Failure::BadUpstream(format!("the upstream index {index} redirected {name} where the gate does not follow"))
+                        }
                         e => Failure::Unavailable(e.to_string()),
                     })
                 }),
@@ -624,7 +632,7 @@ impl Pypi {
                     project.clone(),
                     Some(filename.clone()),
                     Some(sha.hex()),
-                    "gate",
+                    &client,
                 ),
             }
         })
@@ -696,8 +704,8 @@ impl Pypi {
         // The wheel must be verified and cached first.
         if self.cache.lookup(&sha).is_none() {
             let (url, size) = self.locate(rules, project, &sha, wheel_name).await?;
-            let job = self.job(rules, project, sha, wheel_name, url, size)?;
-            self.fetcher.ensure_cached(job).await?;
+            let job = self.job(rules, project, sha, wheel_name, url, size, client)?;
+            self.fetcher.ensure_cached(sha, job).await?;
         }
         let path = self.cache.path(&sha);
         let p2 = project.clone();
