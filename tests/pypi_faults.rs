@@ -452,4 +452,11 @@ async fn release_rule_pins_hashless_files_at_first_sight() {
     );
     let out = tokio::task::block_in_place(|| pip_install(&gate.index(), &req, &fx.path("t")));
     assert!(out.status.success(), "{}", show(&out));
+    // The bytes hashed for the pin are the ones served: one upstream download in all.
+    let log = upstream.log_text();
+    assert_eq!(
+        log.matches("/packages/fresh-1.0-py3-none-any.whl").count(),
+        1,
+        "{log}"
+    );
 }

@@ -374,7 +374,7 @@ impl Pypi {
                 continue;
             }
             let Some((sha, size)) = self.effective_hash(f)? else {
-                self.hash_in_background(rules, f);
+                self.hash_in_background(rules, &dist, f);
                 continue;
             };
             let mut pin: Option<Pin> = None;
@@ -447,7 +447,12 @@ impl Pypi {
 
     /// Hashes a file whose upstream declared no hash, so it can be pinned and listed (CONTRACT:
     /// "by hashing it in the background before listing it").
-    fn hash_in_background(self: &Arc<Self>, rules: &ProjectRules, f: &UpstreamFile) {
+    fn hash_in_background(
+        self: &Arc<Self>,
+        rules: &ProjectRules,
+        dist: &DistFilename,
+        f: &UpstreamFile,
+    ) {
         {
             let mut h = lock(&self.hashing);
             if h.len() >= MAX_BACKGROUND_HASHING || !h.insert(f.url.clone()) {
@@ -455,14 +460,34 @@ impl Pypi {
             }
         }
         let Some(upstream) = self.upstreams.get(&rules.index).cloned() else {
+            lock(&self.hashing).remove(&f.url);
             return;
         };
+        // Which hashes would be admitted for this file: under a release rule the hash found now
+        // becomes the pin; under exact rules only the listed hashes. Those bytes are kept in the
+        // cache, so the first install does not download the file a second time.
+        let release = decide::release_rule_matches(rules, dist);
+        let exact: Vec<Sha256> = rules
+            .exact
+            .iter()
+            .filter(|r| r.version == dist.version)
+            .flat_map(|r| r.sha256.iter().copied())
+            .collect();
         let this = self.clone();
         let url = f.url.clone();
+        let filename = f.filename.clone();
         tokio::spawn(async move {
-            let result = this.hash_remote(&upstream, &url).await;
-            match result {
-                Ok((sha, size)) => {
+            match this.hash_remote(&upstream, &url).await {
+                Ok((sha, size, temp)) => {
+                    if let Some(t) = temp {
+                        if release || exact.contains(&sha) {
+                            if let Err(e) = this.cache.commit(t, sha, size, Some(&filename)).await {
+                                tracing::warn!(error = %e, "could not cache a hashed file");
+                            }
+                        } else {
+                            let _ = tokio::fs::remove_file(&t.path).await;
+                        }
+                    }
                     let obs = Observed {
                         sha256: sha.hex(),
                         size,
@@ -479,21 +504,45 @@ impl Pypi {
         });
     }
 
-    async fn hash_remote(&self, upstream: &Upstream, url: &str) -> Result<(Sha256, u64), String> {
+    /// Downloads a file to a temp file (when one can be made) while hashing it.
+    async fn hash_remote(
+        &self,
+        upstream: &Upstream,
+        url: &str,
+    ) -> Result<(Sha256, u64, Option<crate::store::cache::TempFile>), String> {
         let url = Url::parse(url).map_err(|e| e.to_string())?;
         let resp = upstream.open_file(&url).await.map_err(|e| e.to_string())?;
+        let mut temp = self.cache.temp_file().await.ok();
         let mut hasher = sha2::Sha256::new();
         let mut total = 0u64;
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some(t) = temp {
+                        let _ = tokio::fs::remove_file(&t.path).await;
+                    }
+                    return Err(e.to_string());
+                }
+            };
             total += chunk.len() as u64;
             if total > self.cache_max_bytes {
+                if let Some(t) = temp {
+                    let _ = tokio::fs::remove_file(&t.path).await;
+                }
                 return Err("file larger than the cache quota".into());
             }
             hasher.update(&chunk);
+            if let Some(t) = temp.as_mut() {
+                if t.file.write_all(&chunk).await.is_err() {
+                    if let Some(t) = temp.take() {
+                        let _ = tokio::fs::remove_file(&t.path).await;
+                    }
+                }
+            }
         }
-        Ok((Sha256::from_bytes(hasher.finalize().into()), total))
+        Ok((Sha256::from_bytes(hasher.finalize().into()), total, temp))
     }
 
     /// Decides a file request. Returns the decision's rules and the parsed filename.
