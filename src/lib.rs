@@ -11,6 +11,7 @@ pub mod policy;
 pub mod pypi;
 pub mod server;
 pub mod store;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -170,6 +170,31 @@ impl fmt::Display for Repository {
     }
 }
 
+/// The repository a reference names (`host[:port]/path[:tag][@digest]`), tag and digest
+/// dropped. As Docker does, a first component with a `.` or `:` (or `localhost`) is a registry
+/// host; otherwise the reference is on Docker Hub (`ubuntu` = `docker.io/library/ubuntu`).
+pub fn reference_repository(reference: &str) -> Result<Repository, RefError> {
+    let bad = || RefError::Repository(reference.chars().take(300).collect());
+    let no_digest = reference
+        .split_once('@')
+        .map(|(r, _)| r)
+        .unwrap_or(reference);
+    let last_slash = no_digest.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let name = match no_digest[last_slash..].find(':') {
+        Some(i) => &no_digest[..last_slash + i],
+        None => no_digest,
+    };
+    if name.is_empty() {
+        return Err(bad());
+    }
+    match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            Repository::new(first, rest)
+        }
+        _ => Repository::new("docker.io", name),
+    }
+}
+
 /// What a rule's `repository` names: one repository, or every repository below a prefix
 /// (`nvcr.io/nvidia/*`), compared component by component so `nvcr.io/nvidia/*` never matches
 /// `nvcr.io/nvidia-evil/x`.
@@ -396,6 +421,24 @@ mod tests {
         ] {
             assert!(Digest::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn references() {
+        let r = |s: &str| reference_repository(s).map(|r| r.to_string());
+        assert_eq!(
+            r("192.168.64.2:5000/skopeo-signed:tag").unwrap(),
+            "192.168.64.2:5000/skopeo-signed"
+        );
+        assert_eq!(
+            r("nvcr.io/nvidia/cuda:12@sha256:abc").unwrap(),
+            "nvcr.io/nvidia/cuda"
+        );
+        assert_eq!(r("ubuntu").unwrap(), "docker.io/library/ubuntu");
+        assert_eq!(r("bitnami/redis:7").unwrap(), "docker.io/bitnami/redis");
+        assert_eq!(r("localhost/a").unwrap(), "localhost/a");
+        assert!(r("").is_err());
+        assert!(r("UPPER/x").is_err());
     }
 
     #[test]
