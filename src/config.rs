@@ -43,6 +43,8 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Signature artifacts (layers) examined per image.
+    pub signatures: usize,
     pub page_bytes: u64,
     pub manifest_bytes: u64,
     pub header_bytes: u64,
@@ -287,6 +289,7 @@ impl Config {
         let cache_max_bytes = size("cache_max_bytes", raw.cache_max_bytes.as_ref(), 200 << 30)?;
         let rl = raw.limits.unwrap_or_default();
         let limits = Limits {
+            signatures: rl.signatures.unwrap_or(64).clamp(1, 1024) as usize,
             page_bytes: size("page_bytes", rl.page_bytes.as_ref(), 4 << 20)?,
             manifest_bytes: size("manifest_bytes", rl.manifest_bytes.as_ref(), 4 << 20)?,
             header_bytes: size("header_bytes", rl.header_bytes.as_ref(), 16 << 10)?,
@@ -294,7 +297,6 @@ impl Config {
         // Accepted for forward compatibility of config files; the parts that use them are not
         // in this build, but a bad value is still an error now rather than later.
         size("admin_body_bytes", rl.admin_body_bytes.as_ref(), 1 << 20)?;
-        let _ = rl.signatures;
         if limits.page_bytes == 0 || limits.header_bytes < 1024 {
             return Err(invalid(
                 line_of("[limits]"),

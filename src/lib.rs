@@ -165,7 +165,51 @@ pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
         let text = std::fs::read_to_string(&p).map_err(|e| one(format!("{}: {e}", p.display())))?;
         files.push((p.display().to_string(), text));
     }
-    policy::allowlist::load_with_registries(&files, &config.index_names(), &config.registry_hosts())
+    let mut policy = policy::allowlist::load_with_registries(
+        &files,
+        &config.index_names(),
+        &config.registry_hosts(),
+    )?;
+    // Keys named by signature rules, from allowlist_dir/keys/; a missing or unreadable key is a
+    // load error at the rule that names it, never a rule that silently admits nothing.
+    let mut errors = Vec::new();
+    let keys_dir = config.allowlist_dir.join("keys");
+    for rule in &policy.images {
+        let Some(sig) = &rule.signature else { continue };
+        for name in &sig.keys {
+            if policy.keys.contains_key(name) {
+                continue;
+            }
+            let path = keys_dir.join(name);
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| format!("key {}: {e}", path.display()))
+                .and_then(|pem| {
+                    verify::keys::PublicKey::from_pem(&pem)
+                        .map_err(|e| format!("key {}: {e}", path.display()))
+                });
+            match parsed {
+                Ok(key) => {
+                    policy.keys.insert(
+                        name.clone(),
+                        Arc::new(verify::cosign::TrustedKey {
+                            name: name.clone(),
+                            key,
+                        }),
+                    );
+                }
+                Err(message) => errors.push(LoadError {
+                    file: rule.source.file.clone(),
+                    line: rule.source.line,
+                    message,
+                }),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The whole HTTP surface.

@@ -24,9 +24,15 @@ pub enum Upstream {
 }
 const UPSTREAMS: [&str; 2] = ["page", "file"];
 /// Every allow reason code: the kind of rule that admitted the request.
-pub const ALLOW_CODES: [&str; 4] = ["exact", "release_rule", "pinned_digest", "repository_rule"];
+pub const ALLOW_CODES: [&str; 5] = [
+    "exact",
+    "release_rule",
+    "pinned_digest",
+    "signed",
+    "repository_rule",
+];
 /// Every deny reason code of the index and the pull gate.
-pub const DENY_CODES: [&str; 15] = [
+pub const DENY_CODES: [&str; 20] = [
     "not_allowlisted",
     "revoked",
     "wheels_only",
@@ -42,6 +48,11 @@ pub const DENY_CODES: [&str; 15] = [
     "tag_not_allowed",
     "digest_not_pinned",
     "blob_not_referenced",
+    "unsigned",
+    "untrusted_signer",
+    "signature_other_repository",
+    "signature_other_digest",
+    "signature_threshold",
 ];
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 

@@ -55,6 +55,7 @@ fn verify(
         <sha2::Sha256 as sha2::Digest>::digest(&manifest).into(),
     ));
     let keys: Vec<TrustedKey> = keys.iter().map(|k| key(k)).collect();
+    let keys: Vec<&TrustedKey> = keys.iter().collect();
     verify_legacy(
         &layers_of(&dir),
         &digest,
@@ -183,7 +184,8 @@ fn the_unknown_key_signature_is_refused() {
     let digest = Digest(Sha256::from_bytes(
         <sha2::Sha256 as sha2::Digest>::digest(&manifest).into(),
     ));
-    let keys = vec![key("cosign.pub"), key("cosign2.pub"), key("rekor.pub")];
+    let owned = [key("cosign.pub"), key("cosign2.pub"), key("rekor.pub")];
+    let keys: Vec<&TrustedKey> = owned.iter().collect();
     let r = verify_legacy(
         &[layer],
         &digest,
@@ -207,7 +209,8 @@ fn tampered_payload_or_signature_is_refused() {
         <sha2::Sha256 as sha2::Digest>::digest(&manifest).into(),
     ));
     let repo = Repository::parse(SINGLE).unwrap();
-    let keys = vec![key("cosign.pub")];
+    let owned = [key("cosign.pub")];
+    let keys: Vec<&TrustedKey> = owned.iter().collect();
     let mut layer = layers_of(&dir).remove(0);
     let mut payload = layer.clone();
     payload.payload = String::from_utf8(payload.payload)

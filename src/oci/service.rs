@@ -20,12 +20,15 @@ use crate::error::ApiError;
 use crate::fetch::{Failure, Fetcher, Job};
 use crate::metrics::Metrics;
 use crate::policy::oci::{
-    check_tag, decide_manifest, rule_for, Digest, ImageDeny, ImageRule, Repository, Tag,
+    check_tag, decide_image, rule_for, Digest, Evidence, ImageDeny, ImageRule, Repository, Tag,
 };
 use crate::policy::Sha256;
 use crate::pypi::service::{Client, LoadedPolicy};
 use crate::store::cache::now_secs;
 use crate::store::{Store, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
+use crate::verify::cosign::{
+    verify_legacy, SignatureDeny, SignatureLayer, TrustedKey, SIMPLE_SIGNING,
+};
 
 static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
@@ -48,6 +51,11 @@ struct TagRecord {
     digest: String,
     resolved_at: i64,
 }
+
+/// Signature layers and when they were fetched (Unix seconds).
+type LayersAt = (Arc<Vec<SignatureLayer>>, i64);
+/// A signature verdict (the signers, or why not) and when it was reached.
+type VerdictAt = (Result<Vec<String>, SignatureDeny>, i64);
 
 /// A page of `tags/list` as the client asked for it.
 pub struct TagPage<'a> {
@@ -77,6 +85,13 @@ pub struct Oci {
     /// Serialises the read-modify-write of link records, so two manifests verified at once
     /// cannot drop each other's links to a shared layer or child.
     links_lock: tokio::sync::Mutex<()>,
+    max_signatures: usize,
+    /// Signature layers found per (repository, image digest), with when they were fetched.
+    /// Found layers are kept (a policy change re-decides without the upstream); "none found"
+    /// is asked again after `tag_ttl`, so an image signed after a refused pull is admitted soon.
+    sig_layers: Mutex<HashMap<(Repository, Digest), LayersAt>>,
+    /// Signature verdicts per (repository, digest, policy version); refusals for `tag_ttl` only.
+    sig_verdicts: Mutex<HashMap<(Repository, Digest, u64), VerdictAt>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +243,9 @@ impl Oci {
             audit,
             manifests: Mutex::default(),
             links_lock: tokio::sync::Mutex::new(()),
+            max_signatures: config.limits.signatures,
+            sig_layers: Mutex::default(),
+            sig_verdicts: Mutex::default(),
         })
     }
 
@@ -307,36 +325,215 @@ impl Oci {
         rule_for(&lp.policy.images, repo).ok_or_else(|| ImageDeny::NoRule(repo.clone()))
     }
 
-    /// Is this manifest digest admitted in this repository now: pinned itself, or listed by a
-    /// pinned index (the link was recorded when the index was verified)?
-    fn admitted(
+    /// The decision for a manifest digest in this repository now: by its own evidence (pinned,
+    /// signed, as the rule's `require` combines them), or through an admitted index that lists
+    /// it (the link was recorded when the index was verified). With `per_platform`, a platform
+    /// manifest also needs its own signature. `Ok(Err(deny))` is a refusal; `Err` means the
+    /// upstream could not be asked (503), never "unsigned".
+    async fn decide(
         &self,
-        rule: &ImageRule,
-        repo: &Repository,
-        digest: &Digest,
-    ) -> Result<bool, ApiError> {
-        if rule.digests.contains(digest) {
-            return Ok(true);
-        }
-        let parents: Option<Vec<String>> =
-            self.store.get(CHILDREN, &key(repo, &digest.to_string()))?;
-        Ok(parents
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| Digest::parse(p).ok())
-            .any(|p| rule.digests.contains(&p)))
-    }
-
-    /// A platform manifest can be pulled by digest before its index ever went through this gate
-    /// (a fresh data_dir, a node that pins the child). Verifying the rule's pinned manifests
-    /// records which children they list; then the question is asked again. Only pinned digests
-    /// of a rule that already names this repository are fetched, once each.
-    async fn admitted_after_learning(
-        &self,
+        lp: &LoadedPolicy,
         reg: &RegistryClient,
         rule: &ImageRule,
         repo: &Repository,
         digest: &Digest,
+        tag: Option<&Tag>,
+    ) -> Result<Result<&'static str, ImageDeny>, OciError> {
+        // The audit's allow reason: what admitted it.
+        let kind = |ev: &Evidence| if ev.pinned { "pinned_digest" } else { "signed" };
+        let own = self.evidence(lp, reg, rule, repo, digest).await?;
+        let first = match decide_image(rule, repo, digest, tag, &own) {
+            Ok(()) => return Ok(Ok(kind(&own))),
+            Err(d) => d,
+        };
+        let per_platform_ok = match (&rule.signature, &own.signature) {
+            (Some(s), Some(sig)) if s.per_platform => sig.is_ok(),
+            _ => true,
+        };
+        for learn in [false, true] {
+            if learn && !self.learn_pinned_indexes(reg, rule, repo).await? {
+                break;
+            }
+            let parents: Option<Vec<String>> = self
+                .store
+                .get(CHILDREN, &key(repo, &digest.to_string()))
+                .map_err(ApiError::from)?;
+            for p in parents
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| Digest::parse(p).ok())
+            {
+                let ev = self.evidence(lp, reg, rule, repo, &p).await?;
+                if decide_image(rule, repo, &p, None, &ev).is_ok() {
+                    return Ok(if per_platform_ok {
+                        Ok(kind(&ev))
+                    } else {
+                        Err(first)
+                    });
+                }
+            }
+        }
+        Ok(Err(first))
+    }
+
+    /// Pinned-ness and, when the rule asks for it, the signature verdict of one digest.
+    async fn evidence(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &RegistryClient,
+        rule: &ImageRule,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Evidence, OciError> {
+        let signature = match &rule.signature {
+            None => None,
+            Some(_) => Some(self.signature_verdict(lp, reg, rule, repo, digest).await?),
+        };
+        Ok(Evidence {
+            pinned: rule.digests.contains(digest),
+            signature,
+        })
+    }
+
+    async fn signature_verdict(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &RegistryClient,
+        rule: &ImageRule,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Result<Vec<String>, SignatureDeny>, OciError> {
+        let Some(sig) = &rule.signature else {
+            return Ok(Err(SignatureDeny::Unsigned));
+        };
+        let now = now_secs();
+        let vkey = (repo.clone(), *digest, lp.version);
+        if let Some((v, at)) = lock(&self.sig_verdicts).get(&vkey) {
+            if v.is_ok() || now - at < self.tag_ttl {
+                return Ok(v.clone());
+            }
+        }
+        let layers = self.signature_layers(reg, repo, digest).await?;
+        let keys: Vec<&TrustedKey> = sig
+            .keys
+            .iter()
+            .filter_map(|k| lp.policy.keys.get(k))
+            .map(|k| k.as_ref())
+            .collect();
+        let verdict = verify_legacy(
+            &layers,
+            digest,
+            repo,
+            rule.signed_identity.as_ref(),
+            &keys,
+            sig.threshold,
+        );
+        lock(&self.sig_verdicts).insert(vkey, (verdict.clone(), now));
+        Ok(verdict)
+    }
+
+    /// The layers of the cosign signature artifact of `digest` (tag `sha256-<hex>.sig` in the
+    /// same repository), each checked against its descriptor's digest and size. A missing
+    /// artifact is an empty list; an unreachable registry is an error, never "unsigned".
+    async fn signature_layers(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Arc<Vec<SignatureLayer>>, OciError> {
+        let now = now_secs();
+        let ckey = (repo.clone(), *digest);
+        if let Some((layers, at)) = lock(&self.sig_layers).get(&ckey) {
+            if !layers.is_empty() || now - at < self.tag_ttl {
+                return Ok(layers.clone());
+            }
+        }
+        #[derive(Deserialize)]
+        struct SigManifest {
+            #[serde(default)]
+            layers: Vec<SigLayer>,
+        }
+        #[derive(Deserialize)]
+        struct SigLayer {
+            #[serde(rename = "mediaType")]
+            media_type: String,
+            digest: String,
+            size: u64,
+            #[serde(default)]
+            annotations: std::collections::BTreeMap<String, String>,
+        }
+        /// A simple-signing payload is a few hundred bytes; anything far larger is refused.
+        const MAX_PAYLOAD: u64 = 64 * 1024;
+        let unavailable = |e: RegistryError| registry_error(e, "MANIFEST_UNKNOWN");
+        let tag = format!("sha256-{}.sig", digest.sha());
+        let mut layers = Vec::new();
+        match reg.manifest(&repo.path, &tag, false).await {
+            Err(RegistryError::NotFound) => {}
+            Err(e) => return Err(unavailable(e)),
+            Ok(resp) => {
+                let body = crate::fetch::read_limited(resp, self.manifest_bytes)
+                    .await
+                    .map_err(|_| {
+                        OciError::Coded(
+                            "UNAVAILABLE",
+                            ApiError::Unavailable(
+                                "the signature artifact could not be read".into(),
+                            ),
+                        )
+                    })?;
+                let m: SigManifest = serde_json::from_slice(&body).map_err(|_| {
+                    OciError::Coded(
+                        "MANIFEST_INVALID",
+                        ApiError::BadUpstream(format!(
+                            "the signature artifact of {digest} is not a manifest"
+                        )),
+                    )
+                })?;
+                for l in m
+                    .layers
+                    .into_iter()
+                    .filter(|l| l.media_type == SIMPLE_SIGNING)
+                    .take(self.max_signatures)
+                {
+                    let Ok(ld) = Digest::parse(&l.digest) else {
+                        continue;
+                    };
+                    if l.size > MAX_PAYLOAD {
+                        continue;
+                    }
+                    let resp = match reg.open_blob(&repo.path, &l.digest).await {
+                        Ok(r) => r,
+                        Err(RegistryError::NotFound) => continue,
+                        Err(e) => return Err(unavailable(e)),
+                    };
+                    let Ok(payload) = crate::fetch::read_limited(resp, l.size).await else {
+                        continue;
+                    };
+                    if Sha256::from_bytes(sha2::Sha256::digest(&payload).into()) != *ld.sha() {
+                        tracing::warn!(%repo, layer = %l.digest, "signature payload does not match its digest; ignored");
+                        continue;
+                    }
+                    layers.push(SignatureLayer {
+                        media_type: l.media_type,
+                        payload,
+                        annotations: l.annotations,
+                    });
+                }
+            }
+        }
+        let layers = Arc::new(layers);
+        lock(&self.sig_layers).insert(ckey, (layers.clone(), now));
+        Ok(layers)
+    }
+
+    /// A platform manifest can be pulled by digest before its index ever went through this gate
+    /// (a fresh data_dir, a node that pins the child). Verifying the rule's pinned manifests
+    /// records which children they list. Returns whether anything new was learned.
+    async fn learn_pinned_indexes(
+        &self,
+        reg: &RegistryClient,
+        rule: &ImageRule,
+        repo: &Repository,
     ) -> Result<bool, OciError> {
         let mut learned = false;
         for pinned in &rule.digests {
@@ -352,7 +549,7 @@ impl Oci {
                 }
             }
         }
-        Ok(learned && self.admitted(rule, repo, digest)?)
+        Ok(learned)
     }
 
     /// Resolves a tag to a digest: trusted for `tag_ttl`, asked with HEAD (rate-limited
@@ -460,31 +657,24 @@ impl Oci {
             }
         };
         let artifact = tag.as_ref().map(|t| t.to_string());
-        if !self.admitted(rule, repo, &digest)?
-            && !self
-                .admitted_after_learning(reg, rule, repo, &digest)
-                .await?
+        let admitted_as = match self
+            .decide(lp, reg, rule, repo, &digest, tag.as_ref())
+            .await?
         {
-            let d = match decide_manifest(rule, repo, &digest, tag.as_ref()) {
-                Err(d) => d,
-                // Pinned digests are admitted above; this arm only keeps the match total.
-                Ok(()) => ImageDeny::DigestNotPinned {
-                    repo: repo.clone(),
-                    digest,
-                    tag: tag.clone(),
-                },
-            };
-            return Err(self
-                .deny(action, repo, artifact, Some(&digest), d, client)
-                .await);
-        }
+            Ok(kind) => kind,
+            Err(d) => {
+                return Err(self
+                    .deny(action, repo, artifact, Some(&digest), d, client)
+                    .await)
+            }
+        };
         let rec = self.verified_manifest(reg, repo, &digest).await?;
         self.audit(
             action,
             repo,
             artifact,
             Some(&digest),
-            Ok(("pinned_digest", rule)),
+            Ok((admitted_as, rule)),
             client,
         )
         .await;
@@ -707,16 +897,16 @@ impl Oci {
             .store
             .get(BLOBREFS, &key(repo, &digest.to_string()))
             .map_err(ApiError::from)?;
-        let mut allowed = false;
+        let mut allowed = None;
         if let Some(r) = &refs {
             for m in r.manifests.iter().filter_map(|m| Digest::parse(m).ok()) {
-                if self.admitted(rule, repo, &m)? {
-                    allowed = true;
+                if let Ok(kind) = self.decide(lp, reg, rule, repo, &m, None).await? {
+                    allowed = Some(kind);
                     break;
                 }
             }
         }
-        if !allowed {
+        let Some(admitted_as) = allowed else {
             let d = ImageDeny::NotReferenced {
                 repo: repo.clone(),
                 digest,
@@ -724,14 +914,14 @@ impl Oci {
             return Err(self
                 .deny(action, repo, None, Some(&digest), d, client)
                 .await);
-        }
+        };
         let size = refs.map(|r| r.size);
         self.audit(
             action,
             repo,
             None,
             Some(&digest),
-            Ok(("pinned_digest", rule)),
+            Ok((admitted_as, rule)),
             client,
         )
         .await;
@@ -824,12 +1014,7 @@ impl Oci {
                     .await)
             }
         };
-        if !self.admitted(rule, repo, &subject)? {
-            let d = ImageDeny::DigestNotPinned {
-                repo: repo.clone(),
-                digest: subject,
-                tag: None,
-            };
+        if let Err(d) = self.decide(lp, reg, rule, repo, &subject, None).await? {
             return Err(self
                 .deny("oci.referrers", repo, None, Some(&subject), d, client)
                 .await);

@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::hash::Sha256;
 use super::name::ProjectName;
-use super::oci::{Digest, ImageRule, RepoPattern, Repository, Tag};
+use super::oci::{Digest, ImageRule, RepoPattern, Repository, Require, SignatureRule, Tag};
 use super::units::parse_duration;
 
 /// Where a rule was written: shown in errors, decisions and audit events.
@@ -82,6 +82,8 @@ pub struct Policy {
     pub projects: BTreeMap<ProjectName, ProjectRules>,
     pub revoked: HashMap<Sha256, Revocation>,
     pub images: Vec<ImageRule>,
+    /// The keys `[image.signature]` rules name, read from `allowlist_dir/keys/` by the caller.
+    pub keys: HashMap<String, std::sync::Arc<crate::verify::cosign::TrustedKey>>,
     pub files: usize,
 }
 
@@ -118,8 +120,17 @@ struct RawImage {
     digests: Option<Vec<String>>,
     require: Option<String>,
     signed_identity: Option<String>,
-    signature: Option<toml::Value>,
+    signature: Option<RawSignature>,
     attestation: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignature {
+    keys: Option<Vec<String>>,
+    keyless: Option<toml::Value>,
+    threshold: Option<i64>,
+    per_platform: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -168,21 +179,59 @@ fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<I
             "{pattern}: registry {registry} is not configured in [[oci.registry]]"
         ));
     }
-    if raw.signature.is_some() || raw.attestation.is_some() {
-        // Refused rather than ignored: a rule that asks for signatures must never pass on
-        // digests alone.
-        return Err(format!("{pattern}: signature and attestation requirements are not supported by this version of tollgate; this rule cannot be enforced"));
+    // Refused rather than ignored: a requirement the gate cannot check must never pass on
+    // digests alone.
+    if raw.attestation.is_some() {
+        return Err(format!("{pattern}: attestation requirements are not supported by this version of tollgate; this rule cannot be enforced"));
     }
-    if let Some(req) = &raw.require {
-        if req != "all" && req != "any" {
+    let signature = match &raw.signature {
+        None => None,
+        Some(sig) => {
+            if sig.keyless.is_some() {
+                return Err(format!("{pattern}: keyless signature identities are not supported by this version of tollgate; this rule cannot be enforced"));
+            }
+            let keys = sig.keys.clone().unwrap_or_default();
+            if keys.is_empty() {
+                return Err(format!("{pattern}: [image.signature] names no keys; a signature no one may make admits nothing"));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for k in &keys {
+                let plain = !k.is_empty() && !k.starts_with('.') && !k.contains(['/', '\\', '\0']);
+                if !plain {
+                    return Err(format!(
+                        "{pattern}: key {k:?} must be a file name in the keys/ folder"
+                    ));
+                }
+                if !seen.insert(k) {
+                    return Err(format!("{pattern}: key {k:?} is listed twice"));
+                }
+            }
+            let threshold = sig.threshold.unwrap_or(1);
+            if threshold < 1 || threshold as usize > keys.len() {
+                return Err(format!("{pattern}: threshold {threshold} must be between 1 and the number of keys ({})", keys.len()));
+            }
+            Some(SignatureRule {
+                threshold: threshold as usize,
+                keys,
+                per_platform: sig.per_platform.unwrap_or(false),
+            })
+        }
+    };
+    let require = match raw.require.as_deref() {
+        None | Some("all") => Require::All,
+        Some("any") => Require::Any,
+        Some(req) => {
             return Err(format!(
                 "{pattern}: require must be \"all\" or \"any\", not {req:?}"
-            ));
+            ))
         }
-    }
-    if let Some(id) = &raw.signed_identity {
-        Repository::parse(id).map_err(|e| format!("{pattern}: signed_identity: {e}"))?;
-    }
+    };
+    let signed_identity = match &raw.signed_identity {
+        None => None,
+        Some(id) => {
+            Some(Repository::parse(id).map_err(|e| format!("{pattern}: signed_identity: {e}"))?)
+        }
+    };
     let tags = match &raw.tags {
         None => None,
         Some(list) => Some(
@@ -193,10 +242,8 @@ fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<I
         ),
     };
     let list = raw.digests.clone().unwrap_or_default();
-    if list.is_empty() {
-        return Err(format!(
-            "{pattern}: a rule needs pinned digests (digests = [\"sha256:…\"])"
-        ));
+    if list.is_empty() && signature.is_none() {
+        return Err(format!("{pattern}: a rule needs pinned digests (digests = [\"sha256:…\"]) or [image.signature]"));
     }
     let mut digests = std::collections::BTreeSet::new();
     for d in &list {
@@ -206,6 +253,9 @@ fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<I
         }
     }
     Ok(ImageRule {
+        signature,
+        require,
+        signed_identity,
         pattern,
         tags,
         digests,
@@ -622,7 +672,12 @@ mod tests {
             (format!("[[image]]\nrepository = \"nvcr.io/Bad\"\ndigests = [\"{d}\"]\n"), "not a valid repository"),
             (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\ntags = [\"-x\"]\n"), "not a valid tag"),
             (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\nrequire = \"some\"\n"), "require must be"),
-            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\n[image.signature]\nkeys = [\"k.pub\"]\n"), "cannot be enforced"),
+            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\n[image.signature]\nkeyless = [{{ issuer = \"x\", subject = \"y\" }}]\n"), "cannot be enforced"),
+            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\n[[image.attestation]]\npredicate_type = \"x\"\n"), "cannot be enforced"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = []\n".to_string(), "names no keys"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = [\"../k.pub\"]\n".to_string(), "file name"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = [\"k.pub\"]\nthreshold = 2\n".to_string(), "threshold 2"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = [\"k.pub\", \"k.pub\"]\n".to_string(), "listed twice"),
             (format!("[[image]]\nrepository = \"docker.io/ubuntu\"\ndigests = [\"{d}\"]\n[[image]]\nrepository = \"docker.io/library/ubuntu\"\ndigests = [\"{d}\"]\n"), "one rule per repository"),
             (format!("[[image]]\nrepository = \"quay.io/a\"\ndigests = [\"{d}\"]\n"), "not configured"),
         ] {

@@ -267,8 +267,71 @@ impl fmt::Display for RepoPattern {
 pub struct ImageRule {
     pub pattern: RepoPattern,
     pub tags: Option<BTreeSet<Tag>>,
+    /// Pinned digests; may be empty only when `signature` is set.
     pub digests: BTreeSet<Digest>,
+    pub signature: Option<SignatureRule>,
+    pub require: Require,
+    /// The repository signatures name, if not the pulled one.
+    pub signed_identity: Option<Repository>,
     pub source: Source,
+}
+
+/// `[image.signature]`: cosign public keys (file names under `allowlist_dir/keys/`), never
+/// empty, and how many distinct keys must have signed.
+#[derive(Debug, Clone)]
+pub struct SignatureRule {
+    pub keys: Vec<String>,
+    /// 1 ≤ threshold ≤ keys.len(), checked at load.
+    pub threshold: usize,
+    /// Each platform manifest of an index needs its own signature.
+    pub per_platform: bool,
+}
+
+/// How pins and signatures combine when a rule has both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Require {
+    All,
+    Any,
+}
+
+/// What the pull path found out about one manifest digest, for [`decide_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// The digest is pinned (itself, or through an index that is admitted).
+    pub pinned: bool,
+    /// The signature check's outcome; `None` when the rule asks for no signature.
+    pub signature: Option<Result<Vec<String>, crate::verify::cosign::SignatureDeny>>,
+}
+
+/// The decision for a manifest digest from its evidence, as CONTRACT.md's `require` says: with
+/// only digests, pinned; with only a signature, signed; with both, pinned AND signed ("all",
+/// the default) or either ("any").
+pub fn decide_image(
+    rule: &ImageRule,
+    repo: &Repository,
+    digest: &Digest,
+    tag: Option<&Tag>,
+    ev: &Evidence,
+) -> Result<(), ImageDeny> {
+    let not_pinned = || ImageDeny::DigestNotPinned {
+        repo: repo.clone(),
+        digest: *digest,
+        tag: tag.cloned(),
+    };
+    match (&ev.signature, rule.digests.is_empty()) {
+        (None, _) => ev.pinned.then_some(()).ok_or_else(not_pinned),
+        (Some(sig), true) => sig
+            .as_ref()
+            .map(|_| ())
+            .map_err(|d| ImageDeny::Signature(d.clone())),
+        (Some(sig), false) => match (rule.require, ev.pinned, sig) {
+            (Require::All, true, Ok(_)) => Ok(()),
+            (Require::All, false, _) => Err(not_pinned()),
+            (Require::All, true, Err(d)) => Err(ImageDeny::Signature(d.clone())),
+            (Require::Any, true, _) | (Require::Any, false, Ok(_)) => Ok(()),
+            (Require::Any, false, Err(d)) => Err(ImageDeny::Signature(d.clone())),
+        },
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +350,7 @@ pub enum ImageDeny {
         repo: Repository,
         digest: Digest,
     },
+    Signature(crate::verify::cosign::SignatureDeny),
 }
 
 impl ImageDeny {
@@ -296,6 +360,7 @@ impl ImageDeny {
             ImageDeny::TagNotAllowed { .. } => "tag_not_allowed",
             ImageDeny::DigestNotPinned { .. } => "digest_not_pinned",
             ImageDeny::NotReferenced { .. } => "blob_not_referenced",
+            ImageDeny::Signature(d) => d.code(),
         }
     }
 }
@@ -308,6 +373,7 @@ impl fmt::Display for ImageDeny {
             ImageDeny::DigestNotPinned { repo, digest, tag: Some(tag) } => write!(f, "{repo}:{tag} now points to {digest}, which is not a pinned digest; the tag may have moved upstream"),
             ImageDeny::DigestNotPinned { repo, digest, tag: None } => write!(f, "{repo}@{digest} is not a pinned digest"),
             ImageDeny::NotReferenced { repo, digest } => write!(f, "{digest} is not referenced by an admitted manifest of {repo}"),
+            ImageDeny::Signature(d) => write!(f, "{d}"),
         }
     }
 }
@@ -332,24 +398,6 @@ pub fn check_tag(rule: &ImageRule, repo: &Repository, tag: &Tag) -> Result<(), I
     }
 }
 
-/// The decision for a top-level manifest digest (an image or an index).
-pub fn decide_manifest(
-    rule: &ImageRule,
-    repo: &Repository,
-    digest: &Digest,
-    tag: Option<&Tag>,
-) -> Result<(), ImageDeny> {
-    if rule.digests.contains(digest) {
-        Ok(())
-    } else {
-        Err(ImageDeny::DigestNotPinned {
-            repo: repo.clone(),
-            digest: *digest,
-            tag: tag.cloned(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,6 +410,9 @@ mod tests {
             pattern: RepoPattern::parse(pattern).unwrap(),
             tags: tags.map(|t| t.iter().map(|t| Tag::parse(t).unwrap()).collect()),
             digests: [Digest::parse(D1).unwrap()].into_iter().collect(),
+            signature: None,
+            require: Require::All,
+            signed_identity: None,
             source: Source {
                 file: "a.toml".into(),
                 line,
@@ -477,14 +528,77 @@ mod tests {
         assert!(check_tag(&r, &repo, &Tag::parse("12").unwrap()).is_ok());
         let e = check_tag(&r, &repo, &Tag::parse("latest").unwrap()).unwrap_err();
         assert_eq!(e.code(), "tag_not_allowed");
-        assert!(decide_manifest(&r, &repo, &Digest::parse(D1).unwrap(), None).is_ok());
-        let e = decide_manifest(
+        let pinned = Evidence {
+            pinned: true,
+            signature: None,
+        };
+        let loose = Evidence {
+            pinned: false,
+            signature: None,
+        };
+        let d1 = Digest::parse(D1).unwrap();
+        assert!(decide_image(&r, &repo, &d1, None, &pinned).is_ok());
+        let e = decide_image(
             &r,
             &repo,
             &Digest::parse(D2).unwrap(),
             Some(&Tag::parse("12").unwrap()),
+            &loose,
         )
         .unwrap_err();
         assert!(e.to_string().contains("may have moved upstream"));
+    }
+
+    /// `require` with pins and signatures, every combination.
+    #[test]
+    fn pins_and_signatures_combine() {
+        use crate::verify::cosign::SignatureDeny;
+        let repo = Repository::parse("nvcr.io/nvidia/cuda").unwrap();
+        let d = Digest::parse(D1).unwrap();
+        let signed = Some(Ok(vec!["k.pub".to_string()]));
+        let unsigned = Some(Err(SignatureDeny::Unsigned));
+        let sig = Some(SignatureRule {
+            keys: vec!["k.pub".into()],
+            threshold: 1,
+            per_platform: false,
+        });
+        let mut both_all = rule("nvcr.io/nvidia/cuda", None, 1);
+        both_all.signature = sig.clone();
+        let both_any = ImageRule {
+            require: Require::Any,
+            ..both_all.clone()
+        };
+        let only_sig = ImageRule {
+            digests: BTreeSet::new(),
+            ..both_all.clone()
+        };
+        let ev = |pinned: bool, signature: &Option<Result<Vec<String>, SignatureDeny>>| Evidence {
+            pinned,
+            signature: signature.clone(),
+        };
+        let code = |r: &ImageRule, e: Evidence| {
+            decide_image(r, &repo, &d, None, &e)
+                .map_err(|d| d.code())
+                .err()
+        };
+        assert_eq!(code(&both_all, ev(true, &signed)), None);
+        assert_eq!(code(&both_all, ev(true, &unsigned)), Some("unsigned"));
+        assert_eq!(
+            code(&both_all, ev(false, &signed)),
+            Some("digest_not_pinned")
+        );
+        assert_eq!(code(&both_any, ev(false, &signed)), None);
+        assert_eq!(code(&both_any, ev(true, &unsigned)), None);
+        assert_eq!(code(&both_any, ev(false, &unsigned)), Some("unsigned"));
+        assert_eq!(code(&only_sig, ev(false, &signed)), None);
+        assert_eq!(code(&only_sig, ev(false, &unsigned)), Some("unsigned"));
+        // A signature rule whose verdict is missing never passes on its own.
+        assert_eq!(
+            code(
+                &only_sig,
+                ev(false, &Some(Err(SignatureDeny::Untrusted { found: 2 })))
+            ),
+            Some("untrusted_signer")
+        );
     }
 }

@@ -143,7 +143,7 @@ pub fn verify_legacy(
     digest: &Digest,
     repo: &Repository,
     signed_identity: Option<&Repository>,
-    keys: &[TrustedKey],
+    keys: &[&TrustedKey],
     threshold: usize,
 ) -> Result<Vec<String>, SignatureDeny> {
     let wanted = signed_identity.unwrap_or(repo);
