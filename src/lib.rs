@@ -184,24 +184,37 @@ pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| format!("key {}: {e}", path.display()))
                 .and_then(|pem| {
-                    verify::keys::PublicKey::from_pem(&pem)
+                    verify::cosign::TrustedKey::from_pem(name, &pem)
                         .map_err(|e| format!("key {}: {e}", path.display()))
                 });
             match parsed {
                 Ok(key) => {
-                    policy.keys.insert(
-                        name.clone(),
-                        Arc::new(verify::cosign::TrustedKey {
-                            name: name.clone(),
-                            key,
-                        }),
-                    );
+                    policy.keys.insert(name.clone(), Arc::new(key));
                 }
                 Err(message) => errors.push(LoadError {
                     file: rule.source.file.clone(),
                     line: rule.source.line,
                     message,
                 }),
+            }
+        }
+    }
+    // A threshold counts distinct keys: one key saved under two names must not count twice.
+    for rule in &policy.images {
+        let Some(sig) = &rule.signature else { continue };
+        let mut seen: std::collections::HashMap<[u8; 32], &str> = std::collections::HashMap::new();
+        for name in &sig.keys {
+            if let Some(k) = policy.keys.get(name) {
+                if let Some(first) = seen.insert(k.fingerprint, name) {
+                    errors.push(LoadError {
+                        file: rule.source.file.clone(),
+                        line: rule.source.line,
+                        message: format!(
+                            "{}: keys {first} and {name} are the same key",
+                            rule.pattern
+                        ),
+                    });
+                }
             }
         }
     }

@@ -369,3 +369,57 @@ async fn a_registry_that_is_down_is_never_read_as_unsigned() {
         show(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_added_after_a_refusal_is_seen_after_tag_ttl() {
+    let env = Env::new();
+    let v1 = env.digests["v1"].clone();
+    // Two keys must sign; only one has, so far.
+    env.sign("demo/app", &v1, &v1, "registry.test/demo/app", &["a"]);
+    env.sign(
+        "demo/app",
+        &env.digests["v2"],
+        &env.digests["v2"],
+        "registry.test/demo/app",
+        &["b"],
+    );
+    let rule =
+        signed_rule("demo/app", &["a", "b"], "").replace("keys = [", "threshold = 2\nkeys = [");
+    let gate = env.gate("late", &rule, &["a", "b"]);
+    refused(
+        &tokio::task::block_in_place(|| env.pull(&gate, "demo/app:v1")),
+        "1 trusted signer(s)",
+    );
+    // The second signer signs v1 too (cosign appends a layer to the same .sig tag).
+    env.sign("demo/app", &v1, &v1, "registry.test/demo/app", &["a", "b"]);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await; // past tag_ttl
+    let out = tokio::task::block_in_place(|| env.pull(&gate, "demo/app:v1"));
+    assert!(out.status.success(), "{}", show(&out));
+
+    // One key saved under two names does not make two signers: refused at load.
+    let dir = env.dir.path().join("twice");
+    std::fs::create_dir_all(dir.join("allowlists/keys")).unwrap();
+    std::fs::copy(env.key("a.pub"), dir.join("allowlists/keys/a.pub")).unwrap();
+    std::fs::copy(env.key("a.pub"), dir.join("allowlists/keys/copy.pub")).unwrap();
+    std::fs::write(dir.join("allowlists/r.toml"), "[[image]]\nrepository = \"registry.test/demo/app\"\n[image.signature]\nkeys = [\"a.pub\", \"copy.pub\"]\nthreshold = 2\n").unwrap();
+    std::fs::write(
+        dir.join("tollgate.toml"),
+        format!(
+            "[[oci.registry]]\nhost = \"registry.test\"\nurl = \"http://127.0.0.1:{}\"\n",
+            env.registry.port
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(dir.join("tollgate.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("are the same key"),
+        "{}",
+        show(&out)
+    );
+}

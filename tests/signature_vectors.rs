@@ -23,10 +23,7 @@ fn fixtures() -> PathBuf {
 
 fn key(name: &str) -> TrustedKey {
     let pem = std::fs::read_to_string(fixtures().join(name)).unwrap();
-    TrustedKey {
-        name: name.into(),
-        key: PublicKey::from_pem(&pem).unwrap(),
-    }
+    TrustedKey::from_pem(name, &pem).unwrap()
 }
 
 fn layers_of(dir: &Path) -> Vec<SignatureLayer> {
@@ -244,4 +241,25 @@ fn rsa_keys_parse_and_garbage_does_not() {
         !rsa.verifies(b"x", &[0u8; 512]),
         "a zero signature must not verify"
     );
+}
+
+#[test]
+fn one_key_under_two_names_is_one_signer() {
+    let pem = std::fs::read_to_string(fixtures().join("cosign.pub")).unwrap();
+    let a = TrustedKey::from_pem("a.pub", &pem).unwrap();
+    let b = TrustedKey::from_pem("b.pub", &pem).unwrap();
+    let dir = fixtures().join("dir-img-cosign-valid");
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+    let digest = Digest(Sha256::from_bytes(
+        <sha2::Sha256 as sha2::Digest>::digest(&manifest).into(),
+    ));
+    let r = verify_legacy(
+        &layers_of(&dir),
+        &digest,
+        &Repository::parse(SINGLE).unwrap(),
+        None,
+        &[&a, &b],
+        2,
+    );
+    assert_eq!(r.map_err(|e| e.code()), Err("signature_threshold"));
 }

@@ -30,6 +30,11 @@ use crate::verify::cosign::{
     verify_legacy, SignatureDeny, SignatureLayer, TrustedKey, SIMPLE_SIGNING,
 };
 
+/// Bound on cached signature artifacts and verdicts (each a few KiB at most): past it the
+/// caches start over rather than grow with every digest a client names.
+const MAX_CACHED_VERDICTS: usize = 10_000;
+const MAX_CACHED_SIGNATURE_BYTES: usize = 64 << 20;
+
 static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
 /// What the gate knows of a verified manifest (its bytes are in the cache under its digest).
@@ -413,22 +418,48 @@ impl Oci {
                 return Ok(v.clone());
             }
         }
-        let layers = self.signature_layers(reg, repo, digest).await?;
         let keys: Vec<&TrustedKey> = sig
             .keys
             .iter()
             .filter_map(|k| lp.policy.keys.get(k))
             .map(|k| k.as_ref())
             .collect();
-        let verdict = verify_legacy(
-            &layers,
-            digest,
-            repo,
-            rule.signed_identity.as_ref(),
-            &keys,
-            sig.threshold,
-        );
-        lock(&self.sig_verdicts).insert(vkey, (verdict.clone(), now));
+        let verify = |layers: &[SignatureLayer]| {
+            verify_legacy(
+                layers,
+                digest,
+                repo,
+                rule.signed_identity.as_ref(),
+                &keys,
+                sig.threshold,
+            )
+        };
+        // Layers already fetched decide without the upstream when they admit (a policy change
+        // re-decides on them); a refusal on layers older than tag_ttl fetches them again, so a
+        // signature added later is seen.
+        let cached = lock(&self.sig_layers)
+            .get(&(repo.clone(), *digest))
+            .cloned();
+        let verdict = match cached {
+            Some((layers, at)) => {
+                let v = verify(&layers);
+                if v.is_ok() || now - at < self.tag_ttl {
+                    v
+                } else {
+                    verify(&self.signature_layers(reg, repo, digest).await?)
+                }
+            }
+            None => verify(&self.signature_layers(reg, repo, digest).await?),
+        };
+        let mut verdicts = lock(&self.sig_verdicts);
+        if verdicts.len() >= MAX_CACHED_VERDICTS {
+            // Bounded: entries of older policies go first, then everything.
+            verdicts.retain(|(_, _, version), _| *version == lp.version);
+            if verdicts.len() >= MAX_CACHED_VERDICTS {
+                verdicts.clear();
+            }
+        }
+        verdicts.insert(vkey, (verdict.clone(), now));
         Ok(verdict)
     }
 
@@ -443,11 +474,6 @@ impl Oci {
     ) -> Result<Arc<Vec<SignatureLayer>>, OciError> {
         let now = now_secs();
         let ckey = (repo.clone(), *digest);
-        if let Some((layers, at)) = lock(&self.sig_layers).get(&ckey) {
-            if !layers.is_empty() || now - at < self.tag_ttl {
-                return Ok(layers.clone());
-            }
-        }
         #[derive(Deserialize)]
         struct SigManifest {
             #[serde(default)]
@@ -506,8 +532,19 @@ impl Oci {
                         Err(RegistryError::NotFound) => continue,
                         Err(e) => return Err(unavailable(e)),
                     };
-                    let Ok(payload) = crate::fetch::read_limited(resp, l.size).await else {
-                        continue;
+                    let payload = match crate::fetch::read_limited(resp, l.size).await {
+                        Ok(p) => p,
+                        // Too large for its descriptor: not a signature this gate reads.
+                        Err(crate::fetch::ReadError::TooLarge) => continue,
+                        // A transfer that broke is the registry failing, not "unsigned".
+                        Err(crate::fetch::ReadError::Broken) => {
+                            return Err(OciError::Coded(
+                                "UNAVAILABLE",
+                                ApiError::Unavailable(
+                                    "the signature artifact could not be read".into(),
+                                ),
+                            ))
+                        }
                     };
                     if Sha256::from_bytes(sha2::Sha256::digest(&payload).into()) != *ld.sha() {
                         tracing::warn!(%repo, layer = %l.digest, "signature payload does not match its digest; ignored");
@@ -522,7 +559,15 @@ impl Oci {
             }
         }
         let layers = Arc::new(layers);
-        lock(&self.sig_layers).insert(ckey, (layers.clone(), now));
+        let mut cache = lock(&self.sig_layers);
+        let bytes = |l: &[SignatureLayer]| l.iter().map(|x| x.payload.len()).sum::<usize>();
+        let held: usize = cache.values().map(|(l, _)| bytes(l)).sum();
+        if cache.len() >= MAX_CACHED_VERDICTS || held + bytes(&layers) > MAX_CACHED_SIGNATURE_BYTES
+        {
+            cache.clear();
+        }
+        cache.insert(ckey, (layers.clone(), now));
+        drop(cache);
         Ok(layers)
     }
 

@@ -57,11 +57,25 @@ impl SignatureLayer {
     }
 }
 
-/// A trusted key and the name it is reported under (its file name).
+/// A trusted key, the name it is reported under (its file name) and its fingerprint (distinct
+/// keys are counted by fingerprint, so one key under two names is one signer).
 #[derive(Debug)]
 pub struct TrustedKey {
     pub name: String,
     pub key: PublicKey,
+    pub fingerprint: [u8; 32],
+}
+
+impl TrustedKey {
+    pub fn from_pem(name: &str, pem: &str) -> Result<TrustedKey, String> {
+        let key = PublicKey::from_pem(pem)?;
+        let fingerprint = PublicKey::fingerprint(pem).ok_or("the PEM body is not base64")?;
+        Ok(TrustedKey {
+            name: name.to_string(),
+            key,
+            fingerprint,
+        })
+    }
 }
 
 /// Why signatures did not admit an image. Each renders to one sentence.
@@ -163,6 +177,7 @@ pub fn verify_legacy(
         return Err(SignatureDeny::Unsigned);
     }
     let mut signers = BTreeSet::new();
+    let mut fingerprints = BTreeSet::new();
     let mut specific: Option<SignatureDeny> = None;
     for (layer, sig) in &signatures {
         for k in keys {
@@ -188,7 +203,9 @@ pub fn verify_legacy(
             }
             match reference_repository(&p.critical.identity.docker_reference) {
                 Ok(r) if &r == wanted => {
-                    signers.insert(k.name.clone());
+                    if fingerprints.insert(k.fingerprint) {
+                        signers.insert(k.name.clone());
+                    }
                 }
                 _ => {
                     specific.get_or_insert(SignatureDeny::OtherRepository {

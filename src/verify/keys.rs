@@ -28,7 +28,7 @@ impl PublicKey {
         }
         if let Ok(k) = rsa::RsaPublicKey::from_public_key_pem(pem) {
             // Keys this small are forgeable; refuse them rather than trust them.
-            if rsa::traits::PublicKeyParts::size(&k) < 256 {
+            if rsa::traits::PublicKeyParts::n(&k).bits() < 2048 {
                 return Err("RSA keys under 2048 bits are refused".into());
             }
             return Ok(PublicKey::Rsa(rsa::pkcs1v15::VerifyingKey::new(k)));
@@ -37,6 +37,21 @@ impl PublicKey {
             return Ok(PublicKey::Ed25519(k));
         }
         Err("not a PEM ECDSA P-256, RSA or Ed25519 public key".into())
+    }
+
+    /// SHA-256 of the key's SubjectPublicKeyInfo (the PEM body): two files holding one key
+    /// have one fingerprint, so a threshold counts keys, not file names.
+    pub fn fingerprint(pem: &str) -> Option<[u8; 32]> {
+        use base64::Engine;
+        let body: String = pem
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("-----") && !l.is_empty())
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .ok()?;
+        Some(<sha2::Sha256 as sha2::Digest>::digest(&der).into())
     }
 
     /// Does `sig` sign `msg` under this key? Any malformed signature is simply `false`.
