@@ -24,12 +24,13 @@ pub enum Upstream {
 }
 const UPSTREAMS: [&str; 2] = ["page", "file"];
 /// Every allow reason code: the kind of rule that admitted the request.
-pub const ALLOW_CODES: [&str; 5] = [
+pub const ALLOW_CODES: [&str; 6] = [
     "exact",
     "release_rule",
     "pinned_digest",
     "signed",
     "repository_rule",
+    "artifact_of_admitted",
 ];
 /// Every deny reason code of the index and the pull gate.
 pub const DENY_CODES: [&str; 20] = [

@@ -148,6 +148,19 @@ async fn signed_by_a_trusted_key_is_pulled_and_every_forgery_is_refused() {
     assert!(out.status.success(), "signed image: {}", show(&out));
     let out = tokio::task::block_in_place(|| env.pull(&gate, "demo/app:v2"));
     refused(&out, "signed, but by no trusted signer");
+    // The signature artifact of an admitted image is served, so cosign and friends work
+    // downstream; the artifact of a refused image is not.
+    let sig_tag = |d: &str| format!("demo/app:{}.sig", d.replace(':', "-"));
+    let out = tokio::task::block_in_place(|| env.pull(&gate, &sig_tag(&v1)));
+    assert!(
+        out.status.success(),
+        "signature artifact of an admitted image: {}",
+        show(&out)
+    );
+    refused(
+        &tokio::task::block_in_place(|| env.pull(&gate, &sig_tag(&v2))),
+        "signed, but by no trusted signer",
+    );
 
     // Unsigned: the multi-arch image carries no signature at all.
     let gate_multi = env.gate(

@@ -25,7 +25,7 @@ use crate::policy::oci::{
 use crate::policy::Sha256;
 use crate::pypi::service::{Client, LoadedPolicy};
 use crate::store::cache::now_secs;
-use crate::store::{Store, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
+use crate::store::{Store, ARTIFACTS, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
 use crate::verify::cosign::{
     verify_legacy, SignatureDeny, SignatureLayer, TrustedKey, SIMPLE_SIGNING,
 };
@@ -154,6 +154,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn key(repo: &Repository, item: &str) -> String {
     format!("{repo}|{item}")
+}
+
+/// The image a cosign artifact tag (`sha256-<hex>.sig`, `.att`) belongs to.
+fn artifact_subject(tag: &Tag) -> Option<Digest> {
+    let t = tag.as_str();
+    let hex = t.strip_prefix("sha256-")?;
+    let hex = hex
+        .strip_suffix(".sig")
+        .or_else(|| hex.strip_suffix(".att"))?;
+    Digest::parse(&format!("sha256:{hex}")).ok()
 }
 
 /// The manifest fields the gate reads: enough to check the media type and to learn which
@@ -351,6 +361,22 @@ impl Oci {
             Ok(()) => return Ok(Ok(kind(&own))),
             Err(d) => d,
         };
+        // A signature or attestation artifact of an admitted image is served so downstream
+        // verifiers (cosign, Kyverno, Ratify) work through the gate.
+        let subject: Option<String> = self
+            .store
+            .get(ARTIFACTS, &key(repo, &digest.to_string()))
+            .map_err(ApiError::from)?;
+        if let Some(subject) = subject.and_then(|s| Digest::parse(&s).ok()) {
+            if subject != *digest {
+                return Ok(
+                    match Box::pin(self.decide(lp, reg, rule, repo, &subject, None)).await? {
+                        Ok(_) => Ok("artifact_of_admitted"),
+                        Err(d) => Err(d),
+                    },
+                );
+            }
+        }
         let per_platform_ok = match (&rule.signature, &own.signature) {
             (Some(s), Some(sig)) if s.per_platform => sig.is_ok(),
             _ => true,
@@ -690,9 +716,23 @@ impl Oci {
             Ok(r) => r,
             Err(d) => return Err(self.deny(action, repo, None, None, d, client).await),
         };
-        let (digest, tag) = match reference {
-            Reference::Digest(d) => (d, None),
-            Reference::Tag(t) => {
+        let artifact_of = match &reference {
+            Reference::Tag(t) => artifact_subject(t),
+            Reference::Digest(_) => None,
+        };
+        let (digest, tag) = match (reference, artifact_of) {
+            (Reference::Digest(d), _) => (d, None),
+            (Reference::Tag(t), Some(subject)) => {
+                if let Err(d) = self.decide(lp, reg, rule, repo, &subject, None).await? {
+                    return Err(self
+                        .deny(action, repo, Some(t.to_string()), Some(&subject), d, client)
+                        .await);
+                }
+                let artifact = self.resolve_tag(reg, repo, &t).await?;
+                self.record_artifact(repo, &artifact, &subject).await?;
+                (artifact, Some(t))
+            }
+            (Reference::Tag(t), None) => {
                 if let Err(d) = check_tag(rule, repo, &t) {
                     return Err(self
                         .deny(action, repo, Some(t.to_string()), None, d, client)
@@ -847,6 +887,22 @@ impl Oci {
             .map_err(ApiError::from)?;
         lock(&self.manifests).insert(*digest, rec.clone());
         Ok(rec)
+    }
+
+    /// Remembers that `artifact` is a signature or attestation artifact of `subject`.
+    async fn record_artifact(
+        &self,
+        repo: &Repository,
+        artifact: &Digest,
+        subject: &Digest,
+    ) -> Result<(), OciError> {
+        let store = self.store.clone();
+        let (k, v) = (key(repo, &artifact.to_string()), subject.to_string());
+        tokio::task::spawn_blocking(move || store.put(ARTIFACTS, &k, &v))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::from)?;
+        Ok(())
     }
 
     fn links_known(&self, repo: &Repository, digest: &Digest) -> Result<bool, OciError> {

@@ -55,8 +55,11 @@ pub const BLOBREFS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobref
 /// `{repository}|{tag}` → the digest it last resolved to, and when.
 pub const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 9] = [
-    PINS, OBSERVED, PAGES, CACHED, METADATA, MANIFESTS, CHILDREN, BLOBREFS, TAGS,
+/// `{repository}|{artifact digest}` → the image digest a `.sig`/`.att` artifact belongs to.
+pub const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
+
+const TABLES: [TableDefinition<&str, &[u8]>; 10] = [
+    ARTIFACTS, PINS, OBSERVED, PAGES, CACHED, METADATA, MANIFESTS, CHILDREN, BLOBREFS, TAGS,
 ];
 
 pub struct Store {
