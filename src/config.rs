@@ -47,6 +47,8 @@ pub struct Limits {
     pub signatures: usize,
     pub page_bytes: u64,
     pub manifest_bytes: u64,
+    /// Largest request body of the JSON APIs (verification, admission).
+    pub admin_body_bytes: u64,
     pub header_bytes: u64,
 }
 
@@ -292,11 +294,11 @@ impl Config {
             signatures: rl.signatures.unwrap_or(64).clamp(1, 1024) as usize,
             page_bytes: size("page_bytes", rl.page_bytes.as_ref(), 4 << 20)?,
             manifest_bytes: size("manifest_bytes", rl.manifest_bytes.as_ref(), 4 << 20)?,
+            admin_body_bytes: size("admin_body_bytes", rl.admin_body_bytes.as_ref(), 1 << 20)?,
             header_bytes: size("header_bytes", rl.header_bytes.as_ref(), 16 << 10)?,
         };
         // Accepted for forward compatibility of config files; the parts that use them are not
         // in this build, but a bad value is still an error now rather than later.
-        size("admin_body_bytes", rl.admin_body_bytes.as_ref(), 1 << 20)?;
         if limits.page_bytes == 0 || limits.header_bytes < 1024 {
             return Err(invalid(
                 line_of("[limits]"),

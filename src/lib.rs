@@ -1,5 +1,6 @@
 //! tollgate: a supply-chain gate. This build serves the PyPI-compatible index.
 
+pub mod admission;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -230,6 +231,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(pypi::routes())
         .merge(oci::routes())
+        .merge(admission::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

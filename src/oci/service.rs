@@ -62,6 +62,19 @@ type LayersAt = (Arc<Vec<SignatureLayer>>, i64);
 /// A signature verdict (the signers, or why not) and when it was reached.
 type VerdictAt = (Result<Vec<String>, SignatureDeny>, i64);
 
+/// The answer to "may this image run?" (`/api/v1/verify`, admission).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verification {
+    pub image: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The digest the decision is about (the tag's resolution, or the one given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub reasons: Vec<String>,
+}
+
 /// A page of `tags/list` as the client asked for it.
 pub struct TagPage<'a> {
     /// The repository name as the client wrote it (with the registry prefix, if any).
@@ -108,6 +121,15 @@ pub enum OciError {
 impl OciError {
     fn denied(reason: &ImageDeny) -> OciError {
         OciError::Coded("DENIED", ApiError::Denied(reason.to_string()))
+    }
+}
+
+/// The sentence a client may see for an error (internal causes are not in it).
+pub fn public_message(e: &OciError) -> String {
+    let OciError::Coded(_, err) = e;
+    match err {
+        ApiError::Internal(_) => "internal error".into(),
+        other => other.to_string(),
     }
 }
 
@@ -595,6 +617,119 @@ impl Oci {
         cache.insert(ckey, (layers.clone(), now));
         drop(cache);
         Ok(layers)
+    }
+
+    /// Decides an image reference as a pull through the gate would: the registry by its host,
+    /// the tag resolved upstream (and checked against the rule's tags), the digest decided with
+    /// pins and signatures. A refusal is `allowed: false` with its reasons; an upstream that
+    /// cannot be reached is an error (503), never an answer.
+    pub async fn verify_reference(
+        &self,
+        lp: &LoadedPolicy,
+        image: &str,
+        client: &Client,
+    ) -> Result<Verification, OciError> {
+        let refuse =
+            |repository: Option<String>, digest: Option<String>, reason: String| Verification {
+                image: image.to_string(),
+                allowed: false,
+                repository,
+                digest,
+                reasons: vec![reason],
+            };
+        let (repo, tag, pinned) = match crate::policy::oci::parse_image_ref(image) {
+            Ok(x) => x,
+            Err(e) => {
+                return Err(OciError::Coded(
+                    "NAME_INVALID",
+                    ApiError::BadRequest(e.to_string()),
+                ))
+            }
+        };
+        let Some(reg) = self
+            .registries
+            .iter()
+            .find(|r| r.cfg.host == repo.registry)
+            .cloned()
+        else {
+            return Ok(refuse(
+                Some(repo.to_string()),
+                None,
+                format!("registry {} is not configured on this gate", repo.registry),
+            ));
+        };
+        let rule = match Self::rule(lp, &repo) {
+            Ok(r) => r,
+            Err(d) => {
+                self.audit(
+                    "verify",
+                    &repo,
+                    tag.as_ref().map(|t| t.to_string()),
+                    pinned.as_ref(),
+                    Err(&d),
+                    client,
+                )
+                .await;
+                return Ok(refuse(Some(repo.to_string()), None, d.to_string()));
+            }
+        };
+        let digest = match (pinned, &tag) {
+            (Some(d), _) => d,
+            (None, Some(t)) => {
+                if let Err(d) = check_tag(rule, &repo, t) {
+                    self.audit("verify", &repo, Some(t.to_string()), None, Err(&d), client)
+                        .await;
+                    return Ok(refuse(Some(repo.to_string()), None, d.to_string()));
+                }
+                self.resolve_tag(&reg, &repo, t).await?
+            }
+            (None, None) => {
+                return Err(OciError::Coded(
+                    "NAME_INVALID",
+                    ApiError::BadRequest("no tag or digest".into()),
+                ))
+            }
+        };
+        let artifact = tag.as_ref().map(|t| t.to_string());
+        match self
+            .decide(
+                lp,
+                &reg,
+                rule,
+                &repo,
+                &digest,
+                if pinned.is_some() { None } else { tag.as_ref() },
+            )
+            .await?
+        {
+            Ok(kind) => {
+                self.audit(
+                    "verify",
+                    &repo,
+                    artifact,
+                    Some(&digest),
+                    Ok((kind, rule)),
+                    client,
+                )
+                .await;
+                Ok(Verification {
+                    image: image.to_string(),
+                    allowed: true,
+                    repository: Some(repo.to_string()),
+                    digest: Some(digest.to_string()),
+                    reasons: vec![format!("admitted by the rule at {} ({kind})", rule.source)],
+                })
+            }
+            Err(d) => {
+                self.audit("verify", &repo, artifact, Some(&digest), Err(&d), client)
+                    .await;
+                Ok(refuse(
+                    Some(repo.to_string()),
+                    Some(digest.to_string()),
+                    d.to_string(),
+                ))
+            }
+        }
     }
 
     /// A platform manifest can be pulled by digest before its index ever went through this gate

@@ -195,6 +195,38 @@ pub fn reference_repository(reference: &str) -> Result<Repository, RefError> {
     }
 }
 
+/// An image reference as a user writes it: repository, and a tag and/or a digest. With
+/// neither, the tag is `latest` (as every container runtime assumes).
+pub fn parse_image_ref(
+    reference: &str,
+) -> Result<(Repository, Option<Tag>, Option<Digest>), RefError> {
+    let repo = reference_repository(reference)?;
+    let (name_tag, digest) = match reference.split_once('@') {
+        Some((n, d)) => (n, Some(Digest::parse(d)?)),
+        None => (reference, None),
+    };
+    let last_slash = name_tag.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let tag = match name_tag[last_slash..].split_once(':') {
+        Some((_, t)) => Some(Tag::parse(t)?),
+        None if digest.is_none() => Some(Tag::parse("latest")?),
+        None => None,
+    };
+    Ok((repo, tag, digest))
+}
+
+/// The reference as written, without its tag or digest (for `name@sha256:…` rewrites).
+pub fn reference_name(reference: &str) -> &str {
+    let no_digest = reference
+        .split_once('@')
+        .map(|(r, _)| r)
+        .unwrap_or(reference);
+    let last_slash = no_digest.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match no_digest[last_slash..].find(':') {
+        Some(i) => &no_digest[..last_slash + i],
+        None => no_digest,
+    }
+}
+
 /// What a rule's `repository` names: one repository, or every repository below a prefix
 /// (`nvcr.io/nvidia/*`), compared component by component so `nvcr.io/nvidia/*` never matches
 /// `nvcr.io/nvidia-evil/x`.
@@ -490,6 +522,26 @@ mod tests {
         assert_eq!(r("localhost/a").unwrap(), "localhost/a");
         assert!(r("").is_err());
         assert!(r("UPPER/x").is_err());
+    }
+
+    #[test]
+    fn image_references() {
+        let (r, t, d) = parse_image_ref("nvcr.io/nvidia/cuda:12.4").unwrap();
+        assert_eq!(
+            (r.to_string().as_str(), t.unwrap().as_str(), d),
+            ("nvcr.io/nvidia/cuda", "12.4", None)
+        );
+        let (_, t, _) = parse_image_ref("ubuntu").unwrap();
+        assert_eq!(t.unwrap().as_str(), "latest");
+        let (_, t, d) = parse_image_ref(&format!("127.0.0.1:5000/a@{D1}")).unwrap();
+        assert_eq!((t, d.unwrap().to_string()), (None, D1.to_string()));
+        assert!(parse_image_ref("a@sha256:zz").is_err());
+        assert!(parse_image_ref("a:-bad").is_err());
+        assert_eq!(
+            reference_name("nvcr.io/nvidia/cuda:12@sha256:x"),
+            "nvcr.io/nvidia/cuda"
+        );
+        assert_eq!(reference_name("127.0.0.1:5000/a"), "127.0.0.1:5000/a");
     }
 
     #[test]

@@ -1,0 +1,245 @@
+//! The verification API and the Kubernetes admission webhooks: "may this image run?" answered
+//! by the same decision the pull gate makes, so a pull that bypasses the gate is still refused.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::oci::service::Verification;
+use crate::AppState;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/verify", post(verify))
+        .route("/k8s/admission", post(admission))
+        .route("/k8s/mutate", post(mutate))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    image: String,
+}
+
+fn bad_json(e: JsonRejection) -> ApiError {
+    ApiError::BadRequest(format!("request body: {}", e.body_text()))
+}
+
+/// `POST /api/v1/verify` `{"image": "REF"}` → the decision, the digest and every reason.
+async fn verify(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let client = crate::pypi::client_of(&req);
+    let body =
+        match axum::body::to_bytes(req.into_body(), st.config.limits.admin_body_bytes as usize)
+            .await
+        {
+            Ok(b) => b,
+            Err(_) => {
+                return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response()
+            }
+        };
+    let parsed: Result<VerifyRequest, _> = serde_json::from_slice(&body);
+    let r = match parsed {
+        Ok(r) => r,
+        Err(e) => return ApiError::BadRequest(format!("request body: {e}")).into_response(),
+    };
+    let lp = st.policy();
+    match st.oci.verify_reference(&lp, &r.image, &client).await {
+        Ok(v) => (StatusCode::OK, Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The parts of an AdmissionReview v1 the gate reads.
+#[derive(Deserialize)]
+struct Review {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    request: ReviewRequest,
+}
+
+#[derive(Deserialize)]
+struct ReviewRequest {
+    uid: String,
+    kind: GroupVersionKind,
+    operation: String,
+    #[serde(default)]
+    object: Value,
+}
+
+#[derive(Deserialize)]
+struct GroupVersionKind {
+    kind: String,
+}
+
+/// Every image of a Pod: containers, initContainers and ephemeralContainers, with the JSON
+/// pointer of each (for the mutating webhook's patch).
+fn pod_images(object: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for field in ["containers", "initContainers", "ephemeralContainers"] {
+        if let Some(list) = object
+            .pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+        {
+            for (i, c) in list.iter().enumerate() {
+                if let Some(image) = c.get("image").and_then(Value::as_str) {
+                    out.push((format!("/spec/{field}/{i}/image"), image.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decides every image of the review's Pod. Images the gate cannot decide now (its upstream is
+/// down) are refused: a webhook that fails open would let the pull gate be bypassed.
+async fn decide_review(
+    st: &Arc<AppState>,
+    review: &Review,
+    client: &crate::pypi::service::Client,
+) -> Result<Option<Vec<(String, String, Verification)>>, ApiError> {
+    if review.request.kind.kind != "Pod"
+        || !matches!(review.request.operation.as_str(), "CREATE" | "UPDATE")
+    {
+        return Ok(None);
+    }
+    let lp = st.policy();
+    let mut out = Vec::new();
+    for (pointer, image) in pod_images(&review.request.object) {
+        let v = match st.oci.verify_reference(&lp, &image, client).await {
+            Ok(v) => v,
+            Err(e) => Verification {
+                image: image.clone(),
+                allowed: false,
+                repository: None,
+                digest: None,
+                reasons: vec![format!(
+                    "could not be decided now: {}",
+                    crate::oci::service::public_message(&e)
+                )],
+            },
+        };
+        out.push((pointer, image, v));
+    }
+    Ok(Some(out))
+}
+
+fn parse_review(body: Result<Json<Review>, JsonRejection>) -> Result<Review, ApiError> {
+    let Json(r) = body.map_err(bad_json)?;
+    if r.api_version != "admission.k8s.io/v1" || r.kind != "AdmissionReview" {
+        return Err(ApiError::BadRequest(
+            "not an admission.k8s.io/v1 AdmissionReview".into(),
+        ));
+    }
+    Ok(r)
+}
+
+fn review_response(
+    uid: &str,
+    allowed: bool,
+    message: Option<String>,
+    patch: Option<String>,
+) -> Response {
+    let mut resp = json!({ "uid": uid, "allowed": allowed });
+    if let Some(m) = message {
+        resp["status"] = json!({ "code": 403, "message": m });
+    }
+    if let Some(p) = patch {
+        resp["patchType"] = json!("JSONPatch");
+        resp["patch"] = json!(p);
+    }
+    (StatusCode::OK, Json(json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp }))).into_response()
+}
+
+fn refusal(decisions: &[(String, String, Verification)]) -> Option<String> {
+    let denied: Vec<String> = decisions
+        .iter()
+        .filter(|(_, _, v)| !v.allowed)
+        .map(|(_, image, v)| format!("{image}: {}", v.reasons.join("; ")))
+        .collect();
+    (!denied.is_empty()).then(|| format!("tollgate refused: {}", denied.join(" | ")))
+}
+
+/// `POST /k8s/admission`: the validating webhook.
+async fn admission(
+    State(st): State<Arc<AppState>>,
+    client: ClientOf,
+    body: Result<Json<Review>, JsonRejection>,
+) -> Response {
+    let review = match parse_review(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match decide_review(&st, &review, &client.0).await {
+        Ok(None) => review_response(&review.request.uid, true, None, None),
+        Ok(Some(d)) => {
+            let message = refusal(&d);
+            review_response(&review.request.uid, message.is_none(), message, None)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /k8s/mutate`: the mutating webhook. Admitted images are rewritten to the digest that
+/// was verified (`name@sha256:…`), so the node pulls exactly what was decided.
+async fn mutate(
+    State(st): State<Arc<AppState>>,
+    client: ClientOf,
+    body: Result<Json<Review>, JsonRejection>,
+) -> Response {
+    let review = match parse_review(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match decide_review(&st, &review, &client.0).await {
+        Ok(None) => review_response(&review.request.uid, true, None, None),
+        Ok(Some(d)) => {
+            if let Some(message) = refusal(&d) {
+                return review_response(&review.request.uid, false, Some(message), None);
+            }
+            let ops: Vec<Value> = d
+                .iter()
+                .filter_map(|(pointer, image, v)| {
+                    let digest = v.digest.as_ref()?;
+                    let pinned = format!("{}@{digest}", crate::policy::oci::reference_name(image));
+                    (pinned != *image)
+                        .then(|| json!({ "op": "replace", "path": pointer, "value": pinned }))
+                })
+                .collect();
+            let patch = (!ops.is_empty()).then(|| {
+                base64::engine::general_purpose::STANDARD.encode(Value::Array(ops).to_string())
+            });
+            review_response(&review.request.uid, true, None, patch)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The requesting address, for the audit record.
+struct ClientOf(crate::pypi::service::Client);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientOf {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientOf(crate::pypi::service::Client(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        )))
+    }
+}
