@@ -212,3 +212,97 @@ pub fn allowlist_check(config: &Config, path: &Path) -> i32 {
         1
     }
 }
+
+/// `tollgate image verify REF`: resolves REF through the configured registry and prints the
+/// decision with every reason; exit 1 on deny (or when it cannot be decided). It uses a scratch
+/// store of its own, so it works beside a running gate and leaves nothing behind.
+pub fn image_verify(config: &Config, image: &str) -> i32 {
+    let policy = match crate::load_policy(config) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return 1;
+        }
+    };
+    let scratch = std::env::temp_dir().join(format!("tollgate-verify-{}", std::process::id()));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let code = rt.block_on(async {
+        let setup = || -> Result<std::sync::Arc<crate::oci::service::Oci>, String> {
+            std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+            let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+            let store = std::sync::Arc::new(
+                crate::store::Store::open(&scratch.join("verify.redb"))
+                    .map_err(|e| e.to_string())?,
+            );
+            let cache = std::sync::Arc::new(
+                crate::store::Cache::open(
+                    &scratch,
+                    config.cache_max_bytes,
+                    store.clone(),
+                    metrics.clone(),
+                )
+                .map_err(|e| e.to_string())?,
+            );
+            let (audit, _) = crate::audit::Audit::start(metrics.clone());
+            let fetcher = std::sync::Arc::new(crate::fetch::Fetcher::new(
+                cache,
+                metrics.clone(),
+                audit.clone(),
+                config.cache_max_bytes,
+            ));
+            Ok(std::sync::Arc::new(crate::oci::service::Oci::new(
+                config, store, fetcher, metrics, audit,
+            )?))
+        };
+        let oci = match setup() {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
+        let lp = crate::pypi::service::LoadedPolicy { policy, version: 1 };
+        match oci
+            .verify_reference(&lp, image, &crate::pypi::service::Client("cli".into()))
+            .await
+        {
+            Ok(v) => {
+                println!("{}: {}", v.image, if v.allowed { "ALLOW" } else { "DENY" });
+                if let Some(r) = &v.repository {
+                    println!("  repository: {r}");
+                }
+                if let Some(d) = &v.digest {
+                    println!("  digest: {d}");
+                }
+                for r in &v.reasons {
+                    println!("  reason: {r}");
+                }
+                if v.allowed {
+                    0
+                } else {
+                    1
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "{image}: cannot be decided now: {}",
+                    crate::oci::service::public_message(&e)
+                );
+                1
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    code
+}

@@ -34,6 +34,21 @@ enum Command {
         #[command(subcommand)]
         command: AllowlistCommand,
     },
+    /// Image tools.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Resolve REF through the configured registry and print the decision with every reason.
+    Verify {
+        reference: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +112,16 @@ fn main() -> ExitCode {
         }
         Command::Check { config: path } => match config(path.as_ref()) {
             Ok(c) => code(tollgate::cli::check(&c)),
+            Err(e) => e,
+        },
+        Command::Image {
+            command:
+                ImageCommand::Verify {
+                    reference,
+                    config: path,
+                },
+        } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::image_verify(&c, &reference)),
             Err(e) => e,
         },
         Command::Allowlist { command } => match command {

@@ -243,3 +243,23 @@ async fn mutating_webhook_pins_digests() {
     assert_eq!(v["response"]["allowed"], false);
     assert!(v["response"].get("patch").is_none());
 }
+
+#[test]
+fn image_verify_command() {
+    let env = env();
+    let run = |image: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["image", "verify", image, "--config"])
+            .arg(env.gate.dir.join("tollgate.toml"))
+            .output()
+            .unwrap()
+    };
+    // Beside the running gate (its store is in use): the command uses a scratch store.
+    let out = run("registry.test/demo/app:v1");
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ALLOW") && text.contains(&env.v1), "{text}");
+    let out = run("registry.test/demo/app:v2");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not a pinned digest"));
+}
