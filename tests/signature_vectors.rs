@@ -1,5 +1,5 @@
-//! The real cosign signatures in ../shared/vectors (containers/image fixtures, see its
-//! EXPECTATIONS.md) through tollgate's verifier, under tollgate's semantics: the signed
+//! The real cosign signatures of containers/image (tests/fixtures/containers-image, see its
+//! ORIGIN.md) through tollgate's verifier, under tollgate's semantics: the signed
 //! docker-reference must name the repository (tags ignored), the payload digest must be the
 //! image's, and signers count once per distinct trusted key.
 
@@ -11,11 +11,10 @@ use tollgate::verify::cosign::{verify_legacy, SignatureDeny, SignatureLayer, Tru
 use tollgate::verify::keys::PublicKey;
 
 fn fixtures() -> PathBuf {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/containers-image/fixtures");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/containers-image");
     assert!(
         p.is_dir(),
-        "the signature vectors must be at {} (shared/ beside the checkout)",
+        "the signature fixtures must be at {}",
         p.display()
     );
     p

@@ -178,6 +178,27 @@ fn key(repo: &Repository, item: &str) -> String {
     format!("{repo}|{item}")
 }
 
+/// Reads an upstream body within `limit`: too large is the upstream's fault (502), a broken
+/// transfer is the upstream being unavailable (503).
+async fn read_upstream(
+    resp: reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>, OciError> {
+    crate::fetch::read_limited(resp, limit)
+        .await
+        .map_err(|e| match e {
+            crate::fetch::ReadError::TooLarge => OciError::Coded(
+                "MANIFEST_INVALID",
+                ApiError::BadUpstream(format!("the upstream {what} is larger than the gate reads")),
+            ),
+            crate::fetch::ReadError::Broken => OciError::Coded(
+                "UNAVAILABLE",
+                ApiError::Unavailable(format!("the upstream {what} broke off")),
+            ),
+        })
+}
+
 /// The image a cosign artifact tag (`sha256-<hex>.sig`, `.att`) belongs to.
 fn artifact_subject(tag: &Tag) -> Option<Digest> {
     let t = tag.as_str();
@@ -545,16 +566,7 @@ impl Oci {
             Err(RegistryError::NotFound) => {}
             Err(e) => return Err(unavailable(e)),
             Ok(resp) => {
-                let body = crate::fetch::read_limited(resp, self.manifest_bytes)
-                    .await
-                    .map_err(|_| {
-                        OciError::Coded(
-                            "UNAVAILABLE",
-                            ApiError::Unavailable(
-                                "the signature artifact could not be read".into(),
-                            ),
-                        )
-                    })?;
+                let body = read_upstream(resp, self.manifest_bytes, "signature artifact").await?;
                 let m: SigManifest = serde_json::from_slice(&body).map_err(|_| {
                     OciError::Coded(
                         "MANIFEST_INVALID",
@@ -797,14 +809,7 @@ impl Oci {
             ) => Err(e),
             (None, _) => match reg.manifest(&repo.path, tag.as_str(), false).await {
                 Ok(resp) => {
-                    let body = crate::fetch::read_limited(resp, self.manifest_bytes)
-                        .await
-                        .map_err(|_| {
-                            OciError::Coded(
-                                "MANIFEST_INVALID",
-                                ApiError::BadUpstream("manifest too large or broken".into()),
-                            )
-                        })?;
+                    let body = read_upstream(resp, self.manifest_bytes, "manifest").await?;
                     Ok(Digest(Sha256::from_bytes(
                         sha2::Sha256::digest(&body).into(),
                     )))
@@ -966,9 +971,7 @@ impl Oci {
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
         let bad = |m: String| OciError::Coded("MANIFEST_INVALID", ApiError::BadUpstream(m));
-        let bytes = crate::fetch::read_limited(resp, self.manifest_bytes)
-            .await
-            .map_err(|_| bad(format!("the upstream manifest {digest} is larger than limits.manifest_bytes or broke off")))?;
+        let bytes = read_upstream(resp, self.manifest_bytes, &format!("manifest {digest}")).await?;
         let actual = Digest(Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()));
         if actual != *digest {
             tracing::error!(%repo, expected = %digest, %actual, "upstream manifest does not match its digest");
@@ -1266,14 +1269,7 @@ impl Oci {
         .await;
         let body = match reg.referrers(&repo.path, &subject.to_string()).await {
             Ok(resp) => {
-                let bytes = crate::fetch::read_limited(resp, self.manifest_bytes)
-                    .await
-                    .map_err(|_| {
-                        OciError::Coded(
-                            "UNAVAILABLE",
-                            ApiError::BadUpstream("referrers index too large or broken".into()),
-                        )
-                    })?;
+                let bytes = read_upstream(resp, self.manifest_bytes, "referrers index").await?;
                 serde_json::from_slice::<serde_json::Value>(&bytes)
                     .map_err(|_| {
                         OciError::Coded(
@@ -1338,14 +1334,7 @@ impl Oci {
             .get(header::LINK)
             .and_then(|v| v.to_str().ok())
             .and_then(next_page_last);
-        let body = crate::fetch::read_limited(resp, self.manifest_bytes)
-            .await
-            .map_err(|_| {
-                OciError::Coded(
-                    "UNAVAILABLE",
-                    ApiError::BadUpstream("tag list too large or broken".into()),
-                )
-            })?;
+        let body = read_upstream(resp, self.manifest_bytes, "tag list").await?;
         let list: TagList = serde_json::from_slice(&body).map_err(|_| {
             OciError::Coded(
                 "UNAVAILABLE",
