@@ -226,7 +226,21 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
             return 1;
         }
     };
-    let scratch = std::env::temp_dir().join(format!("tollgate-verify-{}", std::process::id()));
+    // A fresh directory only this user can read; an existing one (planted by someone else) is
+    // never used.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let scratch =
+        std::env::temp_dir().join(format!("tollgate-verify-{}-{nanos}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&scratch) {
+            eprintln!("error: scratch directory {}: {e}", scratch.display());
+            return 1;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -239,7 +253,6 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
     };
     let code = rt.block_on(async {
         let setup = || -> Result<std::sync::Arc<crate::oci::service::Oci>, String> {
-            std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
             let store = std::sync::Arc::new(
                 crate::store::Store::open(&scratch.join("verify.redb"))

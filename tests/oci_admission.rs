@@ -194,6 +194,21 @@ async fn validating_webhook() {
         .as_str()
         .unwrap()
         .contains("registry.test/demo/app:v2"));
+    // UPDATE judges only new or changed images: an unchanged one is not re-decided.
+    let mut upd = review("UPDATE", None, &[bad], &[], &[]);
+    upd["request"]["oldObject"] = upd["request"]["object"].clone();
+    let (_, v) = post(&env.gate, "/k8s/admission", &upd).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    let mut upd = review("UPDATE", None, &[ok, bad], &[], &[]);
+    upd["request"]["oldObject"] =
+        review("CREATE", None, &[ok], &[], &[])["request"]["object"].clone();
+    let (_, v) = post(&env.gate, "/k8s/admission", &upd).await;
+    assert_eq!(v["response"]["allowed"], false, "a changed image is judged");
+    // A container whose image is not a string admits nothing.
+    let mut odd = review("CREATE", None, &[ok], &[], &[]);
+    odd["request"]["object"]["spec"]["containers"][0]["image"] = json!(42);
+    let (_, v) = post(&env.gate, "/k8s/admission", &odd).await;
+    assert_eq!(v["response"]["allowed"], false);
     // DELETE is not ours to judge; a body that is not a review is 400.
     let (_, v) = post(
         &env.gate,

@@ -315,6 +315,24 @@ async fn unlisted_repositories_and_foreign_blobs_are_refused() {
         .as_str()
         .unwrap()
         .contains("not referenced by an admitted manifest"));
+    // A runnable image pushed under the signature tag of an admitted image is not an artifact:
+    // refused, and it gains nothing from the attempt.
+    let sig_tag = format!("demo/app:{}.sig", env.digests["v1"].replace(':', "-"));
+    env.push("v2", &sig_tag, &["--preserve-digests"]);
+    let r = reqwest::get(env.gate.url(&format!(
+        "/v2/reg/{}",
+        sig_tag.replace(":sha256", "/manifests/sha256")
+    )))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = reqwest::get(
+        env.gate
+            .url(&format!("/v2/reg/demo/app/manifests/{}", env.digests["v2"])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
     // Bad names and digests are 400, not a crash or a lookup.
     for bad in [
         "/v2/reg/Demo/App/manifests/v1",

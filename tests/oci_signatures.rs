@@ -315,6 +315,18 @@ async fn an_index_signed_as_a_whole_or_per_platform() {
         &tokio::task::block_in_place(|| env.pull(&per, "demo/multi:v1")),
         "unsigned",
     );
+    // Admission applies per_platform to the index as a whole: a node pulling past the gate
+    // would run an unsigned platform manifest.
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(per.url("/api/v1/verify"))
+        .json(&serde_json::json!({ "image": "registry.test/demo/multi:v1" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["allowed"], false, "{v}");
     let amd = env.digests["multi-amd64"].clone();
     env.sign(
         "demo/multi",

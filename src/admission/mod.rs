@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -28,10 +27,6 @@ pub fn routes() -> Router<Arc<AppState>> {
 #[serde(deny_unknown_fields)]
 struct VerifyRequest {
     image: String,
-}
-
-fn bad_json(e: JsonRejection) -> ApiError {
-    ApiError::BadRequest(format!("request body: {}", e.body_text()))
 }
 
 /// `POST /api/v1/verify` `{"image": "REF"}` → the decision, the digest and every reason.
@@ -74,6 +69,8 @@ struct ReviewRequest {
     operation: String,
     #[serde(default)]
     object: Value,
+    #[serde(default, rename = "oldObject")]
+    old_object: Value,
 }
 
 #[derive(Deserialize)]
@@ -91,9 +88,10 @@ fn pod_images(object: &Value) -> Vec<(String, String)> {
             .and_then(Value::as_array)
         {
             for (i, c) in list.iter().enumerate() {
-                if let Some(image) = c.get("image").and_then(Value::as_str) {
-                    out.push((format!("/spec/{field}/{i}/image"), image.to_string()));
-                }
+                // A container whose image is not a string is listed with an empty image,
+                // which no rule admits.
+                let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+                out.push((format!("/spec/{field}/{i}/image"), image.to_string()));
             }
         }
     }
@@ -114,7 +112,20 @@ async fn decide_review(
     }
     let lp = st.policy();
     let mut out = Vec::new();
+    // On UPDATE only images that are new or changed are judged (and patched): a label change
+    // must not fail because an unchanged, running image's tag has moved since.
+    let unchanged: Vec<String> = if review.request.operation == "UPDATE" {
+        pod_images(&review.request.old_object)
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect()
+    } else {
+        Vec::new()
+    };
     for (pointer, image) in pod_images(&review.request.object) {
+        if unchanged.contains(&image) {
+            continue;
+        }
         let v = match st.oci.verify_reference(&lp, &image, client).await {
             Ok(v) => v,
             Err(e) => Verification {
@@ -133,8 +144,15 @@ async fn decide_review(
     Ok(Some(out))
 }
 
-fn parse_review(body: Result<Json<Review>, JsonRejection>) -> Result<Review, ApiError> {
-    let Json(r) = body.map_err(bad_json)?;
+/// Reviews carry the object and, on UPDATE, the old object: read up to this much.
+const MAX_REVIEW_BYTES: usize = 8 << 20;
+
+async fn parse_review(req: Request) -> Result<Review, ApiError> {
+    let body = axum::body::to_bytes(req.into_body(), MAX_REVIEW_BYTES)
+        .await
+        .map_err(|_| ApiError::BadRequest("AdmissionReview larger than 8 MiB".into()))?;
+    let r: Review = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("not an AdmissionReview: {e}")))?;
     if r.api_version != "admission.k8s.io/v1" || r.kind != "AdmissionReview" {
         return Err(ApiError::BadRequest(
             "not an admission.k8s.io/v1 AdmissionReview".into(),
@@ -170,12 +188,8 @@ fn refusal(decisions: &[(String, String, Verification)]) -> Option<String> {
 }
 
 /// `POST /k8s/admission`: the validating webhook.
-async fn admission(
-    State(st): State<Arc<AppState>>,
-    client: ClientOf,
-    body: Result<Json<Review>, JsonRejection>,
-) -> Response {
-    let review = match parse_review(body) {
+async fn admission(State(st): State<Arc<AppState>>, client: ClientOf, req: Request) -> Response {
+    let review = match parse_review(req).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -191,12 +205,8 @@ async fn admission(
 
 /// `POST /k8s/mutate`: the mutating webhook. Admitted images are rewritten to the digest that
 /// was verified (`name@sha256:…`), so the node pulls exactly what was decided.
-async fn mutate(
-    State(st): State<Arc<AppState>>,
-    client: ClientOf,
-    body: Result<Json<Review>, JsonRejection>,
-) -> Response {
-    let review = match parse_review(body) {
+async fn mutate(State(st): State<Arc<AppState>>, client: ClientOf, req: Request) -> Response {
+    let review = match parse_review(req).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -210,7 +220,9 @@ async fn mutate(
                 .iter()
                 .filter_map(|(pointer, image, v)| {
                     let digest = v.digest.as_ref()?;
-                    let pinned = format!("{}@{digest}", crate::policy::oci::reference_name(image));
+                    // The canonical name (docker.io/library/…), so no runtime's short-name
+                    // resolution can send the pull elsewhere.
+                    let pinned = format!("{}@{digest}", v.repository.as_deref()?);
                     (pinned != *image)
                         .then(|| json!({ "op": "replace", "path": pointer, "value": pinned }))
                 })

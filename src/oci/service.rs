@@ -209,6 +209,31 @@ fn artifact_subject(tag: &Tag) -> Option<Digest> {
     Digest::parse(&format!("sha256:{hex}")).ok()
 }
 
+/// Is this a cosign signature (`.sig`: simple-signing layers) or attestation (`.att`: DSSE
+/// envelope layers) artifact: an image manifest whose every layer is of that kind?
+fn is_cosign_artifact(media_type: &str, bytes: &[u8], attestation: bool) -> bool {
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        layers: Vec<Layer>,
+    }
+    #[derive(Deserialize)]
+    struct Layer {
+        #[serde(rename = "mediaType")]
+        media_type: String,
+    }
+    let want = if attestation {
+        "application/vnd.dsse.envelope.v1+json"
+    } else {
+        SIMPLE_SIGNING
+    };
+    if is_index(media_type) {
+        return false;
+    }
+    serde_json::from_slice::<Doc>(bytes)
+        .is_ok_and(|d| !d.layers.is_empty() && d.layers.iter().all(|l| l.media_type == want))
+}
+
 /// The manifest fields the gate reads: enough to check the media type and to learn which
 /// children (index) or blobs (image) an admitted manifest vouches for.
 #[derive(Deserialize)]
@@ -397,6 +422,24 @@ impl Oci {
         digest: &Digest,
         tag: Option<&Tag>,
     ) -> Result<Result<&'static str, ImageDeny>, OciError> {
+        self.decide_with(lp, reg, rule, repo, digest, tag, true)
+            .await
+    }
+
+    /// `artifacts`: whether a recorded `.sig`/`.att` link may admit the digest (the pull path
+    /// serves signature artifacts; admission never admits one as a runnable image). A link is
+    /// followed one hop only: the subject is decided on its own evidence and index.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_with(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &RegistryClient,
+        rule: &ImageRule,
+        repo: &Repository,
+        digest: &Digest,
+        tag: Option<&Tag>,
+        artifacts: bool,
+    ) -> Result<Result<&'static str, ImageDeny>, OciError> {
         // The audit's allow reason: what admitted it.
         let kind = |ev: &Evidence| if ev.pinned { "pinned_digest" } else { "signed" };
         let own = self.evidence(lp, reg, rule, repo, digest).await?;
@@ -406,14 +449,19 @@ impl Oci {
         };
         // A signature or attestation artifact of an admitted image is served so downstream
         // verifiers (cosign, Kyverno, Ratify) work through the gate.
-        let subject: Option<String> = self
-            .store
-            .get(ARTIFACTS, &key(repo, &digest.to_string()))
-            .map_err(ApiError::from)?;
+        let subject: Option<String> = if artifacts {
+            self.store
+                .get(ARTIFACTS, &key(repo, &digest.to_string()))
+                .map_err(ApiError::from)?
+        } else {
+            None
+        };
         if let Some(subject) = subject.and_then(|s| Digest::parse(&s).ok()) {
             if subject != *digest {
                 return Ok(
-                    match Box::pin(self.decide(lp, reg, rule, repo, &subject, None)).await? {
+                    match Box::pin(self.decide_with(lp, reg, rule, repo, &subject, None, false))
+                        .await?
+                    {
                         Ok(_) => Ok("artifact_of_admitted"),
                         Err(d) => Err(d),
                     },
@@ -631,6 +679,52 @@ impl Oci {
         Ok(layers)
     }
 
+    /// The decision for a runnable image: never through a signature-artifact link, and with
+    /// `per_platform`, an index only when every platform manifest it lists is admitted too (a
+    /// node that pulls past the gate would run one of them).
+    async fn decide_runnable(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &RegistryClient,
+        rule: &ImageRule,
+        repo: &Repository,
+        digest: &Digest,
+        tag: Option<&Tag>,
+    ) -> Result<Result<&'static str, ImageDeny>, OciError> {
+        let kind = match self
+            .decide_with(lp, reg, rule, repo, digest, tag, false)
+            .await?
+        {
+            Ok(k) => k,
+            Err(d) => return Ok(Err(d)),
+        };
+        if !rule.signature.as_ref().is_some_and(|s| s.per_platform) {
+            return Ok(Ok(kind));
+        }
+        let rec = self.verified_manifest(reg, repo, digest).await?;
+        if !is_index(&rec.media_type) {
+            return Ok(Ok(kind));
+        }
+        let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
+            .await
+            .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
+        let doc: ManifestDoc = serde_json::from_slice(&bytes)
+            .map_err(|_| ApiError::BadUpstream(format!("manifest {digest} is not JSON")))?;
+        for child in doc
+            .manifests
+            .iter()
+            .filter_map(|d| Digest::parse(&d.digest).ok())
+        {
+            if let Err(d) = self
+                .decide_with(lp, reg, rule, repo, &child, None, false)
+                .await?
+            {
+                return Ok(Err(d));
+            }
+        }
+        Ok(Ok(kind))
+    }
+
     /// Decides an image reference as a pull through the gate would: the registry by its host,
     /// the tag resolved upstream (and checked against the rule's tags), the digest decided with
     /// pins and signatures. A refusal is `allowed: false` with its reasons; an upstream that
@@ -704,7 +798,7 @@ impl Oci {
         };
         let artifact = tag.as_ref().map(|t| t.to_string());
         match self
-            .decide(
+            .decide_runnable(
                 lp,
                 &reg,
                 rule,
@@ -869,6 +963,29 @@ impl Oci {
                         .await);
                 }
                 let artifact = self.resolve_tag(reg, repo, &t).await?;
+                // Only a real signature/attestation artifact is linked: a runnable image pushed
+                // under a `.sig` tag must not ride on its subject's admission.
+                let rec = self.verified_manifest(reg, repo, &artifact).await?;
+                let bytes = tokio::fs::read(self.fetcher.cache.path(artifact.sha()))
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
+                if !is_cosign_artifact(&rec.media_type, &bytes, t.as_str().ends_with(".att")) {
+                    let d = ImageDeny::DigestNotPinned {
+                        repo: repo.clone(),
+                        digest: artifact,
+                        tag: Some(t.clone()),
+                    };
+                    return Err(self
+                        .deny(
+                            action,
+                            repo,
+                            Some(t.to_string()),
+                            Some(&artifact),
+                            d,
+                            client,
+                        )
+                        .await);
+                }
                 self.record_artifact(repo, &artifact, &subject).await?;
                 (artifact, Some(t))
             }
