@@ -209,6 +209,11 @@ async fn validating_webhook() {
     odd["request"]["object"]["spec"]["containers"][0]["image"] = json!(42);
     let (_, v) = post(&env.gate, "/k8s/admission", &odd).await;
     assert_eq!(v["response"]["allowed"], false);
+    // A Pod review with no spec is refused, not waved through.
+    let mut nospec = review("CREATE", None, &[ok], &[], &[]);
+    nospec["request"]["object"] = json!({ "kind": "Pod" });
+    let (_, v) = post(&env.gate, "/k8s/admission", &nospec).await;
+    assert_eq!(v["response"]["allowed"], false, "{v}");
     // DELETE is not ours to judge; a body that is not a review is 400.
     let (_, v) = post(
         &env.gate,

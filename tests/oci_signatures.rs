@@ -373,26 +373,7 @@ async fn a_registry_that_is_down_is_never_read_as_unsigned() {
         signed_rule("demo/app", &["absent"], ""),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("tollgate.toml"),
-        format!(
-            "[[oci.registry]]\nhost = \"registry.test\"\nurl = \"http://127.0.0.1:{}\"\n",
-            env.registry.port
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("check")
-        .arg("--config")
-        .arg(dir.join("tollgate.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("absent.pub"),
-        "{}",
-        show(&out)
-    );
+    check_refuses(&env, &dir, "absent.pub");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -427,8 +408,14 @@ async fn a_signature_added_after_a_refusal_is_seen_after_tag_ttl() {
     std::fs::copy(env.key("a.pub"), dir.join("allowlists/keys/a.pub")).unwrap();
     std::fs::copy(env.key("a.pub"), dir.join("allowlists/keys/copy.pub")).unwrap();
     std::fs::write(dir.join("allowlists/r.toml"), "[[image]]\nrepository = \"registry.test/demo/app\"\n[image.signature]\nkeys = [\"a.pub\", \"copy.pub\"]\nthreshold = 2\n").unwrap();
+    check_refuses(&env, &dir, "are the same key");
+}
+
+/// `tollgate check` on the allowlists already written under `dir` must fail, saying `why`.
+fn check_refuses(env: &Env, dir: &Path, why: &str) {
+    let cfg = dir.join("tollgate.toml");
     std::fs::write(
-        dir.join("tollgate.toml"),
+        &cfg,
         format!(
             "[[oci.registry]]\nhost = \"registry.test\"\nurl = \"http://127.0.0.1:{}\"\n",
             env.registry.port
@@ -438,12 +425,12 @@ async fn a_signature_added_after_a_refusal_is_seen_after_tag_ttl() {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .arg("check")
         .arg("--config")
-        .arg(dir.join("tollgate.toml"))
+        .arg(&cfg)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("are the same key"),
+        String::from_utf8_lossy(&out.stderr).contains(why),
         "{}",
         show(&out)
     );

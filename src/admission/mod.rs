@@ -110,6 +110,23 @@ async fn decide_review(
     {
         return Ok(None);
     }
+    // A Pod review without a Pod spec cannot be judged image by image: refused, not waved on.
+    if review
+        .request
+        .object
+        .pointer("/spec")
+        .and_then(Value::as_object)
+        .is_none()
+    {
+        let v = Verification {
+            image: String::new(),
+            allowed: false,
+            repository: None,
+            digest: None,
+            reasons: vec!["the review carries no Pod spec".into()],
+        };
+        return Ok(Some(vec![(String::new(), "(no spec)".into(), v)]));
+    }
     let lp = st.policy();
     let mut out = Vec::new();
     // On UPDATE only images that are new or changed are judged (and patched): a label change
