@@ -171,13 +171,18 @@ pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
         &config.index_names(),
         &config.registry_hosts(),
     )?;
-    // Keys named by signature rules, from allowlist_dir/keys/; a missing or unreadable key is a
-    // load error at the rule that names it, never a rule that silently admits nothing.
+    // Keys named by signature and attestation rules, from allowlist_dir/keys/; a missing or
+    // unreadable key is a load error at the rule that names it, never a rule that silently
+    // admits nothing.
     let mut errors = Vec::new();
     let keys_dir = config.allowlist_dir.join("keys");
     for rule in &policy.images {
-        let Some(sig) = &rule.signature else { continue };
-        for name in &sig.keys {
+        let names = rule
+            .signature
+            .iter()
+            .flat_map(|s| s.keys.iter())
+            .chain(rule.attestations.iter().flat_map(|a| a.keys.iter()));
+        for name in names {
             if policy.keys.contains_key(name) {
                 continue;
             }
@@ -198,6 +203,32 @@ pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
                     message,
                 }),
             }
+        }
+    }
+    // Keyless identities are checked against the operator's trusted root, read with the
+    // policy (so SIGHUP reloads it too); a rule naming one without a readable root is refused.
+    let keyless_rule = policy.images.iter().find(|r| {
+        r.signature.as_ref().is_some_and(|s| !s.keyless.is_empty())
+            || r.attestations.iter().any(|a| !a.keyless.is_empty())
+    });
+    if let Some(rule) = keyless_rule {
+        let err = |message: String| LoadError {
+            file: rule.source.file.clone(),
+            line: rule.source.line,
+            message,
+        };
+        match &config.oci.trusted_root {
+            None => errors.push(err(format!(
+                "{}: keyless identities need [oci] trusted_root (a Sigstore trusted_root.json)",
+                rule.pattern
+            ))),
+            Some(path) => match std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| verify::trust::TrustRoot::from_json(&b))
+            {
+                Ok(root) => policy.trust_root = Some(Arc::new(root)),
+                Err(e) => errors.push(err(format!("trusted root {}: {e}", path.display()))),
+            },
         }
     }
     // A threshold counts distinct keys: one key saved under two names must not count twice.

@@ -33,7 +33,7 @@ pub const ALLOW_CODES: [&str; 6] = [
     "artifact_of_admitted",
 ];
 /// Every deny reason code of the index and the pull gate.
-pub const DENY_CODES: [&str; 20] = [
+pub const DENY_CODES: [&str; 22] = [
     "not_allowlisted",
     "revoked",
     "wheels_only",
@@ -54,6 +54,8 @@ pub const DENY_CODES: [&str; 20] = [
     "signature_other_repository",
     "signature_other_digest",
     "signature_threshold",
+    "attestation_missing",
+    "attestation_untrusted",
 ];
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 

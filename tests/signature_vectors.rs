@@ -5,10 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use tollgate::policy::oci::{Digest, Repository};
+use tollgate::policy::oci::{KeylessIdentity, SubjectMatch};
 use tollgate::policy::Sha256;
 use tollgate::verify::cosign::{verify_legacy, SignatureDeny, SignatureLayer, TrustedKey};
 use tollgate::verify::keys::PublicKey;
+use tollgate::verify::sigstore::{examine, judge_signature, Artifact, Trust};
+use tollgate::verify::trust::TrustRoot;
 
 fn fixtures() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/containers-image");
@@ -190,10 +194,9 @@ fn the_unknown_key_signature_is_refused() {
         &keys,
         1,
     );
-    assert_eq!(r, Err(SignatureDeny::Untrusted { found: 1 }));
     assert_eq!(
         r.unwrap_err().to_string(),
-        "signed, but by no trusted signer (found: 1 signature(s))"
+        "signed, but by no trusted signer (found: 1 signature(s) by an unknown key or an untrusted certificate)"
     );
 }
 
@@ -261,4 +264,398 @@ fn one_key_under_two_names_is_one_signer() {
         2,
     );
     assert_eq!(r.map_err(|e| e.code()), Err("signature_threshold"));
+}
+
+// ---- keyless: containers/image's dir-img-cosign-fulcio-rekor-valid and sigstore-rs's v0.3 bundle,
+// under the Sigstore production trusted root (tests/fixtures/sigstore/ORIGIN.md).
+
+const FULCIO_REPO: &str = "192.168.64.2:5000/cosign-signed/fulcio-rekor-1";
+const GITHUB_OAUTH: &str = "https://github.com/login/oauth";
+
+fn sigstore_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/sigstore")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn prod_root_json() -> serde_json::Value {
+    serde_json::from_slice(&sigstore_fixture("prod-trusted_root.json")).unwrap()
+}
+
+fn root_of(v: &serde_json::Value) -> TrustRoot {
+    TrustRoot::from_json(&serde_json::to_vec(v).unwrap()).unwrap()
+}
+
+fn exact(issuer: &str, subject: &str) -> KeylessIdentity {
+    KeylessIdentity {
+        issuer: issuer.into(),
+        subject: SubjectMatch::Exact(subject.into()),
+    }
+}
+
+fn digest_of(bytes: &[u8]) -> Digest {
+    Digest(Sha256::from_bytes(
+        <sha2::Sha256 as sha2::Digest>::digest(bytes).into(),
+    ))
+}
+
+/// The fulcio-rekor-valid signature, after `edit`, judged keyless under `root`.
+fn keyless_verdict(
+    root: &TrustRoot,
+    identity: &KeylessIdentity,
+    edit: impl FnOnce(&mut SignatureLayer),
+) -> Result<Vec<String>, SignatureDeny> {
+    let dir = fixtures().join("dir-img-cosign-fulcio-rekor-valid");
+    let digest = digest_of(&std::fs::read(dir.join("manifest.json")).unwrap());
+    let mut layer = layers_of(&dir).remove(0);
+    edit(&mut layer);
+    let ex = examine(
+        &[Artifact::Signature(layer)],
+        &Trust {
+            keys: &[],
+            root: Some(root),
+        },
+    );
+    judge_signature(
+        &ex,
+        &digest,
+        &Repository::parse(FULCIO_REPO).unwrap(),
+        &[],
+        std::slice::from_ref(identity),
+        1,
+    )
+}
+
+#[test]
+fn fulcio_rekor_valid_is_accepted_at_its_integrated_time() {
+    let root = root_of(&prod_root_json());
+    let me = exact(GITHUB_OAUTH, "mitr@redhat.com");
+    // The certificate lived ten minutes in January 2023: it is checked at the SET's
+    // integratedTime (1674247893), not now.
+    assert_eq!(
+        keyless_verdict(&root, &me, |_| {}),
+        Ok(vec![format!("mitr@redhat.com from {GITHUB_OAUTH}")])
+    );
+    // The chain annotation is not needed when the trusted root holds the intermediate.
+    assert!(keyless_verdict(&root, &me, |l| {
+        l.annotations.remove("dev.sigstore.cosign/chain");
+    })
+    .is_ok());
+    let regex = KeylessIdentity::new_regex(GITHUB_OAUTH, r"mitr@redhat\.com").unwrap();
+    assert!(keyless_verdict(&root, &regex, |_| {}).is_ok());
+}
+
+#[test]
+fn fulcio_rekor_valid_is_refused_for_every_broken_part() {
+    let root = root_of(&prod_root_json());
+    let me = exact(GITHUB_OAUTH, "mitr@redhat.com");
+    let code = |r: Result<Vec<String>, SignatureDeny>| r.map_err(|e| e.code()).err();
+    // Another identity or issuer: the signer is named in the refusal.
+    let other = keyless_verdict(
+        &root,
+        &exact(GITHUB_OAUTH, "this-does-not-match@example.com"),
+        |_| {},
+    );
+    assert_eq!(
+        other.clone().unwrap_err().to_string(),
+        format!("signed, but by no trusted signer (found: mitr@redhat.com from {GITHUB_OAUTH})")
+    );
+    assert_eq!(
+        code(keyless_verdict(
+            &root,
+            &exact("https://accounts.google.com", "mitr@redhat.com"),
+            |_| {}
+        )),
+        Some("untrusted_signer")
+    );
+    // A pattern that matches only part of the subject does not pass.
+    let partial = KeylessIdentity::new_regex(GITHUB_OAUTH, "mitr").unwrap();
+    assert!(keyless_verdict(&root, &partial, |_| {}).is_err());
+    // The SET missing, junk, or altered.
+    for edit in [
+        Box::new(|l: &mut SignatureLayer| {
+            l.annotations.remove("dev.sigstore.cosign/bundle");
+        }) as Box<dyn Fn(&mut SignatureLayer)>,
+        Box::new(|l: &mut SignatureLayer| {
+            l.annotations.insert(
+                "dev.sigstore.cosign/bundle".into(),
+                "this is not a valid SET".into(),
+            );
+        }),
+        Box::new(|l: &mut SignatureLayer| {
+            let b = l.annotations["dev.sigstore.cosign/bundle"].replace("1674247893", "1674247894");
+            l.annotations.insert("dev.sigstore.cosign/bundle".into(), b);
+        }),
+        // The certificate missing or junk.
+        Box::new(|l: &mut SignatureLayer| {
+            l.annotations.remove("dev.sigstore.cosign/certificate");
+        }),
+        Box::new(|l: &mut SignatureLayer| {
+            l.annotations.insert(
+                "dev.sigstore.cosign/certificate".into(),
+                "this is not a valid certificate".into(),
+            );
+        }),
+        // Another signature under the real certificate and log entry.
+        Box::new(|l: &mut SignatureLayer| {
+            let valid = layers_of(&fixtures().join("dir-img-cosign-key-rekor-valid")).remove(0);
+            l.annotations.insert(
+                "dev.cosignproject.cosign/signature".into(),
+                valid.annotations["dev.cosignproject.cosign/signature"].clone(),
+            );
+        }),
+    ] {
+        assert_eq!(
+            code(keyless_verdict(&root, &me, edit)),
+            Some("untrusted_signer")
+        );
+    }
+    // The real certificate and Rekor entry copied onto another signing of the same image (the
+    // key-rekor-valid signature of the same manifest digest): the signature does not verify with
+    // the certificate's key, and the entry records another signature.
+    let copied = keyless_verdict(&root, &me, |l| {
+        let mut other = layers_of(&fixtures().join("dir-img-cosign-key-rekor-valid")).remove(0);
+        for a in [
+            "dev.sigstore.cosign/certificate",
+            "dev.sigstore.cosign/chain",
+            "dev.sigstore.cosign/bundle",
+        ] {
+            other.annotations.insert(a.into(), l.annotations[a].clone());
+        }
+        *l = other;
+    });
+    assert_eq!(code(copied), Some("untrusted_signer"));
+    // No trusted root: certificates are not trusted at all.
+    let dir = fixtures().join("dir-img-cosign-fulcio-rekor-valid");
+    let ex = examine(
+        &[Artifact::Signature(layers_of(&dir).remove(0))],
+        &Trust {
+            keys: &[],
+            root: None,
+        },
+    );
+    let digest = digest_of(&std::fs::read(dir.join("manifest.json")).unwrap());
+    assert!(judge_signature(
+        &ex,
+        &digest,
+        &Repository::parse(FULCIO_REPO).unwrap(),
+        &[],
+        std::slice::from_ref(&me),
+        1
+    )
+    .is_err());
+    // The same signature judged for another repository (it names fulcio-rekor-1).
+    assert_eq!(
+        judge_signature(
+            &examine(
+                &[Artifact::Signature(layers_of(&dir).remove(0))],
+                &Trust {
+                    keys: &[],
+                    root: Some(&root)
+                }
+            ),
+            &digest,
+            &Repository::parse("registry.test/other").unwrap(),
+            &[],
+            &[me],
+            1
+        )
+        .map_err(|e| e.code()),
+        Err("signature_other_repository")
+    );
+}
+
+#[test]
+fn fulcio_rekor_valid_against_edited_trusted_roots() {
+    let me = exact(GITHUB_OAUTH, "mitr@redhat.com");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // The Rekor key replaced by another key under the same log id: the SET does not verify.
+    let mut v = prod_root_json();
+    let cosign_der = b64.encode(
+        b64.decode(
+            std::fs::read_to_string(fixtures().join("cosign.pub"))
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap(),
+    );
+    v["tlogs"][0]["publicKey"]["rawBytes"] = cosign_der.into();
+    assert!(keyless_verdict(&root_of(&v), &me, |_| {}).is_err());
+    // The CA no longer valid at the integrated time (its period ended the day before).
+    let mut v = prod_root_json();
+    for ca in v["certificateAuthorities"].as_array_mut().unwrap() {
+        ca["validFor"]["end"] = "2023-01-19T00:00:00Z".into();
+    }
+    assert!(keyless_verdict(&root_of(&v), &me, |_| {}).is_err());
+    // Only the Fulcio root (fulcio_v1.crt.pem) trusted: the chain annotation supplies the
+    // intermediate, which must itself chain to the root; without it there is no path.
+    let mut v = prod_root_json();
+    let root_pem = std::fs::read_to_string(fixtures().join("fulcio_v1.crt.pem")).unwrap();
+    let root_der = b64.encode(
+        b64.decode(
+            root_pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap(),
+    );
+    v["certificateAuthorities"] = serde_json::json!([{
+        "subject": {}, "uri": "https://fulcio.example",
+        "certChain": {"certificates": [{"rawBytes": root_der}]},
+        "validFor": {"start": "2021-01-01T00:00:00Z"}
+    }]);
+    let only_root = root_of(&v);
+    assert!(keyless_verdict(&only_root, &me, |_| {}).is_ok());
+    assert!(keyless_verdict(&only_root, &me, |l| {
+        l.annotations.remove("dev.sigstore.cosign/chain");
+    })
+    .is_err());
+    // A trusted root that is not one is refused outright.
+    assert!(TrustRoot::from_json(b"{}").is_err());
+    assert!(TrustRoot::from_json(br#"{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1","tlogs":[{"publicKey":{"rawBytes":"AAAA","validFor":{"start":"2021-01-01T00:00:00Z"}},"logId":{"keyId":"AAAA"}}]}"#).is_err());
+}
+
+const KUBEWARDEN: &str =
+    "https://github.com/kubewarden/kubewarden-controller/.github/workflows/release.yml@refs/tags/v1.34.0";
+const GITHUB_ACTIONS: &str = "https://token.actions.githubusercontent.com";
+const BUNDLE_DIGEST: &str =
+    "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172";
+
+fn bundle_verdict(
+    bundle: &[u8],
+    digest: &str,
+    identity: &KeylessIdentity,
+) -> Result<Vec<String>, SignatureDeny> {
+    let root = root_of(&prod_root_json());
+    let ex = examine(
+        &[Artifact::Bundle(bundle.to_vec())],
+        &Trust {
+            keys: &[],
+            root: Some(&root),
+        },
+    );
+    judge_signature(
+        &ex,
+        &Digest::parse(digest).unwrap(),
+        // v3 bundles name no repository: any repository is judged on the digest alone.
+        &Repository::parse("ghcr.io/kubewarden/kubewarden-controller").unwrap(),
+        &[],
+        std::slice::from_ref(identity),
+        1,
+    )
+}
+
+#[test]
+fn the_v03_bundle_is_accepted_for_its_digest_and_identity() {
+    let bundle = sigstore_fixture("bundle_v03.json");
+    assert_eq!(
+        bundle_verdict(&bundle, BUNDLE_DIGEST, &exact(GITHUB_ACTIONS, KUBEWARDEN)),
+        Ok(vec![format!("{KUBEWARDEN} from {GITHUB_ACTIONS}")])
+    );
+    let by_regex = KeylessIdentity::new_regex(
+        GITHUB_ACTIONS,
+        r"https://github\.com/kubewarden/.+@refs/tags/v.*",
+    )
+    .unwrap();
+    assert!(bundle_verdict(&bundle, BUNDLE_DIGEST, &by_regex).is_ok());
+}
+
+#[test]
+fn the_v03_bundle_is_refused_when_anything_differs() {
+    let bundle = sigstore_fixture("bundle_v03.json");
+    let code = |r: Result<Vec<String>, SignatureDeny>| r.map_err(|e| e.code()).err();
+    let me = exact(GITHUB_ACTIONS, KUBEWARDEN);
+    // Another image: the statement's subject is the only binding.
+    let other = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(
+        code(bundle_verdict(&bundle, &other, &me)),
+        Some("signature_other_digest")
+    );
+    // Another identity or issuer.
+    assert_eq!(
+        code(bundle_verdict(&bundle, BUNDLE_DIGEST, &exact(GITHUB_ACTIONS, "https://github.com/kubewarden/kubewarden-controller/.github/workflows/release.yml@refs/tags/v1.35.0"))),
+        Some("untrusted_signer")
+    );
+    assert_eq!(
+        code(bundle_verdict(
+            &bundle,
+            BUNDLE_DIGEST,
+            &exact("https://accounts.google.com", KUBEWARDEN)
+        )),
+        Some("untrusted_signer")
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<Edit> = vec![
+        // The log entry's body altered (its SET no longer verifies).
+        Box::new(|v| {
+            let e = &mut v["verificationMaterial"]["tlogEntries"][0];
+            let body = e["canonicalizedBody"].as_str().unwrap().replace('A', "B");
+            e["canonicalizedBody"] = body.into();
+        }),
+        // The SET removed (an entry without one would need a timestamp authority).
+        Box::new(|v| {
+            v["verificationMaterial"]["tlogEntries"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("inclusionPromise");
+        }),
+        // The integrated time moved (the SET covers it).
+        Box::new(|v| {
+            v["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = "1775719410".into();
+        }),
+        // The inclusion proof's root hash altered.
+        Box::new(|v| {
+            v["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["rootHash"] =
+                base64::engine::general_purpose::STANDARD
+                    .encode([7u8; 32])
+                    .into();
+        }),
+        // The statement changed under the signature.
+        Box::new(|v| {
+            let p = base64::engine::general_purpose::STANDARD
+                .decode(v["dsseEnvelope"]["payload"].as_str().unwrap())
+                .unwrap();
+            let p = String::from_utf8(p)
+                .unwrap()
+                .replace("c811d58d", "c811d58e");
+            v["dsseEnvelope"]["payload"] =
+                base64::engine::general_purpose::STANDARD.encode(p).into();
+        }),
+        // No tlog entry at all.
+        Box::new(|v| {
+            v["verificationMaterial"]["tlogEntries"] = serde_json::json!([]);
+        }),
+        // Not a bundle.
+        Box::new(|v| {
+            v["mediaType"] = "application/json".into();
+        }),
+    ];
+    for (i, edit) in edits.iter().enumerate() {
+        let mut e = v.clone();
+        edit(&mut e);
+        let r = bundle_verdict(&serde_json::to_vec(&e).unwrap(), BUNDLE_DIGEST, &me);
+        assert!(r.is_err(), "edit {i} was accepted");
+    }
+    // The checkpoint's signature altered.
+    let cp = v["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
+        ["envelope"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (text, sig) = cp.split_once("\n\n").unwrap();
+    let tampered = format!(
+        "{}\n\n{}",
+        text.replace("rekor.sigstore.dev", "rekor.evil.dev"),
+        sig
+    );
+    v["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]["envelope"] =
+        tampered.into();
+    assert!(bundle_verdict(&serde_json::to_vec(&v).unwrap(), BUNDLE_DIGEST, &me).is_err());
 }

@@ -27,13 +27,19 @@ use crate::pypi::service::{Client, LoadedPolicy};
 use crate::store::cache::now_secs;
 use crate::store::{Store, ARTIFACTS, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
 use crate::verify::cosign::{
-    verify_legacy, SignatureDeny, SignatureLayer, TrustedKey, SIMPLE_SIGNING,
+    SignatureDeny, SignatureLayer, TrustedKey, DSSE_ENVELOPE, SIMPLE_SIGNING,
+};
+use crate::verify::sigstore::{
+    examine, judge_attestation, judge_signature, Artifact, Trust, BUNDLE_MEDIA_TYPE_PREFIX,
 };
 
 /// Bound on cached signature artifacts and verdicts (each a few KiB at most): past it the
 /// caches start over rather than grow with every digest a client names.
 const MAX_CACHED_VERDICTS: usize = 10_000;
 const MAX_CACHED_SIGNATURE_BYTES: usize = 64 << 20;
+/// A signature payload, DSSE envelope or bundle is a few KiB (a bundle with its certificate
+/// chain and inclusion proof under 16 KiB); anything far larger is not read.
+const MAX_ARTIFACT_BYTES: u64 = 256 * 1024;
 
 static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
@@ -57,10 +63,87 @@ struct TagRecord {
     resolved_at: i64,
 }
 
-/// Signature layers and when they were fetched (Unix seconds).
-type LayersAt = (Arc<Vec<SignatureLayer>>, i64);
-/// A signature verdict (the signers, or why not) and when it was reached.
-type VerdictAt = (Result<Vec<String>, SignatureDeny>, i64);
+/// Signature artifacts and when they were fetched (Unix seconds).
+type LayersAt = (Arc<Vec<Artifact>>, i64);
+/// A verdict and when it was reached.
+type VerdictAt = (Verdict, i64);
+
+/// What signatures and attestations say about one digest under one rule.
+#[derive(Debug, Clone)]
+struct Verdict {
+    /// `None` when the rule asks for no signature.
+    signature: Option<Result<Vec<String>, SignatureDeny>>,
+    attestations: Result<(), SignatureDeny>,
+}
+
+impl Verdict {
+    fn admits(&self) -> bool {
+        self.signature.as_ref().is_none_or(|s| s.is_ok()) && self.attestations.is_ok()
+    }
+}
+
+/// An index listing referrers (the referrers API's answer or the referrers tag's index).
+#[derive(Deserialize)]
+struct ReferrersDoc {
+    #[serde(default)]
+    manifests: Vec<ReferrerDescriptor>,
+}
+
+#[derive(Deserialize)]
+struct ReferrerDescriptor {
+    digest: String,
+    #[serde(rename = "artifactType")]
+    artifact_type: Option<String>,
+}
+
+/// A Sigstore bundle artifact manifest (cosign v3): an image manifest whose artifact type (or
+/// config media type) is a bundle, whose every layer is a bundle, and whose `subject` names the
+/// signed image. Returns the subject and the bundle layer.
+fn bundle_artifact(bytes: &[u8]) -> Option<(Digest, Descriptor)> {
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(rename = "artifactType")]
+        artifact_type: Option<String>,
+        config: Option<Typed>,
+        #[serde(default)]
+        layers: Vec<TypedDescriptor>,
+        subject: Option<Descriptor>,
+        #[serde(default)]
+        manifests: Vec<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct Typed {
+        #[serde(rename = "mediaType")]
+        media_type: String,
+    }
+    #[derive(Deserialize)]
+    struct TypedDescriptor {
+        #[serde(rename = "mediaType")]
+        media_type: String,
+        digest: String,
+        size: u64,
+    }
+    let doc: Doc = serde_json::from_slice(bytes).ok()?;
+    let bundle = |t: &str| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX);
+    let typed = doc.artifact_type.as_deref().is_some_and(bundle)
+        || doc.config.as_ref().is_some_and(|c| bundle(&c.media_type));
+    if !typed
+        || !doc.manifests.is_empty()
+        || doc.layers.len() != 1
+        || !bundle(&doc.layers[0].media_type)
+    {
+        return None;
+    }
+    let subject = Digest::parse(&doc.subject?.digest).ok()?;
+    let l = doc.layers.into_iter().next()?;
+    Some((
+        subject,
+        Descriptor {
+            digest: l.digest,
+            size: l.size,
+        },
+    ))
+}
 
 /// The answer to "may this image run?" (`/api/v1/verify`, admission).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -199,39 +282,70 @@ async fn read_upstream(
         })
 }
 
-/// The image a cosign artifact tag (`sha256-<hex>.sig`, `.att`) belongs to.
-fn artifact_subject(tag: &Tag) -> Option<Digest> {
-    let t = tag.as_str();
-    let hex = t.strip_prefix("sha256-")?;
-    let hex = hex
-        .strip_suffix(".sig")
-        .or_else(|| hex.strip_suffix(".att"))?;
-    Digest::parse(&format!("sha256:{hex}")).ok()
+/// The kinds of artifact tag that name the image they belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArtifactTag {
+    /// cosign's legacy `sha256-<hex>.sig`.
+    Signature,
+    /// cosign's legacy `sha256-<hex>.att`.
+    Attestation,
+    /// The referrers tag schema's `sha256-<hex>` index (OCI distribution-spec v1.1), where
+    /// registries without the referrers API keep the list of an image's referrers.
+    Referrers,
 }
 
-/// Is this a cosign signature (`.sig`: simple-signing layers) or attestation (`.att`: DSSE
-/// envelope layers) artifact: an image manifest whose every layer is of that kind?
-fn is_cosign_artifact(media_type: &str, bytes: &[u8], attestation: bool) -> bool {
+/// The image an artifact tag belongs to, and the kind of tag.
+fn artifact_subject(tag: &Tag) -> Option<(Digest, ArtifactTag)> {
+    let t = tag.as_str();
+    let rest = t.strip_prefix("sha256-")?;
+    let (hex, kind) = if let Some(h) = rest.strip_suffix(".sig") {
+        (h, ArtifactTag::Signature)
+    } else if let Some(h) = rest.strip_suffix(".att") {
+        (h, ArtifactTag::Attestation)
+    } else {
+        (rest, ArtifactTag::Referrers)
+    };
+    Some((Digest::parse(&format!("sha256:{hex}")).ok()?, kind))
+}
+
+/// Is this manifest what its artifact tag promises: a cosign signature (every layer
+/// simple-signing) or attestation (every layer a DSSE envelope) image manifest, or a referrers
+/// index whose every entry is an artifact (has an `artifactType`), never a runnable image?
+fn is_cosign_artifact(media_type: &str, bytes: &[u8], kind: ArtifactTag) -> bool {
     #[derive(Deserialize)]
     struct Doc {
         #[serde(default)]
         layers: Vec<Layer>,
+        #[serde(default)]
+        manifests: Vec<Entry>,
     }
     #[derive(Deserialize)]
     struct Layer {
         #[serde(rename = "mediaType")]
         media_type: String,
     }
-    let want = if attestation {
-        "application/vnd.dsse.envelope.v1+json"
-    } else {
-        SIMPLE_SIGNING
-    };
-    if is_index(media_type) {
-        return false;
+    #[derive(Deserialize)]
+    struct Entry {
+        #[serde(rename = "artifactType")]
+        artifact_type: Option<String>,
     }
-    serde_json::from_slice::<Doc>(bytes)
-        .is_ok_and(|d| !d.layers.is_empty() && d.layers.iter().all(|l| l.media_type == want))
+    let Ok(doc) = serde_json::from_slice::<Doc>(bytes) else {
+        return false;
+    };
+    let want = match kind {
+        ArtifactTag::Referrers => {
+            return is_index(media_type)
+                && doc
+                    .manifests
+                    .iter()
+                    .all(|m| m.artifact_type.as_deref().is_some_and(|t| !t.is_empty()));
+        }
+        ArtifactTag::Attestation => DSSE_ENVELOPE,
+        ArtifactTag::Signature => SIMPLE_SIGNING,
+    };
+    !is_index(media_type)
+        && !doc.layers.is_empty()
+        && doc.layers.iter().all(|l| l.media_type == want)
 }
 
 /// The manifest fields the gate reads: enough to check the media type and to learn which
@@ -498,7 +612,8 @@ impl Oci {
         Ok(Err(first))
     }
 
-    /// Pinned-ness and, when the rule asks for it, the signature verdict of one digest.
+    /// Pinned-ness and, when the rule asks for them, the signature and attestation verdicts of
+    /// one digest.
     async fn evidence(
         &self,
         lp: &LoadedPolicy,
@@ -507,16 +622,24 @@ impl Oci {
         repo: &Repository,
         digest: &Digest,
     ) -> Result<Evidence, OciError> {
-        let signature = match &rule.signature {
-            None => None,
-            Some(_) => Some(self.signature_verdict(lp, reg, rule, repo, digest).await?),
-        };
+        let pinned = rule.digests.contains(digest);
+        if rule.signature.is_none() && rule.attestations.is_empty() {
+            return Ok(Evidence {
+                pinned,
+                signature: None,
+                attestations: Ok(()),
+            });
+        }
+        let v = self.signature_verdict(lp, reg, rule, repo, digest).await?;
         Ok(Evidence {
-            pinned: rule.digests.contains(digest),
-            signature,
+            pinned,
+            signature: v.signature,
+            attestations: v.attestations,
         })
     }
 
+    /// Verifies what the image's signers published (cached per repository and digest) under
+    /// the rule in force. A refusal is reached again on fresh artifacts after `tag_ttl`.
     async fn signature_verdict(
         &self,
         lp: &LoadedPolicy,
@@ -524,49 +647,75 @@ impl Oci {
         rule: &ImageRule,
         repo: &Repository,
         digest: &Digest,
-    ) -> Result<Result<Vec<String>, SignatureDeny>, OciError> {
-        let Some(sig) = &rule.signature else {
-            return Ok(Err(SignatureDeny::Unsigned));
-        };
+    ) -> Result<Verdict, OciError> {
         let now = now_secs();
         let vkey = (repo.clone(), *digest, lp.version);
         if let Some((v, at)) = lock(&self.sig_verdicts).get(&vkey) {
-            if v.is_ok() || now - at < self.tag_ttl {
+            if v.admits() || now - at < self.tag_ttl {
                 return Ok(v.clone());
             }
         }
-        let keys: Vec<&TrustedKey> = sig
-            .keys
-            .iter()
-            .filter_map(|k| lp.policy.keys.get(k))
-            .map(|k| k.as_ref())
-            .collect();
-        let verify = |layers: &[SignatureLayer]| {
-            verify_legacy(
-                layers,
-                digest,
-                repo,
-                rule.signed_identity.as_ref(),
-                &keys,
-                sig.threshold,
-            )
+        let keys_of = |names: &[String]| -> Vec<&TrustedKey> {
+            names
+                .iter()
+                .filter_map(|k| lp.policy.keys.get(k))
+                .map(|k| k.as_ref())
+                .collect()
         };
-        // Layers already fetched decide without the upstream when they admit (a policy change
-        // re-decides on them); a refusal on layers older than tag_ttl fetches them again, so a
-        // signature added later is seen.
+        let mut all_names: Vec<String> = rule
+            .signature
+            .iter()
+            .flat_map(|s| s.keys.iter().cloned())
+            .chain(
+                rule.attestations
+                    .iter()
+                    .flat_map(|a| a.keys.iter().cloned()),
+            )
+            .collect();
+        all_names.sort();
+        all_names.dedup();
+        let all_keys = keys_of(&all_names);
+        let wanted = rule.signed_identity.as_ref().unwrap_or(repo);
+        let judge = |artifacts: &[Artifact]| {
+            let ex = examine(
+                artifacts,
+                &Trust {
+                    keys: &all_keys,
+                    root: lp.policy.trust_root.as_deref(),
+                },
+            );
+            Verdict {
+                signature: rule.signature.as_ref().map(|s| {
+                    judge_signature(
+                        &ex,
+                        digest,
+                        wanted,
+                        &keys_of(&s.keys),
+                        &s.keyless,
+                        s.threshold,
+                    )
+                }),
+                attestations: rule.attestations.iter().try_for_each(|a| {
+                    judge_attestation(&ex, digest, a, &keys_of(&a.keys)).map(drop)
+                }),
+            }
+        };
+        // Artifacts already fetched decide without the upstream when they admit (a policy
+        // change re-decides on them); a refusal on artifacts older than tag_ttl fetches them
+        // again, so a signature added later is seen.
         let cached = lock(&self.sig_layers)
             .get(&(repo.clone(), *digest))
             .cloned();
         let verdict = match cached {
-            Some((layers, at)) => {
-                let v = verify(&layers);
-                if v.is_ok() || now - at < self.tag_ttl {
+            Some((artifacts, at)) => {
+                let v = judge(&artifacts);
+                if v.admits() || now - at < self.tag_ttl {
                     v
                 } else {
-                    verify(&self.signature_layers(reg, repo, digest).await?)
+                    judge(&self.signature_artifacts(reg, repo, digest).await?)
                 }
             }
-            None => verify(&self.signature_layers(reg, repo, digest).await?),
+            None => judge(&self.signature_artifacts(reg, repo, digest).await?),
         };
         let mut verdicts = lock(&self.sig_verdicts);
         if verdicts.len() >= MAX_CACHED_VERDICTS {
@@ -580,17 +729,102 @@ impl Oci {
         Ok(verdict)
     }
 
-    /// The layers of the cosign signature artifact of `digest` (tag `sha256-<hex>.sig` in the
-    /// same repository), each checked against its descriptor's digest and size. A missing
-    /// artifact is an empty list; an unreachable registry is an error, never "unsigned".
-    async fn signature_layers(
+    /// Everything the image's signers published: the cosign `.sig` and `.att` artifacts and the
+    /// Sigstore bundles among its referrers, fetched at once. Missing ones are simply absent; an
+    /// unreachable registry is an error, never "unsigned".
+    async fn signature_artifacts(
         &self,
         reg: &RegistryClient,
         repo: &Repository,
         digest: &Digest,
-    ) -> Result<Arc<Vec<SignatureLayer>>, OciError> {
-        let now = now_secs();
-        let ckey = (repo.clone(), *digest);
+    ) -> Result<Arc<Vec<Artifact>>, OciError> {
+        let (sig, att, bundles) = tokio::join!(
+            self.cosign_layers(reg, repo, digest, false),
+            self.cosign_layers(reg, repo, digest, true),
+            self.bundles(reg, repo, digest),
+        );
+        let mut artifacts = sig?;
+        artifacts.extend(att?);
+        artifacts.extend(bundles?);
+        artifacts.truncate(self.max_signatures);
+        let artifacts = Arc::new(artifacts);
+        let mut cache = lock(&self.sig_layers);
+        let bytes = |l: &[Artifact]| l.iter().map(Artifact::size).sum::<usize>();
+        let held: usize = cache.values().map(|(l, _)| bytes(l)).sum();
+        if cache.len() >= MAX_CACHED_VERDICTS
+            || held + bytes(&artifacts) > MAX_CACHED_SIGNATURE_BYTES
+        {
+            cache.clear();
+        }
+        cache.insert((repo.clone(), *digest), (artifacts.clone(), now_secs()));
+        drop(cache);
+        Ok(artifacts)
+    }
+
+    /// A small upstream blob, checked against its descriptor's digest and size. `None`: absent,
+    /// larger than `limit`, or not the bytes its digest names (ignored, as not a signature this
+    /// gate reads); an unreachable registry or a broken transfer is an error.
+    async fn small_blob(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        digest: &str,
+        size: u64,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let Ok(d) = Digest::parse(digest) else {
+            return Ok(None);
+        };
+        if size > limit {
+            return Ok(None);
+        }
+        let resp = match reg.open_blob(&repo.path, digest).await {
+            Ok(r) => r,
+            Err(RegistryError::NotFound) => return Ok(None),
+            Err(e) => return Err(registry_error(e, "BLOB_UNKNOWN")),
+        };
+        let bytes = match crate::fetch::read_limited(resp, size).await {
+            Ok(p) => p,
+            Err(crate::fetch::ReadError::TooLarge) => return Ok(None),
+            Err(crate::fetch::ReadError::Broken) => {
+                return Err(OciError::Coded(
+                    "UNAVAILABLE",
+                    ApiError::Unavailable("a signature artifact could not be read".into()),
+                ))
+            }
+        };
+        if Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()) != *d.sha() {
+            tracing::warn!(%repo, blob = %digest, "signature artifact does not match its digest; ignored");
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
+    /// A manifest fetched by tag or digest for signature lookup: `None` when absent.
+    async fn small_manifest(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        match reg.manifest(&repo.path, reference, false).await {
+            Err(RegistryError::NotFound) => Ok(None),
+            Err(e) => Err(registry_error(e, "MANIFEST_UNKNOWN")),
+            Ok(resp) => Ok(Some(
+                read_upstream(resp, self.manifest_bytes, "signature artifact").await?,
+            )),
+        }
+    }
+
+    /// The layers of cosign's legacy artifact of `digest`: `sha256-<hex>.sig` (simple-signing
+    /// payloads) or, with `attestation`, `sha256-<hex>.att` (DSSE envelopes).
+    async fn cosign_layers(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        digest: &Digest,
+        attestation: bool,
+    ) -> Result<Vec<Artifact>, OciError> {
         #[derive(Deserialize)]
         struct SigManifest {
             #[serde(default)]
@@ -605,78 +839,117 @@ impl Oci {
             #[serde(default)]
             annotations: std::collections::BTreeMap<String, String>,
         }
-        /// A simple-signing payload is a few hundred bytes; anything far larger is refused.
-        const MAX_PAYLOAD: u64 = 64 * 1024;
-        let unavailable = |e: RegistryError| registry_error(e, "MANIFEST_UNKNOWN");
-        let tag = format!("sha256-{}.sig", digest.sha());
-        let mut layers = Vec::new();
-        match reg.manifest(&repo.path, &tag, false).await {
-            Err(RegistryError::NotFound) => {}
-            Err(e) => return Err(unavailable(e)),
-            Ok(resp) => {
-                let body = read_upstream(resp, self.manifest_bytes, "signature artifact").await?;
-                let m: SigManifest = serde_json::from_slice(&body).map_err(|_| {
-                    OciError::Coded(
-                        "MANIFEST_INVALID",
-                        ApiError::BadUpstream(format!(
-                            "the signature artifact of {digest} is not a manifest"
-                        )),
-                    )
-                })?;
-                for l in m
-                    .layers
-                    .into_iter()
-                    .filter(|l| l.media_type == SIMPLE_SIGNING)
-                    .take(self.max_signatures)
-                {
-                    let Ok(ld) = Digest::parse(&l.digest) else {
-                        continue;
-                    };
-                    if l.size > MAX_PAYLOAD {
-                        continue;
-                    }
-                    let resp = match reg.open_blob(&repo.path, &l.digest).await {
-                        Ok(r) => r,
-                        Err(RegistryError::NotFound) => continue,
-                        Err(e) => return Err(unavailable(e)),
-                    };
-                    let payload = match crate::fetch::read_limited(resp, l.size).await {
-                        Ok(p) => p,
-                        // Too large for its descriptor: not a signature this gate reads.
-                        Err(crate::fetch::ReadError::TooLarge) => continue,
-                        // A transfer that broke is the registry failing, not "unsigned".
-                        Err(crate::fetch::ReadError::Broken) => {
-                            return Err(OciError::Coded(
-                                "UNAVAILABLE",
-                                ApiError::Unavailable(
-                                    "the signature artifact could not be read".into(),
-                                ),
-                            ))
-                        }
-                    };
-                    if Sha256::from_bytes(sha2::Sha256::digest(&payload).into()) != *ld.sha() {
-                        tracing::warn!(%repo, layer = %l.digest, "signature payload does not match its digest; ignored");
-                        continue;
-                    }
-                    layers.push(SignatureLayer {
-                        media_type: l.media_type,
-                        payload,
-                        annotations: l.annotations,
-                    });
-                }
-            }
-        }
-        let layers = Arc::new(layers);
-        let mut cache = lock(&self.sig_layers);
-        let bytes = |l: &[SignatureLayer]| l.iter().map(|x| x.payload.len()).sum::<usize>();
-        let held: usize = cache.values().map(|(l, _)| bytes(l)).sum();
-        if cache.len() >= MAX_CACHED_VERDICTS || held + bytes(&layers) > MAX_CACHED_SIGNATURE_BYTES
+        let (suffix, media_type) = if attestation {
+            ("att", DSSE_ENVELOPE)
+        } else {
+            ("sig", SIMPLE_SIGNING)
+        };
+        let tag = format!("sha256-{}.{suffix}", digest.sha());
+        let Some(body) = self.small_manifest(reg, repo, &tag).await? else {
+            return Ok(Vec::new());
+        };
+        let m: SigManifest = serde_json::from_slice(&body).map_err(|_| {
+            OciError::Coded(
+                "MANIFEST_INVALID",
+                ApiError::BadUpstream(format!(
+                    "the {suffix} artifact of {digest} is not a manifest"
+                )),
+            )
+        })?;
+        let mut out = Vec::new();
+        for l in m
+            .layers
+            .into_iter()
+            .filter(|l| l.media_type == media_type)
+            .take(self.max_signatures)
         {
-            cache.clear();
+            let Some(payload) = self
+                .small_blob(reg, repo, &l.digest, l.size, MAX_ARTIFACT_BYTES)
+                .await?
+            else {
+                continue;
+            };
+            let layer = SignatureLayer {
+                media_type: l.media_type,
+                payload,
+                annotations: l.annotations,
+            };
+            out.push(if attestation {
+                Artifact::Attestation(layer)
+            } else {
+                Artifact::Signature(layer)
+            });
         }
-        cache.insert(ckey, (layers.clone(), now));
-        drop(cache);
-        Ok(layers)
+        Ok(out)
+    }
+
+    /// The Sigstore bundles that refer to `digest`: listed by the referrers API (OCI
+    /// distribution-spec v1.1, "Listing Referrers") or, where the registry has none (404), by
+    /// the referrers tag schema's index under the tag `sha256-<hex>`. Each bundle manifest is
+    /// remembered as an artifact of `digest`, so downstream verifiers can fetch it through the
+    /// gate.
+    async fn bundles(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Vec<Artifact>, OciError> {
+        let index = match reg.referrers(&repo.path, &digest.to_string()).await {
+            Ok(resp) => Some(read_upstream(resp, self.manifest_bytes, "referrers index").await?),
+            Err(RegistryError::NotFound) => None,
+            Err(e) => return Err(registry_error(e, "NAME_UNKNOWN")),
+        };
+        let index = match index {
+            Some(i) => i,
+            None => match self
+                .small_manifest(reg, repo, &format!("sha256-{}", digest.sha()))
+                .await?
+            {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let Ok(doc) = serde_json::from_slice::<ReferrersDoc>(&index) else {
+            tracing::warn!(%repo, %digest, "the referrers index is not an index; no bundles read");
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for d in doc
+            .manifests
+            .iter()
+            .filter(|d| {
+                d.artifact_type
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX))
+            })
+            .take(self.max_signatures)
+        {
+            let Ok(md) = Digest::parse(&d.digest) else {
+                continue;
+            };
+            let Some(body) = self.small_manifest(reg, repo, &d.digest).await? else {
+                continue;
+            };
+            if Sha256::from_bytes(sha2::Sha256::digest(&body).into()) != *md.sha() {
+                tracing::warn!(%repo, manifest = %d.digest, "bundle manifest does not match its digest; ignored");
+                continue;
+            }
+            let Some((subject, layer)) = bundle_artifact(&body) else {
+                continue;
+            };
+            if subject != *digest {
+                continue;
+            }
+            let Some(bytes) = self
+                .small_blob(reg, repo, &layer.digest, layer.size, MAX_ARTIFACT_BYTES)
+                .await?
+            else {
+                continue;
+            };
+            self.record_artifact(repo, &md, digest).await?;
+            out.push(Artifact::Bundle(bytes));
+        }
+        Ok(out)
     }
 
     /// The decision for a runnable image: never through a signature-artifact link, and with
@@ -956,7 +1229,7 @@ impl Oci {
         };
         let (digest, tag) = match (reference, artifact_of) {
             (Reference::Digest(d), _) => (d, None),
-            (Reference::Tag(t), Some(subject)) => {
+            (Reference::Tag(t), Some((subject, kind))) => {
                 if let Err(d) = self.decide(lp, reg, rule, repo, &subject, None).await? {
                     return Err(self
                         .deny(action, repo, Some(t.to_string()), Some(&subject), d, client)
@@ -969,7 +1242,7 @@ impl Oci {
                 let bytes = tokio::fs::read(self.fetcher.cache.path(artifact.sha()))
                     .await
                     .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
-                if !is_cosign_artifact(&rec.media_type, &bytes, t.as_str().ends_with(".att")) {
+                if !is_cosign_artifact(&rec.media_type, &bytes, kind) {
                     let d = ImageDeny::DigestNotPinned {
                         repo: repo.clone(),
                         digest: artifact,
@@ -1004,11 +1277,17 @@ impl Oci {
             .await?
         {
             Ok(kind) => kind,
-            Err(d) => {
-                return Err(self
-                    .deny(action, repo, artifact, Some(&digest), d, client)
-                    .await)
-            }
+            Err(d) => match self
+                .bundle_of_admitted(lp, reg, rule, repo, &digest, tag.is_none())
+                .await?
+            {
+                Some(kind) => kind,
+                None => {
+                    return Err(self
+                        .deny(action, repo, artifact, Some(&digest), d, client)
+                        .await)
+                }
+            },
         };
         let rec = self.verified_manifest(reg, repo, &digest).await?;
         self.audit(
@@ -1142,6 +1421,53 @@ impl Oci {
             .map_err(ApiError::from)?;
         lock(&self.manifests).insert(*digest, rec.clone());
         Ok(rec)
+    }
+
+    /// A manifest asked for by digest that no rule admits may still be a Sigstore bundle
+    /// artifact (cosign v3) of an admitted image: downstream verifiers fetch it by the digest
+    /// the referrers list gives. It is fetched (the repository has a rule), and admitted only
+    /// if it is exactly a bundle artifact whose `subject` is admitted in this repository.
+    async fn bundle_of_admitted(
+        &self,
+        lp: &LoadedPolicy,
+        reg: &RegistryClient,
+        rule: &ImageRule,
+        repo: &Repository,
+        digest: &Digest,
+        by_digest: bool,
+    ) -> Result<Option<&'static str>, OciError> {
+        if !by_digest {
+            return Ok(None);
+        }
+        let rec = match self.verified_manifest(reg, repo, digest).await {
+            Ok(r) => r,
+            // Absent or not a manifest the gate accepts: the refusal stands. Only an
+            // unreachable registry is an error.
+            Err(OciError::Coded(code, _)) if code != "UNAVAILABLE" => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if is_index(&rec.media_type) {
+            return Ok(None);
+        }
+        let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
+            .await
+            .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
+        let Some((subject, _)) = bundle_artifact(&bytes) else {
+            return Ok(None);
+        };
+        if subject == *digest {
+            return Ok(None);
+        }
+        match self
+            .decide_with(lp, reg, rule, repo, &subject, None, false)
+            .await?
+        {
+            Ok(_) => {
+                self.record_artifact(repo, digest, &subject).await?;
+                Ok(Some("artifact_of_admitted"))
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     /// Remembers that `artifact` is a signature or attestation artifact of `subject`.

@@ -14,7 +14,10 @@ use toml::Spanned;
 
 use super::hash::Sha256;
 use super::name::ProjectName;
-use super::oci::{Digest, ImageRule, RepoPattern, Repository, Require, SignatureRule, Tag};
+use super::oci::{
+    AttestationRule, Digest, ImageRule, KeylessIdentity, RepoPattern, Repository, Require,
+    SignatureRule, SubjectMatch, Tag,
+};
 use super::units::parse_duration;
 
 /// Where a rule was written: shown in errors, decisions and audit events.
@@ -82,8 +85,11 @@ pub struct Policy {
     pub projects: BTreeMap<ProjectName, ProjectRules>,
     pub revoked: HashMap<Sha256, Revocation>,
     pub images: Vec<ImageRule>,
-    /// The keys `[image.signature]` rules name, read from `allowlist_dir/keys/` by the caller.
+    /// The keys `[image.signature]` and `[[image.attestation]]` rules name, read from
+    /// `allowlist_dir/keys/` by the caller.
     pub keys: HashMap<String, std::sync::Arc<crate::verify::cosign::TrustedKey>>,
+    /// The Sigstore trusted root, read by the caller when a rule names a keyless identity.
+    pub trust_root: Option<std::sync::Arc<crate::verify::trust::TrustRoot>>,
     pub files: usize,
 }
 
@@ -121,16 +127,33 @@ struct RawImage {
     require: Option<String>,
     signed_identity: Option<String>,
     signature: Option<RawSignature>,
-    attestation: Option<toml::Value>,
+    #[serde(default)]
+    attestation: Vec<RawAttestation>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSignature {
     keys: Option<Vec<String>>,
-    keyless: Option<toml::Value>,
+    keyless: Option<Vec<RawKeyless>>,
     threshold: Option<i64>,
     per_platform: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyless {
+    issuer: String,
+    subject: Option<String>,
+    subject_regex: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttestation {
+    predicate_type: String,
+    keys: Option<Vec<String>>,
+    keyless: Option<Vec<RawKeyless>>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +190,61 @@ impl Lines {
     }
 }
 
+/// The keys and keyless identities of a signature or attestation requirement: never none, key
+/// names plain file names in `keys/`, nothing listed twice, identities well formed.
+fn signers(
+    pattern: &RepoPattern,
+    what: &str,
+    keys: &Option<Vec<String>>,
+    keyless: &Option<Vec<RawKeyless>>,
+) -> Result<(Vec<String>, Vec<KeylessIdentity>), String> {
+    let keys = keys.clone().unwrap_or_default();
+    let raw_keyless = keyless.as_deref().unwrap_or_default();
+    if keys.is_empty() && raw_keyless.is_empty() {
+        return Err(format!("{pattern}: {what} names no keys and no keyless identities; a signature no one may make admits nothing"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for k in &keys {
+        let plain = !k.is_empty() && !k.starts_with('.') && !k.contains(['/', '\\', '\0']);
+        if !plain {
+            return Err(format!(
+                "{pattern}: key {k:?} must be a file name in the keys/ folder"
+            ));
+        }
+        if !seen.insert(k.clone()) {
+            return Err(format!("{pattern}: key {k:?} is listed twice"));
+        }
+    }
+    let mut identities = Vec::new();
+    let mut seen_ids = std::collections::BTreeSet::new();
+    for k in raw_keyless {
+        let issuer = k.issuer.trim();
+        if issuer.is_empty() {
+            return Err(format!(
+                "{pattern}: {what}: a keyless identity needs an issuer"
+            ));
+        }
+        let id = match (&k.subject, &k.subject_regex) {
+            (Some(s), None) if !s.is_empty() => KeylessIdentity {
+                issuer: issuer.to_string(),
+                subject: SubjectMatch::Exact(s.clone()),
+            },
+            (None, Some(re)) if !re.is_empty() => KeylessIdentity::new_regex(issuer, re)
+                .map_err(|e| format!("{pattern}: {what}: {e}"))?,
+            _ => {
+                return Err(format!("{pattern}: {what}: a keyless identity needs exactly one of subject and subject_regex, not empty"))
+            }
+        };
+        if !seen_ids.insert(id.to_string()) {
+            return Err(format!(
+                "{pattern}: {what}: keyless identity {id} is listed twice"
+            ));
+        }
+        identities.push(id);
+    }
+    Ok((keys, identities))
+}
+
 fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<ImageRule, String> {
     let pattern =
         RepoPattern::parse(&raw.repository).map_err(|e| format!("[[image]] repository: {e}"))?;
@@ -179,44 +257,39 @@ fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<I
             "{pattern}: registry {registry} is not configured in [[oci.registry]]"
         ));
     }
-    // Refused rather than ignored: a requirement the gate cannot check must never pass on
-    // digests alone.
-    if raw.attestation.is_some() {
-        return Err(format!("{pattern}: attestation requirements are not supported by this version of tollgate; this rule cannot be enforced"));
-    }
     let signature = match &raw.signature {
         None => None,
         Some(sig) => {
-            if sig.keyless.is_some() {
-                return Err(format!("{pattern}: keyless signature identities are not supported by this version of tollgate; this rule cannot be enforced"));
-            }
-            let keys = sig.keys.clone().unwrap_or_default();
-            if keys.is_empty() {
-                return Err(format!("{pattern}: [image.signature] names no keys; a signature no one may make admits nothing"));
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            for k in &keys {
-                let plain = !k.is_empty() && !k.starts_with('.') && !k.contains(['/', '\\', '\0']);
-                if !plain {
-                    return Err(format!(
-                        "{pattern}: key {k:?} must be a file name in the keys/ folder"
-                    ));
-                }
-                if !seen.insert(k) {
-                    return Err(format!("{pattern}: key {k:?} is listed twice"));
-                }
-            }
+            let (keys, keyless) = signers(&pattern, "[image.signature]", &sig.keys, &sig.keyless)?;
+            let count = keys.len() + keyless.len();
             let threshold = sig.threshold.unwrap_or(1);
-            if threshold < 1 || threshold as usize > keys.len() {
-                return Err(format!("{pattern}: threshold {threshold} must be between 1 and the number of keys ({})", keys.len()));
+            if threshold < 1 || threshold as usize > count {
+                return Err(format!("{pattern}: threshold {threshold} must be between 1 and the number of signers ({count}: keys and keyless identities)"));
             }
             Some(SignatureRule {
                 threshold: threshold as usize,
                 keys,
+                keyless,
                 per_platform: sig.per_platform.unwrap_or(false),
             })
         }
     };
+    let mut attestations = Vec::new();
+    for a in &raw.attestation {
+        let predicate_type = a.predicate_type.trim();
+        if predicate_type.is_empty() {
+            return Err(format!(
+                "{pattern}: [[image.attestation]] predicate_type is empty"
+            ));
+        }
+        let what = format!("[[image.attestation]] {predicate_type}");
+        let (keys, keyless) = signers(&pattern, &what, &a.keys, &a.keyless)?;
+        attestations.push(AttestationRule {
+            predicate_type: predicate_type.to_string(),
+            keys,
+            keyless,
+        });
+    }
     let require = match raw.require.as_deref() {
         None | Some("all") => Require::All,
         Some("any") => Require::Any,
@@ -254,6 +327,7 @@ fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<I
     }
     Ok(ImageRule {
         signature,
+        attestations,
         require,
         signed_identity,
         pattern,
@@ -663,6 +737,19 @@ mod tests {
         };
         let d = format!("sha256:{H1}");
         let p = reg(&format!("[[image]]\nrepository = \"nvcr.io/nvidia/*\"\ndigests = [\"{d}\"]\n[[image]]\nrepository = \"docker.io/ubuntu\"\ntags = [\"24.04\"]\ndigests = [\"{d}\"]\n")).unwrap();
+        let signed = reg("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = [\"k.pub\"]\nkeyless = [{ issuer = \"https://i\", subject_regex = \"^x.*$\" }]\nthreshold = 2\n[[image.attestation]]\npredicate_type = \"https://slsa.dev/provenance/v1\"\nkeyless = [{ issuer = \"https://i\", subject = \"b@example.com\" }]\n").unwrap();
+        let r = &signed.images[0];
+        assert_eq!(
+            r.signature
+                .as_ref()
+                .map(|s| (s.keys.len(), s.keyless.len(), s.threshold)),
+            Some((1, 1, 2))
+        );
+        assert_eq!(r.attestations.len(), 1);
+        assert_eq!(
+            r.attestations[0].predicate_type,
+            "https://slsa.dev/provenance/v1"
+        );
         assert_eq!(p.images.len(), 2);
         assert_eq!(p.images[1].pattern.to_string(), "docker.io/library/ubuntu");
         for (text, want) in [
@@ -672,8 +759,16 @@ mod tests {
             (format!("[[image]]\nrepository = \"nvcr.io/Bad\"\ndigests = [\"{d}\"]\n"), "not a valid repository"),
             (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\ntags = [\"-x\"]\n"), "not a valid tag"),
             (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\nrequire = \"some\"\n"), "require must be"),
-            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\n[image.signature]\nkeyless = [{{ issuer = \"x\", subject = \"y\" }}]\n"), "cannot be enforced"),
-            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\n[[image.attestation]]\npredicate_type = \"x\"\n"), "cannot be enforced"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeyless = [{ issuer = \"x\" }]\n".to_string(), "exactly one of subject"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeyless = [{ issuer = \"x\", subject = \"a\", subject_regex = \"b\" }]\n".to_string(), "exactly one of subject"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeyless = [{ issuer = \"\", subject = \"a\" }]\n".to_string(), "needs an issuer"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeyless = [{ issuer = \"x\", subject_regex = \"(\" }]\n".to_string(), "not a valid regular expression"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeyless = [{ issuer = \"x\", subject = \"a\", extra = 1 }]\n".to_string(), "unknown field"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeyless = [{ issuer = \"x\", subject = \"a\" }, { issuer = \"x\", subject = \"a\" }]\n".to_string(), "listed twice"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = [\"k.pub\"]\nkeyless = [{ issuer = \"x\", subject = \"a\" }]\nthreshold = 3\n".to_string(), "threshold 3"),
+            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\n[[image.attestation]]\npredicate_type = \"x\"\n"), "names no keys"),
+            (format!("[[image]]\nrepository = \"nvcr.io/a\"\ndigests = [\"{d}\"]\n[[image.attestation]]\npredicate_type = \" \"\nkeys = [\"k.pub\"]\n"), "predicate_type is empty"),
+            ("[[image]]\nrepository = \"nvcr.io/a\"\n[[image.attestation]]\npredicate_type = \"x\"\nkeys = [\"k.pub\"]\n".to_string(), "needs pinned digests"),
             ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = []\n".to_string(), "names no keys"),
             ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = [\"../k.pub\"]\n".to_string(), "file name"),
             ("[[image]]\nrepository = \"nvcr.io/a\"\n[image.signature]\nkeys = [\"k.pub\"]\nthreshold = 2\n".to_string(), "threshold 2"),

@@ -293,8 +293,8 @@ impl fmt::Display for RepoPattern {
     }
 }
 
-/// One `[[image]]` rule. Signature requirements are a later addition; `digests` is never empty
-/// in this version (the loader refuses a rule that admits nothing).
+/// One `[[image]]` rule: pinned digests and/or a signature requirement, plus the attestations
+/// that must verify in addition.
 #[derive(Debug, Clone)]
 pub struct ImageRule {
     pub pattern: RepoPattern,
@@ -305,18 +305,75 @@ pub struct ImageRule {
     pub require: Require,
     /// The repository signatures name, if not the pulled one.
     pub signed_identity: Option<Repository>,
+    /// `[[image.attestation]]`: every one must verify, whatever admitted the digest.
+    pub attestations: Vec<AttestationRule>,
     pub source: Source,
 }
 
-/// `[image.signature]`: cosign public keys (file names under `allowlist_dir/keys/`), never
-/// empty, and how many distinct keys must have signed.
+/// `[image.signature]`: cosign public keys (file names under `allowlist_dir/keys/`) and keyless
+/// identities, together never empty, and how many distinct signers must have signed.
 #[derive(Debug, Clone)]
 pub struct SignatureRule {
     pub keys: Vec<String>,
-    /// 1 ≤ threshold ≤ keys.len(), checked at load.
+    pub keyless: Vec<KeylessIdentity>,
+    /// 1 ≤ threshold ≤ keys + keyless entries, checked at load.
     pub threshold: usize,
     /// Each platform manifest of an index needs its own signature.
     pub per_platform: bool,
+}
+
+/// `[[image.attestation]]`: an in-toto statement of this predicate type about the image,
+/// signed by one of these signers (never none).
+#[derive(Debug, Clone)]
+pub struct AttestationRule {
+    pub predicate_type: String,
+    pub keys: Vec<String>,
+    pub keyless: Vec<KeylessIdentity>,
+}
+
+/// A keyless signer: the OIDC issuer (exact) and the subject Fulcio certified, matched as a
+/// whole string (CONTRACT.md: `subject` exactly, `subject_regex` anchored at both ends).
+#[derive(Debug, Clone)]
+pub struct KeylessIdentity {
+    pub issuer: String,
+    pub subject: SubjectMatch,
+}
+
+#[derive(Debug, Clone)]
+pub enum SubjectMatch {
+    Exact(String),
+    /// Compiled as `^(?:…)$` so that a pattern can never match part of a subject.
+    Regex(regex::Regex),
+}
+
+impl KeylessIdentity {
+    pub fn new_regex(issuer: &str, pattern: &str) -> Result<KeylessIdentity, String> {
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+            format!("subject_regex {pattern:?} is not a valid regular expression: {e}")
+        })?;
+        Ok(KeylessIdentity {
+            issuer: issuer.to_string(),
+            subject: SubjectMatch::Regex(re),
+        })
+    }
+
+    /// Does a certificate with these SAN identities and this OIDC issuer belong to this signer?
+    pub fn matches(&self, identities: &[String], issuer: Option<&str>) -> bool {
+        issuer == Some(self.issuer.as_str())
+            && identities.iter().any(|id| match &self.subject {
+                SubjectMatch::Exact(s) => id == s,
+                SubjectMatch::Regex(re) => re.is_match(id),
+            })
+    }
+}
+
+impl fmt::Display for KeylessIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.subject {
+            SubjectMatch::Exact(s) => write!(f, "{s} from {}", self.issuer),
+            SubjectMatch::Regex(re) => write!(f, "{} from {}", re.as_str(), self.issuer),
+        }
+    }
 }
 
 /// How pins and signatures combine when a rule has both.
@@ -333,6 +390,8 @@ pub struct Evidence {
     pub pinned: bool,
     /// The signature check's outcome; `None` when the rule asks for no signature.
     pub signature: Option<Result<Vec<String>, crate::verify::cosign::SignatureDeny>>,
+    /// The first attestation requirement that failed, if any.
+    pub attestations: Result<(), crate::verify::cosign::SignatureDeny>,
 }
 
 /// The decision for a manifest digest from its evidence, as CONTRACT.md's `require` says: with
@@ -350,7 +409,8 @@ pub fn decide_image(
         digest: *digest,
         tag: tag.cloned(),
     };
-    match (&ev.signature, rule.digests.is_empty()) {
+    // Attestations are required in addition to whatever admits the digest.
+    let admitted = match (&ev.signature, rule.digests.is_empty()) {
         (None, _) => ev.pinned.then_some(()).ok_or_else(not_pinned),
         (Some(sig), true) => sig
             .as_ref()
@@ -363,7 +423,9 @@ pub fn decide_image(
             (Require::Any, true, _) | (Require::Any, false, Ok(_)) => Ok(()),
             (Require::Any, false, Err(d)) => Err(ImageDeny::Signature(d.clone())),
         },
-    }
+    };
+    admitted?;
+    ev.attestations.clone().map_err(ImageDeny::Signature)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,6 +507,7 @@ mod tests {
             signature: None,
             require: Require::All,
             signed_identity: None,
+            attestations: vec![],
             source: Source {
                 file: "a.toml".into(),
                 line,
@@ -583,10 +646,12 @@ mod tests {
         let pinned = Evidence {
             pinned: true,
             signature: None,
+            attestations: Ok(()),
         };
         let loose = Evidence {
             pinned: false,
             signature: None,
+            attestations: Ok(()),
         };
         let d1 = Digest::parse(D1).unwrap();
         assert!(decide_image(&r, &repo, &d1, None, &pinned).is_ok());
@@ -611,6 +676,7 @@ mod tests {
         let unsigned = Some(Err(SignatureDeny::Unsigned));
         let sig = Some(SignatureRule {
             keys: vec!["k.pub".into()],
+            keyless: vec![],
             threshold: 1,
             per_platform: false,
         });
@@ -627,6 +693,7 @@ mod tests {
         let ev = |pinned: bool, signature: &Option<Result<Vec<String>, SignatureDeny>>| Evidence {
             pinned,
             signature: signature.clone(),
+            attestations: Ok(()),
         };
         let code = |r: &ImageRule, e: Evidence| {
             decide_image(r, &repo, &d, None, &e)
@@ -648,9 +715,57 @@ mod tests {
         assert_eq!(
             code(
                 &only_sig,
-                ev(false, &Some(Err(SignatureDeny::Untrusted { found: 2 })))
+                ev(
+                    false,
+                    &Some(Err(SignatureDeny::Untrusted { found: vec![] }))
+                )
             ),
             Some("untrusted_signer")
         );
+        // A missing attestation refuses even a pinned, signed digest.
+        let missing = Evidence {
+            attestations: Err(SignatureDeny::AttestationMissing {
+                predicate_type: "https://slsa.dev/provenance/v1".into(),
+            }),
+            ..ev(true, &signed)
+        };
+        assert_eq!(
+            code(&both_any, missing.clone()),
+            Some("attestation_missing")
+        );
+        assert_eq!(code(&both_all, missing), Some("attestation_missing"));
+    }
+
+    #[test]
+    fn keyless_identities_match_whole_strings() {
+        let gh = "https://token.actions.githubusercontent.com";
+        let re =
+            KeylessIdentity::new_regex(gh, "https://github.com/acme/.+@refs/tags/v.*").unwrap();
+        let ids = |s: &str| vec![s.to_string()];
+        assert!(re.matches(
+            &ids("https://github.com/acme/x/.github/workflows/r.yml@refs/tags/v1"),
+            Some(gh)
+        ));
+        // Anchored at both ends: a prefix or suffix around a match does not pass.
+        assert!(!re.matches(
+            &ids("https://evil.example/https://github.com/acme/x@refs/tags/v1"),
+            Some(gh)
+        ));
+        assert!(!re.matches(
+            &ids("https://github.com/acme/x@refs/tags/v1"),
+            Some("https://evil.example")
+        ));
+        assert!(!re.matches(&ids("https://github.com/acme/x@refs/tags/v1"), None));
+        // An alternation cannot escape the anchors.
+        let alt = KeylessIdentity::new_regex(gh, "a|b").unwrap();
+        assert!(!alt.matches(&ids("xa"), Some(gh)));
+        assert!(alt.matches(&ids("b"), Some(gh)));
+        let exact = KeylessIdentity {
+            issuer: gh.into(),
+            subject: SubjectMatch::Exact("mitr@redhat.com".into()),
+        };
+        assert!(exact.matches(&ids("mitr@redhat.com"), Some(gh)));
+        assert!(!exact.matches(&ids("mitr@redhat.com.evil"), Some(gh)));
+        assert!(KeylessIdentity::new_regex(gh, "(").is_err());
     }
 }

@@ -1,25 +1,27 @@
-//! cosign "legacy" signatures: the `sha256-<hex>.sig` artifact whose layers each carry a
-//! simple-signing payload (the layer's bytes) and its signature in the layer's annotations
-//! (cosign's `dev.cosignproject.cosign/signature`, base64).
+//! cosign's artifacts and the reasons a signature check refuses.
 //!
-//! Pure: the caller fetches the artifact and hands over its layers, the image digest and the
-//! trusted keys. Every check that sigstore-rs leaves to its caller is made here: the payload's
-//! digest must be the image's, the signed `docker-reference` must name the repository (or the
-//! rule's `signed_identity`), a signature counts once per distinct trusted key, and no key or no
-//! signature never passes.
+//! Legacy signatures are the `sha256-<hex>.sig` artifact whose layers each carry a
+//! simple-signing payload (the layer's bytes) and its signature in the layer's annotations
+//! (cosign's `dev.cosignproject.cosign/signature`, base64); legacy attestations are the
+//! `sha256-<hex>.att` artifact whose layers are DSSE envelopes. Keyless ones add the Fulcio
+//! certificate, its chain and the Rekor entry as annotations.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine;
 use serde::Deserialize;
 
 use super::keys::PublicKey;
-use crate::policy::oci::{reference_repository, Digest, Repository};
+use crate::policy::oci::{Digest, Repository};
 
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
-const SIGNATURE_TYPE: &str = "cosign container image signature";
+pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
+pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+pub(crate) const SIGNATURE_TYPE: &str = "cosign container image signature";
 
 /// One layer of a signature artifact.
 #[derive(Debug, Clone)]
@@ -78,14 +80,33 @@ impl TrustedKey {
     }
 }
 
-/// Why signatures did not admit an image. Each renders to one sentence.
+/// Why signatures or attestations did not admit an image. Each renders to one sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureDeny {
     Unsigned,
-    Untrusted { found: usize },
-    OtherRepository { signed: String, wanted: String },
-    OtherDigest { signed: String },
-    Threshold { signers: Vec<String>, need: usize },
+    /// Signatures exist, but none by a signer of the rule; `found` names who did sign, as far
+    /// as that is known (certificate identities; keys are only "an unknown key").
+    Untrusted {
+        found: Vec<String>,
+    },
+    OtherRepository {
+        signed: String,
+        wanted: String,
+    },
+    OtherDigest {
+        signed: String,
+    },
+    Threshold {
+        signers: Vec<String>,
+        need: usize,
+    },
+    AttestationMissing {
+        predicate_type: String,
+    },
+    AttestationUntrusted {
+        predicate_type: String,
+        found: Vec<String>,
+    },
 }
 
 impl SignatureDeny {
@@ -96,6 +117,8 @@ impl SignatureDeny {
             SignatureDeny::OtherRepository { .. } => "signature_other_repository",
             SignatureDeny::OtherDigest { .. } => "signature_other_digest",
             SignatureDeny::Threshold { .. } => "signature_threshold",
+            SignatureDeny::AttestationMissing { .. } => "attestation_missing",
+            SignatureDeny::AttestationUntrusted { .. } => "attestation_untrusted",
         }
     }
 }
@@ -106,7 +129,8 @@ impl fmt::Display for SignatureDeny {
             SignatureDeny::Unsigned => write!(f, "unsigned"),
             SignatureDeny::Untrusted { found } => write!(
                 f,
-                "signed, but by no trusted signer (found: {found} signature(s))"
+                "signed, but by no trusted signer (found: {})",
+                found.join("; ")
             ),
             SignatureDeny::OtherRepository { signed, wanted } => write!(
                 f,
@@ -121,37 +145,49 @@ impl fmt::Display for SignatureDeny {
                 signers.len(),
                 signers.join(", ")
             ),
+            SignatureDeny::AttestationMissing { predicate_type } => {
+                write!(f, "attestation {predicate_type} missing")
+            }
+            SignatureDeny::AttestationUntrusted {
+                predicate_type,
+                found,
+            } => write!(
+                f,
+                "attestation {predicate_type} present, but by no trusted signer (found: {})",
+                found.join("; ")
+            ),
         }
     }
 }
 
 #[derive(Deserialize)]
-struct Payload {
-    critical: Critical,
+pub(crate) struct Payload {
+    pub critical: Critical,
 }
 
 #[derive(Deserialize)]
-struct Critical {
-    identity: Identity,
-    image: Image,
+pub(crate) struct Critical {
+    pub identity: Identity,
+    pub image: Image,
     #[serde(rename = "type")]
-    kind: String,
+    pub kind: String,
 }
 
 #[derive(Deserialize)]
-struct Identity {
+pub(crate) struct Identity {
     #[serde(rename = "docker-reference")]
-    docker_reference: String,
+    pub docker_reference: String,
 }
 
 #[derive(Deserialize)]
-struct Image {
+pub(crate) struct Image {
     #[serde(rename = "docker-manifest-digest")]
-    docker_manifest_digest: String,
+    pub docker_manifest_digest: String,
 }
 
-/// Verifies legacy cosign signatures of the image `digest` in `repo`. Returns the names of the
-/// distinct trusted keys that signed it, when at least `threshold` (never less than one) did.
+/// Verifies legacy cosign signatures of the image `digest` in `repo` with keys only (no
+/// keyless identities). Returns the names of the distinct trusted keys that signed it, when at
+/// least `threshold` (never less than one) did.
 pub fn verify_legacy(
     layers: &[SignatureLayer],
     digest: &Digest,
@@ -160,73 +196,15 @@ pub fn verify_legacy(
     keys: &[&TrustedKey],
     threshold: usize,
 ) -> Result<Vec<String>, SignatureDeny> {
-    let wanted = signed_identity.unwrap_or(repo);
-    let signatures: Vec<(&SignatureLayer, Vec<u8>)> = layers
-        .iter()
-        // Another media type is another attachment, not a signature.
-        .filter(|l| l.media_type == SIMPLE_SIGNING)
-        .filter_map(|l| {
-            let sig = l.annotations.get(SIGNATURE_ANNOTATION)?;
-            let sig = base64::engine::general_purpose::STANDARD
-                .decode(sig.trim())
-                .ok()?;
-            Some((l, sig))
-        })
-        .collect();
-    if signatures.is_empty() {
-        return Err(SignatureDeny::Unsigned);
-    }
-    let mut signers = BTreeSet::new();
-    let mut fingerprints = BTreeSet::new();
-    let mut specific: Option<SignatureDeny> = None;
-    for (layer, sig) in &signatures {
-        for k in keys {
-            if !k.key.verifies(&layer.payload, sig) {
-                continue;
-            }
-            // Authentic; now it must be about this image, in this repository.
-            let Ok(p) = serde_json::from_slice::<Payload>(&layer.payload) else {
-                continue;
-            };
-            if p.critical.kind != SIGNATURE_TYPE {
-                continue;
-            }
-            if Digest::parse(&p.critical.image.docker_manifest_digest)
-                .ok()
-                .as_ref()
-                != Some(digest)
-            {
-                specific.get_or_insert(SignatureDeny::OtherDigest {
-                    signed: p.critical.image.docker_manifest_digest.clone(),
-                });
-                continue;
-            }
-            match reference_repository(&p.critical.identity.docker_reference) {
-                Ok(r) if &r == wanted => {
-                    if fingerprints.insert(k.fingerprint) {
-                        signers.insert(k.name.clone());
-                    }
-                }
-                _ => {
-                    specific.get_or_insert(SignatureDeny::OtherRepository {
-                        signed: p.critical.identity.docker_reference.clone(),
-                        wanted: wanted.to_string(),
-                    });
-                }
-            }
-        }
-    }
-    let need = threshold.max(1);
-    if !signers.is_empty() && signers.len() >= need {
-        return Ok(signers.into_iter().collect());
-    }
-    if !signers.is_empty() {
-        return Err(SignatureDeny::Threshold {
-            signers: signers.into_iter().collect(),
-            need,
-        });
-    }
-    Err(specific.unwrap_or(SignatureDeny::Untrusted {
-        found: signatures.len(),
-    }))
+    use super::sigstore::{examine, judge_signature, Artifact, Trust};
+    let artifacts: Vec<Artifact> = layers.iter().cloned().map(Artifact::Signature).collect();
+    let examined = examine(&artifacts, &Trust { keys, root: None });
+    judge_signature(
+        &examined,
+        digest,
+        signed_identity.unwrap_or(repo),
+        keys,
+        &[],
+        threshold,
+    )
 }

@@ -1,7 +1,10 @@
-//! Signature verification (cosign). Pure: artifacts and keys are handed in.
-//!
-//! This version verifies key-based legacy cosign signatures; rules that require signatures are
-//! still refused at load until the pull path consults this module.
+//! Signature and attestation verification (cosign legacy artifacts, Sigstore bundles), key-based
+//! and keyless, fully offline. Pure: artifacts, keys and the trusted root are handed in.
 
 pub mod cosign;
+pub mod dsse;
 pub mod keys;
+pub mod rekor;
+pub mod sigstore;
+pub mod trust;
+pub mod x509;

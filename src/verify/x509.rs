@@ -1,0 +1,306 @@
+//! X.509 certificates as Sigstore uses them: a short-lived Fulcio leaf that names the signer
+//! (its SAN) and the OIDC issuer that vouched for it (Fulcio's extensions), chained to a CA of
+//! the operator's trusted root, each certificate checked at the Rekor integrated time, never
+//! at "now" (Fulcio leaves live ten minutes).
+//!
+//! The chain check is deliberately narrow (RFC 5280 §6.1 for this one use): names chain, every
+//! signature verifies, every certificate is valid at the time, issuers are CAs allowed to sign
+//! certificates, the leaf is a code-signing end entity, and an unknown critical extension
+//! refuses the certificate (RFC 5280 §4.2).
+
+use x509_cert::der::oid::ObjectIdentifier;
+use x509_cert::der::{Decode, DecodePem, Encode};
+use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName};
+use x509_cert::Certificate;
+
+use super::keys::{Hash, PublicKey};
+
+const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+const RSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+const SAN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
+const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+const EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+const CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
+/// Fulcio's OIDC issuer extensions: v1 holds the raw string, v2 a DER UTF8String
+/// (github.com/sigstore/fulcio docs/oid-info.md).
+const FULCIO_ISSUER_V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.1");
+const FULCIO_ISSUER_V2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.8");
+/// The embedded SCT list (RFC 6962 §3.3); not critical in Fulcio certificates, read as known.
+const SCT_LIST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.11129.2.4.2");
+
+/// A parsed certificate with the fields the checks use.
+pub struct Cert {
+    pub der: Vec<u8>,
+    cert: Certificate,
+    /// The raw `tbsCertificate` bytes, exactly as signed.
+    tbs: Vec<u8>,
+    pub key: PublicKey,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl std::fmt::Debug for Cert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cert({})", self.cert.tbs_certificate.subject)
+    }
+}
+
+/// The first DER element inside a SEQUENCE, with its header: the signed `tbsCertificate`.
+fn first_inner_element(der: &[u8]) -> Option<&[u8]> {
+    fn header(b: &[u8]) -> Option<(usize, usize)> {
+        let first = *b.get(1)?;
+        if first < 0x80 {
+            return Some((2, first as usize));
+        }
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        Some((2 + n, len))
+    }
+    if der.first() != Some(&0x30) {
+        return None;
+    }
+    let (h, _) = header(der)?;
+    let inner = der.get(h..)?;
+    let (ih, ilen) = header(inner)?;
+    inner.get(..ih.checked_add(ilen)?)
+}
+
+impl Cert {
+    pub fn from_der(der: &[u8]) -> Result<Cert, String> {
+        let cert = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
+        let tbs = first_inner_element(der)
+            .ok_or("not a certificate")?
+            .to_vec();
+        let spki = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| format!("certificate key: {e}"))?;
+        let key = PublicKey::from_der(&spki).map_err(|e| format!("certificate key: {e}"))?;
+        let v = &cert.tbs_certificate.validity;
+        Ok(Cert {
+            der: der.to_vec(),
+            not_before: v.not_before.to_unix_duration().as_secs() as i64,
+            not_after: v.not_after.to_unix_duration().as_secs() as i64,
+            cert,
+            tbs,
+            key,
+        })
+    }
+
+    /// One PEM certificate.
+    pub fn from_pem(pem: &str) -> Result<Cert, String> {
+        let c = Certificate::from_pem(pem.trim().as_bytes())
+            .map_err(|e| format!("not a PEM certificate: {e}"))?;
+        Cert::from_der(&c.to_der().map_err(|e| e.to_string())?)
+    }
+
+    /// Every certificate of a PEM bundle (cosign's `chain` annotation).
+    pub fn from_pem_chain(pem: &str) -> Result<Vec<Cert>, String> {
+        Certificate::load_pem_chain(pem.trim().as_bytes())
+            .map_err(|e| format!("not a PEM certificate chain: {e}"))?
+            .iter()
+            .map(|c| Cert::from_der(&c.to_der().map_err(|e| e.to_string())?))
+            .collect()
+    }
+
+    pub fn valid_at(&self, t: i64) -> bool {
+        self.not_before <= t && t <= self.not_after
+    }
+
+    fn extension(&self, id: ObjectIdentifier) -> Option<(bool, &[u8])> {
+        self.cert
+            .tbs_certificate
+            .extensions
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .find(|e| e.extn_id == id)
+            .map(|e| (e.critical, e.extn_value.as_bytes()))
+    }
+
+    /// RFC 5280 §4.2: a critical extension this code does not process refuses the certificate.
+    fn unknown_critical(&self) -> Option<String> {
+        let known = [KEY_USAGE, SAN, BASIC_CONSTRAINTS, EXT_KEY_USAGE];
+        self.cert
+            .tbs_certificate
+            .extensions
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .find(|e| e.critical && !known.contains(&e.extn_id))
+            .map(|e| e.extn_id.to_string())
+    }
+
+    fn is_ca(&self) -> bool {
+        let bc = self
+            .extension(BASIC_CONSTRAINTS)
+            .and_then(|(_, v)| BasicConstraints::from_der(v).ok());
+        let ku = self
+            .extension(KEY_USAGE)
+            .and_then(|(_, v)| KeyUsage::from_der(v).ok());
+        // RFC 5280 §4.2.1.9 / §4.2.1.3: a certificate signs certificates only as a CA with
+        // keyCertSign, where key usage is present.
+        bc.is_some_and(|b| b.ca) && ku.as_ref().is_none_or(|k| k.key_cert_sign())
+    }
+
+    fn is_code_signing_leaf(&self) -> bool {
+        let ca = self
+            .extension(BASIC_CONSTRAINTS)
+            .and_then(|(_, v)| BasicConstraints::from_der(v).ok())
+            .is_some_and(|b| b.ca);
+        let eku = self
+            .extension(EXT_KEY_USAGE)
+            .and_then(|(_, v)| ExtendedKeyUsage::from_der(v).ok())
+            .is_some_and(|e| e.0.contains(&CODE_SIGNING));
+        let ku = self
+            .extension(KEY_USAGE)
+            .and_then(|(_, v)| KeyUsage::from_der(v).ok())
+            .is_none_or(|k| k.digital_signature());
+        !ca && eku && ku
+    }
+
+    /// Is this certificate signed by `issuer` (names chain and the signature verifies)?
+    fn issued_by(&self, issuer: &Cert) -> bool {
+        let (Ok(a), Ok(b)) = (
+            self.cert.tbs_certificate.issuer.to_der(),
+            issuer.cert.tbs_certificate.subject.to_der(),
+        ) else {
+            return false;
+        };
+        if a != b {
+            return false;
+        }
+        let alg = self.cert.signature_algorithm.oid;
+        let Some(sig) = self.cert.signature.as_bytes() else {
+            return false;
+        };
+        let ecdsa = matches!(issuer.key, PublicKey::P256(_) | PublicKey::P384(_));
+        let hash = if alg == ECDSA_SHA256 && ecdsa
+            || alg == RSA_SHA256 && matches!(issuer.key, PublicKey::Rsa(_))
+            || alg == ED25519 && matches!(issuer.key, PublicKey::Ed25519(_))
+        {
+            Hash::Sha256
+        } else if alg == ECDSA_SHA384 && ecdsa {
+            Hash::Sha384
+        } else {
+            return false;
+        };
+        issuer.key.verifies_with(hash, &self.tbs, sig)
+    }
+
+    /// The signer's identities: the SAN's e-mail addresses and URIs (Fulcio puts the OIDC
+    /// subject in exactly one of them).
+    pub fn identities(&self) -> Vec<String> {
+        use x509_cert::ext::pkix::name::GeneralName;
+        let Some(san) = self
+            .extension(SAN)
+            .and_then(|(_, v)| SubjectAltName::from_der(v).ok())
+        else {
+            return Vec::new();
+        };
+        san.0
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::Rfc822Name(s) | GeneralName::UniformResourceIdentifier(s) => {
+                    Some(s.to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The OIDC issuer Fulcio recorded (v2 extension preferred, v1 as written by older CAs).
+    pub fn oidc_issuer(&self) -> Option<String> {
+        if let Some((_, v)) = self.extension(FULCIO_ISSUER_V2) {
+            return x509_cert::der::asn1::Utf8StringRef::from_der(v)
+                .ok()
+                .map(|s| s.as_str().to_string());
+        }
+        self.extension(FULCIO_ISSUER_V1)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok().map(str::to_string))
+    }
+
+    /// Whether the certificate carries the embedded SCT list.
+    pub fn has_sct(&self) -> bool {
+        self.extension(SCT_LIST).is_some()
+    }
+}
+
+/// A CA of the trusted root: its certificates (as listed, leaf-most first) and when it may
+/// have issued.
+pub struct Authority {
+    pub certs: Vec<Cert>,
+    pub valid_from: i64,
+    pub valid_to: Option<i64>,
+}
+
+/// Checks that `leaf` is a code-signing certificate issued, directly or through the
+/// `intermediates` the signature carried, by a certificate of one of `authorities`, everything
+/// valid at `at`. The carried intermediates are untrusted: each must itself chain up.
+pub fn verify_chain(
+    leaf: &Cert,
+    intermediates: &[Cert],
+    authorities: &[Authority],
+    at: i64,
+) -> Result<(), String> {
+    if !leaf.valid_at(at) {
+        return Err(format!(
+            "the certificate was not valid at the log's integrated time {at}"
+        ));
+    }
+    if !leaf.is_code_signing_leaf() {
+        return Err("the certificate is not a code-signing end-entity certificate".into());
+    }
+    if let Some(ext) = leaf.unknown_critical() {
+        return Err(format!(
+            "the certificate has an unknown critical extension {ext}"
+        ));
+    }
+    let anchors: Vec<&Cert> = authorities
+        .iter()
+        .filter(|a| a.valid_from <= at && a.valid_to.is_none_or(|end| at <= end))
+        .flat_map(|a| a.certs.iter())
+        .filter(|c| c.valid_at(at) && c.is_ca() && c.unknown_critical().is_none())
+        .collect();
+    let usable: Vec<&Cert> = intermediates
+        .iter()
+        .filter(|c| c.valid_at(at) && c.is_ca() && c.unknown_critical().is_none())
+        .collect();
+    let mut current = leaf;
+    // Sigstore chains are leaf → intermediate → root; a few more hops cover private CAs.
+    for _ in 0..4 {
+        if anchors.iter().any(|a| current.issued_by(a)) {
+            return Ok(());
+        }
+        match usable
+            .iter()
+            .find(|c| !std::ptr::eq(**c, current) && current.issued_by(c))
+        {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    Err("the certificate was not issued by a CA of the trusted root".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn junk_is_not_a_certificate() {
+        assert!(Cert::from_der(b"junk").is_err());
+        assert!(Cert::from_pem("this is not a valid certificate").is_err());
+        assert!(first_inner_element(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
+    }
+}
