@@ -896,7 +896,8 @@ impl Oci {
     ) -> Result<Vec<Artifact>, OciError> {
         let index = match reg.referrers(&repo.path, &digest.to_string()).await {
             Ok(resp) => Some(read_upstream(resp, self.manifest_bytes, "referrers index").await?),
-            Err(RegistryError::NotFound) => None,
+            // No referrers API: the spec's answer is 404; some registries say 400 or 405.
+            Err(RegistryError::NotFound) | Err(RegistryError::Status(_, 400 | 405)) => None,
             Err(e) => return Err(registry_error(e, "NAME_UNKNOWN")),
         };
         let index = match index {
