@@ -85,6 +85,8 @@ pub struct Metrics {
     pub audit_events: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    signature_checks: AtomicU64,
+    signature_check_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -120,6 +122,14 @@ impl Metrics {
         }
         h.count.fetch_add(1, Relaxed);
         h.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// One verification of an image's signature artifacts (the cryptography and the rule,
+    /// without the upstream fetches).
+    pub fn signature_check(&self, took: Duration) {
+        self.signature_checks.fetch_add(1, Relaxed);
+        self.signature_check_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -166,6 +176,13 @@ impl Metrics {
                 self.upstream_errors[k].load(Relaxed)
             );
         }
+        let _ = writeln!(o, "# HELP tollgate_signature_check_seconds Time verifying signature and attestation artifacts (cryptography and rule; upstream fetches excluded).\n# TYPE tollgate_signature_check_seconds summary");
+        let _ = writeln!(
+            o,
+            "tollgate_signature_check_seconds_sum {}\ntollgate_signature_check_seconds_count {}",
+            self.signature_check_micros.load(Relaxed) as f64 / 1e6,
+            self.signature_checks.load(Relaxed)
+        );
         let _ = writeln!(o, "# HELP tollgate_upstream_latency_seconds Time to upstream response headers.\n# TYPE tollgate_upstream_latency_seconds histogram");
         for (k, kind) in UPSTREAMS.iter().enumerate() {
             let h = &self.upstream_latency[k];

@@ -677,6 +677,7 @@ impl Oci {
         let all_keys = keys_of(&all_names);
         let wanted = rule.signed_identity.as_ref().unwrap_or(repo);
         let judge = |artifacts: &[Artifact]| {
+            let started = std::time::Instant::now();
             let ex = examine(
                 artifacts,
                 &Trust {
@@ -684,7 +685,7 @@ impl Oci {
                     root: lp.policy.trust_root.as_deref(),
                 },
             );
-            Verdict {
+            let verdict = Verdict {
                 signature: rule.signature.as_ref().map(|s| {
                     judge_signature(
                         &ex,
@@ -698,7 +699,9 @@ impl Oci {
                 attestations: rule.attestations.iter().try_for_each(|a| {
                     judge_attestation(&ex, digest, a, &keys_of(&a.keys)).map(drop)
                 }),
-            }
+            };
+            self.metrics.signature_check(started.elapsed());
+            verdict
         };
         // Artifacts already fetched decide without the upstream when they admit (a policy
         // change re-decides on them); a refusal on artifacts older than tag_ttl fetches them
