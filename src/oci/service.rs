@@ -85,6 +85,8 @@ impl Verdict {
 /// An index listing referrers (the referrers API's answer or the referrers tag's index).
 #[derive(Deserialize)]
 struct ReferrersDoc {
+    #[serde(rename = "schemaVersion")]
+    schema_version: Option<u32>,
     #[serde(default)]
     manifests: Vec<ReferrerDescriptor>,
 }
@@ -125,8 +127,14 @@ fn bundle_artifact(bytes: &[u8]) -> Option<(Digest, Descriptor)> {
     }
     let doc: Doc = serde_json::from_slice(bytes).ok()?;
     let bundle = |t: &str| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX);
-    let typed = doc.artifact_type.as_deref().is_some_and(bundle)
-        || doc.config.as_ref().is_some_and(|c| bundle(&c.media_type));
+    // cosign writes an empty config (OCI image-spec "Guidelines for Artifact Usage"); an
+    // image config would make this a runnable image in disguise.
+    let config_ok = doc.config.as_ref().is_some_and(|c| {
+        c.media_type == "application/vnd.oci.empty.v1+json" || bundle(&c.media_type)
+    });
+    let typed = config_ok
+        && (doc.artifact_type.as_deref().is_some_and(bundle)
+            || doc.config.as_ref().is_some_and(|c| bundle(&c.media_type)));
     if !typed
         || !doc.manifests.is_empty()
         || doc.layers.len() != 1
@@ -913,10 +921,19 @@ impl Oci {
                 None => return Ok(Vec::new()),
             },
         };
-        let Ok(doc) = serde_json::from_slice::<ReferrersDoc>(&index) else {
-            tracing::warn!(%repo, %digest, "the referrers index is not an index; no bundles read");
-            return Ok(Vec::new());
-        };
+        // A referrers answer that is not an index is the registry misbehaving (502), not
+        // "no signatures".
+        let doc = serde_json::from_slice::<ReferrersDoc>(&index)
+            .ok()
+            .filter(|d| d.schema_version == Some(2))
+            .ok_or_else(|| {
+                OciError::Coded(
+                    "MANIFEST_INVALID",
+                    ApiError::BadUpstream(format!(
+                        "the referrers of {digest} are not an image index"
+                    )),
+                )
+            })?;
         let mut out = Vec::new();
         for d in doc
             .manifests
@@ -1726,12 +1743,14 @@ impl Oci {
                     })?
                     .to_string()
             }
-            Err(RegistryError::NotFound) => serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "manifests": [],
-            })
-            .to_string(),
+            Err(RegistryError::NotFound) | Err(RegistryError::Status(_, 400 | 405)) => {
+                serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": [],
+                })
+                .to_string()
+            }
             Err(e) => return Err(registry_error(e, "NAME_UNKNOWN")),
         };
         Response::builder()

@@ -348,6 +348,11 @@ pub enum SubjectMatch {
 
 impl KeylessIdentity {
     pub fn new_regex(issuer: &str, pattern: &str) -> Result<KeylessIdentity, String> {
+        // The pattern must be a regular expression on its own: otherwise unbalanced groups
+        // such as `a)|(.*` would close the anchoring group and match anything.
+        regex::Regex::new(pattern).map_err(|e| {
+            format!("subject_regex {pattern:?} is not a valid regular expression: {e}")
+        })?;
         let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
             format!("subject_regex {pattern:?} is not a valid regular expression: {e}")
         })?;
@@ -756,7 +761,9 @@ mod tests {
             Some("https://evil.example")
         ));
         assert!(!re.matches(&ids("https://github.com/acme/x@refs/tags/v1"), None));
-        // An alternation cannot escape the anchors.
+        // Neither an alternation nor unbalanced groups can escape the anchors.
+        assert!(KeylessIdentity::new_regex(gh, "a)|(.*").is_err());
+        assert!(KeylessIdentity::new_regex(gh, ")|(").is_err());
         let alt = KeylessIdentity::new_regex(gh, "a|b").unwrap();
         assert!(!alt.matches(&ids("xa"), Some(gh)));
         assert!(alt.matches(&ids("b"), Some(gh)));

@@ -71,7 +71,7 @@ pub struct TrustedKey {
 impl TrustedKey {
     pub fn from_pem(name: &str, pem: &str) -> Result<TrustedKey, String> {
         let key = PublicKey::from_pem(pem)?;
-        let fingerprint = PublicKey::fingerprint(pem).ok_or("the PEM body is not base64")?;
+        let fingerprint = key.fingerprint().ok_or("the key cannot be re-encoded")?;
         Ok(TrustedKey {
             name: name.to_string(),
             key,

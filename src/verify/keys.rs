@@ -93,19 +93,20 @@ impl PublicKey {
         }
     }
 
-    /// SHA-256 of the key's SubjectPublicKeyInfo (the PEM body): two files holding one key
-    /// have one fingerprint, so a threshold counts keys, not file names.
-    pub fn fingerprint(pem: &str) -> Option<[u8; 32]> {
-        use base64::Engine;
-        let body: String = pem
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.starts_with("-----") && !l.is_empty())
-            .collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .ok()?;
-        Some(<sha2::Sha256 as sha2::Digest>::digest(&der).into())
+    /// SHA-256 of the key's SubjectPublicKeyInfo, re-encoded from the parsed key (uncompressed
+    /// EC points): two files holding one key, in whatever encoding, have one fingerprint, so a
+    /// threshold counts keys, not file names.
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        use p256::pkcs8::EncodePublicKey;
+        let der = match self {
+            PublicKey::P256(k) => k.to_public_key_der().ok()?,
+            PublicKey::P384(k) => k.to_public_key_der().ok()?,
+            PublicKey::Rsa(k) => AsRef::<rsa::RsaPublicKey>::as_ref(k)
+                .to_public_key_der()
+                .ok()?,
+            PublicKey::Ed25519(k) => k.to_public_key_der().ok()?,
+        };
+        Some(<sha2::Sha256 as sha2::Digest>::digest(der.as_bytes()).into())
     }
 
     /// Does `sig` sign `msg` under this key, with the key's usual digest (SHA-256 for P-256
@@ -152,5 +153,29 @@ mod tests {
         assert!(!k.verifies(b"payload2", &sig));
         assert!(!k.verifies(b"payload", &sig[..10]));
         assert!(PublicKey::from_pem("not a key").is_err());
+    }
+
+    #[test]
+    fn one_key_in_two_encodings_has_one_fingerprint() {
+        use base64::Engine;
+        use p256::pkcs8::EncodePublicKey;
+        let sk = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let vk = sk.verifying_key();
+        let plain = vk.to_public_key_pem(Default::default()).unwrap();
+        // The same key with a compressed point (SEC1 §2.3.3), SPKI written out by hand.
+        let mut der = hex::decode("3039301306072a8648ce3d020106082a8648ce3d030107032200").unwrap();
+        der.extend_from_slice(vk.to_encoded_point(true).as_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        // RFC 7468 lines are at most 64 characters.
+        let compressed = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n{}\n-----END PUBLIC KEY-----\n",
+            &b64[..64],
+            &b64[64..]
+        );
+        assert_ne!(plain, compressed);
+        let a = PublicKey::from_pem(&plain).unwrap();
+        let b = PublicKey::from_pem(&compressed).unwrap();
+        assert!(a.fingerprint().is_some());
+        assert_eq!(a.fingerprint(), b.fingerprint());
     }
 }

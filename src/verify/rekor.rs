@@ -162,9 +162,12 @@ impl Entry {
                     "the log entry's inclusion proof does not lead to its root hash".into(),
                 );
             }
-            if let Some(cp) = &p.checkpoint {
-                verify_checkpoint(cp, p, &log.log_id, &log.key)?;
-            }
+            // The root hash means something only when the log signed it.
+            let cp = p
+                .checkpoint
+                .as_ref()
+                .ok_or("the log entry's inclusion proof has no signed checkpoint")?;
+            verify_checkpoint(cp, p, &log.log_id, &log.key)?;
         }
         Ok(())
     }

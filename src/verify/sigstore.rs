@@ -150,10 +150,19 @@ fn keyless(
             .and_then(|()| verify_chain(cert, chain, &root.authorities, e.integrated_time));
         match checked {
             Ok(()) => {
+                // Fulcio certifies exactly one subject; a certificate naming several could fill
+                // several keyless entries of a threshold on its own.
+                let identities = cert.identities();
+                if identities.len() != 1 {
+                    return Err(format!(
+                        "the certificate names {} e-mail/URI identities, not one",
+                        identities.len()
+                    ));
+                }
                 return Ok(Signer::Cert {
-                    identities: cert.identities(),
+                    identities,
                     issuer: cert.oidc_issuer(),
-                })
+                });
             }
             Err(err) => last = err,
         }

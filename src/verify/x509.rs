@@ -9,7 +9,7 @@
 //! refuses the certificate (RFC 5280 §4.2).
 
 use x509_cert::der::oid::ObjectIdentifier;
-use x509_cert::der::{Decode, DecodePem, Encode};
+use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName};
 use x509_cert::Certificate;
 
@@ -97,20 +97,30 @@ impl Cert {
         })
     }
 
-    /// One PEM certificate.
+    /// One PEM certificate (its own DER bytes, not a re-encoding).
     pub fn from_pem(pem: &str) -> Result<Cert, String> {
-        let c = Certificate::from_pem(pem.trim().as_bytes())
+        let (label, der) = x509_cert::der::pem::decode_vec(pem.trim().as_bytes())
             .map_err(|e| format!("not a PEM certificate: {e}"))?;
-        Cert::from_der(&c.to_der().map_err(|e| e.to_string())?)
+        if label != "CERTIFICATE" {
+            return Err(format!("not a PEM certificate ({label})"));
+        }
+        Cert::from_der(&der)
     }
 
     /// Every certificate of a PEM bundle (cosign's `chain` annotation).
     pub fn from_pem_chain(pem: &str) -> Result<Vec<Cert>, String> {
-        Certificate::load_pem_chain(pem.trim().as_bytes())
-            .map_err(|e| format!("not a PEM certificate chain: {e}"))?
-            .iter()
-            .map(|c| Cert::from_der(&c.to_der().map_err(|e| e.to_string())?))
-            .collect()
+        const END: &str = "-----END CERTIFICATE-----";
+        let mut out = Vec::new();
+        let mut rest = pem.trim();
+        while !rest.is_empty() {
+            let end = rest
+                .find(END)
+                .ok_or("not a PEM certificate chain")?
+                .saturating_add(END.len());
+            out.push(Cert::from_pem(&rest[..end])?);
+            rest = rest[end..].trim_start();
+        }
+        Ok(out)
     }
 
     pub fn valid_at(&self, t: i64) -> bool {
@@ -139,6 +149,15 @@ impl Cert {
             .iter()
             .find(|e| e.critical && !known.contains(&e.extn_id))
             .map(|e| e.extn_id.to_string())
+    }
+
+    /// May this CA issue a chain with `below` intermediate CAs under it (RFC 5280 §4.2.1.9
+    /// pathLenConstraint)?
+    fn allows_depth(&self, below: usize) -> bool {
+        self.extension(BASIC_CONSTRAINTS)
+            .and_then(|(_, v)| BasicConstraints::from_der(v).ok())
+            .and_then(|b| b.path_len_constraint)
+            .is_none_or(|max| below <= max as usize)
     }
 
     fn is_ca(&self) -> bool {
@@ -181,6 +200,10 @@ impl Cert {
             return false;
         }
         let alg = self.cert.signature_algorithm.oid;
+        // RFC 5280 §4.1.1.2: the signed and the outer algorithm must be the same.
+        if self.cert.tbs_certificate.signature.oid != alg {
+            return false;
+        }
         let Some(sig) = self.cert.signature.as_bytes() else {
             return false;
         };
@@ -278,13 +301,17 @@ pub fn verify_chain(
         .collect();
     let mut current = leaf;
     // Sigstore chains are leaf → intermediate → root; a few more hops cover private CAs.
-    for _ in 0..4 {
-        if anchors.iter().any(|a| current.issued_by(a)) {
+    // `below`: the intermediate CAs between the issuer being tried and the leaf.
+    for below in 0..4 {
+        if anchors
+            .iter()
+            .any(|a| current.issued_by(a) && a.allows_depth(below))
+        {
             return Ok(());
         }
         match usable
             .iter()
-            .find(|c| !std::ptr::eq(**c, current) && current.issued_by(c))
+            .find(|c| !std::ptr::eq(**c, current) && current.issued_by(c) && c.allows_depth(below))
         {
             Some(next) => current = next,
             None => break,
