@@ -1,25 +1,33 @@
-//! Audit events: one structured record for every allow and deny.
+//! Audit events: one structured record for every allow and deny, every admin change and every
+//! failed authentication.
 //!
 //! The request path only hands the event to a bounded channel; a background task writes it. A
 //! full channel makes the request wait rather than drop the record: an audit trail with gaps is
-//! worth less than a slower response.
+//! worth less than a slower response. The writer appends to the store's hash-chained log with
+//! group commit (one durable transaction per batch, so the gate's throughput does not depend on
+//! it); identical events within one batch (repeated cache-hit serves) become one entry with a
+//! count. Each entry names the SHA-256 of the one before it, so an edited, removed or reordered
+//! entry breaks the chain; the head is logged every minute so that an outside log anchors it.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use serde::Serialize;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::store::Store;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditEvent {
     /// Unix seconds.
     pub time: i64,
-    /// `pypi.page`, `pypi.file`, `pypi.metadata`, `oci.manifest`, `oci.blob`, `oci.tags`.
-    pub action: &'static str,
+    /// `pypi.page`, `pypi.file`, `pypi.metadata`, `oci.manifest`, `oci.blob`, `oci.tags`,
+    /// `admin.<what>` for admin changes, `auth` for failed authentications.
+    pub action: String,
     /// `allow` or `deny`.
-    pub decision: &'static str,
+    pub decision: String,
     /// Stable reason code: the rule kind for an allow, the deny code for a deny.
     pub reason: String,
     /// The human sentence (denials) or the rule's file:line (allows).
@@ -34,6 +42,14 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actual_sha256: Option<String>,
     pub client: String,
+    /// Who acted (an admin token's name and role), for admin changes and authentications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// An admin change's state before and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
 }
 
 impl AuditEvent {
@@ -48,8 +64,8 @@ impl AuditEvent {
     ) -> AuditEvent {
         AuditEvent {
             time: 0,
-            action,
-            decision: "deny",
+            action: action.to_string(),
+            decision: "deny".into(),
             reason: String::new(),
             detail: String::new(),
             subject,
@@ -57,13 +73,16 @@ impl AuditEvent {
             sha256,
             actual_sha256: None,
             client: client.to_string(),
+            actor: None,
+            before: None,
+            after: None,
         }
     }
 
     /// Allowed by a rule of kind `reason`, written at `source` (file:line).
     pub fn allow(self, reason: &str, source: String) -> AuditEvent {
         AuditEvent {
-            decision: "allow",
+            decision: "allow".into(),
             reason: reason.to_string(),
             detail: source,
             ..self
@@ -73,7 +92,7 @@ impl AuditEvent {
     /// Denied, with the reason code and the sentence the client saw.
     pub fn deny(self, reason: &str, detail: String) -> AuditEvent {
         AuditEvent {
-            decision: "deny",
+            decision: "deny".into(),
             reason: reason.to_string(),
             detail,
             ..self
@@ -81,43 +100,308 @@ impl AuditEvent {
     }
 }
 
+/// One stored entry of the chained log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    /// SHA-256 (hex) of the previous entry's JSON; 64 zeros for the first.
+    pub prev: String,
+    /// How many identical events this entry stands for (aggregated within one group commit).
+    pub count: u64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Events written per group commit at most.
+const BATCH: usize = 4096;
+/// How often the chain head is logged for an outside log to anchor.
+const HEAD_EVERY_SECS: i64 = 60;
+
+/// A stored value: `<sha256 hex of the JSON> <JSON>`.
+fn encode(entry: &AuditEntry) -> Result<(String, Vec<u8>), serde_json::Error> {
+    let json = serde_json::to_vec(entry)?;
+    let hash = hex::encode(sha2::Sha256::digest(&json));
+    let mut out = Vec::with_capacity(json.len() + 65);
+    out.extend_from_slice(hash.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(&json);
+    Ok((hash, out))
+}
+
+/// Splits a stored value into its recorded hash and the entry JSON.
+fn split(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let hash = std::str::from_utf8(bytes.get(..64)?).ok()?;
+    (bytes.get(64) == Some(&b' ')).then_some((hash, bytes.get(65..)?))
+}
+
+/// Decodes a stored value, checking it against its own recorded hash.
+pub fn decode(bytes: &[u8]) -> Option<(String, AuditEntry)> {
+    let (hash, json) = split(bytes)?;
+    if hex::encode(sha2::Sha256::digest(json)) != hash {
+        return None;
+    }
+    Some((hash.to_string(), serde_json::from_slice(json).ok()?))
+}
+
+/// The outcome of a chain check.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChainReport {
+    pub entries: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The first entry that breaks the chain, and why; `None`: intact.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Walks the whole log: every entry must match its recorded hash, name the previous entry's
+/// hash, and follow it without a gap in the sequence numbers.
+pub fn verify_chain(store: &Store) -> Result<ChainReport, crate::store::StoreError> {
+    let mut report = ChainReport {
+        entries: 0,
+        head_seq: 0,
+        head_hash: GENESIS.to_string(),
+        broken: None,
+    };
+    store.audit_scan(0, |seq, bytes| {
+        let why = match split(bytes) {
+            None => Some("the entry is not a hash and a record".to_string()),
+            Some((hash, json)) => {
+                if hex::encode(sha2::Sha256::digest(json)) != hash {
+                    Some("the entry does not match its recorded hash (edited)".into())
+                } else {
+                    match serde_json::from_slice::<AuditEntry>(json) {
+                        Err(_) => Some("the entry is not a valid record".into()),
+                        Ok(e) if e.seq != seq => Some(format!("the entry says it is #{}", e.seq)),
+                        Ok(_) if seq != report.head_seq + 1 => Some(format!(
+                            "entries #{}..#{} are missing",
+                            report.head_seq + 1,
+                            seq - 1
+                        )),
+                        Ok(e) if e.prev != report.head_hash => Some(
+                            "the entry does not follow the one before it (removed or reordered)"
+                                .into(),
+                        ),
+                        Ok(_) => {
+                            report.entries += 1;
+                            report.head_seq = seq;
+                            report.head_hash = hash.to_string();
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        match why {
+            Some(w) => {
+                report.broken = Some((seq, w));
+                false
+            }
+            None => true,
+        }
+    })?;
+    Ok(report)
+}
+
+/// Appends one event directly (one-shot commands that hold the store, such as
+/// `tollgate token create`), chained to the current head.
+pub fn append_blocking(store: &Store, mut ev: AuditEvent) -> Result<(), String> {
+    ev.time = crate::store::cache::now_secs();
+    let (seq, prev) = match store.audit_last().map_err(|e| e.to_string())? {
+        Some((seq, bytes)) => (
+            seq,
+            split(&bytes)
+                .map(|(h, _)| h.to_string())
+                .ok_or("the last audit entry is damaged; run tollgate audit verify")?,
+        ),
+        None => (0, GENESIS.to_string()),
+    };
+    let entry = AuditEntry {
+        seq: seq + 1,
+        prev,
+        count: 1,
+        event: ev,
+    };
+    let (_, bytes) = encode(&entry).map_err(|e| e.to_string())?;
+    store
+        .audit_append(&[(seq + 1, bytes)])
+        .map_err(|e| e.to_string())
+}
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Flush(oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<AuditEvent>,
+    tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
 }
 
+/// The writer's state: where the chain stands.
+struct Writer {
+    store: Option<Arc<Store>>,
+    metrics: Arc<Metrics>,
+    seq: u64,
+    head: String,
+    head_logged: i64,
+}
+
+impl Writer {
+    fn new(store: Option<Arc<Store>>, metrics: Arc<Metrics>) -> Writer {
+        let (seq, head) = store
+            .as_ref()
+            .and_then(|s| match s.audit_last() {
+                Ok(last) => last,
+                Err(e) => {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit log unreadable");
+                    None
+                }
+            })
+            .and_then(|(seq, bytes)| split(&bytes).map(|(h, _)| (seq, h.to_string())))
+            .unwrap_or((0, GENESIS.to_string()));
+        Writer {
+            store,
+            metrics,
+            seq,
+            head,
+            head_logged: 0,
+        }
+    }
+
+    /// Writes one batch: identical events (time aside) become one entry with a count.
+    async fn write(&mut self, events: Vec<AuditEvent>) {
+        let mut grouped: Vec<(AuditEvent, u64)> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for ev in events {
+            // Identical apart from the time: the same decision served again.
+            let key = serde_json::to_string(&AuditEvent {
+                time: 0,
+                ..ev.clone()
+            })
+            .unwrap_or_default();
+            match index.get(&key) {
+                Some(&i) if !key.is_empty() => grouped[i].1 += 1,
+                _ => {
+                    index.insert(key, grouped.len());
+                    grouped.push((ev, 1));
+                }
+            }
+        }
+        let mut rows = Vec::with_capacity(grouped.len());
+        let (mut seq, mut head) = (self.seq, self.head.clone());
+        for (event, count) in grouped {
+            match serde_json::to_string(&event) {
+                Ok(json) => {
+                    tracing::info!(target: "tollgate::audit", event = %json, count, "audit")
+                }
+                Err(e) => {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
+                }
+            }
+            let entry = AuditEntry {
+                seq: seq + 1,
+                prev: head.clone(),
+                count,
+                event,
+            };
+            match encode(&entry) {
+                Ok((hash, bytes)) => {
+                    seq += 1;
+                    head = hash;
+                    rows.push((seq, bytes));
+                }
+                Err(e) => {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit entry could not be encoded")
+                }
+            }
+        }
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let written = tokio::task::spawn_blocking(move || store.audit_append(&rows)).await;
+        match written {
+            Ok(Ok(())) => {
+                self.seq = seq;
+                self.head = head;
+            }
+            // The events are on the log stream; the chain stays where it was, intact.
+            Ok(Err(e)) => {
+                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
+                tracing::error!(target: "tollgate::audit", error = %e, "audit entries could not be stored");
+            }
+            Err(e) => {
+                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
+                tracing::error!(target: "tollgate::audit", error = %e, "audit writer task failed");
+            }
+        }
+        let now = crate::store::cache::now_secs();
+        if now - self.head_logged >= HEAD_EVERY_SECS {
+            self.head_logged = now;
+            tracing::info!(target: "tollgate::audit", head_seq = self.seq, head_hash = %self.head, "audit chain head");
+        }
+    }
+}
+
 impl Audit {
-    /// Starts the writer task. It ends when every `Audit` handle is dropped, after writing what
-    /// was queued.
-    pub fn start(metrics: Arc<Metrics>) -> (Audit, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<AuditEvent>(65_536);
+    /// Starts the writer task over the store's audit log (`None`: the log stream only, for
+    /// one-shot commands). It ends when every `Audit` handle is dropped, after writing what was
+    /// queued.
+    pub fn start(
+        metrics: Arc<Metrics>,
+        store: Option<Arc<Store>>,
+    ) -> (Audit, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Msg>(65_536);
+        let mut writer = Writer::new(store, metrics.clone());
         let task = tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                match serde_json::to_string(&ev) {
-                    Ok(json) => tracing::info!(target: "tollgate::audit", event = %json, "audit"),
-                    Err(e) => {
-                        tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
+            while let Some(first) = rx.recv().await {
+                let mut events = Vec::new();
+                let mut flushes = Vec::new();
+                let mut next = Some(first);
+                while let Some(m) = next.take() {
+                    match m {
+                        Msg::Event(e) => events.push(*e),
+                        Msg::Flush(done) => flushes.push(done),
                     }
+                    if events.len() < BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if !events.is_empty() {
+                    writer.write(events).await;
+                }
+                for done in flushes {
+                    let _ = done.send(());
                 }
             }
         });
         (Audit { tx, metrics }, task)
     }
 
-    /// Records a decision (stamping its time) and counts it in the metrics.
+    /// Records an event (stamping its time) and counts it in the metrics.
     pub async fn record(&self, mut ev: AuditEvent) {
         ev.time = crate::store::cache::now_secs();
         self.metrics.audit_events.fetch_add(1, Relaxed);
         self.metrics.decision(ev.decision == "allow", &ev.reason);
-        match self.tx.try_send(ev) {
+        match self.tx.try_send(Msg::Event(Box::new(ev))) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(ev)) => {
-                let _ = self.tx.send(ev).await;
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                let _ = self.tx.send(m).await;
             }
-            Err(mpsc::error::TrySendError::Closed(ev)) => {
+            Err(mpsc::error::TrySendError::Closed(Msg::Event(ev))) => {
                 tracing::error!(target: "tollgate::audit", event = ?ev, "audit writer stopped; event logged inline");
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Waits until everything recorded so far is stored (admin changes answer only after their
+    /// audit entry is durable; shutdown flushes the queue).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
         }
     }
 }

@@ -267,7 +267,7 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
                 )
                 .map_err(|e| e.to_string())?,
             );
-            let (audit, _) = crate::audit::Audit::start(metrics.clone());
+            let (audit, _) = crate::audit::Audit::start(metrics.clone(), None);
             let fetcher = std::sync::Arc::new(crate::fetch::Fetcher::new(
                 cache,
                 metrics.clone(),
@@ -318,4 +318,123 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
     });
     let _ = std::fs::remove_dir_all(&scratch);
     code
+}
+
+/// Opens the store for a command that needs it; a running gate holds it, so say where to go.
+fn open_store(config: &Config, instead: &str) -> Result<crate::store::Store, i32> {
+    let path = config.data_dir.join("tollgate.redb");
+    if !path.exists() {
+        eprintln!(
+            "error: no store at {} (has the gate run with this config?)",
+            path.display()
+        );
+        return Err(1);
+    }
+    match crate::store::Store::open(&path) {
+        Ok(s) => Ok(s),
+        Err(crate::store::StoreError::Locked(_)) => {
+            eprintln!(
+                "error: the store {} is in use by a running gate; {instead}",
+                path.display()
+            );
+            Err(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(1)
+        }
+    }
+}
+
+/// `tollgate token create`: mints an admin API token, printed once on stdout; the store keeps
+/// only its SHA-256. The creation is audited.
+pub fn token_create(config: &Config, role: &str, name: Option<&str>, expires: Option<&str>) -> i32 {
+    let role = match crate::admin::auth::Role::parse(role) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let now = crate::store::cache::now_secs();
+    let expires = match expires.map(crate::policy::units::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(now + d.as_secs() as i64),
+        Some(Err(e)) => {
+            eprintln!("error: --expires: {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        eprintln!("error: data_dir {}: {e}", config.data_dir.display());
+        return 1;
+    }
+    let path = config.data_dir.join("tollgate.redb");
+    let store = match crate::store::Store::open(&path) {
+        Ok(s) => s,
+        Err(crate::store::StoreError::Locked(_)) => {
+            eprintln!("error: the store {} is in use by a running gate; create tokens through POST /admin/v1/tokens (TOLLGATE_BOOTSTRAP_TOKEN_SHA256 gives a first admin credential)", path.display());
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("cli-{role}"));
+    let (rec, secret) = match crate::admin::auth::create(&store, &name, role, expires, now) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let info = crate::admin::auth::TokenInfo::from(&rec);
+    let mut ev = crate::audit::AuditEvent::about("admin", rec.id.clone(), None, None, "cli")
+        .allow("admin_change", "tokens.create".into());
+    ev.action = "admin.tokens.create".into();
+    ev.actor = Some("tollgate token create (local)".into());
+    ev.after = serde_json::to_value(&info).ok();
+    if let Err(e) = crate::audit::append_blocking(&store, ev) {
+        eprintln!("error: the token was made but its audit entry was not: {e}");
+        return 1;
+    }
+    eprintln!(
+        "token {} ({}, role {role}) created; it is shown once:",
+        rec.id, rec.name
+    );
+    println!("{}", secret.0);
+    0
+}
+
+/// `tollgate audit verify`: walks the audit chain; exit 1 naming the first broken entry.
+pub fn audit_verify(config: &Config) -> i32 {
+    let store = match open_store(config, "ask it instead: GET /admin/v1/audit/verify") {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match crate::audit::verify_chain(&store) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+        Ok(r) => match r.broken {
+            None => {
+                println!(
+                    "audit chain intact: {} entries, head #{} {}",
+                    r.entries, r.head_seq, r.head_hash
+                );
+                0
+            }
+            Some((seq, why)) => {
+                println!(
+                    "audit chain broken at entry #{seq}: {why} ({} entries before it verify)",
+                    r.entries
+                );
+                1
+            }
+        },
+    }
 }

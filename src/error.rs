@@ -23,6 +23,12 @@ pub enum ApiError {
     /// The upstream answered with bytes that are not what was pinned or declared.
     #[error("{0}")]
     BadUpstream(String),
+    /// No valid credential (admin API): 401 with a Bearer challenge.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Too many failed authentications from this client: 429 with Retry-After.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Anything else: logged with its cause, answered with a generic sentence.
     #[error("internal error")]
     Internal(String),
@@ -41,6 +47,8 @@ impl ApiError {
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,7 +69,46 @@ fn finish(mut resp: Response, status: StatusCode, content_type: &'static str) ->
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::admin::auth::THROTTLE_WINDOW_SECS),
+        );
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tollgate admin\""),
+        );
+    }
     resp
+}
+
+/// The admin API's error body: `{"error": "…"}`, with the same statuses and sentences.
+pub struct JsonError(pub ApiError);
+
+impl From<ApiError> for JsonError {
+    fn from(e: ApiError) -> Self {
+        JsonError(e)
+    }
+}
+
+impl From<crate::store::StoreError> for JsonError {
+    fn from(e: crate::store::StoreError) -> Self {
+        JsonError(e.into())
+    }
+}
+
+impl IntoResponse for JsonError {
+    fn into_response(self) -> Response {
+        let (status, message) = self.0.public();
+        let json = serde_json::json!({ "error": message });
+        finish(
+            (status, json.to_string()).into_response(),
+            status,
+            "application/json",
+        )
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -1,5 +1,6 @@
 //! tollgate: a supply-chain gate. This build serves the PyPI-compatible index.
 
+pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod cli;
@@ -44,6 +45,12 @@ pub struct AppState {
     pub oci: Arc<oci::service::Oci>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
+    pub store: Arc<Store>,
+    pub audit: Audit,
+    /// Failed admin authentications per client.
+    pub throttle: admin::auth::Throttle,
+    /// `TOLLGATE_BOOTSTRAP_TOKEN_SHA256`: an admin credential for making the first token.
+    pub bootstrap_sha256: Option<String>,
 }
 
 impl AppState {
@@ -58,6 +65,17 @@ impl AppState {
         })?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
+        let bootstrap_sha256 =
+            match std::env::var("TOLLGATE_BOOTSTRAP_TOKEN_SHA256") {
+                Err(_) => None,
+                Ok(v) if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(v.to_ascii_lowercase())
+                }
+                Ok(_) => return Err(
+                    "TOLLGATE_BOOTSTRAP_TOKEN_SHA256 must be the 64 hex digits of a token's sha256"
+                        .into(),
+                ),
+            };
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(
             Store::open(&config.data_dir.join("tollgate.redb")).map_err(|e| e.to_string())?,
@@ -71,7 +89,7 @@ impl AppState {
             )
             .map_err(|e| e.to_string())?,
         );
-        let (audit, _writer) = Audit::start(metrics.clone());
+        let (audit, _writer) = Audit::start(metrics.clone(), Some(store.clone()));
         let fetcher = Arc::new(fetch::Fetcher::new(
             cache.clone(),
             metrics.clone(),
@@ -87,11 +105,11 @@ impl AppState {
         )?);
         let pypi = Arc::new(Pypi::new(
             &config,
-            store,
+            store.clone(),
             cache,
             fetcher,
             metrics.clone(),
-            audit,
+            audit.clone(),
         )?);
         Ok(Arc::new(AppState {
             config,
@@ -101,6 +119,10 @@ impl AppState {
             oci,
             metrics,
             ready: AtomicBool::new(true),
+            store,
+            audit,
+            throttle: admin::auth::Throttle::default(),
+            bootstrap_sha256,
         }))
     }
 
@@ -263,6 +285,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(pypi::routes())
         .merge(oci::routes())
         .merge(admission::routes())
+        .merge(admin::routes(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -39,6 +39,41 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Admin API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint an admin API token (shown once, stored only as its SHA-256).
+    Create {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// e.g. 90d; without it the token does not expire.
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain; exit 1 naming the first broken entry.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +157,29 @@ fn main() -> ExitCode {
                 },
         } => match config(path.as_ref()) {
             Ok(c) => code(tollgate::cli::image_verify(&c, &reference)),
+            Err(e) => e,
+        },
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    role,
+                    name,
+                    expires,
+                    config: path,
+                },
+        } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::token_create(
+                &c,
+                &role,
+                name.as_deref(),
+                expires.as_deref(),
+            )),
+            Err(e) => e,
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { config: path },
+        } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::audit_verify(&c)),
             Err(e) => e,
         },
         Command::Allowlist { command } => match command {

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub cache_bytes: AtomicU64,
     pub stale_pages_served: AtomicU64,
     pub audit_events: AtomicU64,
+    pub audit_write_failures: AtomicU64,
+    pub auth_failures: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     signature_checks: AtomicU64,
@@ -262,6 +264,18 @@ impl Metrics {
                 "Audit events recorded.",
                 "counter",
                 &self.audit_events,
+            ),
+            (
+                "tollgate_audit_write_failures_total",
+                "Audit batches that could not be stored (their events are on the log stream only).",
+                "counter",
+                &self.audit_write_failures,
+            ),
+            (
+                "tollgate_auth_failures_total",
+                "Failed authentications on the admin API (missing, unknown, expired or revoked credentials).",
+                "counter",
+                &self.auth_failures,
             ),
             (
                 "tollgate_allowlist_reloads_total",

@@ -52,6 +52,8 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
             server.serve(svc).await
         }
     };
+    // Everything recorded before the listener closed is stored before the process exits.
+    state.audit.flush().await;
     result.map_err(|e| format!("cannot serve on {}: {e}", cfg.listen))
 }
 

@@ -92,6 +92,13 @@ fn pin_key(project: &ProjectName, filename: &str) -> String {
 }
 
 impl Pypi {
+    /// The first-sight pin of a file under a release rule, if the gate has seen it.
+    pub fn pin_for(&self, project: &ProjectName, filename: &str) -> Result<Option<Pin>, ApiError> {
+        Ok(self.store.get(PINS, &pin_key(project, filename))?)
+    }
+}
+
+impl Pypi {
     pub fn new(
         config: &Config,
         store: Arc<Store>,

@@ -58,8 +58,15 @@ pub const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
 /// `{repository}|{artifact digest}` → the image digest a `.sig`/`.att` artifact belongs to.
 pub const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 10] = [
-    ARTIFACTS, PINS, OBSERVED, PAGES, CACHED, METADATA, MANIFESTS, CHILDREN, BLOBREFS, TAGS,
+/// Admin API tokens: id → `TokenRecord` (the secret only as its SHA-256).
+pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+
+/// The audit log: sequence number → `<sha256 hex of the entry> <entry JSON>`, hash-chained
+/// (each entry names the hash of the one before it).
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+const TABLES: [TableDefinition<&str, &[u8]>; 11] = [
+    ARTIFACTS, PINS, OBSERVED, PAGES, CACHED, METADATA, MANIFESTS, CHILDREN, BLOBREFS, TAGS, TOKENS,
 ];
 
 pub struct Store {
@@ -79,8 +86,78 @@ impl Store {
         for t in TABLES {
             w.open_table(t)?;
         }
+        w.open_table(AUDIT)?;
         w.commit()?;
         Ok(Store { db })
+    }
+
+    /// Appends audit entries in one durable transaction (the audit writer's group commit).
+    pub fn audit_append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(AUDIT)?;
+            for (seq, bytes) in entries {
+                t.insert(*seq, bytes.as_slice())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The last audit entry, if any.
+    pub fn audit_last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AUDIT)?;
+        let last = t.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
+        Ok(last)
+    }
+
+    /// Calls `f` on audit entries after `after`, in order, until it returns false.
+    pub fn audit_scan(
+        &self,
+        after: u64,
+        mut f: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AUDIT)?;
+        for item in t.range(after.saturating_add(1)..)? {
+            let (k, v) = item?;
+            if !f(k.value(), v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes one record.
+    pub fn remove(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let w = self.db.begin_write()?;
+        let existed = {
+            let mut t = w.open_table(table)?;
+            let existed = t.remove(key)?.is_some();
+            existed
+        };
+        w.commit()?;
+        Ok(existed)
+    }
+
+    /// Test support: overwrites one audit entry's bytes (to show tampering is detected).
+    #[doc(hidden)]
+    pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(AUDIT)?;
+            t.insert(seq, bytes)?;
+        }
+        w.commit()?;
+        Ok(())
     }
 
     pub fn get<T: DeserializeOwned>(
