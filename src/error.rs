@@ -26,6 +26,15 @@ pub enum ApiError {
     /// No valid credential (admin API): 401 with a Bearer challenge.
     #[error("{0}")]
     Unauthorized(String),
+    /// The change conflicts with the state of the resource (a rule managed in git, …).
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` names an older version (412).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// A change without `If-Match` (428).
+    #[error("{0}")]
+    PreconditionRequired(String),
     /// Too many failed authentications from this client: 429 with Retry-After.
     #[error("{0}")]
     TooManyRequests(String),
@@ -48,6 +57,9 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -51,20 +51,27 @@ pub struct AppState {
     pub throttle: admin::auth::Throttle,
     /// `TOLLGATE_BOOTSTRAP_TOKEN_SHA256`: an admin credential for making the first token.
     pub bootstrap_sha256: Option<String>,
+    /// Serialises admin writes and reloads: each reads the rules, validates and applies.
+    pub admin_writes: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
     /// Opens the store and cache, loads the allowlists and builds the upstream clients.
     /// Must run inside a tokio runtime (the audit writer is a task).
     pub fn open(config: Config) -> Result<Arc<AppState>, String> {
-        let policy = load_policy(&config).map_err(|errs| {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
+        let store = Arc::new(
+            Store::open(&config.data_dir.join("tollgate.redb")).map_err(|e| e.to_string())?,
+        );
+        let api_rules = admin::rules::rules(&store).map_err(|e| e.to_string())?;
+        let api_revoked = admin::rules::revocations(&store).map_err(|e| e.to_string())?;
+        let policy = load_policy_with(&config, &api_rules, &api_revoked).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
         let bootstrap_sha256 =
             match std::env::var("TOLLGATE_BOOTSTRAP_TOKEN_SHA256") {
                 Err(_) => None,
@@ -77,9 +84,6 @@ impl AppState {
                 ),
             };
         let metrics = Arc::new(Metrics::default());
-        let store = Arc::new(
-            Store::open(&config.data_dir.join("tollgate.redb")).map_err(|e| e.to_string())?,
-        );
         let cache = Arc::new(
             Cache::open(
                 &config.data_dir,
@@ -123,6 +127,7 @@ impl AppState {
             audit,
             throttle: admin::auth::Throttle::default(),
             bootstrap_sha256,
+            admin_writes: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -134,15 +139,47 @@ impl AppState {
             .clone()
     }
 
-    /// Reloads every allowlist file. All or nothing: on any error the policy in force stays.
+    /// Builds the policy from the files and the API rules in the store, without applying it.
+    pub fn build_policy(
+        &self,
+        api_rules: &[admin::rules::ApiRule],
+    ) -> Result<policy::Policy, Vec<LoadError>> {
+        let one = |message: String| {
+            vec![LoadError {
+                file: "store".into(),
+                line: 0,
+                message,
+            }]
+        };
+        let revoked = admin::rules::revocations(&self.store).map_err(|e| one(e.to_string()))?;
+        load_policy_with(&self.config, api_rules, &revoked)
+    }
+
+    /// Puts a built policy in force (every request after this decides against it).
+    pub fn apply(&self, policy: policy::Policy) -> u64 {
+        let version = self.policy_version.fetch_add(1, Relaxed) + 1;
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(LoadedPolicy { policy, version });
+        self.pypi.invalidate();
+        version
+    }
+
+    /// Reloads every allowlist file (with the API rules). All or nothing: on any error the
+    /// policy in force stays.
     pub fn reload(&self) -> Result<(usize, usize), Vec<LoadError>> {
-        match load_policy(&self.config) {
+        let built = admin::rules::rules(&self.store)
+            .map_err(|e| {
+                vec![LoadError {
+                    file: "store".into(),
+                    line: 0,
+                    message: e.to_string(),
+                }]
+            })
+            .and_then(|r| self.build_policy(&r));
+        match built {
             Ok(policy) => {
                 let counts = (policy.exact_count(), policy.release_count());
-                let version = self.policy_version.fetch_add(1, Relaxed) + 1;
-                *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::new(LoadedPolicy { policy, version });
-                self.pypi.invalidate();
+                self.apply(policy);
                 self.metrics.reloads_ok.fetch_add(1, Relaxed);
                 Ok(counts)
             }
@@ -175,6 +212,17 @@ pub fn allowlist_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// Reads the allowlist files and builds the policy (the I/O half of `policy::allowlist::load`).
 pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
+    load_policy_with(config, &[], &[])
+}
+
+/// As [`load_policy`], with the rules and revocations made through the admin API: each API rule
+/// is validated by the same loader as a file (named `api:<id>`) and merged (an identical git
+/// rule makes it one rule; a conflicting one is an error at the API rule).
+pub fn load_policy_with(
+    config: &Config,
+    api_rules: &[admin::rules::ApiRule],
+    api_revocations: &[admin::rules::ApiRevocation],
+) -> Result<policy::Policy, Vec<LoadError>> {
     let one = |message: String| {
         vec![LoadError {
             file: config.allowlist_dir.display().to_string(),
@@ -193,6 +241,43 @@ pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
         &config.index_names(),
         &config.registry_hosts(),
     )?;
+    let mut api_errors = Vec::new();
+    for r in api_rules {
+        let name = format!("api:{}", r.id);
+        match policy::allowlist::load_with_registries(
+            &[(name.clone(), r.toml.clone())],
+            &config.index_names(),
+            &config.registry_hosts(),
+        ) {
+            Ok(p) => {
+                if let Err(message) = policy.merge(p) {
+                    api_errors.push(LoadError {
+                        file: name,
+                        line: 1,
+                        message,
+                    });
+                }
+            }
+            Err(es) => api_errors.extend(es),
+        }
+    }
+    for rv in api_revocations {
+        if let Ok(sha) = policy::Sha256::parse(&rv.sha256) {
+            policy
+                .revoked
+                .entry(sha)
+                .or_insert(policy::allowlist::Revocation {
+                    reason: rv.reason.clone(),
+                    source: policy::Source {
+                        file: format!("api:revoked by {}", rv.by),
+                        line: 1,
+                    },
+                });
+        }
+    }
+    if !api_errors.is_empty() {
+        return Err(api_errors);
+    }
     // Keys named by signature and attestation rules, from allowlist_dir/keys/; a missing or
     // unreadable key is a load error at the rule that names it, never a rule that silently
     // admits nothing.

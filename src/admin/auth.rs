@@ -120,7 +120,7 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn random_hex(bytes: usize) -> Result<String, String> {
+pub fn random_hex(bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];
     getrandom::getrandom(&mut buf).map_err(|e| format!("no randomness: {e}"))?;
     Ok(hex::encode(buf))

@@ -3,6 +3,7 @@
 //! force and "explain".
 
 pub mod auth;
+pub mod rules;
 
 use std::sync::Arc;
 
@@ -30,10 +31,20 @@ type ApiResult<T> = Result<T, JsonError>;
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     let limit = state.config.limits.admin_body_bytes as usize;
     let api = Router::new()
-        .route("/packages", get(packages))
-        .route("/images", get(images))
-        .route("/packages/{id}", get(package))
-        .route("/images/{id}", get(image))
+        .route("/packages", get(packages).post(package_create))
+        .route("/images", get(images).post(image_create))
+        .route(
+            "/packages/{id}",
+            get(package).put(package_update).delete(package_delete),
+        )
+        .route(
+            "/images/{id}",
+            get(image).put(image_update).delete(image_delete),
+        )
+        .route("/approvals", post(approve))
+        .route("/pins", get(pins))
+        .route("/pins/{id}/revoke", post(revoke))
+        .route("/export", get(export))
         .route("/explain", get(explain))
         .route("/audit", get(audit_query))
         .route("/audit/verify", get(audit_verify))
@@ -438,49 +449,73 @@ async fn reload(
 
 // ---- rules ----------------------------------------------------------------------------------
 
-/// A rule's id: stable for as long as the rule stays at the same place in the same file.
+/// A git rule's id: stable for as long as the rule stays at the same place in the same file.
 fn rule_id(kind: &str, source: &Source) -> String {
     use sha2::Digest as _;
     let h = sha2::Sha256::digest(format!("{kind}|{}|{}", source.file, source.line).as_bytes());
     hex::encode(&h[..8])
 }
 
-fn git_source(source: &Source) -> Value {
-    json!({ "managed": "git", "file": source.file, "line": source.line })
+/// Where a rule in force came from: a file (git) or the admin API (`api:<id>`).
+fn source_json(kind: &str, source: &Source, api: &[rules::ApiRule]) -> (String, Value) {
+    if let Some(id) = source.file.strip_prefix("api:") {
+        if let Some(r) = api.iter().find(|r| r.id == id) {
+            return (
+                r.id.clone(),
+                json!({ "managed": "api", "revision": r.revision, "created_by": r.created_by,
+                        "updated_by": r.updated_by, "created": r.created, "updated": r.updated,
+                        "approval": r.approval }),
+            );
+        }
+    }
+    (
+        rule_id(kind, source),
+        json!({ "managed": "git", "file": source.file, "line": source.line }),
+    )
 }
 
-fn package_rules(st: &AppState) -> Vec<Value> {
+/// A duration as allowlists write it, in the largest unit that divides it.
+fn duration_text(secs: u64) -> String {
+    for (unit, n) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs > 0 && secs % n == 0 {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// Package rules in force, in the shape the API accepts (plus `id`, `source`).
+fn package_rules(st: &AppState, api: &[rules::ApiRule]) -> Vec<Value> {
     let lp = st.policy();
     let mut out = Vec::new();
-    let mut names: Vec<&ProjectName> = lp.policy.projects.keys().collect();
-    names.sort_by_key(|n| n.to_string());
-    for name in names {
-        let rules = &lp.policy.projects[name];
+    for (name, rules) in &lp.policy.projects {
         for r in &rules.exact {
+            let (id, source) = source_json("package", &r.source, api);
             out.push(json!({
-                "id": rule_id("package", &r.source),
+                "id": id,
                 "name": name.to_string(),
                 "version": r.version.to_string(),
                 "sha256": r.sha256.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
                 "index": rules.index,
-                "source": git_source(&r.source),
+                "source": source,
             }));
         }
         for r in &rules.release {
+            let (id, source) = source_json("package", &r.source, api);
             out.push(json!({
-                "id": rule_id("package", &r.source),
+                "id": id,
                 "name": name.to_string(),
                 "specifier": r.specifiers.to_string(),
-                "min_age_seconds": r.min_age.as_secs(),
+                "min_age": duration_text(r.min_age.as_secs()),
                 "index": rules.index,
-                "source": git_source(&r.source),
+                "source": source,
             }));
         }
     }
     out
 }
 
-fn image_json(r: &ImageRule) -> Value {
+fn image_rules(st: &AppState, api: &[rules::ApiRule]) -> Vec<Value> {
     let keyless = |ids: &[crate::policy::oci::KeylessIdentity]| -> Vec<Value> {
         ids.iter()
             .map(|k| match &k.subject {
@@ -497,54 +532,583 @@ fn image_json(r: &ImageRule) -> Value {
             })
             .collect()
     };
-    json!({
-        "id": rule_id("image", &r.source),
-        "repository": match &r.pattern { RepoPattern::Exact(x) => x.to_string(), p => p.to_string() },
-        "tags": r.tags.as_ref().map(|t| t.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
-        "digests": r.digests.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-        "require": if r.require == Require::All { "all" } else { "any" },
-        "signed_identity": r.signed_identity.as_ref().map(|x| x.to_string()),
-        "signature": r.signature.as_ref().map(|s| json!({
-            "keys": s.keys, "keyless": keyless(&s.keyless), "threshold": s.threshold, "per_platform": s.per_platform,
-        })),
-        "attestations": r.attestations.iter().map(|a| json!({
-            "predicate_type": a.predicate_type, "keys": a.keys, "keyless": keyless(&a.keyless),
-        })).collect::<Vec<_>>(),
-        "source": git_source(&r.source),
-    })
-}
-
-async fn packages(State(st): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({ "packages": package_rules(&st) }))
-}
-
-async fn images(State(st): State<Arc<AppState>>) -> Json<Value> {
-    let lp = st.policy();
-    Json(json!({ "images": lp.policy.images.iter().map(image_json).collect::<Vec<_>>() }))
-}
-
-async fn package(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    valid_id(&id)?;
-    package_rules(&st)
-        .into_iter()
-        .find(|r| r["id"] == id.as_str())
-        .map(Json)
-        .ok_or_else(|| JsonError(ApiError::NotFound(format!("no package rule {id}"))))
-}
-
-async fn image(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    valid_id(&id)?;
     let lp = st.policy();
     lp.policy
         .images
         .iter()
-        .map(image_json)
-        .find(|r| r["id"] == id.as_str())
-        .map(Json)
-        .ok_or_else(|| JsonError(ApiError::NotFound(format!("no image rule {id}"))))
+        .map(|r: &ImageRule| {
+            let (id, source) = source_json("image", &r.source, api);
+            let mut v = json!({
+                "id": id,
+                "repository": match &r.pattern { RepoPattern::Exact(x) => x.to_string(), p => p.to_string() },
+                "require": if r.require == Require::All { "all" } else { "any" },
+                "source": source,
+            });
+            if let Some(t) = &r.tags {
+                v["tags"] = json!(t.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+            }
+            if !r.digests.is_empty() {
+                v["digests"] = json!(r.digests.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+            }
+            if let Some(si) = &r.signed_identity {
+                v["signed_identity"] = json!(si.to_string());
+            }
+            if let Some(sig) = &r.signature {
+                let mut o = json!({ "threshold": sig.threshold, "per_platform": sig.per_platform });
+                if !sig.keys.is_empty() {
+                    o["keys"] = json!(sig.keys);
+                }
+                if !sig.keyless.is_empty() {
+                    o["keyless"] = json!(keyless(&sig.keyless));
+                }
+                v["signature"] = o;
+            }
+            if !r.attestations.is_empty() {
+                v["attestation"] = json!(r
+                    .attestations
+                    .iter()
+                    .map(|a| {
+                        let mut o = json!({ "predicate_type": a.predicate_type });
+                        if !a.keys.is_empty() {
+                            o["keys"] = json!(a.keys);
+                        }
+                        if !a.keyless.is_empty() {
+                            o["keyless"] = json!(keyless(&a.keyless));
+                        }
+                        o
+                    })
+                    .collect::<Vec<_>>());
+            }
+            v
+        })
+        .collect()
+}
+
+fn api_rules(st: &AppState) -> Result<Vec<rules::ApiRule>, JsonError> {
+    Ok(rules::rules(&st.store)?)
+}
+
+async fn packages(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let api = api_rules(&st)?;
+    Ok(Json(json!({ "packages": package_rules(&st, &api) })))
+}
+
+async fn images(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let api = api_rules(&st)?;
+    Ok(Json(json!({ "images": image_rules(&st, &api) })))
+}
+
+/// One rule, with its ETag when it is an API rule (the version `If-Match` must name).
+fn one_rule(st: &AppState, kind: rules::Kind, id: &str) -> ApiResult<Response> {
+    valid_id(id)?;
+    let api = api_rules(st)?;
+    let all = match kind {
+        rules::Kind::Package => package_rules(st, &api),
+        rules::Kind::Image => image_rules(st, &api),
+    };
+    let found: Vec<Value> = all.into_iter().filter(|r| r["id"] == id).collect();
+    if found.is_empty() {
+        return Err(JsonError(ApiError::NotFound(format!(
+            "no {} rule {id}",
+            kind.table()
+        ))));
+    }
+    // A package rule made of one table is one rule; show it as such.
+    let body = if found.len() == 1 {
+        found[0].clone()
+    } else {
+        json!(found)
+    };
+    let mut resp = Json(body).into_response();
+    if let Some(r) = api.iter().find(|r| r.id == id) {
+        if let Ok(v) = HeaderValue::from_str(&r.etag()) {
+            resp.headers_mut().insert(header::ETAG, v);
+        }
+    }
+    Ok(resp)
+}
+
+async fn package(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Response> {
+    one_rule(&st, rules::Kind::Package, &id)
+}
+
+async fn image(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Response> {
+    one_rule(&st, rules::Kind::Image, &id)
+}
+
+enum Write {
+    Create(Value),
+    Update(String, Option<String>, Value),
+    Delete(String, Option<String>),
+}
+
+/// Creates, changes or deletes an API rule: validated by the allowlist loader together with
+/// every other rule, stored in one transaction, then put in force; admin writes are serialised,
+/// and a change must name the version it changes (`If-Match`).
+async fn write_rule(
+    st: &AppState,
+    actor: &Actor,
+    client: &ClientAddr,
+    kind: rules::Kind,
+    op: Write,
+    approval: Option<Value>,
+) -> ApiResult<Response> {
+    let _writing = st.admin_writes.lock().await;
+    let mut all = api_rules(st)?;
+    let now = now_secs();
+    let find =
+        |all: &[rules::ApiRule], id: &str, if_match: &Option<String>| -> Result<usize, JsonError> {
+            valid_id(id)?;
+            let Some(i) = all.iter().position(|r| r.id == id && r.kind == kind) else {
+                let in_git = match kind {
+                    rules::Kind::Package => package_rules(st, all),
+                    rules::Kind::Image => image_rules(st, all),
+                }
+                .iter()
+                .any(|r| r["id"] == id);
+                return Err(JsonError(if in_git {
+                    ApiError::Conflict(format!(
+                        "rule {id} is managed in git; change it in its allowlist file"
+                    ))
+                } else {
+                    ApiError::NotFound(format!("no {} rule {id}", kind.table()))
+                }));
+            };
+            match if_match {
+                None => Err(JsonError(ApiError::PreconditionRequired(format!(
+                    "a change needs If-Match with the rule's ETag ({})",
+                    all[i].etag()
+                )))),
+                Some(tag) if tag.trim() != all[i].etag() => {
+                    Err(JsonError(ApiError::PreconditionFailed(format!(
+                        "rule {id} has changed since {tag}; it is now {}",
+                        all[i].etag()
+                    ))))
+                }
+                Some(_) => Ok(i),
+            }
+        };
+    let toml_of =
+        |body: &Value| rules::to_toml(kind, body).map_err(|e| JsonError(ApiError::BadRequest(e)));
+    let (before, after, status, id) = match op {
+        Write::Create(body) => {
+            let rule = rules::ApiRule {
+                id: auth::random_hex(8).map_err(|e| JsonError(ApiError::Internal(e)))?,
+                kind,
+                toml: toml_of(&body)?,
+                revision: 1,
+                created: now,
+                created_by: actor.to_string(),
+                updated: now,
+                updated_by: actor.to_string(),
+                approval,
+            };
+            let id = rule.id.clone();
+            all.push(rule);
+            (None, Some(all.len() - 1), StatusCode::CREATED, id)
+        }
+        Write::Update(id, if_match, body) => {
+            let i = find(&all, &id, &if_match)?;
+            let old = all[i].clone();
+            all[i] = rules::ApiRule {
+                toml: toml_of(&body)?,
+                revision: old.revision + 1,
+                updated: now,
+                updated_by: actor.to_string(),
+                approval: None,
+                ..old.clone()
+            };
+            (Some(old), Some(i), StatusCode::OK, id)
+        }
+        Write::Delete(id, if_match) => {
+            let i = find(&all, &id, &if_match)?;
+            let old = all.remove(i);
+            (Some(old), None, StatusCode::NO_CONTENT, id)
+        }
+    };
+    let own = format!("api:{id}");
+    let policy = st.build_policy(&all).map_err(|errors| {
+        // Errors in the rule being written are about its fields; others name their rule.
+        let list: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                if e.file == own {
+                    let text = all.iter().find(|r| r.id == id).map(|r| r.toml.as_str());
+                    match text.and_then(|t| rules::field_at(t, e.line)) {
+                        Some(field) if !e.message.contains(&field) => {
+                            format!("{field}: {}", e.message)
+                        }
+                        _ => e.message.clone(),
+                    }
+                } else {
+                    e.to_string()
+                }
+            })
+            .collect();
+        JsonError(ApiError::BadRequest(format!(
+            "the rule is not valid: {}",
+            list.join("; ")
+        )))
+    })?;
+    let store = st.store.clone();
+    let write = after.map(|i| all[i].clone());
+    let rid = id.clone();
+    tokio::task::spawn_blocking(move || match &write {
+        Some(r) => store.put(crate::store::API_RULES, &r.id, r),
+        None => store.remove(crate::store::API_RULES, &rid).map(drop),
+    })
+    .await
+    .map_err(|e| JsonError(ApiError::Internal(e.to_string())))??;
+    st.apply(policy);
+    let shown = |r: &rules::ApiRule| json!({ "id": r.id, "revision": r.revision, "rule": rules::to_json(r) });
+    let action = match (&before, after) {
+        (None, _) => "create",
+        (Some(_), Some(_)) => "update",
+        (Some(_), None) => "delete",
+    };
+    audit_change(
+        st,
+        actor,
+        client,
+        &format!("{}s.{action}", kind.table()),
+        id.clone(),
+        before.as_ref().map(shown),
+        after.map(|i| shown(&all[i])),
+    )
+    .await;
+    let Some(i) = after else {
+        return Ok(status.into_response());
+    };
+    let r = &all[i];
+    let mut body = rules::to_json(r);
+    body["id"] = json!(r.id);
+    body["source"] = json!({ "managed": "api", "revision": r.revision, "created_by": r.created_by, "updated_by": r.updated_by, "approval": r.approval });
+    let mut resp = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&r.etag()) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+fn if_match(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+async fn package_create(
+    State(st): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Extension(client): Extension<ClientAddr>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let body: Value = parse_body(&body)?;
+    write_rule(
+        &st,
+        &actor,
+        &client,
+        rules::Kind::Package,
+        Write::Create(body),
+        None,
+    )
+    .await
+}
+
+async fn image_create(
+    State(st): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Extension(client): Extension<ClientAddr>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let body: Value = parse_body(&body)?;
+    write_rule(
+        &st,
+        &actor,
+        &client,
+        rules::Kind::Image,
+        Write::Create(body),
+        None,
+    )
+    .await
+}
+
+async fn package_update(
+    State(st): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Extension(client): Extension<ClientAddr>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let body: Value = parse_body(&body)?;
+    let op = Write::Update(id, if_match(&headers), body);
+    write_rule(&st, &actor, &client, rules::Kind::Package, op, None).await
+}
+
+async fn image_update(
+    State(st): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Extension(client): Extension<ClientAddr>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let body: Value = parse_body(&body)?;
+    let op = Write::Update(id, if_match(&headers), body);
+    write_rule(&st, &actor, &client, rules::Kind::Image, op, None).await
+}
+
+async fn package_delete(
+    State(st): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Extension(client): Extension<ClientAddr>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let op = Write::Delete(id, if_match(&headers));
+    write_rule(&st, &actor, &client, rules::Kind::Package, op, None).await
+}
+
+async fn image_delete(
+    State(st): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Extension(client): Extension<ClientAddr>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let op = Write::Delete(id, if_match(&headers));
+    write_rule(&st, &actor, &client, rules::Kind::Image, op, None).await
+}
+
+// ---- approvals and pins ---------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Approval {
+    name: String,
+    version: String,
+    index: Option<String>,
+}
+
+/// `POST /admin/v1/approvals`: fetches every file of the release from the project's upstream,
+/// hashes it, and pins those hashes as an API rule (shown with every file, hash and size).
+async fn approve(
+    State(st): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Extension(client): Extension<ClientAddr>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let req: Approval = parse_body(&body)?;
+    let name = ProjectName::parse(&req.name)
+        .map_err(|e| JsonError(ApiError::BadRequest(format!("name: {e}"))))?;
+    let version = req
+        .version
+        .parse::<pep440_rs::Version>()
+        .map_err(|e| JsonError(ApiError::BadRequest(format!("version: {e}"))))?;
+    // The project's bound index (a project already on the allowlist keeps its index).
+    let lp = st.policy();
+    let index = match (lp.policy.project(&name), &req.index) {
+        (Some(r), Some(i)) if &r.index != i => {
+            return Err(JsonError(ApiError::Conflict(format!(
+            "{name} is bound to index {:?}; approving it from {i:?} would be dependency confusion",
+            r.index
+        ))))
+        }
+        (Some(r), _) => r.index.clone(),
+        (None, Some(i)) => i.clone(),
+        (None, None) => st.config.index_names().first().cloned().unwrap_or_default(),
+    };
+    let files = st.pypi.release_files(&index, &name, &version).await?;
+    if files.is_empty() {
+        return Err(JsonError(ApiError::NotFound(format!(
+            "{name} {version} has no files on index {index:?}"
+        ))));
+    }
+    let rule = json!({
+        "name": name.to_string(),
+        "version": version.to_string(),
+        "sha256": files.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>(),
+        "index": index,
+    });
+    let approval = json!({ "by": actor.to_string(), "time": now_secs(), "files": files });
+    let resp = write_rule(
+        &st,
+        &actor,
+        &client,
+        rules::Kind::Package,
+        Write::Create(rule),
+        Some(approval),
+    )
+    .await?;
+    Ok(resp)
+}
+
+fn valid_sha(id: &str) -> Result<crate::policy::Sha256, JsonError> {
+    crate::policy::Sha256::parse(id).map_err(|_| {
+        JsonError(ApiError::BadRequest(format!(
+            "{id:?} is not a pin id (a sha256)"
+        )))
+    })
+}
+
+/// `GET /admin/v1/pins`: every pinned file hash and where the pin came from: a file's exact rule,
+/// an API rule or approval, or first sight under a release rule.
+async fn pins(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let lp = st.policy();
+    let api = api_rules(&st)?;
+    let revoked = |sha: &str| {
+        crate::policy::Sha256::parse(sha)
+            .ok()
+            .and_then(|h| lp.policy.revoked.get(&h))
+            .map(|r| json!({ "reason": r.reason, "by": r.source.file.strip_prefix("api:").unwrap_or(&r.source.to_string()) }))
+    };
+    let mut out = Vec::new();
+    for (name, rules) in &lp.policy.projects {
+        for r in &rules.exact {
+            let (rule, source) = source_json("package", &r.source, &api);
+            for h in &r.sha256 {
+                let sha = h.to_string();
+                let origin = if source["managed"] == "api" {
+                    if source["approval"].is_null() {
+                        "api"
+                    } else {
+                        "approval"
+                    }
+                } else {
+                    "file"
+                };
+                out.push(json!({ "id": sha, "sha256": sha, "project": name.to_string(), "version": r.version.to_string(),
+                                 "origin": origin, "rule": rule, "source": source, "revoked": revoked(&sha) }));
+            }
+        }
+    }
+    for (key, pin) in st.pypi.first_sight_pins()? {
+        let (project, filename) = key.split_once('/').unwrap_or((key.as_str(), ""));
+        out.push(json!({ "id": pin.sha256, "sha256": pin.sha256, "project": project, "filename": filename,
+                         "size": pin.size, "origin": "first_sight", "first_seen": pin.first_seen,
+                         "superseded": pin.superseded, "revoked": revoked(&pin.sha256) }));
+    }
+    Ok(Json(json!({ "pins": out })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    reason: String,
+}
+
+/// `POST /admin/v1/pins/{sha256}/revoke`: the file is refused from now on, whatever rule lists
+/// it, and stays revoked (a later approval does not bring it back).
+async fn revoke(
+    State(st): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Extension(client): Extension<ClientAddr>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let sha = valid_sha(&id)?;
+    let req: Revoke = parse_body(&body)?;
+    if req.reason.trim().is_empty() {
+        return Err(JsonError(ApiError::BadRequest(
+            "reason: say why the pin is revoked".into(),
+        )));
+    }
+    let _writing = st.admin_writes.lock().await;
+    let rec = rules::ApiRevocation {
+        sha256: sha.to_string(),
+        reason: req.reason.trim().to_string(),
+        by: actor.to_string(),
+        time: now_secs(),
+    };
+    let existing: Option<rules::ApiRevocation> =
+        st.store.get(crate::store::REVOKED, &rec.sha256)?;
+    if let Some(e) = existing {
+        return Ok((StatusCode::OK, Json(json!(e))).into_response());
+    }
+    let store = st.store.clone();
+    let write = rec.clone();
+    tokio::task::spawn_blocking(move || store.put(crate::store::REVOKED, &write.sha256, &write))
+        .await
+        .map_err(|e| JsonError(ApiError::Internal(e.to_string())))??;
+    let policy = st.build_policy(&api_rules(&st)?).map_err(|e| {
+        JsonError(ApiError::Internal(format!(
+            "{} error(s) rebuilding the policy",
+            e.len()
+        )))
+    })?;
+    st.apply(policy);
+    audit_change(
+        &st,
+        &actor,
+        &client,
+        "pins.revoke",
+        rec.sha256.clone(),
+        None,
+        Some(json!(rec)),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(json!(rec))).into_response())
+}
+
+// ---- export ---------------------------------------------------------------------------------
+
+/// `GET /admin/v1/export`: every rule in force as allowlist TOML (API rules ready to commit to
+/// git; a rule in both is one rule), plus the API's revocations.
+async fn export(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    let api = api_rules(&st)?;
+    let mut out = String::from("# tollgate allowlist export: every rule in force\n");
+    let strip = |mut v: Value| -> (String, Value) {
+        let src = v["source"].clone();
+        let from = if src["managed"] == "api" {
+            format!(
+                "# from the admin API, rule {} (revision {}, by {})",
+                v["id"].as_str().unwrap_or(""),
+                src["revision"],
+                src["updated_by"].as_str().unwrap_or("")
+            )
+        } else {
+            format!(
+                "# from git: {}:{}",
+                src["file"].as_str().unwrap_or(""),
+                src["line"]
+            )
+        };
+        if let Value::Object(m) = &mut v {
+            m.remove("id");
+            m.remove("source");
+        }
+        (from, v)
+    };
+    for (table, list) in [
+        ("package", package_rules(&st, &api)),
+        ("image", image_rules(&st, &api)),
+    ] {
+        for r in list {
+            let (from, body) = strip(r);
+            let text = toml::to_string(&json!({ table: [body] }))
+                .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?;
+            out.push('\n');
+            out.push_str(&from);
+            out.push('\n');
+            out.push_str(&text);
+        }
+    }
+    for r in rules::revocations(&st.store)? {
+        let text =
+            toml::to_string(&json!({ "revoke": [{ "sha256": r.sha256, "reason": r.reason }] }))
+                .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?;
+        out.push_str(&format!(
+            "\n# revoked through the admin API by {}\n{text}",
+            r.by
+        ));
+    }
+    let mut resp = Response::new(Body::from(out));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/toml; charset=utf-8"),
+    );
+    Ok(resp)
 }
 
 // ---- explain --------------------------------------------------------------------------------

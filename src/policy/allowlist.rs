@@ -98,6 +98,68 @@ impl Policy {
         self.projects.get(name)
     }
 
+    /// Adds the rules of `other` (rules made through the admin API) to this policy (the files'
+    /// rules). CONTRACT.md: git and API copies of one rule are one rule, git's copy kept; a
+    /// project bound to another index, or a repository that already has a different rule, is
+    /// a conflict.
+    pub fn merge(&mut self, other: Policy) -> Result<(), String> {
+        for (name, rules) in other.projects {
+            match self.projects.get_mut(&name) {
+                None => {
+                    self.projects.insert(name, rules);
+                }
+                Some(mine) => {
+                    if mine.index != rules.index {
+                        return Err(format!(
+                            "project {name} is bound to index {:?} by {}; a rule for index {:?} would be dependency confusion",
+                            mine.index,
+                            mine.exact
+                                .first()
+                                .map(|r| &r.source)
+                                .or(mine.release.first().map(|r| &r.source))
+                                .map(|s| s.to_string())
+                                .unwrap_or_default(),
+                            rules.index
+                        ));
+                    }
+                    for r in rules.exact {
+                        if !mine
+                            .exact
+                            .iter()
+                            .any(|m| m.version == r.version && m.sha256 == r.sha256)
+                        {
+                            mine.exact.push(r);
+                        }
+                    }
+                    for r in rules.release {
+                        if !mine.release.iter().any(|m| {
+                            m.specifiers.to_string() == r.specifiers.to_string()
+                                && m.min_age == r.min_age
+                        }) {
+                            mine.release.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        for rule in other.images {
+            match self.images.iter().find(|m| m.pattern == rule.pattern) {
+                None => self.images.push(rule),
+                Some(m) if m.same_as(&rule) => {}
+                Some(m) => {
+                    return Err(format!(
+                        "{} already has a different rule at {}; change that one instead",
+                        rule.pattern, m.source
+                    ))
+                }
+            }
+        }
+        for (sha, r) in other.revoked {
+            self.revoked.entry(sha).or_insert(r);
+        }
+        Ok(())
+    }
+
     pub fn exact_count(&self) -> usize {
         self.projects.values().map(|p| p.exact.len()).sum()
     }

@@ -310,6 +310,31 @@ pub struct ImageRule {
     pub source: Source,
 }
 
+impl ImageRule {
+    /// The same rule, wherever it was written (sources aside).
+    pub fn same_as(&self, other: &ImageRule) -> bool {
+        let ids = |v: &[KeylessIdentity]| v.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let sig = |r: &ImageRule| {
+            r.signature
+                .as_ref()
+                .map(|s| (s.keys.clone(), ids(&s.keyless), s.threshold, s.per_platform))
+        };
+        let att = |r: &ImageRule| {
+            r.attestations
+                .iter()
+                .map(|a| (a.predicate_type.clone(), a.keys.clone(), ids(&a.keyless)))
+                .collect::<Vec<_>>()
+        };
+        self.pattern == other.pattern
+            && self.tags == other.tags
+            && self.digests == other.digests
+            && self.require == other.require
+            && self.signed_identity == other.signed_identity
+            && sig(self) == sig(other)
+            && att(self) == att(other)
+    }
+}
+
 /// `[image.signature]`: cosign public keys (file names under `allowlist_dir/keys/`) and keyless
 /// identities, together never empty, and how many distinct signers must have signed.
 #[derive(Debug, Clone)]

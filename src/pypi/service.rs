@@ -91,7 +91,74 @@ fn pin_key(project: &ProjectName, filename: &str) -> String {
     format!("{project}/{filename}")
 }
 
+/// A file an approval pinned: its bytes were fetched and hashed by the gate.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ApprovedFile {
+    pub filename: String,
+    pub sha256: String,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yanked: Option<String>,
+}
+
 impl Pypi {
+    /// Every file of `project` `version` on its upstream `index`, each downloaded and hashed
+    /// (an upstream whose bytes differ from the hash it declares is refused: 502). Nothing is
+    /// cached: the files are fetched again, verified against these pins, when first installed.
+    pub async fn release_files(
+        &self,
+        index: &str,
+        project: &ProjectName,
+        version: &pep440_rs::Version,
+    ) -> Result<Vec<ApprovedFile>, ApiError> {
+        let upstream = self
+            .upstreams
+            .get(index)
+            .ok_or_else(|| ApiError::BadRequest(format!("no index named {index:?}")))?;
+        let files = upstream
+            .fetch_page(project)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let mut out = Vec::new();
+        for f in files {
+            let Ok(dist) = DistFilename::parse(&f.filename, project) else {
+                continue;
+            };
+            if dist.version != *version
+                || (self.wheels_only && dist.kind == crate::policy::filename::DistKind::Sdist)
+            {
+                continue;
+            }
+            let (sha, size, temp) = self
+                .hash_remote(upstream, &f.url)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("{}: {e}", f.filename)))?;
+            if let Some(t) = temp {
+                let _ = tokio::fs::remove_file(&t.path).await;
+            }
+            if let Some(declared) = &f.sha256 {
+                if *declared != sha.to_string() {
+                    return Err(ApiError::BadUpstream(format!(
+                        "{}: the upstream declares sha256 {declared} but serves bytes with sha256 {sha}; nothing was approved",
+                        f.filename
+                    )));
+                }
+            }
+            out.push(ApprovedFile {
+                filename: f.filename,
+                sha256: sha.to_string(),
+                size,
+                yanked: f.yanked,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every first-sight pin (`project/filename` → pin).
+    pub fn first_sight_pins(&self) -> Result<Vec<(String, Pin)>, ApiError> {
+        Ok(self.store.all(PINS)?)
+    }
+
     /// The first-sight pin of a file under a release rule, if the gate has seen it.
     pub fn pin_for(&self, project: &ProjectName, filename: &str) -> Result<Option<Pin>, ApiError> {
         Ok(self.store.get(PINS, &pin_key(project, filename))?)

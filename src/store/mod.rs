@@ -65,8 +65,14 @@ pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// (each entry names the hash of the one before it).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 11] = [
-    ARTIFACTS, PINS, OBSERVED, PAGES, CACHED, METADATA, MANIFESTS, CHILDREN, BLOBREFS, TAGS, TOKENS,
+/// Rules made through the admin API: id → `ApiRule`.
+pub const API_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("api_rules");
+/// Pins revoked through the admin API: sha256 → `ApiRevocation`.
+pub const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
+
+const TABLES: [TableDefinition<&str, &[u8]>; 13] = [
+    ARTIFACTS, PINS, OBSERVED, PAGES, CACHED, METADATA, MANIFESTS, CHILDREN, BLOBREFS, TAGS,
+    TOKENS, API_RULES, REVOKED,
 ];
 
 pub struct Store {
