@@ -97,7 +97,31 @@ pub struct OciConfig {
     pub trusted_root: Option<PathBuf>,
     pub tag_ttl: Duration,
     pub default_registry: String,
+    /// Pulls and `/api/v1/verify` need a token of role `puller` or above.
+    pub require_auth: bool,
     pub registries: Vec<RegistryConfig>,
+}
+
+/// Where the OIDC issuer's signing keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(Url),
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: JwksSource,
+    pub role_claim: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// Serve `/admin` only here (and not on `listen`).
+    pub listen: Option<SocketAddr>,
+    pub oidc: Option<OidcConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +137,23 @@ pub struct Config {
     pub tls: Option<Tls>,
     pub pypi: PypiConfig,
     pub oci: OciConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    oidc: Option<RawOidc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: String,
+    audience: String,
+    jwks: String,
+    role_claim: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,6 +168,7 @@ struct RawConfig {
     tls: Option<RawTls>,
     pypi: Option<RawPypi>,
     oci: Option<RawOci>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Deserialize, Default)]
@@ -238,15 +280,6 @@ impl Config {
             line,
             message,
         };
-        // Sections of the contract that belong to parts of the gate this build does not have are
-        // refused by name, so an operator is not left believing they took effect.
-        if let Ok(toml::Value::Table(t)) = toml::from_str::<toml::Value>(text) {
-            for key in ["admin"] {
-                if t.contains_key(key) {
-                    return Err(invalid(1, format!("[{key}] is not supported by this version of tollgate (the admin API is not built yet)")));
-                }
-            }
-        }
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -420,13 +453,47 @@ impl Config {
         }
 
         let ro = raw.oci.unwrap_or_default();
-        if ro.require_auth == Some(true) {
-            return Err(invalid(
-                line_of("require_auth"),
-                "[oci] require_auth needs the admin API's tokens, which this version does not have"
-                    .into(),
-            ));
-        }
+        let ra = raw.admin.unwrap_or_default();
+        let admin_listen =
+            match &ra.listen {
+                None => None,
+                Some(l) => Some(l.parse::<SocketAddr>().map_err(|e| {
+                    invalid(line_of("listen"), format!("[admin] listen {l:?}: {e}"))
+                })?),
+            };
+        let oidc = match ra.oidc {
+            None => None,
+            Some(o) => {
+                let at = line_of("[admin.oidc]");
+                if o.issuer.trim().is_empty() || o.audience.trim().is_empty() {
+                    return Err(invalid(
+                        at,
+                        "[admin.oidc] issuer and audience must not be empty".into(),
+                    ));
+                }
+                let jwks = if o.jwks.starts_with("https://") || o.jwks.starts_with("http://") {
+                    let url = Url::parse(&o.jwks)
+                        .map_err(|e| invalid(at, format!("[admin.oidc] jwks: {e}")))?;
+                    let host = url.host_str().unwrap_or_default().to_string();
+                    if url.scheme() != "https" && !is_loopback_host(&host) {
+                        return Err(invalid(
+                            at,
+                            "[admin.oidc] jwks must be https (http only for loopback) or a file"
+                                .into(),
+                        ));
+                    }
+                    JwksSource::Url(url)
+                } else {
+                    JwksSource::File(resolve(&o.jwks))
+                };
+                Some(OidcConfig {
+                    issuer: o.issuer,
+                    audience: o.audience,
+                    jwks,
+                    role_claim: o.role_claim.unwrap_or_else(|| "roles".into()),
+                })
+            }
+        };
         let tag_ttl = match ro.tag_ttl {
             None => Duration::from_secs(60),
             Some(s) => parse_duration(&s)
@@ -513,6 +580,7 @@ impl Config {
             trusted_root: ro.trusted_root.as_deref().map(resolve),
             tag_ttl,
             default_registry,
+            require_auth: ro.require_auth.unwrap_or(false),
             registries,
         };
 
@@ -525,6 +593,10 @@ impl Config {
             cache_max_bytes,
             limits,
             tls,
+            admin: AdminConfig {
+                listen: admin_listen,
+                oidc,
+            },
             pypi: PypiConfig {
                 wheels_only: rp.wheels_only.unwrap_or(false),
                 page_ttl,
@@ -578,14 +650,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("/etc/tg/tollgate.toml:2:"), "{e}");
-        assert!(parse("[admin]\nlisten = \"127.0.0.1:1\"\n")
-            .unwrap_err()
-            .to_string()
-            .contains("[admin] is not supported"));
-        assert!(parse("[oci]\nrequire_auth = true\n")
-            .unwrap_err()
-            .to_string()
-            .contains("require_auth"));
+        let c = parse("[admin]\nlisten = \"127.0.0.1:1\"\n[admin.oidc]\nissuer = \"https://i\"\naudience = \"a\"\njwks = \"keys.json\"\n[oci]\nrequire_auth = true\n").unwrap();
+        assert!(c.oci.require_auth);
+        assert_eq!(c.admin.listen, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(
+            c.admin.oidc.as_ref().map(|o| o.role_claim.as_str()),
+            Some("roles")
+        );
+        assert!(parse("[admin]\nlisten = \"nowhere\"\n").is_err());
+        assert!(parse("[admin.oidc]\nissuer = \"https://i\"\naudience = \"a\"\njwks = \"http://evil.example/keys\"\n").is_err());
+        assert!(parse("[admin]\nbogus = 1\n").is_err());
         assert!(
             parse("[[oci.registry]]\nhost = \"nvcr.io\"\nurl = \"http://nvcr.io\"\n")
                 .unwrap_err()

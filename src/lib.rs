@@ -53,6 +53,8 @@ pub struct AppState {
     pub bootstrap_sha256: Option<String>,
     /// Serialises admin writes and reloads: each reads the rules, validates and applies.
     pub admin_writes: tokio::sync::Mutex<()>,
+    /// `[admin.oidc]`: JWTs as admin credentials.
+    pub oidc: Option<admin::oidc::Oidc>,
 }
 
 impl AppState {
@@ -64,6 +66,12 @@ impl AppState {
         let store = Arc::new(
             Store::open(&config.data_dir.join("tollgate.redb")).map_err(|e| e.to_string())?,
         );
+        let oidc = config
+            .admin
+            .oidc
+            .clone()
+            .map(admin::oidc::Oidc::new)
+            .transpose()?;
         let api_rules = admin::rules::rules(&store).map_err(|e| e.to_string())?;
         let api_revoked = admin::rules::revocations(&store).map_err(|e| e.to_string())?;
         let policy = load_policy_with(&config, &api_rules, &api_revoked).map_err(|errs| {
@@ -128,6 +136,7 @@ impl AppState {
             throttle: admin::auth::Throttle::default(),
             bootstrap_sha256,
             admin_writes: tokio::sync::Mutex::new(()),
+            oidc,
         }))
     }
 
@@ -364,16 +373,33 @@ pub fn load_policy_with(
     }
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface (the admin API too, unless `[admin] listen` gives it a listener of
+/// its own: then [`admin_app`] serves it there and it is absent here).
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .merge(pypi::routes())
         .merge(oci::routes())
-        .merge(admission::routes())
-        .merge(admin::routes(state.clone()))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(admission::routes());
+    if state.config.admin.listen.is_none() {
+        r = r.merge(admin::routes(state.clone()));
+    }
+    r.route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::NotFound("not found".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::pull_guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
+        .with_state(state)
+}
+
+/// The admin API alone, for `[admin] listen`.
+pub fn admin_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(admin::routes(state.clone()))
+        .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::NotFound("not found".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)

@@ -16,7 +16,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
     let cfg = state.config.clone();
     let handle = Handle::new();
-    tokio::spawn(signals(state.clone(), handle.clone()));
+    let admin_handle = Handle::new();
+    tokio::spawn(signals(
+        state.clone(),
+        vec![handle.clone(), admin_handle.clone()],
+    ));
+    let admin_server = cfg
+        .admin
+        .listen
+        .map(|addr| tokio::spawn(serve_admin(state.clone(), addr, admin_handle)));
 
     let svc = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let h2 = handle.clone();
@@ -52,12 +60,47 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
             server.serve(svc).await
         }
     };
+    if let Some(a) = admin_server {
+        match a.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "admin listener failed"),
+            Err(e) => tracing::error!(error = %e, "admin listener task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     // Everything recorded before the listener closed is stored before the process exits.
     state.audit.flush().await;
     result.map_err(|e| format!("cannot serve on {}: {e}", cfg.listen))
 }
 
-async fn signals(state: Arc<AppState>, handle: Handle) {
+/// `[admin] listen`: the admin API on a listener of its own (TLS when the gate has TLS).
+async fn serve_admin(state: Arc<AppState>, addr: SocketAddr, handle: Handle) -> Result<(), String> {
+    let cfg = state.config.clone();
+    let svc = crate::admin_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let h2 = handle.clone();
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    tokio::spawn(async move {
+        if let Some(a) = h2.listening().await {
+            println!("tollgate admin listening on {scheme}://{a}");
+            tracing::info!(addr = %a, "admin API listening");
+        }
+    });
+    let result = match &cfg.tls {
+        Some(tls) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            axum_server::bind_rustls(addr, rustls)
+                .handle(handle)
+                .serve(svc)
+                .await
+        }
+        None => axum_server::bind(addr).handle(handle).serve(svc).await,
+    };
+    result.map_err(|e| format!("cannot serve the admin API on {addr}: {e}"))
+}
+
+async fn signals(state: Arc<AppState>, handles: Vec<Handle>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut hup), Ok(mut term)) = (
         signal(SignalKind::hangup()),
@@ -75,11 +118,15 @@ async fn signals(state: Arc<AppState>, handle: Handle) {
     }
     tracing::info!("shutting down");
     state.ready.store(false, Relaxed);
-    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    for handle in handles {
+        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    }
 }
 
 /// SIGHUP: reload every allowlist file, all or nothing.
 async fn reload(state: &Arc<AppState>) {
+    // One change at a time: a reload must not put back an older view of the API's rules.
+    let _writing = state.admin_writes.lock().await;
     // Reading and validating the files is blocking work; keep it off the request workers.
     let st = state.clone();
     match tokio::task::spawn_blocking(move || st.reload()).await {

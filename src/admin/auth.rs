@@ -166,6 +166,8 @@ pub enum Rejected {
     Malformed,
     Unknown,
     Expired(String),
+    /// A JWT that did not verify, and why.
+    Invalid(String),
 }
 
 impl fmt::Display for Rejected {
@@ -175,6 +177,7 @@ impl fmt::Display for Rejected {
             Rejected::Malformed => write!(f, "not a Bearer credential"),
             Rejected::Unknown => write!(f, "unknown token"),
             Rejected::Expired(name) => write!(f, "expired token {name}"),
+            Rejected::Invalid(why) => write!(f, "{why}"),
         }
     }
 }

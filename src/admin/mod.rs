@@ -3,6 +3,7 @@
 //! force and "explain".
 
 pub mod auth;
+pub mod oidc;
 pub mod rules;
 
 use std::sync::Arc;
@@ -134,7 +135,7 @@ async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next) ->
         ))
         .into_response();
     }
-    let actor = match auth::authenticate(&st.store, st.bootstrap_sha256.as_deref(), header, now) {
+    let actor = match credential(&st, header, now).await {
         Err(e) => return JsonError(e.into()).into_response(),
         Ok(Ok(a)) => a,
         Ok(Err(rejected)) => {
@@ -177,6 +178,123 @@ async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next) ->
 
 #[derive(Clone)]
 struct ClientAddr(String);
+
+/// Resolves a credential: a token of the store or the bootstrap hash, else (when configured)
+/// an OIDC JWT.
+async fn credential(
+    st: &AppState,
+    header: Option<&str>,
+    now: i64,
+) -> Result<Result<Actor, Rejected>, crate::store::StoreError> {
+    let found = auth::authenticate(&st.store, st.bootstrap_sha256.as_deref(), header, now)?;
+    let (Err(Rejected::Unknown), Some(oidc), Some(h)) = (&found, &st.oidc, header) else {
+        return Ok(found);
+    };
+    let token = h.get(7..).unwrap_or_default().trim();
+    if token.split('.').count() != 3 {
+        return Ok(found);
+    }
+    Ok(oidc
+        .authenticate(token, now)
+        .await
+        .map_err(Rejected::Invalid))
+}
+
+/// `[oci] require_auth`: pulls (`/v2/…`) and `/api/v1/verify` need a credential of role
+/// `puller` or above: Basic with the token as password (what docker, podman, skopeo and
+/// containerd send after the challenge) or Bearer. Failures are audited, counted and
+/// throttled as on the admin API.
+pub async fn pull_guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let oci = path == "/v2" || path.starts_with("/v2/");
+    if !st.config.oci.require_auth || !(oci || path == "/api/v1/verify") {
+        return next.run(req).await;
+    }
+    let path = path.to_string();
+    let now = now_secs();
+    let (client, loopback) = client_of(&req);
+    let refuse = |status: StatusCode, code: &str, message: &str| {
+        let body = if oci {
+            json!({ "errors": [{ "code": code, "message": message }] })
+        } else {
+            json!({ "error": message })
+        };
+        let mut r = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tollgate\""),
+            );
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(auth::THROTTLE_WINDOW_SECS),
+            );
+        }
+        r
+    };
+    if st.throttle.blocked(&client, now) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            "too many failed authentications from this address; try again later",
+        );
+    }
+    let raw = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    // Basic user:token → the token, as a Bearer credential.
+    let bearer = raw.map(|h| match h.strip_prefix("Basic ") {
+        Some(b) => {
+            base64::engine::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+                .and_then(|d| d.split_once(':').map(|(_, p)| format!("Bearer {p}")))
+                .unwrap_or_default()
+        }
+        None => h.to_string(),
+    });
+    if raw.is_some() && st.config.tls.is_none() && !loopback {
+        st.metrics
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        st.throttle.fail(&client, now);
+        audit_auth(
+            &st,
+            &client,
+            "auth_failed",
+            "credential sent over plain HTTP from a non-loopback address".into(),
+            &path,
+        )
+        .await;
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "credentials are accepted over TLS, or over plain HTTP on loopback only",
+        );
+    }
+    match credential(&st, bearer.as_deref(), now).await {
+        Err(e) => JsonError(e.into()).into_response(),
+        Ok(Ok(actor)) if actor.role >= Role::Puller => next.run(req).await,
+        Ok(Ok(_)) => refuse(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "this credential may not pull",
+        ),
+        Ok(Err(rejected)) => {
+            st.metrics
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if rejected != Rejected::Missing {
+                st.throttle.fail(&client, now);
+            }
+            audit_auth(&st, &client, "auth_failed", rejected.to_string(), &path).await;
+            refuse(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required: a tollgate token of role puller or above, as the password")
+        }
+    }
+}
 
 async fn not_here(method: Method, uri: axum::http::Uri) -> JsonError {
     if required(&method, uri.path()).is_some() {
@@ -414,6 +532,7 @@ async fn reload(
     Extension(actor): Extension<Actor>,
     Extension(client): Extension<ClientAddr>,
 ) -> ApiResult<Response> {
+    let _writing = st.admin_writes.lock().await;
     let before = st.policy().version;
     let result = tokio::task::block_in_place(|| st.reload());
     match result {
