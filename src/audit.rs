@@ -100,6 +100,46 @@ impl AuditEvent {
     }
 }
 
+/// A hash of everything but the time, for folding repeated decisions; `None`: never folded.
+fn fold_key(ev: &AuditEvent) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    if ev.before.is_some() || ev.after.is_some() {
+        return None;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        &ev.action,
+        &ev.decision,
+        &ev.reason,
+        &ev.detail,
+        &ev.subject,
+        &ev.artifact,
+        &ev.sha256,
+        &ev.actual_sha256,
+        &ev.client,
+        &ev.actor,
+    )
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+fn same_decision(a: &AuditEvent, b: &AuditEvent) -> bool {
+    a.action == b.action
+        && a.decision == b.decision
+        && a.reason == b.reason
+        && a.detail == b.detail
+        && a.subject == b.subject
+        && a.artifact == b.artifact
+        && a.sha256 == b.sha256
+        && a.actual_sha256 == b.actual_sha256
+        && a.client == b.client
+        && a.actor == b.actor
+        && a.before.is_none()
+        && b.before.is_none()
+        && a.after.is_none()
+        && b.after.is_none()
+}
+
 /// One stored entry of the chained log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -115,6 +155,8 @@ pub struct AuditEntry {
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Events written per group commit at most.
 const BATCH: usize = 4096;
+/// How long the writer gathers events for one group commit.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 /// How often the chain head is logged for an outside log to anchor.
 const HEAD_EVERY_SECS: i64 = 60;
 
@@ -207,7 +249,12 @@ pub fn verify_chain(store: &Store) -> Result<ChainReport, crate::store::StoreErr
 /// `tollgate token create`), chained to the current head.
 pub fn append_blocking(store: &Store, mut ev: AuditEvent) -> Result<(), String> {
     ev.time = crate::store::cache::now_secs();
-    let (seq, prev) = match store.audit_last().map_err(|e| e.to_string())? {
+    append_many_blocking(store, vec![ev])
+}
+
+/// Appends events in one transaction, chained to the current head, times as given.
+pub fn append_many_blocking(store: &Store, events: Vec<AuditEvent>) -> Result<(), String> {
+    let (mut seq, mut prev) = match store.audit_last().map_err(|e| e.to_string())? {
         Some((seq, bytes)) => (
             seq,
             split(&bytes)
@@ -216,16 +263,20 @@ pub fn append_blocking(store: &Store, mut ev: AuditEvent) -> Result<(), String> 
         ),
         None => (0, GENESIS.to_string()),
     };
-    let entry = AuditEntry {
-        seq: seq + 1,
-        prev,
-        count: 1,
-        event: ev,
-    };
-    let (_, bytes) = encode(&entry).map_err(|e| e.to_string())?;
-    store
-        .audit_append(&[(seq + 1, bytes)])
-        .map_err(|e| e.to_string())
+    let mut rows = Vec::with_capacity(events.len());
+    for event in events {
+        seq += 1;
+        let entry = AuditEntry {
+            seq,
+            prev,
+            count: 1,
+            event,
+        };
+        let (hash, bytes) = encode(&entry).map_err(|e| e.to_string())?;
+        prev = hash;
+        rows.push((seq, bytes));
+    }
+    store.audit_append(&rows).map_err(|e| e.to_string())
 }
 
 enum Msg {
@@ -273,18 +324,20 @@ impl Writer {
     /// Writes one batch: identical events (time aside) become one entry with a count.
     async fn write(&mut self, events: Vec<AuditEvent>) {
         let mut grouped: Vec<(AuditEvent, u64)> = Vec::new();
-        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut index: std::collections::HashMap<u64, Vec<usize>> =
+            std::collections::HashMap::new();
         for ev in events {
-            // Identical apart from the time: the same decision served again.
-            let key = serde_json::to_string(&AuditEvent {
-                time: 0,
-                ..ev.clone()
-            })
-            .unwrap_or_default();
-            match index.get(&key) {
-                Some(&i) if !key.is_empty() => grouped[i].1 += 1,
-                _ => {
-                    index.insert(key, grouped.len());
+            // Identical apart from the time: the same decision served again. Admin changes
+            // (with before/after) are never folded.
+            let Some(key) = fold_key(&ev) else {
+                grouped.push((ev, 1));
+                continue;
+            };
+            let same = index.entry(key).or_default();
+            match same.iter().find(|&&i| same_decision(&grouped[i].0, &ev)) {
+                Some(&i) => grouped[i].1 += 1,
+                None => {
+                    same.push(grouped.len());
                     grouped.push((ev, 1));
                 }
             }
@@ -359,14 +412,27 @@ impl Audit {
                 let mut events = Vec::new();
                 let mut flushes = Vec::new();
                 let mut next = Some(first);
+                // Group commit: gather what arrives within GATHER (or until BATCH), so one
+                // durable transaction carries many events; a flush ends the wait.
+                let deadline = tokio::time::Instant::now() + GATHER;
                 while let Some(m) = next.take() {
                     match m {
                         Msg::Event(e) => events.push(*e),
                         Msg::Flush(done) => flushes.push(done),
                     }
-                    if events.len() < BATCH {
-                        next = rx.try_recv().ok();
+                    if events.len() >= BATCH {
+                        break;
                     }
+                    next = match rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(_) if flushes.is_empty() => {
+                            tokio::time::timeout_at(deadline, rx.recv())
+                                .await
+                                .ok()
+                                .flatten()
+                        }
+                        Err(_) => None,
+                    };
                 }
                 if !events.is_empty() {
                     writer.write(events).await;

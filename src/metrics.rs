@@ -24,7 +24,8 @@ pub enum Upstream {
 }
 const UPSTREAMS: [&str; 2] = ["page", "file"];
 /// Every allow reason code: the kind of rule that admitted the request.
-pub const ALLOW_CODES: [&str; 6] = [
+pub const ALLOW_CODES: [&str; 7] = [
+    "project_rule",
     "exact",
     "release_rule",
     "pinned_digest",

@@ -377,6 +377,10 @@ impl Pypi {
             Ok(r) => r,
             Err(reason) => return Err(self.deny("pypi.page", project, None, reason, client).await),
         };
+        // The allow is audited too (repeated views aggregate into counted entries).
+        let ev = AuditEvent::about("pypi.page", project.to_string(), None, None, &client.0)
+            .allow("project_rule", format!("index {}", rules.index));
+        self.audit.record(ev).await;
         let gen = self.pins_gen.load(Relaxed);
         let now = now_secs();
         if let Some(r) = lock(&self.rendered).get(&(project.clone(), format)) {
