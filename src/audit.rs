@@ -100,10 +100,12 @@ impl AuditEvent {
     }
 }
 
-/// A hash of everything but the time, for folding repeated decisions; `None`: never folded.
+/// A hash of everything but the time, for folding repeated serves of one allowed decision;
+/// `None`: never folded (denials, failed authentications and admin changes are each their own
+/// entry).
 fn fold_key(ev: &AuditEvent) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    if ev.before.is_some() || ev.after.is_some() {
+    if ev.decision != "allow" || ev.before.is_some() || ev.after.is_some() {
         return None;
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -327,8 +329,7 @@ impl Writer {
         let mut index: std::collections::HashMap<u64, Vec<usize>> =
             std::collections::HashMap::new();
         for ev in events {
-            // Identical apart from the time: the same decision served again. Admin changes
-            // (with before/after) are never folded.
+            // Identical apart from the time: the same allowed decision served again.
             let Some(key) = fold_key(&ev) else {
                 grouped.push((ev, 1));
                 continue;
@@ -469,5 +470,46 @@ impl Audit {
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_repeated_allows_fold() {
+        let allow = AuditEvent::about("pypi.page", "numpy".into(), None, None, "10.0.0.1")
+            .allow("project_rule", "index pypi".into());
+        let mut later = allow.clone();
+        later.time = 99;
+        assert_eq!(fold_key(&allow), fold_key(&later));
+        assert!(same_decision(&allow, &later));
+        let mut other_client = allow.clone();
+        other_client.client = "10.0.0.2".into();
+        assert!(!same_decision(&allow, &other_client));
+        let deny = AuditEvent::about("auth", "/admin/v1".into(), None, None, "10.0.0.1")
+            .deny("auth_failed", "unknown token".into());
+        assert_eq!(fold_key(&deny), None);
+        let mut change = allow.clone();
+        change.after = Some(serde_json::json!({ "id": 1 }));
+        assert_eq!(fold_key(&change), None);
+    }
+
+    #[test]
+    fn stored_entries_check_their_own_hash() {
+        let e = AuditEntry {
+            seq: 1,
+            prev: GENESIS.into(),
+            count: 1,
+            event: AuditEvent::about("x", "s".into(), None, None, "c").allow("r", "d".into()),
+        };
+        let (hash, bytes) = encode(&e).unwrap();
+        assert_eq!(decode(&bytes).map(|(h, _)| h), Some(hash));
+        let mut edited = bytes.clone();
+        let last = edited.len() - 2;
+        edited[last] ^= 1;
+        assert!(decode(&edited).is_none());
+        assert!(decode(b"short").is_none());
     }
 }

@@ -455,6 +455,8 @@ async fn audit_query(
         }
     }
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    // Everything recorded before this request is in the answer.
+    st.audit.flush().await;
     let store = st.store.clone();
     let (lines, last, more) = tokio::task::spawn_blocking(move || {
         let mut lines = String::new();
