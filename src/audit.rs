@@ -281,9 +281,19 @@ pub fn append_many_blocking(store: &Store, events: Vec<AuditEvent>) -> Result<()
     store.audit_append(&rows).map_err(|e| e.to_string())
 }
 
+/// A change of the admin API's state, written in the same transaction as its audit entry: the
+/// change happens if and only if its entry is stored.
+pub type ChangeFn =
+    Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), crate::store::StoreError> + Send>;
+
 enum Msg {
     Event(Box<AuditEvent>),
     Flush(oneshot::Sender<()>),
+    Change(
+        Box<AuditEvent>,
+        ChangeFn,
+        oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 #[derive(Clone)]
@@ -292,43 +302,98 @@ pub struct Audit {
     metrics: Arc<Metrics>,
 }
 
-/// The writer's state: where the chain stands.
+/// Rows to store, the sequence number and hash they end at, and the events they hold.
+type Chained = (Vec<(u64, Vec<u8>)>, u64, String, Vec<(AuditEvent, u64)>);
+
+/// Events kept for a retry when the store refused a batch, at most.
+const MAX_PENDING: usize = 1_000_000;
+
+/// The writer's state: where the chain stands, and events still to store.
 struct Writer {
     store: Option<Arc<Store>>,
     metrics: Arc<Metrics>,
     seq: u64,
     head: String,
     head_logged: i64,
+    pending: Vec<(AuditEvent, u64)>,
 }
 
 impl Writer {
-    fn new(store: Option<Arc<Store>>, metrics: Arc<Metrics>) -> Writer {
-        let (seq, head) = store
-            .as_ref()
-            .and_then(|s| match s.audit_last() {
-                Ok(last) => last,
-                Err(e) => {
-                    tracing::error!(target: "tollgate::audit", error = %e, "audit log unreadable");
-                    None
-                }
-            })
-            .and_then(|(seq, bytes)| split(&bytes).map(|(h, _)| (seq, h.to_string())))
-            .unwrap_or((0, GENESIS.to_string()));
-        Writer {
+    /// Continues the chain where the store has it. A last entry that cannot be read is an
+    /// error: starting over would overwrite the history.
+    fn new(store: Option<Arc<Store>>, metrics: Arc<Metrics>) -> Result<Writer, String> {
+        let (seq, head) = match &store {
+            None => (0, GENESIS.to_string()),
+            Some(s) => match s.audit_last().map_err(|e| format!("audit log: {e}"))? {
+                None => (0, GENESIS.to_string()),
+                Some((seq, bytes)) => (
+                    seq,
+                    split(&bytes).map(|(h, _)| h.to_string()).ok_or_else(|| {
+                        format!(
+                            "the last audit entry (#{seq}) is damaged; run tollgate audit verify"
+                        )
+                    })?,
+                ),
+            },
+        };
+        Ok(Writer {
             store,
             metrics,
             seq,
             head,
             head_logged: 0,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Chains entries after the current head (not yet stored): the rows and the new head.
+    fn chain(&self, grouped: Vec<(AuditEvent, u64)>) -> Chained {
+        let mut rows = Vec::with_capacity(grouped.len());
+        let (mut seq, mut head) = (self.seq, self.head.clone());
+        let mut kept = Vec::with_capacity(grouped.len());
+        for (event, count) in grouped {
+            let entry = AuditEntry {
+                seq: seq + 1,
+                prev: head.clone(),
+                count,
+                event,
+            };
+            match encode(&entry) {
+                Ok((hash, bytes)) => {
+                    seq += 1;
+                    head = hash;
+                    rows.push((seq, bytes));
+                    kept.push((entry.event, count));
+                }
+                Err(e) => {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit entry could not be encoded")
+                }
+            }
+        }
+        (rows, seq, head, kept)
+    }
+
+    fn log_head(&mut self) {
+        let now = crate::store::cache::now_secs();
+        if now - self.head_logged >= HEAD_EVERY_SECS {
+            self.head_logged = now;
+            tracing::info!(target: "tollgate::audit", head_seq = self.seq, head_hash = %self.head, "audit chain head");
         }
     }
 
-    /// Writes one batch: identical events (time aside) become one entry with a count.
+    /// Writes one batch: repeated allows fold into one entry with a count. A batch the store
+    /// refuses is kept and tried again with the next one.
     async fn write(&mut self, events: Vec<AuditEvent>) {
-        let mut grouped: Vec<(AuditEvent, u64)> = Vec::new();
+        let mut grouped: Vec<(AuditEvent, u64)> = std::mem::take(&mut self.pending);
         let mut index: std::collections::HashMap<u64, Vec<usize>> =
             std::collections::HashMap::new();
         for ev in events {
+            match serde_json::to_string(&ev) {
+                Ok(json) => tracing::info!(target: "tollgate::audit", event = %json, "audit"),
+                Err(e) => {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
+                }
+            }
             // Identical apart from the time: the same allowed decision served again.
             let Some(key) = fold_key(&ev) else {
                 grouped.push((ev, 1));
@@ -343,57 +408,66 @@ impl Writer {
                 }
             }
         }
-        let mut rows = Vec::with_capacity(grouped.len());
-        let (mut seq, mut head) = (self.seq, self.head.clone());
-        for (event, count) in grouped {
-            match serde_json::to_string(&event) {
-                Ok(json) => {
-                    tracing::info!(target: "tollgate::audit", event = %json, count, "audit")
-                }
-                Err(e) => {
-                    tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
-                }
-            }
-            let entry = AuditEntry {
-                seq: seq + 1,
-                prev: head.clone(),
-                count,
-                event,
-            };
-            match encode(&entry) {
-                Ok((hash, bytes)) => {
-                    seq += 1;
-                    head = hash;
-                    rows.push((seq, bytes));
-                }
-                Err(e) => {
-                    tracing::error!(target: "tollgate::audit", error = %e, "audit entry could not be encoded")
-                }
-            }
+        if grouped.is_empty() {
+            return;
         }
         let Some(store) = self.store.clone() else {
             return;
         };
-        let written = tokio::task::spawn_blocking(move || store.audit_append(&rows)).await;
+        let (rows, seq, head, kept) = self.chain(grouped);
+        let written = tokio::task::spawn_blocking(move || store.audit_commit(&rows, None)).await;
         match written {
             Ok(Ok(())) => {
                 self.seq = seq;
                 self.head = head;
             }
-            // The events are on the log stream; the chain stays where it was, intact.
-            Ok(Err(e)) => {
+            failed => {
                 self.metrics.audit_write_failures.fetch_add(1, Relaxed);
-                tracing::error!(target: "tollgate::audit", error = %e, "audit entries could not be stored");
-            }
-            Err(e) => {
-                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
-                tracing::error!(target: "tollgate::audit", error = %e, "audit writer task failed");
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(())) => String::new(),
+                };
+                tracing::error!(target: "tollgate::audit", error = %why, pending = kept.len(), "audit entries could not be stored; kept for the next batch");
+                self.pending = kept;
+                if self.pending.len() > MAX_PENDING {
+                    let drop_n = self.pending.len() - MAX_PENDING;
+                    tracing::error!(target: "tollgate::audit", dropped = drop_n, "audit backlog full; the oldest unstored events are on the log stream only");
+                    self.pending.drain(..drop_n);
+                }
             }
         }
-        let now = crate::store::cache::now_secs();
-        if now - self.head_logged >= HEAD_EVERY_SECS {
-            self.head_logged = now;
-            tracing::info!(target: "tollgate::audit", head_seq = self.seq, head_hash = %self.head, "audit chain head");
+        self.log_head();
+    }
+
+    /// An admin change and its entry, in one transaction.
+    async fn change(&mut self, event: AuditEvent, apply: ChangeFn) -> Result<(), String> {
+        if let Ok(json) = serde_json::to_string(&event) {
+            tracing::info!(target: "tollgate::audit", event = %json, "audit");
+        }
+        let Some(store) = self.store.clone() else {
+            return Err("no audit log to record the change in".into());
+        };
+        if !self.pending.is_empty() {
+            return Err("the audit log cannot be written (earlier entries are still unstored); nothing was changed".into());
+        }
+        let (rows, seq, head, _) = self.chain(vec![(event, 1)]);
+        let written =
+            tokio::task::spawn_blocking(move || store.audit_commit(&rows, Some(apply))).await;
+        match written {
+            Ok(Ok(())) => {
+                self.seq = seq;
+                self.head = head;
+                self.log_head();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
+                Err(format!(
+                    "the change and its audit entry could not be stored: {e}"
+                ))
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -405,21 +479,26 @@ impl Audit {
     pub fn start(
         metrics: Arc<Metrics>,
         store: Option<Arc<Store>>,
-    ) -> (Audit, tokio::task::JoinHandle<()>) {
+    ) -> Result<(Audit, tokio::task::JoinHandle<()>), String> {
         let (tx, mut rx) = mpsc::channel::<Msg>(65_536);
-        let mut writer = Writer::new(store, metrics.clone());
+        let mut writer = Writer::new(store, metrics.clone())?;
         let task = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut events = Vec::new();
                 let mut flushes = Vec::new();
+                let mut change = None;
                 let mut next = Some(first);
                 // Group commit: gather what arrives within GATHER (or until BATCH), so one
-                // durable transaction carries many events; a flush ends the wait.
+                // durable transaction carries many events; a flush or a change ends the wait.
                 let deadline = tokio::time::Instant::now() + GATHER;
                 while let Some(m) = next.take() {
                     match m {
                         Msg::Event(e) => events.push(*e),
                         Msg::Flush(done) => flushes.push(done),
+                        Msg::Change(e, apply, done) => {
+                            change = Some((*e, apply, done));
+                            break;
+                        }
                     }
                     if events.len() >= BATCH {
                         break;
@@ -435,15 +514,19 @@ impl Audit {
                         Err(_) => None,
                     };
                 }
-                if !events.is_empty() {
+                // Events recorded before a change are stored before it.
+                if !events.is_empty() || !writer.pending.is_empty() {
                     writer.write(events).await;
+                }
+                if let Some((event, apply, done)) = change {
+                    let _ = done.send(writer.change(event, apply).await);
                 }
                 for done in flushes {
                     let _ = done.send(());
                 }
             }
         });
-        (Audit { tx, metrics }, task)
+        Ok((Audit { tx, metrics }, task))
     }
 
     /// Records an event (stamping its time) and counts it in the metrics.
@@ -463,8 +546,21 @@ impl Audit {
         }
     }
 
-    /// Waits until everything recorded so far is stored (admin changes answer only after their
-    /// audit entry is durable; shutdown flushes the queue).
+    /// Applies an admin change together with its audit entry, in one durable transaction:
+    /// either both are stored or neither.
+    pub async fn commit_change(&self, mut ev: AuditEvent, apply: ChangeFn) -> Result<(), String> {
+        ev.time = crate::store::cache::now_secs();
+        self.metrics.audit_events.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Change(Box::new(ev), apply, tx))
+            .await
+            .map_err(|_| "the audit writer has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the audit writer has stopped".to_string())?
+    }
+
+    /// Waits until everything recorded so far has been written (or kept for a retry).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {

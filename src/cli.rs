@@ -267,7 +267,7 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
                 )
                 .map_err(|e| e.to_string())?,
             );
-            let (audit, _) = crate::audit::Audit::start(metrics.clone(), None);
+            let (audit, _) = crate::audit::Audit::start(metrics.clone(), None)?;
             let fetcher = std::sync::Arc::new(crate::fetch::Fetcher::new(
                 cache,
                 metrics.clone(),
@@ -357,9 +357,9 @@ pub fn token_create(config: &Config, role: &str, name: Option<&str>, expires: Op
         }
     };
     let now = crate::store::cache::now_secs();
-    let expires = match expires.map(crate::policy::units::parse_duration) {
+    let expires = match expires.map(|d| crate::admin::auth::expiry(now, d)) {
         None => None,
-        Some(Ok(d)) => Some(now + d.as_secs() as i64),
+        Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
             eprintln!("error: --expires: {e}");
             return 1;

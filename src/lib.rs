@@ -55,6 +55,11 @@ pub struct AppState {
     pub admin_writes: tokio::sync::Mutex<()>,
     /// `[admin.oidc]`: JWTs as admin credentials.
     pub oidc: Option<admin::oidc::Oidc>,
+    /// The allowlist files' policy as last loaded (start-up, SIGHUP, `POST /admin/v1/reload`):
+    /// API writes build on it and never read the files themselves.
+    files_policy: RwLock<Arc<policy::Policy>>,
+    /// The admin listener's handle, when `[admin] listen` runs one (to stop it with the gate).
+    pub admin_handle: std::sync::Mutex<Option<axum_server::Handle>>,
 }
 
 impl AppState {
@@ -74,12 +79,17 @@ impl AppState {
             .transpose()?;
         let api_rules = admin::rules::rules(&store).map_err(|e| e.to_string())?;
         let api_revoked = admin::rules::revocations(&store).map_err(|e| e.to_string())?;
-        let policy = load_policy_with(&config, &api_rules, &api_revoked).map_err(|errs| {
+        let joined = |errs: Vec<LoadError>| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("\n")
-        })?;
+        };
+        let files_policy = read_files_policy(&config)
+            .and_then(|p| finish_policy(&config, p))
+            .map_err(joined)?;
+        let policy =
+            with_api(&config, files_policy.clone(), &api_rules, &api_revoked).map_err(joined)?;
         let bootstrap_sha256 =
             match std::env::var("TOLLGATE_BOOTSTRAP_TOKEN_SHA256") {
                 Err(_) => None,
@@ -101,7 +111,7 @@ impl AppState {
             )
             .map_err(|e| e.to_string())?,
         );
-        let (audit, _writer) = Audit::start(metrics.clone(), Some(store.clone()));
+        let (audit, _writer) = Audit::start(metrics.clone(), Some(store.clone()))?;
         let fetcher = Arc::new(fetch::Fetcher::new(
             cache.clone(),
             metrics.clone(),
@@ -137,6 +147,8 @@ impl AppState {
             bootstrap_sha256,
             admin_writes: tokio::sync::Mutex::new(()),
             oidc,
+            files_policy: RwLock::new(Arc::new(files_policy)),
+            admin_handle: std::sync::Mutex::new(None),
         }))
     }
 
@@ -152,16 +164,14 @@ impl AppState {
     pub fn build_policy(
         &self,
         api_rules: &[admin::rules::ApiRule],
+        revoked: &[admin::rules::ApiRevocation],
     ) -> Result<policy::Policy, Vec<LoadError>> {
-        let one = |message: String| {
-            vec![LoadError {
-                file: "store".into(),
-                line: 0,
-                message,
-            }]
-        };
-        let revoked = admin::rules::revocations(&self.store).map_err(|e| one(e.to_string()))?;
-        load_policy_with(&self.config, api_rules, &revoked)
+        let files = self
+            .files_policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        with_api(&self.config, (*files).clone(), api_rules, revoked)
     }
 
     /// Puts a built policy in force (every request after this decides against it).
@@ -176,17 +186,24 @@ impl AppState {
     /// Reloads every allowlist file (with the API rules). All or nothing: on any error the
     /// policy in force stays.
     pub fn reload(&self) -> Result<(usize, usize), Vec<LoadError>> {
-        let built = admin::rules::rules(&self.store)
-            .map_err(|e| {
-                vec![LoadError {
-                    file: "store".into(),
-                    line: 0,
-                    message: e.to_string(),
-                }]
-            })
-            .and_then(|r| self.build_policy(&r));
+        let store_err = |e: store::StoreError| {
+            vec![LoadError {
+                file: "store".into(),
+                line: 0,
+                message: e.to_string(),
+            }]
+        };
+        let built = (|| {
+            let files =
+                read_files_policy(&self.config).and_then(|p| finish_policy(&self.config, p))?;
+            let rules = admin::rules::rules(&self.store).map_err(store_err)?;
+            let revoked = admin::rules::revocations(&self.store).map_err(store_err)?;
+            let policy = with_api(&self.config, files.clone(), &rules, &revoked)?;
+            Ok::<_, Vec<LoadError>>((files, policy))
+        })();
         match built {
-            Ok(policy) => {
+            Ok((files, policy)) => {
+                *self.files_policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(files);
                 let counts = (policy.exact_count(), policy.release_count());
                 self.apply(policy);
                 self.metrics.reloads_ok.fetch_add(1, Relaxed);
@@ -224,14 +241,19 @@ pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
     load_policy_with(config, &[], &[])
 }
 
-/// As [`load_policy`], with the rules and revocations made through the admin API: each API rule
-/// is validated by the same loader as a file (named `api:<id>`) and merged (an identical git
-/// rule makes it one rule; a conflicting one is an error at the API rule).
+/// As [`load_policy`], with the rules and revocations made through the admin API (see
+/// [`with_api`]).
 pub fn load_policy_with(
     config: &Config,
     api_rules: &[admin::rules::ApiRule],
     api_revocations: &[admin::rules::ApiRevocation],
 ) -> Result<policy::Policy, Vec<LoadError>> {
+    let files = read_files_policy(config)?;
+    with_api(config, files, api_rules, api_revocations)
+}
+
+/// The allowlist files' rules alone, without their keys (see [`finish_policy`]).
+fn read_files_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
     let one = |message: String| {
         vec![LoadError {
             file: config.allowlist_dir.display().to_string(),
@@ -245,11 +267,19 @@ pub fn load_policy_with(
         let text = std::fs::read_to_string(&p).map_err(|e| one(format!("{}: {e}", p.display())))?;
         files.push((p.display().to_string(), text));
     }
-    let mut policy = policy::allowlist::load_with_registries(
-        &files,
-        &config.index_names(),
-        &config.registry_hosts(),
-    )?;
+    policy::allowlist::load_with_registries(&files, &config.index_names(), &config.registry_hosts())
+}
+
+/// Adds the admin API's rules and revocations to the files' policy: each API rule is validated
+/// by the same loader as a file (named `api:<id>`) and merged (an identical git rule makes it
+/// one rule; a conflicting one is an error at the API rule); then keys and the trusted root are
+/// read for whatever the rules name.
+pub fn with_api(
+    config: &Config,
+    mut policy: policy::Policy,
+    api_rules: &[admin::rules::ApiRule],
+    api_revocations: &[admin::rules::ApiRevocation],
+) -> Result<policy::Policy, Vec<LoadError>> {
     let mut api_errors = Vec::new();
     for r in api_rules {
         let name = format!("api:{}", r.id);
@@ -287,6 +317,15 @@ pub fn load_policy_with(
     if !api_errors.is_empty() {
         return Err(api_errors);
     }
+    finish_policy(config, policy)
+}
+
+/// Reads the keys and the trusted root the rules name (those not read yet), and checks that no
+/// threshold counts one key twice.
+fn finish_policy(
+    config: &Config,
+    mut policy: policy::Policy,
+) -> Result<policy::Policy, Vec<LoadError>> {
     // Keys named by signature and attestation rules, from allowlist_dir/keys/; a missing or
     // unreadable key is a load error at the rule that names it, never a rule that silently
     // admits nothing.
@@ -327,7 +366,7 @@ pub fn load_policy_with(
         r.signature.as_ref().is_some_and(|s| !s.keyless.is_empty())
             || r.attestations.iter().any(|a| !a.keyless.is_empty())
     });
-    if let Some(rule) = keyless_rule {
+    if let (Some(rule), None) = (keyless_rule, &policy.trust_root) {
         let err = |message: String| LoadError {
             file: rule.source.file.clone(),
             line: rule.source.line,

@@ -21,6 +21,7 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
         state.clone(),
         vec![handle.clone(), admin_handle.clone()],
     ));
+    *state.admin_handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(admin_handle.clone());
     let admin_server = cfg
         .admin
         .listen
@@ -38,38 +39,79 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
     });
     // hyper's read buffer bounds the request head: larger headers get 431.
     let header_limit = (cfg.limits.header_bytes as usize).max(8192);
-    let result = match &cfg.tls {
-        Some(tls) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "tls: cannot load {} / {}: {e}",
-                        tls.cert.display(),
-                        tls.key.display()
-                    )
-                })?;
-            let mut server = axum_server::bind_rustls(cfg.listen, rustls).handle(handle);
-            server.http_builder().http1().max_buf_size(header_limit);
-            server.serve(svc).await
-        }
-        None => {
-            let mut server = axum_server::bind(cfg.listen).handle(handle);
-            server.http_builder().http1().max_buf_size(header_limit);
-            server.serve(svc).await
+    let main_handle = handle.clone();
+    let main = async {
+        let served = match &cfg.tls {
+            Some(tls) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "tls: cannot load {} / {}: {e}",
+                            tls.cert.display(),
+                            tls.key.display()
+                        )
+                    })?;
+                let mut server = axum_server::bind_rustls(cfg.listen, rustls).handle(main_handle);
+                server.http_builder().http1().max_buf_size(header_limit);
+                server.serve(svc).await
+            }
+            None => {
+                let mut server = axum_server::bind(cfg.listen).handle(main_handle);
+                server.http_builder().http1().max_buf_size(header_limit);
+                server.serve(svc).await
+            }
+        };
+        served.map_err(|e| format!("cannot serve on {}: {e}", cfg.listen))
+    };
+    // Both listeners live and die together: one that fails takes the other down, so the gate
+    // never runs half-configured (or hangs waiting on a listener that is gone).
+    let result = match admin_server {
+        None => main.await,
+        Some(mut admin) => {
+            tokio::pin!(main);
+            tokio::select! {
+                r = &mut main => {
+                    state.ready.store(false, Relaxed);
+                    admin_handle_stop(&cfg, &state);
+                    let _ = admin.await;
+                    r
+                }
+                a = &mut admin => {
+                    let failed = match a {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if failed.is_some() {
+                        state.ready.store(false, Relaxed);
+                        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+                    }
+                    let r = main.await;
+                    match failed {
+                        Some(e) => Err(e),
+                        None => r,
+                    }
+                }
+            }
         }
     };
-    if let Some(a) = admin_server {
-        match a.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "admin listener failed"),
-            Err(e) => tracing::error!(error = %e, "admin listener task failed"),
-            Ok(Ok(())) => {}
-        }
-    }
     // Everything recorded before the listener closed is stored before the process exits.
     state.audit.flush().await;
-    result.map_err(|e| format!("cannot serve on {}: {e}", cfg.listen))
+    result
+}
+
+/// Stops the admin listener when the main one has stopped.
+fn admin_handle_stop(_cfg: &crate::config::Config, state: &Arc<AppState>) {
+    if let Some(h) = state
+        .admin_handle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        h.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    }
 }
 
 /// `[admin] listen`: the admin API on a listener of its own (TLS when the gate has TLS).

@@ -53,7 +53,7 @@ impl fmt::Display for Role {
 }
 
 /// A token as stored: never the secret, only its SHA-256.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub id: String,
     pub name: String,
@@ -61,6 +61,17 @@ pub struct TokenRecord {
     pub sha256: String,
     pub created: i64,
     pub expires: Option<i64>,
+}
+
+impl fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("sha256", &"…")
+            .finish()
+    }
 }
 
 /// What a token listing shows: everything but the hash.
@@ -126,9 +137,18 @@ pub fn random_hex(bytes: usize) -> Result<String, String> {
     Ok(hex::encode(buf))
 }
 
-/// Mints a token: 256 random bits, returned once; only the hash is stored.
-pub fn create(
-    store: &Store,
+/// The expiry of a token made now for `duration` ("90d"), without overflow.
+pub fn expiry(now: i64, duration: &str) -> Result<i64, String> {
+    let d = crate::policy::units::parse_duration(duration).map_err(|e| e.to_string())?;
+    i64::try_from(d.as_secs())
+        .ok()
+        .and_then(|s| now.checked_add(s))
+        .ok_or_else(|| format!("{duration} is too long"))
+}
+
+/// Makes a token: 256 random bits, returned once, and the record that keeps only its hash.
+/// Names are plain text; `bootstrap` and `oidc:` are reserved for the credentials they name.
+pub fn mint(
     name: &str,
     role: Role,
     expires: Option<i64>,
@@ -137,6 +157,9 @@ pub fn create(
     let name = name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err("name must be 1 to 128 printable characters".into());
+    }
+    if name.eq_ignore_ascii_case("bootstrap") || name.to_ascii_lowercase().starts_with("oidc:") {
+        return Err(format!("name {name:?} is reserved"));
     }
     let secret = format!("tg_{}", random_hex(32)?);
     let rec = TokenRecord {
@@ -147,10 +170,30 @@ pub fn create(
         created: now,
         expires,
     };
+    Ok((rec, Secret(secret)))
+}
+
+/// Mints a token and stores it (the offline command; the API stores it with its audit entry).
+pub fn create(
+    store: &Store,
+    name: &str,
+    role: Role,
+    expires: Option<i64>,
+    now: i64,
+) -> Result<(TokenRecord, Secret), CreateError> {
+    let (rec, secret) = mint(name, role, expires, now).map_err(CreateError::Invalid)?;
     store
         .put(TOKENS, &rec.id, &rec)
-        .map_err(|e| e.to_string())?;
-    Ok((rec, Secret(secret)))
+        .map_err(CreateError::Store)?;
+    Ok((rec, secret))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Store(StoreError),
 }
 
 pub fn list(store: &Store) -> Result<Vec<TokenRecord>, StoreError> {
@@ -215,7 +258,7 @@ pub fn authenticate(
                 return Ok(Err(Rejected::Expired(t.name)));
             }
             return Ok(Ok(Actor {
-                name: t.name,
+                name: format!("{} [token {}]", t.name, t.id),
                 role: t.role,
             }));
         }

@@ -56,6 +56,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .nest("/admin/v1", api)
         .route("/admin", axum::routing::any(not_here))
+        .route("/admin/", axum::routing::any(not_here))
         .route("/admin/{*rest}", axum::routing::any(not_here))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state, guard))
@@ -283,13 +284,18 @@ pub async fn pull_guard(State(st): State<Arc<AppState>>, req: Request, next: Nex
             "DENIED",
             "this credential may not pull",
         ),
+        // The anonymous first request of every pull is the challenge handshake, not a failed
+        // authentication: answered, not audited.
+        Ok(Err(Rejected::Missing)) => refuse(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "authentication required: a tollgate token of role puller or above, as the password",
+        ),
         Ok(Err(rejected)) => {
             st.metrics
                 .auth_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if rejected != Rejected::Missing {
-                st.throttle.fail(&client, now);
-            }
+            st.throttle.fail(&client, now);
             audit_auth(&st, &client, "auth_failed", rejected.to_string(), &path).await;
             refuse(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required: a tollgate token of role puller or above, as the password")
         }
@@ -307,8 +313,10 @@ async fn not_here(method: Method, uri: axum::http::Uri) -> JsonError {
     JsonError(ApiError::NotFound("no such admin endpoint".into()))
 }
 
-/// Records an admin change and waits until it is durable before the change is answered.
-async fn audit_change(
+/// Stores an admin change together with its audit entry (who, what, before and after) in one
+/// durable transaction: the change happens if and only if its entry is stored.
+#[allow(clippy::too_many_arguments)]
+async fn commit(
     st: &AppState,
     actor: &Actor,
     client: &ClientAddr,
@@ -316,15 +324,28 @@ async fn audit_change(
     subject: String,
     before: Option<Value>,
     after: Option<Value>,
-) {
+    apply: crate::audit::ChangeFn,
+) -> Result<(), JsonError> {
     let mut ev = AuditEvent::about("admin", subject, None, None, &client.0)
         .allow("admin_change", action.to_string());
     ev.action = format!("admin.{action}");
     ev.actor = Some(actor.to_string());
     ev.before = before;
     ev.after = after;
-    st.audit.record(ev).await;
-    st.audit.flush().await;
+    st.audit
+        .commit_change(ev, apply)
+        .await
+        .map_err(|e| JsonError(ApiError::Internal(e)))
+}
+
+/// Runs an admin change to its end even if the client goes away meanwhile (a dropped handler
+/// must not leave a change stored but not in force).
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = ApiResult<T>> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?
 }
 
 /// A JSON body: malformed JSON, unknown fields and wrong types are 400 with what is wrong.
@@ -362,29 +383,30 @@ async fn token_create(
     let expires = match req.expires.as_deref() {
         None => None,
         Some(d) => Some(
-            now + crate::policy::units::parse_duration(d)
-                .map_err(|e| JsonError(ApiError::BadRequest(format!("expires: {e}"))))?
-                .as_secs() as i64,
+            auth::expiry(now, d)
+                .map_err(|e| JsonError(ApiError::BadRequest(format!("expires: {e}"))))?,
         ),
     };
-    let store = st.store.clone();
-    let name = req.name.clone();
-    let (rec, secret) =
-        tokio::task::spawn_blocking(move || auth::create(&store, &name, role, expires, now))
-            .await
-            .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?
-            .map_err(|e| JsonError(ApiError::BadRequest(e)))?;
+    let (rec, secret) = auth::mint(&req.name, role, expires, now)
+        .map_err(|e| JsonError(ApiError::BadRequest(e)))?;
     let info = auth::TokenInfo::from(&rec);
-    audit_change(
-        &st,
-        &actor,
-        &client,
-        "tokens.create",
-        rec.id.clone(),
-        None,
-        Some(json!(info)),
-    )
-    .await;
+    let stored = rec.clone();
+    detached(async move {
+        commit(
+            &st,
+            &actor,
+            &client,
+            "tokens.create",
+            stored.id.clone(),
+            None,
+            Some(json!(auth::TokenInfo::from(&stored))),
+            Box::new(move |w| {
+                crate::store::Store::tx_put(w, crate::store::TOKENS, &stored.id, &stored)
+            }),
+        )
+        .await
+    })
+    .await?;
     let mut body = json!(info);
     body["token"] = Value::String(secret.0);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -407,21 +429,26 @@ async fn token_delete(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     valid_id(&id)?;
-    let before: Option<auth::TokenRecord> = st.store.get(crate::store::TOKENS, &id)?;
-    let Some(before) = before else {
-        return Err(JsonError(ApiError::NotFound(format!("no token {id}"))));
-    };
-    st.store.remove(crate::store::TOKENS, &id)?;
-    audit_change(
-        &st,
-        &actor,
-        &client,
-        "tokens.delete",
-        id,
-        Some(json!(auth::TokenInfo::from(&before))),
-        None,
-    )
-    .await;
+    detached(async move {
+        let _writing = st.admin_writes.lock().await;
+        let before: Option<auth::TokenRecord> = st.store.get(crate::store::TOKENS, &id)?;
+        let Some(before) = before else {
+            return Err(JsonError(ApiError::NotFound(format!("no token {id}"))));
+        };
+        let key = id.clone();
+        commit(
+            &st,
+            &actor,
+            &client,
+            "tokens.delete",
+            id,
+            Some(json!(auth::TokenInfo::from(&before))),
+            None,
+            Box::new(move |w| crate::store::Store::tx_remove(w, crate::store::TOKENS, &key)),
+        )
+        .await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -540,20 +567,21 @@ async fn reload(
     match result {
         Ok((exact, release)) => {
             let after = json!({ "policy_version": st.policy().version, "exact": exact, "release": release });
-            audit_change(
-                &st,
-                &actor,
-                &client,
-                "reload",
-                "allowlists".into(),
-                Some(json!({ "policy_version": before })),
-                Some(after.clone()),
-            )
-            .await;
+            let mut ev = AuditEvent::about("admin", "allowlists".into(), None, None, &client.0)
+                .allow("admin_change", "reload".into());
+            ev.action = "admin.reload".into();
+            ev.actor = Some(actor.to_string());
+            ev.before = Some(json!({ "policy_version": before }));
+            ev.after = Some(after.clone());
+            st.audit.record(ev).await;
+            st.audit.flush().await;
             Ok(Json(after).into_response())
         }
         Err(errors) => {
-            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            let list: Vec<String> = errors
+                .iter()
+                .map(|e| shown_path(&st, &e.to_string()))
+                .collect();
             let mut ev = AuditEvent::about("admin", "allowlists".into(), None, None, &client.0)
                 .deny("reload_refused", list.join("; "));
             ev.action = "admin.reload".into();
@@ -569,6 +597,12 @@ async fn reload(
 }
 
 // ---- rules ----------------------------------------------------------------------------------
+
+/// A file name as clients see it: relative to `allowlist_dir` (no server paths in answers).
+fn shown_path(st: &AppState, text: &str) -> String {
+    let dir = format!("{}/", st.config.allowlist_dir.display());
+    text.replace(&dir, "")
+}
 
 /// A git rule's id: stable for as long as the rule stays at the same place in the same file.
 fn rule_id(kind: &str, source: &Source) -> String {
@@ -591,7 +625,7 @@ fn source_json(kind: &str, source: &Source, api: &[rules::ApiRule]) -> (String, 
     }
     (
         rule_id(kind, source),
-        json!({ "managed": "git", "file": source.file, "line": source.line }),
+        json!({ "managed": "git", "file": source.file.rsplit('/').next().unwrap_or(&source.file), "line": source.line }),
     )
 }
 
@@ -767,13 +801,25 @@ enum Write {
 /// every other rule, stored in one transaction, then put in force; admin writes are serialised,
 /// and a change must name the version it changes (`If-Match`).
 async fn write_rule(
-    st: &AppState,
-    actor: &Actor,
-    client: &ClientAddr,
+    st: Arc<AppState>,
+    actor: Actor,
+    client: ClientAddr,
     kind: rules::Kind,
     op: Write,
     approval: Option<Value>,
 ) -> ApiResult<Response> {
+    detached(write_rule_now(st, actor, client, kind, op, approval)).await
+}
+
+async fn write_rule_now(
+    st: Arc<AppState>,
+    actor: Actor,
+    client: ClientAddr,
+    kind: rules::Kind,
+    op: Write,
+    approval: Option<Value>,
+) -> ApiResult<Response> {
+    let (st, actor, client) = (&*st, &actor, &client);
     let _writing = st.admin_writes.lock().await;
     let mut all = api_rules(st)?;
     let now = now_secs();
@@ -848,7 +894,8 @@ async fn write_rule(
         }
     };
     let own = format!("api:{id}");
-    let policy = st.build_policy(&all).map_err(|errors| {
+    let revoked = rules::revocations(&st.store)?;
+    let policy = st.build_policy(&all, &revoked).map_err(|errors| {
         // Errors in the rule being written are about its fields; others name their rule.
         let list: Vec<String> = errors
             .iter()
@@ -862,7 +909,7 @@ async fn write_rule(
                         _ => e.message.clone(),
                     }
                 } else {
-                    e.to_string()
+                    shown_path(st, &e.to_string())
                 }
             })
             .collect();
@@ -871,23 +918,15 @@ async fn write_rule(
             list.join("; ")
         )))
     })?;
-    let store = st.store.clone();
-    let write = after.map(|i| all[i].clone());
-    let rid = id.clone();
-    tokio::task::spawn_blocking(move || match &write {
-        Some(r) => store.put(crate::store::API_RULES, &r.id, r),
-        None => store.remove(crate::store::API_RULES, &rid).map(drop),
-    })
-    .await
-    .map_err(|e| JsonError(ApiError::Internal(e.to_string())))??;
-    st.apply(policy);
     let shown = |r: &rules::ApiRule| json!({ "id": r.id, "revision": r.revision, "rule": rules::to_json(r) });
     let action = match (&before, after) {
         (None, _) => "create",
         (Some(_), Some(_)) => "update",
         (Some(_), None) => "delete",
     };
-    audit_change(
+    let write = after.map(|i| all[i].clone());
+    let rid = id.clone();
+    commit(
         st,
         actor,
         client,
@@ -895,8 +934,13 @@ async fn write_rule(
         id.clone(),
         before.as_ref().map(shown),
         after.map(|i| shown(&all[i])),
+        Box::new(move |w| match &write {
+            Some(r) => crate::store::Store::tx_put(w, crate::store::API_RULES, &r.id, r),
+            None => crate::store::Store::tx_remove(w, crate::store::API_RULES, &rid),
+        }),
     )
-    .await;
+    .await?;
+    st.apply(policy);
     let Some(i) = after else {
         return Ok(status.into_response());
     };
@@ -926,9 +970,9 @@ async fn package_create(
 ) -> ApiResult<Response> {
     let body: Value = parse_body(&body)?;
     write_rule(
-        &st,
-        &actor,
-        &client,
+        st,
+        actor,
+        client,
         rules::Kind::Package,
         Write::Create(body),
         None,
@@ -944,9 +988,9 @@ async fn image_create(
 ) -> ApiResult<Response> {
     let body: Value = parse_body(&body)?;
     write_rule(
-        &st,
-        &actor,
-        &client,
+        st,
+        actor,
+        client,
         rules::Kind::Image,
         Write::Create(body),
         None,
@@ -964,7 +1008,7 @@ async fn package_update(
 ) -> ApiResult<Response> {
     let body: Value = parse_body(&body)?;
     let op = Write::Update(id, if_match(&headers), body);
-    write_rule(&st, &actor, &client, rules::Kind::Package, op, None).await
+    write_rule(st, actor, client, rules::Kind::Package, op, None).await
 }
 
 async fn image_update(
@@ -977,7 +1021,7 @@ async fn image_update(
 ) -> ApiResult<Response> {
     let body: Value = parse_body(&body)?;
     let op = Write::Update(id, if_match(&headers), body);
-    write_rule(&st, &actor, &client, rules::Kind::Image, op, None).await
+    write_rule(st, actor, client, rules::Kind::Image, op, None).await
 }
 
 async fn package_delete(
@@ -988,7 +1032,7 @@ async fn package_delete(
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let op = Write::Delete(id, if_match(&headers));
-    write_rule(&st, &actor, &client, rules::Kind::Package, op, None).await
+    write_rule(st, actor, client, rules::Kind::Package, op, None).await
 }
 
 async fn image_delete(
@@ -999,7 +1043,7 @@ async fn image_delete(
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let op = Write::Delete(id, if_match(&headers));
-    write_rule(&st, &actor, &client, rules::Kind::Image, op, None).await
+    write_rule(st, actor, client, rules::Kind::Image, op, None).await
 }
 
 // ---- approvals and pins ---------------------------------------------------------------------
@@ -1054,9 +1098,9 @@ async fn approve(
     });
     let approval = json!({ "by": actor.to_string(), "time": now_secs(), "files": files });
     let resp = write_rule(
-        &st,
-        &actor,
-        &client,
+        st,
+        actor,
+        client,
         rules::Kind::Package,
         Write::Create(rule),
         Some(approval),
@@ -1130,46 +1174,50 @@ async fn revoke(
 ) -> ApiResult<Response> {
     let sha = valid_sha(&id)?;
     let req: Revoke = parse_body(&body)?;
-    if req.reason.trim().is_empty() {
+    let reason = req.reason.trim().to_string();
+    if reason.is_empty() || reason.chars().any(char::is_control) {
         return Err(JsonError(ApiError::BadRequest(
-            "reason: say why the pin is revoked".into(),
+            "reason: say why the pin is revoked (one line)".into(),
         )));
     }
-    let _writing = st.admin_writes.lock().await;
-    let rec = rules::ApiRevocation {
-        sha256: sha.to_string(),
-        reason: req.reason.trim().to_string(),
-        by: actor.to_string(),
-        time: now_secs(),
-    };
-    let existing: Option<rules::ApiRevocation> =
-        st.store.get(crate::store::REVOKED, &rec.sha256)?;
-    if let Some(e) = existing {
-        return Ok((StatusCode::OK, Json(json!(e))).into_response());
-    }
-    let store = st.store.clone();
-    let write = rec.clone();
-    tokio::task::spawn_blocking(move || store.put(crate::store::REVOKED, &write.sha256, &write))
-        .await
-        .map_err(|e| JsonError(ApiError::Internal(e.to_string())))??;
-    let policy = st.build_policy(&api_rules(&st)?).map_err(|e| {
-        JsonError(ApiError::Internal(format!(
-            "{} error(s) rebuilding the policy",
-            e.len()
-        )))
-    })?;
-    st.apply(policy);
-    audit_change(
-        &st,
-        &actor,
-        &client,
-        "pins.revoke",
-        rec.sha256.clone(),
-        None,
-        Some(json!(rec)),
-    )
-    .await;
-    Ok((StatusCode::CREATED, Json(json!(rec))).into_response())
+    detached(async move {
+        let _writing = st.admin_writes.lock().await;
+        let mut revoked = rules::revocations(&st.store)?;
+        if let Some(e) = revoked.iter().find(|r| r.sha256 == sha.to_string()) {
+            return Ok((StatusCode::OK, Json(json!(e))).into_response());
+        }
+        let rec = rules::ApiRevocation {
+            sha256: sha.to_string(),
+            reason,
+            by: actor.to_string(),
+            time: now_secs(),
+        };
+        revoked.push(rec.clone());
+        // The policy with the revocation is built before anything is stored.
+        let policy = st.build_policy(&api_rules(&st)?, &revoked).map_err(|e| {
+            JsonError(ApiError::Internal(format!(
+                "{} error(s) building the policy",
+                e.len()
+            )))
+        })?;
+        let write = rec.clone();
+        commit(
+            &st,
+            &actor,
+            &client,
+            "pins.revoke",
+            rec.sha256.clone(),
+            None,
+            Some(json!(rec)),
+            Box::new(move |w| {
+                crate::store::Store::tx_put(w, crate::store::REVOKED, &write.sha256, &write)
+            }),
+        )
+        .await?;
+        st.apply(policy);
+        Ok((StatusCode::CREATED, Json(json!(rec))).into_response())
+    })
+    .await
 }
 
 // ---- export ---------------------------------------------------------------------------------
@@ -1179,6 +1227,8 @@ async fn revoke(
 async fn export(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
     let api = api_rules(&st)?;
     let mut out = String::from("# tollgate allowlist export: every rule in force\n");
+    // Comment text is one line: nothing in a name can start a TOML table in the export.
+    let one_line = |s: &str| s.replace(|c: char| c.is_control(), " ");
     let strip = |mut v: Value| -> (String, Value) {
         let src = v["source"].clone();
         let from = if src["managed"] == "api" {
@@ -1186,12 +1236,12 @@ async fn export(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
                 "# from the admin API, rule {} (revision {}, by {})",
                 v["id"].as_str().unwrap_or(""),
                 src["revision"],
-                src["updated_by"].as_str().unwrap_or("")
+                one_line(src["updated_by"].as_str().unwrap_or(""))
             )
         } else {
             format!(
                 "# from git: {}:{}",
-                src["file"].as_str().unwrap_or(""),
+                one_line(src["file"].as_str().unwrap_or("")),
                 src["line"]
             )
         };
@@ -1221,7 +1271,7 @@ async fn export(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
                 .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?;
         out.push_str(&format!(
             "\n# revoked through the admin API by {}\n{text}",
-            r.by
+            one_line(&r.by)
         ));
     }
     let mut resp = Response::new(Body::from(out));

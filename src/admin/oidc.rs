@@ -19,6 +19,8 @@ use crate::config::{JwksSource, OidcConfig};
 const LEEWAY: i64 = 60;
 /// A JWKS URL is fetched again at most this often for an unknown key id.
 const REFRESH_SECS: i64 = 60;
+/// A JWKS URL's keys are trusted this long (a key the issuer removed stops working by then).
+const MAX_AGE_SECS: i64 = 3600;
 
 enum Key {
     Rsa(rsa::pkcs1v15::VerifyingKey<sha2::Sha256>),
@@ -61,8 +63,11 @@ fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, String> {
                 let (Some(n), Some(e)) = (s("n"), s("e")) else {
                     continue;
                 };
-                let n = rsa::BigUint::from_bytes_be(&b64url(n)?);
-                let e = rsa::BigUint::from_bytes_be(&b64url(e)?);
+                let (Ok(n), Ok(e)) = (b64url(n), b64url(e)) else {
+                    continue;
+                };
+                let n = rsa::BigUint::from_bytes_be(&n);
+                let e = rsa::BigUint::from_bytes_be(&e);
                 let Ok(pk) = rsa::RsaPublicKey::new(n, e) else {
                     continue;
                 };
@@ -75,7 +80,9 @@ fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, String> {
                 let (Some(x), Some(y)) = (s("x"), s("y")) else {
                     continue;
                 };
-                let (x, y) = (b64url(x)?, b64url(y)?);
+                let (Ok(x), Ok(y)) = (b64url(x), b64url(y)) else {
+                    continue;
+                };
                 if x.len() != 32 || y.len() != 32 {
                     continue;
                 }
@@ -192,6 +199,9 @@ impl Oidc {
                     _ => false,
                 })
         };
+        if matches!(self.cfg.jwks, JwksSource::Url(_)) && now - self.keys().1 >= MAX_AGE_SECS {
+            self.refresh(now).await;
+        }
         let (keys, _) = self.keys();
         let known_kid = kid.is_some_and(|k| keys.iter().any(|j| j.kid.as_deref() == Some(k)));
         let mut ok = verify(&keys);
@@ -218,7 +228,7 @@ impl Oidc {
             return Err("JWT audience is not this gate".into());
         }
         match claims.get("exp").and_then(Value::as_i64) {
-            Some(exp) if exp + LEEWAY > now => {}
+            Some(exp) if exp.saturating_add(LEEWAY) > now => {}
             Some(_) => return Err("JWT has expired".into()),
             None => return Err("JWT has no expiry".into()),
         }
@@ -239,10 +249,13 @@ impl Oidc {
             .filter_map(|n| Role::parse(n).ok())
             .max()
             .ok_or_else(|| format!("JWT claim {:?} names no tollgate role", self.cfg.role_claim))?;
+        // The audit must name who acted: a token naming no one, or in characters a log line
+        // cannot hold, is refused.
         let who = ["sub", "oid", "appid"]
             .iter()
             .find_map(|c| claims.get(*c).and_then(Value::as_str))
-            .unwrap_or("unknown");
+            .filter(|w| !w.is_empty() && w.len() <= 256 && !w.chars().any(char::is_control))
+            .ok_or("JWT names no subject (sub)")?;
         Ok(Actor {
             name: format!("oidc:{who}"),
             role,

@@ -19,6 +19,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store record could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("store: {0}")]
+    Conflict(String),
 }
 
 macro_rules! from_redb {
@@ -99,17 +101,57 @@ impl Store {
 
     /// Appends audit entries in one durable transaction (the audit writer's group commit).
     pub fn audit_append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
-        if entries.is_empty() {
+        self.audit_commit(entries, None)
+    }
+
+    /// Appends audit entries, and applies `change` in the same durable transaction (an admin
+    /// change is stored if and only if its entry is). An entry never replaces an existing one.
+    pub fn audit_commit(
+        &self,
+        entries: &[(u64, Vec<u8>)],
+        change: Option<crate::audit::ChangeFn>,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() && change.is_none() {
             return Ok(());
         }
         let w = self.db.begin_write()?;
+        if let Some(apply) = change {
+            apply(&w)?;
+        }
         {
             let mut t = w.open_table(AUDIT)?;
             for (seq, bytes) in entries {
-                t.insert(*seq, bytes.as_slice())?;
+                if t.insert(*seq, bytes.as_slice())?.is_some() {
+                    // The chain would lose an entry: abort the whole transaction.
+                    return Err(StoreError::Conflict(format!(
+                        "audit entry #{seq} exists already"
+                    )));
+                }
             }
         }
         w.commit()?;
+        Ok(())
+    }
+
+    /// Inside a change: writes one record.
+    pub fn tx_put<T: Serialize>(
+        w: &redb::WriteTransaction,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value)?;
+        w.open_table(table)?.insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Inside a change: removes one record.
+    pub fn tx_remove(
+        w: &redb::WriteTransaction,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        w.open_table(table)?.remove(key)?;
         Ok(())
     }
 
