@@ -246,3 +246,64 @@ async fn require_auth_guards_pulls_and_verification() {
     let failures = gate.metric("tollgate_auth_failures_total").await;
     assert!(failures >= 2.0, "{failures}");
 }
+
+/// The machine's first non-loopback IPv4 address (the test needs one to be a remote client).
+fn non_loopback_address() -> String {
+    let out = Command::new("hostname").arg("-I").output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .expect("this test needs a non-loopback IPv4 address on the machine (hostname -I)")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_clear_from_the_network_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = non_loopback_address();
+    let admin_port = free_port();
+    let cfg = format!("[admin]\nlisten = \"0.0.0.0:{admin_port}\"\n");
+    let (k, v) = bootstrap_env();
+    let _gate = Gate::start_env(&dir.path().join("gate"), &cfg, "", &[(k, &v)]);
+    // The same valid credential: accepted from loopback, refused over plain HTTP from the
+    // network (it has crossed the wire in clear), and the refusal is audited.
+    assert_eq!(
+        status(
+            format!("http://127.0.0.1:{admin_port}/admin/v1/tokens"),
+            Some(BOOTSTRAP)
+        )
+        .await,
+        200
+    );
+    let remote = reqwest::Client::builder()
+        .local_address(addr.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = remote
+        .get(format!("http://{addr}:{admin_port}/admin/v1/tokens"))
+        .bearer_auth(BOOTSTRAP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("over TLS"));
+    let audit = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{admin_port}/admin/v1/audit?action=auth"
+        ))
+        .bearer_auth(BOOTSTRAP)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        audit.contains("plain HTTP from a non-loopback address"),
+        "{audit}"
+    );
+}

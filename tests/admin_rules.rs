@@ -394,6 +394,14 @@ async fn rule_writes_are_validated_and_guarded_by_etags() {
             "index",
         ),
         (json!(["not", "an", "object"]), "object"),
+        (
+            json!({ "name": "demo-a", "specifier": ">=x", "min_age": "1d" }),
+            "specifier",
+        ),
+        (
+            json!({ "name": "demo-a", "specifier": ">=1", "min_age": "soon" }),
+            "min_age",
+        ),
     ];
     for (body, want) in bad {
         let r = call(
