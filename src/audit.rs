@@ -157,7 +157,7 @@ pub struct AuditEntry {
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Events written per group commit at most.
 const BATCH: usize = 4096;
-/// How long the writer gathers events for one group commit.
+/// How long the writer gathers events for one group commit (also the longest a flush waits).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 /// How often the chain head is logged for an outside log to anchor.
 const HEAD_EVERY_SECS: i64 = 60;
@@ -387,13 +387,8 @@ impl Writer {
         let mut grouped: Vec<(AuditEvent, u64)> = std::mem::take(&mut self.pending);
         let mut index: std::collections::HashMap<u64, Vec<usize>> =
             std::collections::HashMap::new();
+        let carried = grouped.len();
         for ev in events {
-            match serde_json::to_string(&ev) {
-                Ok(json) => tracing::info!(target: "tollgate::audit", event = %json, "audit"),
-                Err(e) => {
-                    tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
-                }
-            }
             // Identical apart from the time: the same allowed decision served again.
             let Some(key) = fold_key(&ev) else {
                 grouped.push((ev, 1));
@@ -410,6 +405,18 @@ impl Writer {
         }
         if grouped.is_empty() {
             return;
+        }
+        // The log stream gets what the store gets: one line per entry, with its count (events
+        // carried over from a failed batch were logged already).
+        for (ev, count) in &grouped[carried..] {
+            match serde_json::to_string(ev) {
+                Ok(json) => {
+                    tracing::info!(target: "tollgate::audit", event = %json, count, "audit")
+                }
+                Err(e) => {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
+                }
+            }
         }
         let Some(store) = self.store.clone() else {
             return;
@@ -487,10 +494,13 @@ impl Audit {
                 let mut events = Vec::new();
                 let mut flushes = Vec::new();
                 let mut change = None;
+                // Group commit: after a first event, wait GATHER for more (one wake-up per
+                // batch, not per event), then take everything queued, up to BATCH. A flush or
+                // a change as the first message is served at once.
+                if matches!(first, Msg::Event(_)) {
+                    tokio::time::sleep(GATHER).await;
+                }
                 let mut next = Some(first);
-                // Group commit: gather what arrives within GATHER (or until BATCH), so one
-                // durable transaction carries many events; a flush or a change ends the wait.
-                let deadline = tokio::time::Instant::now() + GATHER;
                 while let Some(m) = next.take() {
                     match m {
                         Msg::Event(e) => events.push(*e),
@@ -503,16 +513,7 @@ impl Audit {
                     if events.len() >= BATCH {
                         break;
                     }
-                    next = match rx.try_recv() {
-                        Ok(m) => Some(m),
-                        Err(_) if flushes.is_empty() => {
-                            tokio::time::timeout_at(deadline, rx.recv())
-                                .await
-                                .ok()
-                                .flatten()
-                        }
-                        Err(_) => None,
-                    };
+                    next = rx.try_recv().ok();
                 }
                 // Events recorded before a change are stored before it.
                 if !events.is_empty() || !writer.pending.is_empty() {
