@@ -25,13 +25,20 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
     let admin_server = cfg
         .admin
         .listen
-        .map(|addr| tokio::spawn(serve_admin(state.clone(), addr, admin_handle)));
+        .map(|addr| tokio::spawn(serve_admin(state.clone(), addr, admin_handle.clone())));
 
     let svc = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let h2 = handle.clone();
+    let admin_ready = cfg.admin.listen.map(|_| admin_handle.clone());
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     tokio::spawn(async move {
         if let Some(addr) = h2.listening().await {
+            // The ready line comes once every listener accepts connections.
+            if let Some(admin) = admin_ready {
+                if admin.listening().await.is_none() {
+                    return;
+                }
+            }
             // Printed on stdout so scripts can find an ephemeral port (listen = "127.0.0.1:0").
             println!("tollgate listening on {scheme}://{addr}");
             tracing::info!(%addr, "listening");

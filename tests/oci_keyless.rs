@@ -139,18 +139,6 @@ fn pulled(out: &std::process::Output, what: &str) {
     assert!(out.status.success(), "{what}: {}", show(out));
 }
 
-fn refused(out: &std::process::Output, why: &str) {
-    assert!(
-        !out.status.success(),
-        "pulled, but should have been refused ({why})"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(why),
-        "expected {why:?}: {}",
-        show(out)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn keyless_legacy_signatures_and_every_forgery() {
     let env = Env::new(&["demo/app"]);

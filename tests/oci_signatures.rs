@@ -113,18 +113,6 @@ fn signed_rule(repo: &str, keys: &[&str], extra: &str) -> String {
     )
 }
 
-fn refused(out: &std::process::Output, why: &str) {
-    assert!(
-        !out.status.success(),
-        "pulled, but should have been refused ({why})"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(why),
-        "expected {why:?}: {}",
-        show(out)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_by_a_trusted_key_is_pulled_and_every_forgery_is_refused() {
     let env = Env::new();

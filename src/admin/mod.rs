@@ -31,17 +31,13 @@ type ApiResult<T> = Result<T, JsonError>;
 
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     let limit = state.config.limits.admin_body_bytes as usize;
+    let package_writes = rule_writes(rules::Kind::Package);
+    let image_writes = rule_writes(rules::Kind::Image);
     let api = Router::new()
-        .route("/packages", get(packages).post(package_create))
-        .route("/images", get(images).post(image_create))
-        .route(
-            "/packages/{id}",
-            get(package).put(package_update).delete(package_delete),
-        )
-        .route(
-            "/images/{id}",
-            get(image).put(image_update).delete(image_delete),
-        )
+        .route("/packages", package_writes.0.get(packages))
+        .route("/images", image_writes.0.get(images))
+        .route("/packages/{id}", package_writes.1.get(package))
+        .route("/images/{id}", image_writes.1.get(image))
         .route("/approvals", post(approve))
         .route("/pins", get(pins))
         .route("/pins/{id}/revoke", post(revoke))
@@ -962,88 +958,79 @@ fn if_match(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn package_create(
-    State(st): State<Arc<AppState>>,
-    Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
+/// `POST /admin/v1/{packages,images}`.
+async fn rule_create(
+    kind: rules::Kind,
+    st: Arc<AppState>,
+    actor: Actor,
+    client: ClientAddr,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let body: Value = parse_body(&body)?;
-    write_rule(
-        st,
-        actor,
-        client,
-        rules::Kind::Package,
-        Write::Create(body),
-        None,
-    )
-    .await
+    write_rule(st, actor, client, kind, Write::Create(body), None).await
 }
 
-async fn image_create(
-    State(st): State<Arc<AppState>>,
-    Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
-    body: axum::body::Bytes,
-) -> ApiResult<Response> {
-    let body: Value = parse_body(&body)?;
-    write_rule(
-        st,
-        actor,
-        client,
-        rules::Kind::Image,
-        Write::Create(body),
-        None,
-    )
-    .await
-}
-
-async fn package_update(
-    State(st): State<Arc<AppState>>,
-    Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
-    Path(id): Path<String>,
+/// `PUT /admin/v1/{packages,images}/{id}` (If-Match).
+async fn rule_update(
+    kind: rules::Kind,
+    st: Arc<AppState>,
+    actor: Actor,
+    client: ClientAddr,
+    id: String,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let body: Value = parse_body(&body)?;
     let op = Write::Update(id, if_match(&headers), body);
-    write_rule(st, actor, client, rules::Kind::Package, op, None).await
+    write_rule(st, actor, client, kind, op, None).await
 }
 
-async fn image_update(
-    State(st): State<Arc<AppState>>,
-    Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
-    Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> ApiResult<Response> {
-    let body: Value = parse_body(&body)?;
-    let op = Write::Update(id, if_match(&headers), body);
-    write_rule(st, actor, client, rules::Kind::Image, op, None).await
-}
-
-async fn package_delete(
-    State(st): State<Arc<AppState>>,
-    Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
-    Path(id): Path<String>,
+/// `DELETE /admin/v1/{packages,images}/{id}` (If-Match).
+async fn rule_delete(
+    kind: rules::Kind,
+    st: Arc<AppState>,
+    actor: Actor,
+    client: ClientAddr,
+    id: String,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let op = Write::Delete(id, if_match(&headers));
-    write_rule(st, actor, client, rules::Kind::Package, op, None).await
+    write_rule(st, actor, client, kind, op, None).await
 }
 
-async fn image_delete(
-    State(st): State<Arc<AppState>>,
-    Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
-    Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
-) -> ApiResult<Response> {
-    let op = Write::Delete(id, if_match(&headers));
-    write_rule(st, actor, client, rules::Kind::Image, op, None).await
+/// The write routes of one kind of rule: the collection (create) and one rule (update, delete).
+fn rule_writes(
+    kind: rules::Kind,
+) -> (
+    axum::routing::MethodRouter<Arc<AppState>>,
+    axum::routing::MethodRouter<Arc<AppState>>,
+) {
+    let create = post(
+        move |State(st): State<Arc<AppState>>,
+              Extension(actor): Extension<Actor>,
+              Extension(client): Extension<ClientAddr>,
+              body: axum::body::Bytes| rule_create(kind, st, actor, client, body),
+    );
+    let one = axum::routing::put(
+        move |State(st): State<Arc<AppState>>,
+              Extension(actor): Extension<Actor>,
+              Extension(client): Extension<ClientAddr>,
+              Path(id): Path<String>,
+              headers: axum::http::HeaderMap,
+              body: axum::body::Bytes| {
+            rule_update(kind, st, actor, client, id, headers, body)
+        },
+    )
+    .delete(
+        move |State(st): State<Arc<AppState>>,
+              Extension(actor): Extension<Actor>,
+              Extension(client): Extension<ClientAddr>,
+              Path(id): Path<String>,
+              headers: axum::http::HeaderMap| {
+            rule_delete(kind, st, actor, client, id, headers)
+        },
+    );
+    (create, one)
 }
 
 // ---- approvals and pins ---------------------------------------------------------------------

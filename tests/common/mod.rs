@@ -425,3 +425,16 @@ pub fn oci_images(layout: &Path) -> BTreeMap<String, String> {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A pull that must have been refused, with `why` in skopeo's error output.
+pub fn refused(out: &std::process::Output, why: &str) {
+    assert!(
+        !out.status.success(),
+        "pulled, but should have been refused ({why})"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(why),
+        "expected {why:?}: {}",
+        show(out)
+    );
+}
