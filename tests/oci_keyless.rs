@@ -198,10 +198,13 @@ async fn keyless_legacy_signatures_and_every_forgery() {
         "no trusted signer",
     );
 
-    // v2, signed in turn by: a CA outside the trusted root; a certificate not valid at the log's
+    // v2, signed in turn by: a certificate without an SCT; a CA outside the trusted root; a
+    // certificate not valid at the log's
     // integrated time; and the real certificate and log entry of v1's signing reused with a
     // signature of v2 by the same key (everything verifies except the entry's binding).
-    let forgeries: [(&[&str], &str); 3] = [
+    let forgeries: [(&[&str], &str); 4] = [
+        // Not logged for certificate transparency (the test root lists a CT log).
+        (&["--no-sct"], "carries no SCT"),
         (&["--rogue"], "not issued by a CA of the trusted root"),
         (
             &["--cert-window", "-7200", "-3600"],

@@ -484,7 +484,27 @@ fn fulcio_rekor_valid_against_edited_trusted_roots() {
         )
         .unwrap(),
     );
-    v["tlogs"][0]["publicKey"]["rawBytes"] = cosign_der.into();
+    v["tlogs"][0]["publicKey"]["rawBytes"] = cosign_der.clone().into();
+    assert!(keyless_verdict(&root_of(&v), &me, |_| {}).is_err());
+    // The certificate's SCT checked with another key under the CT log's id: refused; a root
+    // that lists no CT log does not ask for one.
+    let mut v = prod_root_json();
+    for log in v["ctlogs"].as_array_mut().unwrap() {
+        log["publicKey"]["rawBytes"] = cosign_der.clone().into();
+    }
+    let refused = keyless_verdict(&root_of(&v), &me, |_| {}).unwrap_err();
+    assert!(
+        refused.to_string().contains("SCT does not verify"),
+        "{refused}"
+    );
+    let mut v = prod_root_json();
+    v["ctlogs"] = serde_json::json!([]);
+    assert!(keyless_verdict(&root_of(&v), &me, |_| {}).is_ok());
+    // The CT logs' periods ending before the SCT was made.
+    let mut v = prod_root_json();
+    for log in v["ctlogs"].as_array_mut().unwrap() {
+        log["publicKey"]["validFor"]["end"] = "2022-11-01T00:00:00Z".into();
+    }
     assert!(keyless_verdict(&root_of(&v), &me, |_| {}).is_err());
     // The CA no longer valid at the integrated time (its period ended the day before).
     let mut v = prod_root_json();

@@ -25,7 +25,7 @@ use super::cosign::{
 use super::dsse::{statement, Envelope, Statement};
 use super::rekor::{check_binding, Entry, Signed};
 use super::trust::TrustRoot;
-use super::x509::{verify_chain, Cert};
+use super::x509::{verify_chain, verify_sct, Cert};
 use crate::policy::oci::{
     reference_repository, AttestationRule, Digest, KeylessIdentity, Repository,
 };
@@ -147,7 +147,15 @@ fn keyless(
         let checked = e
             .verify(root)
             .and_then(|()| check_binding(&e.body, signed, sig, &cert.der))
-            .and_then(|()| verify_chain(cert, chain, &root.authorities, e.integrated_time));
+            .and_then(|()| verify_chain(cert, chain, &root.authorities, e.integrated_time))
+            .and_then(|issuer_key| {
+                // A trusted root that names CT logs asks for the certificate to be logged.
+                if root.ct_logs.is_empty() {
+                    Ok(())
+                } else {
+                    verify_sct(cert, &issuer_key, &root.ct_logs)
+                }
+            });
         match checked {
             Ok(()) => {
                 // Fulcio certifies exactly one subject; a certificate naming several could fill

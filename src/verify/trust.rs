@@ -21,6 +21,9 @@ pub struct LogKey {
 pub struct TrustRoot {
     pub authorities: Vec<Authority>,
     pub logs: Vec<LogKey>,
+    /// Certificate-transparency logs: when the root lists any, a Fulcio certificate needs an
+    /// SCT by one of them.
+    pub ct_logs: Vec<LogKey>,
 }
 
 impl std::fmt::Debug for TrustRoot {
@@ -40,6 +43,8 @@ struct Raw {
     media_type: Option<String>,
     #[serde(default)]
     tlogs: Vec<RawLog>,
+    #[serde(default)]
+    ctlogs: Vec<RawLog>,
     #[serde(default)]
     certificate_authorities: Vec<RawCa>,
 }
@@ -143,9 +148,23 @@ impl TrustRoot {
                 valid_to,
             });
         }
+        let logs = Self::log_keys(&raw.tlogs, "tlogs")?;
+        let ct_logs = Self::log_keys(&raw.ctlogs, "ctlogs")?;
+        if authorities.is_empty() && logs.is_empty() {
+            return Err("it lists no certificate authority and no transparency log".into());
+        }
+        Ok(TrustRoot {
+            authorities,
+            logs,
+            ct_logs,
+        })
+    }
+
+    fn log_keys(raw: &[RawLog], kind: &str) -> Result<Vec<LogKey>, String> {
+        let b64 = base64::engine::general_purpose::STANDARD;
         let mut logs = Vec::new();
-        for (i, log) in raw.tlogs.iter().enumerate() {
-            let what = format!("tlogs[{i}]");
+        for (i, log) in raw.iter().enumerate() {
+            let what = format!("{kind}[{i}]");
             let (valid_from, valid_to) = period(log.public_key.valid_for.as_ref(), &what)?;
             let der = b64
                 .decode(log.public_key.raw_bytes.as_deref().unwrap_or_default())
@@ -161,10 +180,7 @@ impl TrustRoot {
                 valid_to,
             });
         }
-        if authorities.is_empty() && logs.is_empty() {
-            return Err("it lists no certificate authority and no transparency log".into());
-        }
-        Ok(TrustRoot { authorities, logs })
+        Ok(logs)
     }
 
     /// The log key with this id that was valid at `at`.

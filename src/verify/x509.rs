@@ -253,9 +253,16 @@ impl Cert {
             .and_then(|(_, v)| std::str::from_utf8(v).ok().map(str::to_string))
     }
 
-    /// Whether the certificate carries the embedded SCT list.
-    pub fn has_sct(&self) -> bool {
-        self.extension(SCT_LIST).is_some()
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo (RFC 6962's issuer key hash).
+    fn spki_sha256(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        let der = self
+            .cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .unwrap_or_default();
+        sha2::Sha256::digest(der).into()
     }
 }
 
@@ -269,13 +276,14 @@ pub struct Authority {
 
 /// Checks that `leaf` is a code-signing certificate issued, directly or through the
 /// `intermediates` the signature carried, by a certificate of one of `authorities`, everything
-/// valid at `at`. The carried intermediates are untrusted: each must itself chain up.
+/// valid at `at`. The carried intermediates are untrusted: each must itself chain up. Returns
+/// the hash of the leaf's issuer's key (for its SCTs).
 pub fn verify_chain(
     leaf: &Cert,
     intermediates: &[Cert],
     authorities: &[Authority],
     at: i64,
-) -> Result<(), String> {
+) -> Result<[u8; 32], String> {
     if !leaf.valid_at(at) {
         return Err(format!(
             "the certificate was not valid at the log's integrated time {at}"
@@ -300,24 +308,108 @@ pub fn verify_chain(
         .filter(|c| c.valid_at(at) && c.is_ca() && c.unknown_critical().is_none())
         .collect();
     let mut current = leaf;
+    // The leaf's own issuer (its key is part of what a precertificate SCT signs).
+    let mut leaf_issuer: Option<&Cert> = None;
     // Sigstore chains are leaf → intermediate → root; a few more hops cover private CAs.
     // `below`: the intermediate CAs between the issuer being tried and the leaf.
     for below in 0..4 {
-        if anchors
+        if let Some(a) = anchors
             .iter()
-            .any(|a| current.issued_by(a) && a.allows_depth(below))
+            .find(|a| current.issued_by(a) && a.allows_depth(below))
         {
-            return Ok(());
+            return Ok(leaf_issuer.unwrap_or(a).spki_sha256());
         }
         match usable
             .iter()
             .find(|c| !std::ptr::eq(**c, current) && current.issued_by(c) && c.allows_depth(below))
         {
-            Some(next) => current = next,
+            Some(next) => {
+                leaf_issuer.get_or_insert(next);
+                current = next
+            }
             None => break,
         }
     }
     Err("the certificate was not issued by a CA of the trusted root".into())
+}
+
+/// RFC 6962 §3.2–3.3: checks the certificate's embedded SCTs. At least one must be by a
+/// certificate-transparency log of the trusted root, valid at the SCT's time, and verify over
+/// the precertificate (the TBS without the SCT extension) and the issuer's key hash.
+pub fn verify_sct(
+    leaf: &Cert,
+    issuer_key_hash: &[u8; 32],
+    ct_logs: &[super::trust::LogKey],
+) -> Result<(), String> {
+    let (_, ext) = leaf
+        .extension(SCT_LIST)
+        .ok_or("the certificate carries no SCT (it was not logged for certificate transparency)")?;
+    let list = x509_cert::der::asn1::OctetString::from_der(ext)
+        .map_err(|_| "the SCT extension is malformed")?;
+    let list = list.as_bytes();
+    let u16_at = |b: &[u8], i: usize| -> Option<usize> {
+        Some(((*b.get(i)? as usize) << 8) | *b.get(i + 1)? as usize)
+    };
+    let total = u16_at(list, 0).ok_or("the SCT list is malformed")?;
+    let mut body = list.get(2..2 + total).ok_or("the SCT list is malformed")?;
+    // The precertificate: the TBS without the SCT extension, re-encoded (RFC 6962 §3.2).
+    let mut tbs = leaf.cert.tbs_certificate.clone();
+    if let Some(exts) = tbs.extensions.as_mut() {
+        exts.retain(|e| e.extn_id != SCT_LIST);
+    }
+    let tbs = tbs.to_der().map_err(|e| format!("precertificate: {e}"))?;
+    let mut last = String::from("no SCT of a trusted log verifies");
+    while !body.is_empty() {
+        let len = u16_at(body, 0).ok_or("the SCT list is malformed")?;
+        let sct = body.get(2..2 + len).ok_or("the SCT list is malformed")?;
+        body = &body[2 + len..];
+        // version(1) log_id(32) timestamp(8) extensions(2+n) hash(1) sig(1) sig_len(2) sig
+        if sct.first() != Some(&0) || sct.len() < 1 + 32 + 8 + 2 {
+            continue;
+        }
+        let log_id = &sct[1..33];
+        let timestamp_ms = u64::from_be_bytes(sct[33..41].try_into().unwrap_or([0; 8]));
+        let Some(ext_len) = u16_at(sct, 41) else {
+            continue;
+        };
+        let Some(exts) = sct.get(43..43 + ext_len) else {
+            continue;
+        };
+        let rest = &sct[43 + ext_len..];
+        let (Some(&hash), Some(sig_len)) = (rest.first(), u16_at(rest, 2)) else {
+            continue;
+        };
+        let Some(sig) = rest.get(4..4 + sig_len) else {
+            continue;
+        };
+        if hash != 4 {
+            // Only SHA-256 (RFC 5246 HashAlgorithm 4) is used by CT logs.
+            continue;
+        }
+        let at = (timestamp_ms / 1000) as i64;
+        let Some(log) = ct_logs.iter().find(|l| {
+            l.log_id == log_id && l.valid_from <= at && l.valid_to.is_none_or(|end| at <= end)
+        }) else {
+            last = "the SCT is by no certificate-transparency log of the trusted root".into();
+            continue;
+        };
+        let mut signed = Vec::with_capacity(tbs.len() + 64);
+        signed.push(0); // version v1
+        signed.push(0); // signature_type certificate_timestamp
+        signed.extend_from_slice(&timestamp_ms.to_be_bytes());
+        signed.extend_from_slice(&1u16.to_be_bytes()); // entry_type precert_entry
+        signed.extend_from_slice(issuer_key_hash);
+        let n = tbs.len();
+        signed.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        signed.extend_from_slice(&tbs);
+        signed.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+        signed.extend_from_slice(exts);
+        if log.key.verifies(&signed, sig) {
+            return Ok(());
+        }
+        last = "the SCT does not verify with its log's key".into();
+    }
+    Err(last)
 }
 
 #[cfg(test)]

@@ -99,6 +99,9 @@ def init(d):
     rekor = ec.generate_private_key(ec.SECP256R1())
     save_key(rekor, os.path.join(d, "rekor.key"))
     rekor_der = rekor.public_key().public_bytes(DER, SPKI)
+    ct = ec.generate_private_key(ec.SECP256R1())
+    save_key(ct, os.path.join(d, "ct.key"))
+    ct_der = ct.public_key().public_bytes(DER, SPKI)
     start = "2020-01-01T00:00:00Z"
     trusted = {
         "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
@@ -113,7 +116,11 @@ def init(d):
             "certChain": {"certificates": [{"rawBytes": B64(inter.public_bytes(DER))}, {"rawBytes": B64(root.public_bytes(DER))}]},
             "validFor": {"start": start},
         }],
-        "ctlogs": [],
+        "ctlogs": [{
+            "baseUrl": "https://ct.test", "hashAlgorithm": "SHA2_256",
+            "publicKey": {"rawBytes": B64(ct_der), "keyDetails": "PKIX_ECDSA_P256_SHA_256", "validFor": {"start": start}},
+            "logId": {"keyId": B64(hashlib.sha256(ct_der).digest())},
+        }],
         "timestampAuthorities": [],
     }
     with open(os.path.join(d, "trusted_root.json"), "w") as f:
@@ -130,11 +137,12 @@ def leaf_cert(d, key, identity, issuer, rogue, window):
     # Fulcio's issuer extensions: v1 (1.1) raw bytes, v2 (1.8) a DER UTF8String.
     v2 = bytes([0x0c, len(utf8)]) + utf8
     t = now()
-    cert = (x509.CertificateBuilder()
+    serial = x509.random_serial_number()
+    base = (x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(inter.subject)
             .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial)
             .not_valid_before(t + datetime.timedelta(seconds=window[0]))
             .not_valid_after(t + datetime.timedelta(seconds=window[1]))
             .add_extension(x509.SubjectAlternativeName([san]), critical=True)
@@ -143,8 +151,27 @@ def leaf_cert(d, key, identity, issuer, rogue, window):
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
             .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1"), utf8), critical=False)
-            .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8"), v2), critical=False)
-            .sign(inter_key, hashes.SHA384()))
+            .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8"), v2), critical=False))
+    if "--no-sct" in sys.argv:
+        return base.sign(inter_key, hashes.SHA384()), inter
+    # RFC 6962 §3.2: the test CT log signs the precertificate (the TBS without the SCT list)
+    # with the issuer's key hash; the SCT is then embedded as the last extension.
+    pre = base.sign(inter_key, hashes.SHA384())
+    ct = load_key(os.path.join(d, "ct.key"))
+    log_id = hashlib.sha256(ct.public_key().public_bytes(DER, SPKI)).digest()
+    issuer_key_hash = hashlib.sha256(inter.public_key().public_bytes(DER, SPKI)).digest()
+    ts = int(time.time() * 1000)
+    tbs = pre.tbs_certificate_bytes
+    signed = (b"\x00\x00" + ts.to_bytes(8, "big") + b"\x00\x01" + issuer_key_hash
+              + len(tbs).to_bytes(3, "big") + tbs + b"\x00\x00")
+    sig = ct.sign(signed, ec.ECDSA(hashes.SHA256()))
+    sct = b"\x00" + log_id + ts.to_bytes(8, "big") + b"\x00\x00" + b"\x04\x03" + len(sig).to_bytes(2, "big") + sig
+    tls = len(sct).to_bytes(2, "big") + sct
+    tls = len(tls).to_bytes(2, "big") + tls
+    der = b"\x04" + (bytes([len(tls)]) if len(tls) < 128 else b"\x81" + bytes([len(tls)])) + tls
+    cert = base.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2"), der),
+                              critical=False).sign(inter_key, hashes.SHA384())
+    assert cert.tbs_precertificate_bytes == tbs, "the precertificate changed under the SCT"
     return cert, inter
 
 
