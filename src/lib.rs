@@ -301,18 +301,25 @@ pub fn with_api(
         }
     }
     for rv in api_revocations {
-        if let Ok(sha) = policy::Sha256::parse(&rv.sha256) {
-            policy
-                .revoked
-                .entry(sha)
-                .or_insert(policy::allowlist::Revocation {
-                    reason: rv.reason.clone(),
-                    source: policy::Source {
-                        file: format!("api:revoked by {}", rv.by),
-                        line: 1,
-                    },
-                });
-        }
+        // A revocation that cannot be read must not quietly stop applying: refuse the policy.
+        let Ok(sha) = policy::Sha256::parse(&rv.sha256) else {
+            api_errors.push(LoadError {
+                file: "api:revocations".into(),
+                line: 1,
+                message: format!("stored revocation {:?} is not a sha256", rv.sha256),
+            });
+            continue;
+        };
+        policy
+            .revoked
+            .entry(sha)
+            .or_insert(policy::allowlist::Revocation {
+                reason: rv.reason.clone(),
+                source: policy::Source {
+                    file: format!("api:revoked by {}", rv.by),
+                    line: 1,
+                },
+            });
     }
     if !api_errors.is_empty() {
         return Err(api_errors);

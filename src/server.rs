@@ -81,7 +81,7 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
             tokio::select! {
                 r = &mut main => {
                     state.ready.store(false, Relaxed);
-                    admin_handle_stop(&cfg, &state);
+                    admin_handle_stop(&state);
                     let _ = admin.await;
                     r
                 }
@@ -110,7 +110,7 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
 }
 
 /// Stops the admin listener when the main one has stopped.
-fn admin_handle_stop(_cfg: &crate::config::Config, state: &Arc<AppState>) {
+fn admin_handle_stop(state: &Arc<AppState>) {
     if let Some(h) = state
         .admin_handle
         .lock()
