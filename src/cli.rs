@@ -438,3 +438,90 @@ pub fn audit_verify(config: &Config) -> i32 {
         },
     }
 }
+
+/// What `tollgate sigstore verify-bundle` is asked (the sigstore-conformance client protocol).
+pub struct VerifyBundle {
+    pub bundle: std::path::PathBuf,
+    pub identity: Option<String>,
+    pub issuer: Option<String>,
+    pub key: Option<std::path::PathBuf>,
+    pub trusted_root: Option<std::path::PathBuf>,
+    pub staging: bool,
+    /// A file, or `sha256:<hex>` of one.
+    pub artifact: String,
+}
+
+/// `tollgate sigstore verify-bundle`: 0 only when the bundle verifies for that identity and
+/// issuer (exactly, as a rule's `subject` and `issuer` match) or with that key, by the same
+/// code the pull gate runs; offline, from the given trusted root or the one embedded at build
+/// time.
+pub fn sigstore_verify_bundle(a: &VerifyBundle) -> i32 {
+    match verify_bundle(a) {
+        Ok(what) => {
+            println!("OK: {what}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn verify_bundle(a: &VerifyBundle) -> Result<String, String> {
+    use crate::verify::sigstore::{authenticate, Input};
+    use crate::verify::trust::TrustRoot;
+    let read =
+        |p: &Path, what: &str| std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()));
+    let root = match &a.trusted_root {
+        Some(p) => TrustRoot::from_json(&read(p, "trusted root")?)
+            .map_err(|e| format!("trusted root {}: {e}", p.display()))?,
+        None => TrustRoot::embedded(a.staging)?,
+    };
+    let text = String::from_utf8(read(&a.bundle, "bundle")?)
+        .map_err(|_| format!("bundle {}: not UTF-8", a.bundle.display()))?;
+    let bundle = sigstore_verify::types::Bundle::from_json(&text)
+        .map_err(|e| format!("bundle {}: {e}", a.bundle.display()))?;
+    let bytes;
+    let input = match a.artifact.strip_prefix("sha256:") {
+        Some(hex) => {
+            let d = crate::policy::Sha256::parse(hex)
+                .map_err(|_| format!("{}: not sha256:<64 hex digits>", a.artifact))?;
+            Input::Sha256(*d.as_bytes())
+        }
+        None => {
+            bytes = read(Path::new(&a.artifact), "artifact")?;
+            Input::Bytes(&bytes)
+        }
+    };
+    match (&a.key, &a.identity, &a.issuer) {
+        (Some(k), None, None) => {
+            let pem = String::from_utf8(read(k, "key")?)
+                .map_err(|_| format!("key {}: not PEM", k.display()))?;
+            let key = crate::verify::keys::PublicKey::from_pem(&pem)
+                .map_err(|e| format!("key {}: {e}", k.display()))?;
+            authenticate(&root, &bundle, input, Some(&key))?;
+            Ok(format!(
+                "signed with the {} key {}",
+                key.kind(),
+                k.display()
+            ))
+        }
+        (None, Some(identity), Some(issuer)) => {
+            let wanted = crate::policy::oci::KeylessIdentity {
+                issuer: issuer.clone(),
+                subject: crate::policy::oci::SubjectMatch::Exact(identity.clone()),
+            };
+            let (signer, by) = authenticate(&root, &bundle, input, None)?
+                .ok_or("the bundle carries no certificate")?;
+            if !wanted.matches(std::slice::from_ref(&signer), by.as_deref()) {
+                return Err(format!(
+                    "signed by {signer} from {}, not by {wanted}",
+                    by.as_deref().unwrap_or("an unnamed issuer")
+                ));
+            }
+            Ok(format!("signed by {wanted}"))
+        }
+        _ => Err("give --key, or --certificate-identity with --certificate-oidc-issuer".into()),
+    }
+}

@@ -94,7 +94,6 @@ pub struct RegistryConfig {
 
 #[derive(Debug, Clone)]
 pub struct OciConfig {
-    pub trusted_root: Option<PathBuf>,
     pub tag_ttl: Duration,
     pub default_registry: String,
     /// Pulls and `/api/v1/verify` need a token of role `puller` or above.
@@ -135,6 +134,9 @@ pub struct Config {
     pub cache_max_bytes: u64,
     pub limits: Limits,
     pub tls: Option<Tls>,
+    /// The one Sigstore trusted root of both gates (keyless signatures, log entries,
+    /// timestamps), read offline.
+    pub trusted_root: Option<PathBuf>,
     pub pypi: PypiConfig,
     pub oci: OciConfig,
     pub admin: AdminConfig,
@@ -166,6 +168,7 @@ struct RawConfig {
     cache_max_bytes: Option<String>,
     limits: Option<RawLimits>,
     tls: Option<RawTls>,
+    trusted_root: Option<String>,
     pypi: Option<RawPypi>,
     oci: Option<RawOci>,
     admin: Option<RawAdmin>,
@@ -576,8 +579,18 @@ impl Config {
         if ro.default_registry.is_some() && !registries.iter().any(|r| r.host == default_registry) {
             return Err(invalid(line_of("default_registry"), format!("default_registry {default_registry:?} is not a configured [[oci.registry]] host")));
         }
+        // `[oci] trusted_root` is the old name of the top-level key; one file, named once.
+        let trusted_root = match (&raw.trusted_root, &ro.trusted_root) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    line_of("trusted_root"),
+                    "trusted_root is set twice: keep the top-level one ([oci] trusted_root is its old name)".into(),
+                ))
+            }
+            (Some(p), None) | (None, Some(p)) => Some(resolve(p)),
+            (None, None) => None,
+        };
         let oci = OciConfig {
-            trusted_root: ro.trusted_root.as_deref().map(resolve),
             tag_ttl,
             default_registry,
             require_auth: ro.require_auth.unwrap_or(false),
@@ -593,6 +606,7 @@ impl Config {
             cache_max_bytes,
             limits,
             tls,
+            trusted_root,
             admin: AdminConfig {
                 listen: admin_listen,
                 oidc,

@@ -485,6 +485,13 @@ fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok(r))
 }
 
+/// The process's one TLS provider: aws-lc-rs, the library sigstore-verify checks signatures
+/// with, so TLS and signatures rest on one cryptographic stack. Installed before any TLS
+/// configuration is built (reqwest and rustls look it up then); later calls change nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// The HTTP client for one upstream: no automatic redirects (each caller checks where a
 /// redirect goes and strips credentials itself), bounded connect and read times, and an
 /// optional private CA.
@@ -493,6 +500,7 @@ pub fn http_client(
     ca_file: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(10)))

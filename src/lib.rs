@@ -367,31 +367,38 @@ fn finish_policy(
             }
         }
     }
-    // Keyless identities are checked against the operator's trusted root, read with the
-    // policy (so SIGHUP reloads it too); a rule naming one without a readable root is refused.
-    let keyless_rule = policy.images.iter().find(|r| {
-        r.signature.as_ref().is_some_and(|s| !s.keyless.is_empty())
-            || r.attestations.iter().any(|a| !a.keyless.is_empty())
-    });
-    if let (Some(rule), None) = (keyless_rule, &policy.trust_root) {
-        let err = |message: String| LoadError {
-            file: rule.source.file.clone(),
-            line: rule.source.line,
-            message,
-        };
-        match &config.oci.trusted_root {
-            None => errors.push(err(format!(
-                "{}: keyless identities need [oci] trusted_root (a Sigstore trusted_root.json)",
-                rule.pattern
-            ))),
-            Some(path) => match std::fs::read(path)
+    // The operator's trusted root is read with the policy (so SIGHUP reloads it too) whenever
+    // one is configured: keyless identities need it, and log entries on key signatures are
+    // checked against it. A keyless rule without a readable root is refused, never left to
+    // admit nothing.
+    if policy.trust_root.is_none() {
+        if let Some(path) = &config.trusted_root {
+            match std::fs::read(path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| verify::trust::TrustRoot::from_json(&b))
             {
                 Ok(root) => policy.trust_root = Some(Arc::new(root)),
-                Err(e) => errors.push(err(format!("trusted root {}: {e}", path.display()))),
-            },
+                Err(e) => errors.push(LoadError {
+                    file: path.display().to_string(),
+                    line: 0,
+                    message: format!("not a usable Sigstore trusted root: {e}"),
+                }),
+            }
         }
+    }
+    let keyless_rule = policy.images.iter().find(|r| {
+        r.signature.as_ref().is_some_and(|s| !s.keyless.is_empty())
+            || r.attestations.iter().any(|a| !a.keyless.is_empty())
+    });
+    if let (Some(rule), None) = (keyless_rule, &config.trusted_root) {
+        errors.push(LoadError {
+            file: rule.source.file.clone(),
+            line: rule.source.line,
+            message: format!(
+                "{}: keyless identities need trusted_root (a Sigstore trusted_root.json)",
+                rule.pattern
+            ),
+        });
     }
     // A threshold counts distinct keys: one key saved under two names must not count twice.
     for rule in &policy.images {

@@ -49,6 +49,36 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Sigstore tools.
+    Sigstore {
+        #[command(subcommand)]
+        command: SigstoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigstoreCommand {
+    /// Verify a Sigstore bundle for an artifact, offline (the sigstore-conformance client
+    /// protocol); exit 0 only when it verifies for that identity or key.
+    VerifyBundle {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, requires = "certificate_oidc_issuer", conflicts_with = "key")]
+        certificate_identity: Option<String>,
+        #[arg(long, requires = "certificate_identity")]
+        certificate_oidc_issuer: Option<String>,
+        /// A PEM public key (instead of an identity).
+        #[arg(long, required_unless_present = "certificate_identity")]
+        key: Option<PathBuf>,
+        /// A trusted_root.json; without it, the Sigstore root embedded at build time.
+        #[arg(long)]
+        trusted_root: Option<PathBuf>,
+        /// The embedded staging root instead of production.
+        #[arg(long, conflicts_with = "trusted_root")]
+        staging: bool,
+        /// The artifact's file, or sha256:<hex> of it.
+        artifact: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -182,6 +212,28 @@ fn main() -> ExitCode {
             Ok(c) => code(tollgate::cli::audit_verify(&c)),
             Err(e) => e,
         },
+        Command::Sigstore {
+            command:
+                SigstoreCommand::VerifyBundle {
+                    bundle,
+                    certificate_identity,
+                    certificate_oidc_issuer,
+                    key,
+                    trusted_root,
+                    staging,
+                    artifact,
+                },
+        } => code(tollgate::cli::sigstore_verify_bundle(
+            &tollgate::cli::VerifyBundle {
+                bundle,
+                identity: certificate_identity,
+                issuer: certificate_oidc_issuer,
+                key,
+                trusted_root,
+                staging,
+                artifact,
+            },
+        )),
         Command::Allowlist { command } => match command {
             AllowlistCommand::Import { file } => code(tollgate::cli::import(&file)),
             AllowlistCommand::Check { file, config: path } => match config(path.as_ref()) {

@@ -50,7 +50,7 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
     let main = async {
         let served = match &cfg.tls {
             Some(tls) => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                crate::fetch::install_crypto_provider();
                 let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
                     .await
                     .map_err(|e| {
@@ -135,7 +135,7 @@ async fn serve_admin(state: Arc<AppState>, addr: SocketAddr, handle: Handle) -> 
     });
     let result = match &cfg.tls {
         Some(tls) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            crate::fetch::install_crypto_provider();
             let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
                 .await
                 .map_err(|e| format!("tls: {e}"))?;

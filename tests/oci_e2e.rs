@@ -189,8 +189,10 @@ async fn pinned_images_pull_by_tag_and_by_digest() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
-    // Referrers: answered for an admitted subject (distribution 2.8 has no referrers API, so an
-    // empty index), refused for any other; tags/list passes through.
+    // Referrers: for an admitted subject, distribution 2.8 has no referrers API, so the gate
+    // answers 404 (the distribution spec's signal to fall back to the referrers tag), never an
+    // empty list that would read as "no signatures"; refused for any other; tags/list passes
+    // through.
     let r = c
         .get(
             env.gate
@@ -199,9 +201,15 @@ async fn pinned_images_pull_by_tag_and_by_digest() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    let idx: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(idx["manifests"], serde_json::json!([]));
+    assert_eq!(r.status(), 404);
+    let err: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        err["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("sha256-{}", &env.digests["v1"][7..])),
+        "{err}"
+    );
     let r = c
         .get(
             env.gate

@@ -204,16 +204,13 @@ async fn keyless_legacy_signatures_and_every_forgery() {
     // signature of v2 by the same key (everything verifies except the entry's binding).
     let forgeries: [(&[&str], &str); 4] = [
         // Not logged for certificate transparency (the test root lists a CT log).
-        (&["--no-sct"], "carries no SCT"),
-        (&["--rogue"], "not issued by a CA of the trusted root"),
+        (&["--no-sct"], "carries no SCT that verifies"),
+        (&["--rogue"], "does not chain to a CA of the trusted root"),
         (
             &["--cert-window", "-7200", "-3600"],
             "not valid at the log's integrated time",
         ),
-        (
-            &["--reuse", "good"],
-            "the log entry records another signature, signer or payload",
-        ),
+        (&["--reuse", "good"], "records another artifact"),
     ];
     for (i, (opts, why)) in forgeries.iter().enumerate() {
         let mut args = vec![
@@ -283,7 +280,7 @@ async fn keyless_legacy_signatures_and_every_forgery() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        show(&out).contains("keyless identities need [oci] trusted_root"),
+        show(&out).contains("keyless identities need trusted_root"),
         "{}",
         show(&out)
     );
@@ -387,6 +384,21 @@ async fn v3_bundles_through_the_referrers_tag_and_the_referrers_api() {
         "signature is for another image",
     );
 
+    // The gate's own referrers endpoint, in front of a registry that has the API, lists the
+    // bundle for downstream verifiers.
+    let listed = reqwest::Client::new()
+        .get(gate2.url(&format!("/v2/reg/demo/app/referrers/{v1}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed: serde_json::Value = listed.json().await.unwrap();
+    assert_eq!(
+        listed["manifests"][0]["digest"],
+        bundle.as_str(),
+        "{listed}"
+    );
+
     // A key-based v3 bundle (no log entry needed) by a trusted key, and one by another key.
     env.sign("demo/keyed", &v1, "bundle", &["--key", "key:trusted"]);
     env.sign("demo/keyed", &v2, "bundle", &["--key", "key:stranger"]);
@@ -396,6 +408,52 @@ async fn v3_bundles_through_the_referrers_tag_and_the_referrers_api() {
     refused(
         &env.pull(&g, "demo/keyed:v2"),
         "signed, but by no trusted signer",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rekor_v2_entries_dated_by_a_timestamp_authority() {
+    // Rekor v2 entries carry no integrated time and no SET: the signature is dated by an RFC
+    // 3161 timestamp of a TSA in the trusted root, and the entry proven by its inclusion proof
+    // and the log's signed checkpoint (sigstore_sign.py --rekor-v2; the entry is the log's
+    // first, index 0, which protobuf JSON leaves out).
+    let env = Env::new(&["v2/app", "v2/other"]);
+    let (v1, v2) = (env.v("v1"), env.v("v2"));
+    let port = env.registry.port;
+    let keyless = ["--identity", WORKFLOW, "--issuer", GITHUB, "--rekor-v2"];
+    env.sign("v2/app", &v1, "bundle", &keyless);
+    let mut rogue_tsa = keyless.to_vec();
+    rogue_tsa.push("--rogue-tsa");
+    env.sign("v2/app", &v2, "bundle", &rogue_tsa);
+    let mut rogue_log = keyless.to_vec();
+    rogue_log.push("--rogue-log");
+    env.sign("v2/other", &v1, "bundle", &rogue_log);
+    let rule = keyless_rule("v2/*", &exact(GITHUB, WORKFLOW), "");
+    let gate = env.gate("rekor2", &rule, &[], port);
+    pulled(
+        &env.pull(&gate, "v2/app:v1"),
+        "Rekor v2 entry with a timestamp",
+    );
+    refused(
+        &env.pull(&gate, "v2/app:v2"),
+        "an RFC 3161 timestamp does not verify with a timestamp authority of the trusted root",
+    );
+    refused(
+        &env.pull(&gate, "v2/other:v1"),
+        "the log's signed checkpoint does not verify",
+    );
+    // Another identity is still another identity.
+    let other = keyless_rule(
+        "v2/*",
+        &exact(
+            GITHUB,
+            "https://github.com/acme/app/.github/workflows/other.yml@refs/tags/v1.0.0",
+        ),
+        "",
+    );
+    refused(
+        &env.pull(&env.gate("rekor2-other", &other, &[], port), "v2/app:v1"),
+        &format!("signed, but by no trusted signer (found: {WORKFLOW} from {GITHUB})"),
     );
 }
 

@@ -237,7 +237,7 @@ fn tampered_payload_or_signature_is_refused() {
 #[test]
 fn rsa_keys_parse_and_garbage_does_not() {
     let pem = std::fs::read_to_string(fixtures().join("some-rsa-key.pub")).unwrap();
-    assert!(matches!(PublicKey::from_pem(&pem), Ok(PublicKey::Rsa(_))));
+    assert_eq!(PublicKey::from_pem(&pem).unwrap().kind(), "RSA");
     let rsa = PublicKey::from_pem(&pem).unwrap();
     assert!(
         !rsa.verifies(b"x", &[0u8; 512]),
@@ -494,7 +494,9 @@ fn fulcio_rekor_valid_against_edited_trusted_roots() {
     }
     let refused = keyless_verdict(&root_of(&v), &me, |_| {}).unwrap_err();
     assert!(
-        refused.to_string().contains("SCT does not verify"),
+        refused
+            .to_string()
+            .contains("carries no SCT that verifies with a CT log of the trusted root"),
         "{refused}"
     );
     let mut v = prod_root_json();
@@ -619,12 +621,23 @@ fn the_v03_bundle_is_refused_when_anything_differs() {
             let body = e["canonicalizedBody"].as_str().unwrap().replace('A', "B");
             e["canonicalizedBody"] = body.into();
         }),
-        // The SET removed (an entry without one would need a timestamp authority).
+        // The SET and the RFC 3161 timestamp both removed: no verified signing time is left.
         Box::new(|v| {
             v["verificationMaterial"]["tlogEntries"][0]
                 .as_object_mut()
                 .unwrap()
                 .remove("inclusionPromise");
+            v["verificationMaterial"]
+                .as_object_mut()
+                .unwrap()
+                .remove("timestampVerificationData");
+        }),
+        // The RFC 3161 timestamp altered.
+        Box::new(|v| {
+            let ts = &mut v["verificationMaterial"]["timestampVerificationData"]
+                ["rfc3161Timestamps"][0]["signedTimestamp"];
+            let t = ts.as_str().unwrap().replace('A', "B");
+            *ts = t.into();
         }),
         // The integrated time moved (the SET covers it).
         Box::new(|v| {
@@ -663,6 +676,22 @@ fn the_v03_bundle_is_refused_when_anything_differs() {
         let r = bundle_verdict(&serde_json::to_vec(&e).unwrap(), BUNDLE_DIGEST, &me);
         assert!(r.is_err(), "edit {i} was accepted");
     }
+    // Either source of time alone suffices: without the SET, the RFC 3161 timestamp of
+    // Sigstore's timestamp authority dates the signature (as cosign v3 verifies it); without
+    // the timestamp, the SET does.
+    for drop in ["inclusionPromise", "timestampVerificationData"] {
+        let mut e = v.clone();
+        let target = if drop == "inclusionPromise" {
+            &mut e["verificationMaterial"]["tlogEntries"][0]
+        } else {
+            &mut e["verificationMaterial"]
+        };
+        target.as_object_mut().unwrap().remove(drop);
+        assert!(
+            bundle_verdict(&serde_json::to_vec(&e).unwrap(), BUNDLE_DIGEST, &me).is_ok(),
+            "without {drop}"
+        );
+    }
     // The checkpoint's signature altered.
     let cp = v["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
         ["envelope"]
@@ -678,4 +707,62 @@ fn the_v03_bundle_is_refused_when_anything_differs() {
     v["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]["envelope"] =
         tampered.into();
     assert!(bundle_verdict(&serde_json::to_vec(&v).unwrap(), BUNDLE_DIGEST, &me).is_err());
+}
+
+/// The key-rekor-valid signature (cosign2.pub, with a real Rekor entry of the public-good log)
+/// judged with its key, with and without the production trusted root.
+fn key_rekor_verdict(
+    root: Option<&TrustRoot>,
+    edit: impl FnOnce(&mut SignatureLayer),
+) -> Result<Vec<String>, SignatureDeny> {
+    let dir = fixtures().join("dir-img-cosign-key-rekor-valid");
+    let digest = digest_of(&std::fs::read(dir.join("manifest.json")).unwrap());
+    let mut layer = layers_of(&dir).remove(0);
+    edit(&mut layer);
+    let k = key("cosign2.pub");
+    let keys = [&k];
+    let ex = examine(&[Artifact::Signature(layer)], &Trust { keys: &keys, root });
+    judge_signature(
+        &ex,
+        &digest,
+        &Repository::parse("192.168.64.2:5000/cosign-signed/key-1").unwrap(),
+        &keys,
+        &[],
+        1,
+    )
+}
+
+#[test]
+fn a_log_entry_on_a_key_signature_is_verified_against_the_trusted_root() {
+    let root = root_of(&prod_root_json());
+    assert_eq!(
+        key_rekor_verdict(Some(&root), |_| {}),
+        Ok(vec!["cosign2.pub".to_string()])
+    );
+    // The entry altered: the key's signature alone no longer admits, and the refusal says
+    // why (containers/image: REJECT when the SET is altered or checked with another key).
+    let altered = |l: &mut SignatureLayer| {
+        let b = l.annotations["dev.sigstore.cosign/bundle"].replace("1674251859", "1674251860");
+        assert_ne!(b, l.annotations["dev.sigstore.cosign/bundle"]);
+        l.annotations.insert("dev.sigstore.cosign/bundle".into(), b);
+    };
+    let refused = key_rekor_verdict(Some(&root), altered).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("signed by key cosign2.pub, but its transparency-log entry"),
+        "{refused}"
+    );
+    let mut other_log = prod_root_json();
+    let cosign_der = std::fs::read_to_string(fixtures().join("cosign.pub"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>();
+    for log in other_log["tlogs"].as_array_mut().unwrap() {
+        log["publicKey"]["rawBytes"] = cosign_der.clone().into();
+    }
+    assert!(key_rekor_verdict(Some(&root_of(&other_log)), |_| {}).is_err());
+    // Without a trusted root there is nothing to check the entry against: the key decides.
+    assert!(key_rekor_verdict(None, altered).is_ok());
 }

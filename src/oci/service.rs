@@ -1700,7 +1700,7 @@ impl Oci {
     }
 
     /// `GET /v2/<name>/referrers/<digest>`: answered only for an admitted subject, with the
-    /// upstream's index (an empty one where the registry has no referrers API).
+    /// upstream's index (404 where the registry has no referrers API).
     pub async fn referrers(
         &self,
         lp: &LoadedPolicy,
@@ -1743,13 +1743,18 @@ impl Oci {
                     })?
                     .to_string()
             }
+            // The upstream has no referrers API: say so the way the distribution spec tells
+            // clients to fall back ("Listing Referrers": a registry without the API answers
+            // 404), so cosign, notation or Ratify then read the `sha256-<hex>` referrers tag
+            // through the gate. An empty 200 would tell them there are no signatures at all.
             Err(RegistryError::NotFound) | Err(RegistryError::Status(_, 400 | 405)) => {
-                serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": "application/vnd.oci.image.index.v1+json",
-                    "manifests": [],
-                })
-                .to_string()
+                return Err(OciError::Coded(
+                    "NAME_UNKNOWN",
+                    ApiError::NotFound(format!(
+                        "the upstream registry has no referrers API; the referrers of {subject} are listed under the tag sha256-{}",
+                        subject.sha()
+                    )),
+                ));
             }
             Err(e) => return Err(registry_error(e, "NAME_UNKNOWN")),
         };

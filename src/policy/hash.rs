@@ -36,6 +36,10 @@ impl Sha256 {
         Sha256(bytes)
     }
 
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }

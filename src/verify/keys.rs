@@ -1,181 +1,212 @@
-//! Public keys: ECDSA P-256 (SHA-256, ASN.1 DER signatures, as cosign writes them), ECDSA P-384
-//! (SHA-384; the Sigstore Fulcio CAs), RSA (PKCS#1 v1.5 with SHA-256) and Ed25519, read from PEM
-//! `PUBLIC KEY` or DER SubjectPublicKeyInfo (a certificate's key, a trusted root's log key).
+//! Public keys an operator trusts (cosign key files): ECDSA P-256 and P-384, RSA (2048 to 8192
+//! bits) and Ed25519, read from PEM `PUBLIC KEY` (SubjectPublicKeyInfo) and verified with
+//! sigstore-crypto, the cryptography sigstore-verify itself uses.
 
-use p256::ecdsa::signature::hazmat::PrehashVerifier;
-use p256::ecdsa::signature::Verifier;
-use p256::pkcs8::DecodePublicKey;
-use sha2::Digest as _;
+use sigstore_verify::crypto::{KeyAlgorithm, SigningScheme, VerificationKey};
+use sigstore_verify::types::{DerPublicKey, SignatureBytes};
 
-/// The digest a signature was made over, as an X.509 signature algorithm names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hash {
-    Sha256,
-    Sha384,
-}
-
-pub enum PublicKey {
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
-    Rsa(rsa::pkcs1v15::VerifyingKey<sha2::Sha256>),
-    Ed25519(ed25519_dalek::VerifyingKey),
+pub struct PublicKey {
+    der: DerPublicKey,
+    algorithm: KeyAlgorithm,
+    /// The raw `subjectPublicKey` bits (an uncompressed EC point, a PKCS#1 RSA key, 32 bytes
+    /// of Ed25519): what identifies the key whatever the SPKI around it says.
+    raw: Vec<u8>,
 }
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PublicKey::P256(_) => "PublicKey(ECDSA P-256)",
-            PublicKey::P384(_) => "PublicKey(ECDSA P-384)",
-            PublicKey::Rsa(_) => "PublicKey(RSA)",
-            PublicKey::Ed25519(_) => "PublicKey(Ed25519)",
-        })
+        write!(f, "PublicKey({})", self.kind())
     }
 }
 
 impl PublicKey {
-    /// Parses a PEM public key of one of the three supported kinds.
+    /// Parses a PEM public key of one of the supported kinds.
     pub fn from_pem(pem: &str) -> Result<PublicKey, String> {
-        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
-            return Ok(PublicKey::P256(k));
-        }
-        if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_pem(pem) {
-            return Ok(PublicKey::P384(k));
-        }
-        if let Ok(k) = rsa::RsaPublicKey::from_public_key_pem(pem) {
-            return Self::rsa(k);
-        }
-        if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
-            return Ok(PublicKey::Ed25519(k));
-        }
-        Err("not a PEM ECDSA P-256/P-384, RSA or Ed25519 public key".into())
+        let der = DerPublicKey::from_pem(pem).map_err(|_| {
+            "not a PEM public key (-----BEGIN PUBLIC KEY-----, SubjectPublicKeyInfo)".to_string()
+        })?;
+        Self::from_der(der.as_bytes())
     }
 
     /// Parses a DER SubjectPublicKeyInfo of one of the supported kinds.
     pub fn from_der(der: &[u8]) -> Result<PublicKey, String> {
-        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
-            return Ok(PublicKey::P256(k));
+        let der = DerPublicKey::new(der.to_vec());
+        let algorithm = KeyAlgorithm::from_spki(&der)
+            .map_err(|e| format!("not an ECDSA P-256/P-384, RSA or Ed25519 public key ({e})"))?;
+        if !matches!(
+            algorithm,
+            KeyAlgorithm::EcdsaP256
+                | KeyAlgorithm::EcdsaP384
+                | KeyAlgorithm::Rsa
+                | KeyAlgorithm::Ed25519
+        ) {
+            return Err(format!(
+                "{algorithm:?} keys are not accepted (ECDSA P-256/P-384, RSA or Ed25519)"
+            ));
         }
-        if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_der(der) {
-            return Ok(PublicKey::P384(k));
-        }
-        if let Ok(k) = rsa::RsaPublicKey::from_public_key_der(der) {
-            return Self::rsa(k);
-        }
-        if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_der(der) {
-            return Ok(PublicKey::Ed25519(k));
-        }
-        Err("not an ECDSA P-256/P-384, RSA or Ed25519 public key".into())
+        let key = VerificationKey::from_spki(&der).map_err(|e| format!("unreadable key: {e}"))?;
+        // sigstore-crypto checks these when it verifies; checked here too, so a key that could
+        // never verify anything is a load error instead of a rule that silently admits nothing.
+        sigstore_verify::crypto::validate_raw_public_key(key.scheme(), key.as_bytes()).map_err(
+            |e| match algorithm {
+                KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => format!(
+                    "{e} (a compressed EC point: write the key uncompressed, as cosign does)"
+                ),
+                _ => e.to_string(),
+            },
+        )?;
+        Ok(PublicKey {
+            raw: key.as_bytes().to_vec(),
+            der,
+            algorithm,
+        })
     }
 
-    fn rsa(k: rsa::RsaPublicKey) -> Result<PublicKey, String> {
-        // Keys this small are forgeable; refuse them rather than trust them.
-        if rsa::traits::PublicKeyParts::n(&k).bits() < 2048 {
-            return Err("RSA keys under 2048 bits are refused".into());
-        }
-        Ok(PublicKey::Rsa(rsa::pkcs1v15::VerifyingKey::new(k)))
-    }
-
-    /// Does `sig` sign `msg` with the digest `hash` (an X.509 signature algorithm's choice)?
-    /// ECDSA keys accept either digest (FIPS 186-4 §6.4 truncates a longer one); RSA only
-    /// SHA-256; Ed25519 hashes internally and is checked as usual.
-    pub fn verifies_with(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
-        let prehash = match hash {
-            Hash::Sha256 => sha2::Sha256::digest(msg).to_vec(),
-            Hash::Sha384 => sha2::Sha384::digest(msg).to_vec(),
-        };
-        match self {
-            PublicKey::P256(k) => p256::ecdsa::Signature::from_der(sig)
-                .is_ok_and(|s| k.verify_prehash(&prehash, &s).is_ok()),
-            PublicKey::P384(k) => p384::ecdsa::Signature::from_der(sig)
-                .is_ok_and(|s| k.verify_prehash(&prehash, &s).is_ok()),
-            PublicKey::Rsa(_) if hash != Hash::Sha256 => false,
-            PublicKey::Rsa(_) | PublicKey::Ed25519(_) => self.verifies(msg, sig),
+    pub fn kind(&self) -> &'static str {
+        match self.algorithm {
+            KeyAlgorithm::EcdsaP256 => "ECDSA P-256",
+            KeyAlgorithm::EcdsaP384 => "ECDSA P-384",
+            KeyAlgorithm::Rsa => "RSA",
+            KeyAlgorithm::Ed25519 => "Ed25519",
+            _ => "other",
         }
     }
 
-    /// SHA-256 of the key's SubjectPublicKeyInfo, re-encoded from the parsed key (uncompressed
-    /// EC points): two files holding one key, in whatever encoding, have one fingerprint, so a
-    /// threshold counts keys, not file names.
-    pub fn fingerprint(&self) -> Option<[u8; 32]> {
-        use p256::pkcs8::EncodePublicKey;
-        let der = match self {
-            PublicKey::P256(k) => k.to_public_key_der().ok()?,
-            PublicKey::P384(k) => k.to_public_key_der().ok()?,
-            PublicKey::Rsa(k) => AsRef::<rsa::RsaPublicKey>::as_ref(k)
-                .to_public_key_der()
-                .ok()?,
-            PublicKey::Ed25519(k) => k.to_public_key_der().ok()?,
-        };
-        Some(<sha2::Sha256 as sha2::Digest>::digest(der.as_bytes()).into())
+    /// The DER SubjectPublicKeyInfo, as sigstore-verify's key policy takes it.
+    pub fn der(&self) -> &DerPublicKey {
+        &self.der
     }
 
-    /// Does `sig` sign `msg` under this key, with the key's usual digest (SHA-256 for P-256
-    /// and RSA, SHA-384 for P-384)? Any malformed signature is simply `false`.
+    /// SHA-256 over the key's algorithm and raw key bits: two files holding one key (RSA
+    /// parameters NULL or absent, PEM line lengths) have one fingerprint, so a threshold counts
+    /// keys, not file names.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(self.kind().as_bytes());
+        h.update([0]);
+        h.update(&self.raw);
+        h.finalize().into()
+    }
+
+    /// The signature schemes a cosign signature by this key may use. cosign hashes with
+    /// SHA-256 whatever the key (sigstore/cosign `LoadPublicKey`, `crypto.SHA256`), while
+    /// Sigstore's clients pair P-384 with SHA-384 (sigstore protobuf-specs
+    /// `PKIX_ECDSA_P384_SHA_384`); both are tried, never a weaker hash than SHA-256.
+    fn schemes(&self) -> &'static [SigningScheme] {
+        match self.algorithm {
+            KeyAlgorithm::EcdsaP256 => &[SigningScheme::EcdsaP256Sha256],
+            KeyAlgorithm::EcdsaP384 => &[
+                SigningScheme::EcdsaP384Sha256,
+                SigningScheme::EcdsaP384Sha384,
+            ],
+            KeyAlgorithm::Rsa => &[SigningScheme::RsaPkcs1Sha256],
+            KeyAlgorithm::Ed25519 => &[SigningScheme::Ed25519],
+            _ => &[],
+        }
+    }
+
+    /// Does `sig` (ASN.1 DER for ECDSA, as cosign writes it) sign `msg` under this key? Any
+    /// malformed signature is simply `false`.
     pub fn verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
-        match self {
-            PublicKey::P256(k) => p256::ecdsa::Signature::from_der(sig)
-                .or_else(|_| p256::ecdsa::Signature::from_slice(sig))
-                .is_ok_and(|s| k.verify(msg, &s).is_ok()),
-            PublicKey::P384(k) => p384::ecdsa::Signature::from_der(sig)
-                .or_else(|_| p384::ecdsa::Signature::from_slice(sig))
-                .is_ok_and(|s| k.verify(msg, &s).is_ok()),
-            PublicKey::Rsa(k) => {
-                rsa::pkcs1v15::Signature::try_from(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-            }
-            PublicKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
-                .is_ok_and(|s| k.verify_strict(msg, &s).is_ok()),
-        }
+        let sig = SignatureBytes::new(sig.to_vec());
+        self.schemes().iter().any(|s| {
+            VerificationKey::from_spki_with_scheme(&self.der, *s)
+                .is_ok_and(|k| k.verify(msg, &sig).is_ok())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::pkcs8::EncodePublicKey;
-    use ed25519_dalek::Signer;
+    use base64::Engine;
+
+    const COSIGN: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEFNLqFhf4fiN6o/glAuYnq2jYUeL0\nvRuLu/z39pmbVwS9ff5AYnlwaP9sxREajdLY9ynM6G1sy6AAmb7Z63TsLg==\n-----END PUBLIC KEY-----\n";
+
+    fn pem(der: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        )
+    }
 
     #[test]
-    fn the_three_key_kinds() {
-        let cosign = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEFNLqFhf4fiN6o/glAuYnq2jYUeL0\nvRuLu/z39pmbVwS9ff5AYnlwaP9sxREajdLY9ynM6G1sy6AAmb7Z63TsLg==\n-----END PUBLIC KEY-----\n";
-        assert!(matches!(
-            PublicKey::from_pem(cosign),
-            Ok(PublicKey::P256(_))
-        ));
-        let sk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-        let pem = sk
-            .verifying_key()
-            .to_public_key_pem(Default::default())
-            .unwrap();
-        let k = PublicKey::from_pem(&pem).unwrap();
-        assert!(matches!(k, PublicKey::Ed25519(_)));
-        let sig = sk.sign(b"payload").to_bytes();
+    fn the_kinds_and_what_is_refused() {
+        let k = PublicKey::from_pem(COSIGN).unwrap();
+        assert_eq!(k.kind(), "ECDSA P-256");
+        assert!(!k.verifies(b"payload", b"junk"));
+        assert!(PublicKey::from_pem("not a key").is_err());
+        // An Ed25519 key (RFC 8410 §10.1's example key) parses.
+        let ed = pem(
+            &hex::decode("302a300506032b657003210019bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1")
+                .unwrap(),
+        );
+        assert_eq!(PublicKey::from_pem(&ed).unwrap().kind(), "Ed25519");
+        // The cosign key with its point compressed (SEC1 §2.3.3): refused with the reason.
+        let der = DerPublicKey::from_pem(COSIGN).unwrap();
+        let point = &der.as_bytes()[der.as_bytes().len() - 65..];
+        let mut compressed =
+            hex::decode("3039301306072a8648ce3d020106082a8648ce3d030107032200").unwrap();
+        compressed.push(if point[64] % 2 == 0 { 2 } else { 3 });
+        compressed.extend_from_slice(&point[1..33]);
+        let err = PublicKey::from_pem(&pem(&compressed)).unwrap_err();
+        assert!(err.contains("compressed"), "{err}");
+    }
+
+    /// A P-384 key and its ECDSA signature over "payload" with SHA-256, made by
+    /// python-cryptography as cosign signs with a P-384 key (`crypto.SHA256`).
+    const P384_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEv75CGlfmD2yde3yHaazuUQMmX5V/mRBw\nwdxSNrs/GolVdQdEySWJI4zyLNcPUynuU+4+BSQGqcts3yAGWENKdRN7ywRKlY7S\nMX4HJsUhcjTz8HEDWKgF1dF5ryNj6HUS\n-----END PUBLIC KEY-----\n";
+    const P384_SHA256_SIG: &str = "306502306e5f6255ff143a858d555b3fe6d356c4d017a2b1ebb983dd44ea7d0ea065527ae9041bfd47d54a931ee310c2f1cdc158023100fb214bb27df1f9edd6063fad97919f56d96f806c8d3f200dcb2c1f8289e556342339ee3125196733c12e5a34efbb08b0";
+
+    #[test]
+    fn p384_keys_verify_cosign_sha256_and_sigstore_sha384_signatures() {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::{
+            EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING,
+        };
+        let k = PublicKey::from_pem(P384_PEM).unwrap();
+        assert_eq!(k.kind(), "ECDSA P-384");
+        let sig = hex::decode(P384_SHA256_SIG).unwrap();
         assert!(k.verifies(b"payload", &sig));
         assert!(!k.verifies(b"payload2", &sig));
-        assert!(!k.verifies(b"payload", &sig[..10]));
-        assert!(PublicKey::from_pem("not a key").is_err());
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        for alg in [
+            &ECDSA_P384_SHA384_ASN1_SIGNING,
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+        ] {
+            let pair = EcdsaKeyPair::generate(alg).unwrap();
+            let k =
+                PublicKey::from_pem(&pem(pair.public_key().as_der().unwrap().as_ref())).unwrap();
+            let sig = pair.sign(&rng, b"payload").unwrap();
+            assert!(k.verifies(b"payload", sig.as_ref()));
+            assert!(!k.verifies(b"other", sig.as_ref()));
+        }
     }
 
     #[test]
     fn one_key_in_two_encodings_has_one_fingerprint() {
-        use base64::Engine;
-        use p256::pkcs8::EncodePublicKey;
-        let sk = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
-        let vk = sk.verifying_key();
-        let plain = vk.to_public_key_pem(Default::default()).unwrap();
-        // The same key with a compressed point (SEC1 §2.3.3), SPKI written out by hand.
-        let mut der = hex::decode("3039301306072a8648ce3d020106082a8648ce3d030107032200").unwrap();
-        der.extend_from_slice(vk.to_encoded_point(true).as_bytes());
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
-        // RFC 7468 lines are at most 64 characters.
-        let compressed = format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n{}\n-----END PUBLIC KEY-----\n",
-            &b64[..64],
-            &b64[64..]
-        );
-        assert_ne!(plain, compressed);
-        let a = PublicKey::from_pem(&plain).unwrap();
-        let b = PublicKey::from_pem(&compressed).unwrap();
-        assert!(a.fingerprint().is_some());
+        // The same key read from PEM with another line length: one fingerprint; another key:
+        // another fingerprint.
+        let a = PublicKey::from_pem(COSIGN).unwrap();
+        let der = DerPublicKey::from_pem(COSIGN).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_bytes());
+        let one_line = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+        let b = PublicKey::from_pem(&one_line).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
+        let ed = pem(
+            &hex::decode("302a300506032b657003210019bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1")
+                .unwrap(),
+        );
+        assert_ne!(
+            a.fingerprint(),
+            PublicKey::from_pem(&ed).unwrap().fingerprint()
+        );
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! 1. [`examine`] authenticates each artifact (legacy `.sig` layers, legacy `.att` DSSE layers,
 //!    Sigstore bundles) against the trusted keys and the trusted root and says who signed what
-//!    (a [`Finding`]). Keyless material must carry a Rekor entry whose SET verifies with a log
-//!    key of the trusted root; the certificate must chain to one of its CAs and be valid at the
-//!    entry's integrated time; the signature must verify with the certificate's key; and the
-//!    entry must record this very signature, certificate and payload. sigstore 0.15 leaves the
-//!    last two to its caller (ARCHITECTURE.md), so a real certificate and Rekor entry copied
-//!    from another signing never pass here.
+//!    (a [`Finding`]). The Sigstore checks are sigstore-verify's, the Sigstore project's own
+//!    verifier: for keyless material the certificate chain to a Fulcio CA of the trusted root,
+//!    its SCT, the transparency-log entries (SET, inclusion proof and signed checkpoint, Rekor
+//!    v1 and v2), RFC 3161 timestamps, the certificate's validity at every verified time, the
+//!    signature under the certificate's key, and the entry's consistency with this signature,
+//!    certificate and artifact. Legacy layers are first rewritten as the v0.1 bundles they are
+//!    (`legacy.rs`). Keyless verification uses the library's "any identity" policy: the
+//!    identity is tollgate's to match, in step 2, and nothing admits without that step.
 //! 2. [`judge_signature`] and [`judge_attestation`] apply a rule: the claim must be about this
 //!    digest (and, for a legacy payload, this repository), the signer one the rule trusts, and
 //!    the distinct signers at least the threshold. No artifact, no key or no identity never
@@ -17,15 +19,21 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use serde_json::Value;
+use sigstore_verify::types::bundle::VerificationMaterialContent;
+use sigstore_verify::types::{Bundle, SignatureContent};
+use sigstore_verify::{
+    CertificateError, Error as SigError, PublicKeyVerificationPolicy, TimestampError,
+    TransparencyLogError, VerificationPolicy,
+};
 
 use super::cosign::{
-    Payload, SignatureDeny, SignatureLayer, TrustedKey, BUNDLE_ANNOTATION, CERTIFICATE_ANNOTATION,
-    CHAIN_ANNOTATION, DSSE_ENVELOPE, SIGNATURE_ANNOTATION, SIGNATURE_TYPE, SIMPLE_SIGNING,
+    Payload, SignatureDeny, SignatureLayer, TrustedKey, DSSE_ENVELOPE, SIGNATURE_ANNOTATION,
+    SIGNATURE_TYPE, SIMPLE_SIGNING,
 };
-use super::dsse::{statement, Envelope, Statement};
-use super::rekor::{check_binding, Entry, Signed};
+use super::dsse::{statement, Statement};
+use super::keys::PublicKey;
+use super::legacy;
 use super::trust::TrustRoot;
-use super::x509::{verify_chain, verify_sct, Cert};
 use crate::policy::oci::{
     reference_repository, AttestationRule, Digest, KeylessIdentity, Repository,
 };
@@ -33,8 +41,11 @@ use crate::policy::oci::{
 /// The predicate type of a cosign v3 image signature (a DSSE statement about the digest).
 pub const COSIGN_SIGN_V1: &str = "https://sigstore.dev/cosign/sign/v1";
 /// Sigstore bundle media types: `application/vnd.dev.sigstore.bundle+json;version=0.x` and
-/// `application/vnd.dev.sigstore.bundle.v0.3+json`.
+/// `application/vnd.dev.sigstore.bundle.v0.3+json` (which versions are known is
+/// sigstore-verify's to say).
 pub const BUNDLE_MEDIA_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
+/// Reasons and library details are cut to this many characters: a refusal is one line.
+const MAX_DETAIL: usize = 160;
 
 /// One artifact found for an image.
 #[derive(Debug, Clone)]
@@ -59,7 +70,7 @@ impl Artifact {
 }
 
 /// What verification may rely on: the keys the rule names, and the trusted root for keyless
-/// material (without one, certificates are not trusted at all).
+/// material and log entries (without one, certificates are not trusted at all).
 pub struct Trust<'a> {
     pub keys: &'a [&'a TrustedKey],
     pub root: Option<&'a TrustRoot>,
@@ -112,9 +123,11 @@ pub struct Examined {
     pub signatures: usize,
     /// Signature artifacts no trusted key or certificate verified.
     pub unverified_signatures: usize,
+    /// Bundles that could not be read at all: each may have been a signature.
+    pub unreadable_bundles: usize,
     /// Statements whose signature nothing trusted verified (for "present, but untrusted").
     pub unverified_statements: Vec<Statement>,
-    /// Why keyless material was refused, one line each.
+    /// Why material was refused, one line each.
     pub problems: BTreeSet<String>,
 }
 
@@ -124,82 +137,187 @@ fn b64(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// The keyless checks for one signature: returns the certificate's identities and issuer.
-fn keyless(
-    root: Option<&TrustRoot>,
-    cert: &Cert,
-    chain: &[Cert],
-    entries: &[Entry],
-    signed: Signed,
-    sig: &[u8],
-    message: &[u8],
-) -> Result<Signer, String> {
-    let root =
-        root.ok_or("certificate-signed, but no trusted root is configured ([oci] trusted_root)")?;
-    if !cert.key.verifies(message, sig) {
-        return Err("the signature does not verify with its certificate's key".into());
+fn cut(s: &str) -> String {
+    let s = s.replace(['\n', '\r'], " ");
+    match s.char_indices().nth(MAX_DETAIL) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
     }
-    if entries.is_empty() {
-        return Err("certificate-signed, but without a transparency-log entry".into());
-    }
-    let mut last = String::new();
-    for e in entries {
-        let checked = e
-            .verify(root)
-            .and_then(|()| check_binding(&e.body, signed, sig, &cert.der))
-            .and_then(|()| verify_chain(cert, chain, &root.authorities, e.integrated_time))
-            .and_then(|issuer_key| {
-                // A trusted root that names CT logs asks for the certificate to be logged.
-                if root.ct_logs.is_empty() {
-                    Ok(())
-                } else {
-                    verify_sct(cert, &issuer_key, &root.ct_logs)
-                }
-            });
-        match checked {
-            Ok(()) => {
-                // Fulcio certifies exactly one subject; a certificate naming several could fill
-                // several keyless entries of a threshold on its own.
-                let identities = cert.identities();
-                if identities.len() != 1 {
-                    return Err(format!(
-                        "the certificate names {} e-mail/URI identities, not one",
-                        identities.len()
-                    ));
-                }
-                return Ok(Signer::Cert {
-                    identities,
-                    issuer: cert.oidc_issuer(),
-                });
-            }
-            Err(err) => last = err,
-        }
-    }
-    Err(last)
 }
 
-/// Keyless material of one signature: the certificate, the chain that came with it and the
-/// log entries. `None`: the signature carries no certificate.
-type Material = Option<Result<(Cert, Vec<Cert>, Vec<Entry>), String>>;
+/// One sentence for why sigstore-verify refused a bundle, by the library's own categories
+/// (its detail strings are evidence, not something to branch on).
+pub fn reason(e: &SigError) -> String {
+    use CertificateError as C;
+    use TransparencyLogError as L;
+    let (what, detail) = match e {
+        // webpki checks the leaf's validity while it builds the path; its error names say
+        // which. Only the sentence depends on this reading, never the decision.
+        SigError::Certificate(C::ChainInvalid(d))
+            if d.contains("CertExpired") || d.contains("CertNotValidYet") =>
+        {
+            (
+                "the certificate is not valid at the log's integrated time or the timestamp",
+                d.clone(),
+            )
+        }
+        SigError::Certificate(C::ChainInvalid(d)) => (
+            "the certificate does not chain to a CA of the trusted root at the signing time",
+            d.clone(),
+        ),
+        SigError::Certificate(C::NoValidAuthority { time }) => (
+            "no CA of the trusted root was valid at the signing time",
+            time.to_string(),
+        ),
+        SigError::Certificate(C::NotYetValid { .. } | C::Expired { .. }) => (
+            "the certificate is not valid at the log's integrated time or the timestamp",
+            e.to_string(),
+        ),
+        SigError::Certificate(C::Sct(d)) => (
+            "the certificate carries no SCT that verifies with a CT log of the trusted root",
+            d.clone(),
+        ),
+        SigError::Certificate(C::Malformed(d)) => ("the certificate cannot be read", d.clone()),
+        SigError::TransparencyLog(L::EntryMismatch(d)) => (
+            "the log entry records another signature, signer or payload",
+            d.clone(),
+        ),
+        SigError::TransparencyLog(L::UnknownLog { log_id }) => (
+            "the log entry is from a log the trusted root does not list",
+            log_id.clone(),
+        ),
+        SigError::TransparencyLog(L::InclusionProof(d)) => {
+            ("the log entry's inclusion proof does not verify", d.clone())
+        }
+        SigError::TransparencyLog(L::Checkpoint(d)) => {
+            ("the log's signed checkpoint does not verify", d.clone())
+        }
+        SigError::TransparencyLog(L::InclusionPromise(d)) => (
+            "the log entry's signed entry timestamp does not verify",
+            d.clone(),
+        ),
+        SigError::TransparencyLog(L::IntegratedTime(d)) => (
+            "the log entry's integrated time is not acceptable",
+            d.clone(),
+        ),
+        SigError::TransparencyLog(L::MalformedEntry(d)) => {
+            ("the log entry cannot be read", d.clone())
+        }
+        SigError::Timestamp(TimestampError::Invalid(d)) => (
+            "an RFC 3161 timestamp does not verify with a timestamp authority of the trusted root",
+            d.clone(),
+        ),
+        SigError::Timestamp(TimestampError::OutsideAuthorityValidity { time }) => (
+            "an RFC 3161 timestamp lies outside its authority's validity",
+            time.to_string(),
+        ),
+        SigError::Timestamp(TimestampError::NoVerifiedTimestamp(d)) => (
+            "no verified signing time (a signed log entry time or an RFC 3161 timestamp)",
+            d.clone(),
+        ),
+        SigError::SignatureInvalid(d) => ("the signature does not verify", d.clone()),
+        SigError::ArtifactMismatch(d) => (
+            "the log entry or the signature records another artifact",
+            d.clone(),
+        ),
+        SigError::Bundle(d) => ("the bundle is not valid", d.to_string()),
+        SigError::InvalidBundle(d) => ("the bundle is not valid", d.clone()),
+        SigError::UnsupportedBundle(d) => ("the bundle is not supported", d.clone()),
+        other => ("the signature could not be verified", other.to_string()),
+    };
+    format!("{what} ({})", cut(&detail))
+}
 
-/// A parsed bundle: its envelope, its certificate (with any chain) and log entries.
-type BundleParts = (Envelope, Option<(Cert, Vec<Cert>)>, Vec<Entry>);
+/// What a signature is checked against: the bytes (a legacy payload) or a digest (a DSSE
+/// statement's subject).
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    Bytes(&'a [u8]),
+    Sha256([u8; 32]),
+}
 
-/// The certificate, chain and Rekor entry cosign attaches to a legacy layer.
-fn legacy_material(layer: &SignatureLayer) -> Material {
-    let pem = layer.annotations.get(CERTIFICATE_ANNOTATION)?;
-    Some((|| {
-        let cert = Cert::from_pem(pem)?;
-        let chain = match layer.annotations.get(CHAIN_ANNOTATION) {
-            Some(c) if !c.trim().is_empty() => Cert::from_pem_chain(c)?,
-            _ => Vec::new(),
-        };
-        let entries = match layer.annotations.get(BUNDLE_ANNOTATION) {
-            Some(b) => vec![Entry::from_cosign_bundle(b)?],
-            None => Vec::new(),
-        };
-        Ok((cert, chain, entries))
-    })())
+impl Input<'_> {
+    fn artifact(&self) -> sigstore_verify::types::Artifact<'_> {
+        match self {
+            Input::Bytes(b) => sigstore_verify::types::Artifact::Blob(b),
+            Input::Sha256(d) => sigstore_verify::types::Sha256Hash::new(*d).into(),
+        }
+    }
+}
+
+/// sigstore-verify on one bundle. Keyless (`key` None): the certificate, log entries,
+/// timestamps and binding are verified under the library's "any identity" policy and the
+/// certificate's identity and issuer are returned, for the caller to match (skipping that
+/// match would admit anyone). With a key: the bundle must be signed by it, and its log
+/// entries verify.
+pub fn authenticate(
+    root: &TrustRoot,
+    bundle: &Bundle,
+    input: Input<'_>,
+    key: Option<&PublicKey>,
+) -> Result<Option<(String, Option<String>)>, String> {
+    if let Some(key) = key {
+        root.verifier()
+            .verify(
+                input.artifact(),
+                bundle,
+                &PublicKeyVerificationPolicy::new(key.der().clone()),
+            )
+            .map_err(|e| reason(&e))?;
+        return Ok(None);
+    }
+    // A root without CT logs (a private Sigstore, GitHub's artifact-attestation instance)
+    // cannot ask for SCTs; one that lists any always does.
+    let mut policy = VerificationPolicy::any_identity();
+    if !root.has_ct_logs() {
+        policy = policy.skip_sct();
+    }
+    let result = root
+        .verifier()
+        .verify(input.artifact(), bundle, &policy)
+        .map_err(|e| reason(&e))?;
+    // Fail closed should the policy ever be relaxed: nothing counts unless the certificate
+    // and the log were checked.
+    if !result.certificate_verified() || !result.tlog_verified() {
+        return Err("the certificate or the log entry was not verified".into());
+    }
+    let der = bundle
+        .signing_certificate()
+        .map(|c| c.as_bytes().to_vec())
+        .unwrap_or_default();
+    let n = legacy::identity_count(&der);
+    if n != 1 {
+        return Err(format!(
+            "the certificate names {n} e-mail/URI identities, not one"
+        ));
+    }
+    let identity = result
+        .identity()
+        .map(|i| i.as_str().to_string())
+        .ok_or("the certificate names no identity")?;
+    Ok(Some((identity, result.issuer().map(str::to_string))))
+}
+
+fn is_keyless(bundle: &Bundle) -> bool {
+    matches!(
+        bundle.verification_material.content,
+        VerificationMaterialContent::Certificate(_)
+            | VerificationMaterialContent::X509CertificateChain { .. }
+    )
+}
+
+/// One signed claim, ready to be checked.
+struct Signed<'a> {
+    claim: Claim,
+    /// The bytes the signature covers (a payload, or a DSSE envelope's PAE) and the signature.
+    message: Vec<u8>,
+    sig: Vec<u8>,
+    /// What sigstore-verify binds the bundle to.
+    input: Input<'a>,
+    /// The bundle as published, or rewritten from a legacy layer; `None`: a key-signed legacy
+    /// layer without a log entry (nothing but the key signature to check).
+    bundle: Option<Result<Bundle, String>>,
+    keyless: bool,
 }
 
 struct Collector<'a> {
@@ -208,56 +326,75 @@ struct Collector<'a> {
 }
 
 impl Collector<'_> {
-    /// Tries every trusted key and the keyless material on one signature; records findings.
-    /// Returns whether anything trusted verified it.
-    fn verify_one(
-        &mut self,
-        message: &[u8],
-        sig: &[u8],
-        claim: &Claim,
-        material: Material,
-        signed: Signed,
-    ) -> bool {
+    /// Checks one signature with every trusted key, or as keyless material; records findings
+    /// and returns whether anything trusted verified it.
+    fn verify_one(&mut self, s: &Signed<'_>) -> bool {
+        if s.keyless {
+            let Some(root) = self.trust.root else {
+                self.out.problems.insert(
+                    "certificate-signed, but no trusted root is configured (trusted_root)".into(),
+                );
+                return false;
+            };
+            let checked = match &s.bundle {
+                Some(Ok(b)) => authenticate(root, b, s.input, None),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err("certificate-signed, but without its material".into()),
+            };
+            return match checked {
+                Ok(Some((identity, issuer))) => {
+                    self.out.findings.push(Finding {
+                        signer: Signer::Cert {
+                            identities: vec![identity],
+                            issuer,
+                        },
+                        claim: s.claim.clone(),
+                    });
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    self.out.problems.insert(e);
+                    false
+                }
+            };
+        }
         let mut any = false;
         for k in self.trust.keys {
-            if k.key.verifies(message, sig) {
-                any = true;
-                self.out.findings.push(Finding {
-                    signer: Signer::Key {
-                        name: k.name.clone(),
-                        fingerprint: k.fingerprint,
-                    },
-                    claim: claim.clone(),
-                });
+            // Only the key that made the signature is taken further: the others are simply
+            // not its signer.
+            if !k.key.verifies(&s.message, &s.sig) {
+                continue;
             }
-        }
-        match material {
-            None => {}
-            Some(Err(e)) => {
-                self.out.problems.insert(e);
-            }
-            Some(Ok((cert, chain, entries))) => {
-                match keyless(
-                    self.trust.root,
-                    &cert,
-                    &chain,
-                    &entries,
-                    signed,
-                    sig,
-                    message,
-                ) {
-                    Ok(signer) => {
-                        any = true;
-                        self.out.findings.push(Finding {
-                            signer,
-                            claim: claim.clone(),
-                        });
-                    }
-                    Err(e) => {
-                        self.out.problems.insert(e);
-                    }
+            // A log entry that came with a key signature is verified too, when the trusted
+            // root lists a log to check it against.
+            let logged = match (&s.bundle, self.trust.root) {
+                (Some(b), Some(root)) if root.has_logs() => {
+                    b.as_ref().map_err(Clone::clone).and_then(|b| {
+                        if b.verification_material.tlog_entries.is_empty() {
+                            Ok(None)
+                        } else {
+                            authenticate(root, b, s.input, Some(&k.key))
+                        }
+                    })
                 }
+                _ => Ok(None),
+            };
+            if let Err(e) = logged {
+                self.out.problems.insert(format!(
+                    "signed by key {}, but its transparency-log entry: {e}",
+                    k.name
+                ));
+                continue;
             }
+            any = true;
+            self.out.findings.push(Finding {
+                signer: Signer::Key {
+                    name: k.name.clone(),
+                    fingerprint: k.fingerprint,
+                },
+                claim: s.claim.clone(),
+            });
         }
         any
     }
@@ -288,18 +425,40 @@ impl Collector<'_> {
                 return;
             }
         };
-        let material = legacy_material(layer);
-        let signed = Signed::Message {
-            payload: &layer.payload,
+        let keyless = legacy::has_certificate(&layer.annotations);
+        let bundle = (keyless || legacy::has_log_entry(&layer.annotations)).then(|| {
+            legacy::bundle(
+                legacy::Content::Message {
+                    payload: &layer.payload,
+                    sig: &sig,
+                },
+                &layer.annotations,
+            )
+        });
+        let signed = Signed {
+            claim,
+            message: layer.payload.clone(),
+            sig,
+            input: Input::Bytes(&layer.payload),
+            bundle,
+            keyless,
         };
-        if !self.verify_one(&layer.payload, &sig, &claim, material, signed) {
+        if !self.verify_one(&signed) {
             self.out.unverified_signatures += 1;
         }
     }
 
-    /// A DSSE envelope with its material; `signature`: counted as a v3 signature.
-    fn envelope(&mut self, env: &Envelope, material: impl Fn() -> Material) {
-        let st = match statement(env) {
+    /// A DSSE envelope's statement with its signature; counted as a v3 signature when its
+    /// predicate is cosign's.
+    fn statement(
+        &mut self,
+        payload_type: &str,
+        payload: &[u8],
+        sig: Vec<u8>,
+        bundle: Option<Result<Bundle, String>>,
+        keyless: bool,
+    ) {
+        let st = match statement(payload_type, payload) {
             Ok(st) => st,
             Err(e) => {
                 self.out.problems.insert(e);
@@ -310,16 +469,32 @@ impl Collector<'_> {
         if is_signature {
             self.out.signatures += 1;
         }
-        let pae = env.pae();
-        let claim = Claim::Statement(st.clone());
-        let mut any = false;
-        for sig in &env.signatures {
-            let signed = Signed::Dsse {
-                payload: &env.payload,
-            };
-            any |= self.verify_one(&pae, sig, &claim, material(), signed);
-        }
-        if !any {
+        // The library binds the envelope to one of its statement's own subjects; whether that
+        // subject is this image is the rule's question (judge_*), so a statement about another
+        // image is reported as such rather than as a broken signature.
+        let subject = st
+            .subjects
+            .first()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|d| <[u8; 32]>::try_from(d).ok());
+        let Some(subject) = subject else {
+            self.out
+                .problems
+                .insert("an in-toto statement names no sha256 subject".into());
+            if is_signature {
+                self.out.unverified_signatures += 1;
+            }
+            return;
+        };
+        let signed = Signed {
+            claim: Claim::Statement(st.clone()),
+            message: sigstore_verify::types::dsse::pae(payload_type, payload),
+            sig,
+            input: Input::Sha256(subject),
+            bundle,
+            keyless,
+        };
+        if !self.verify_one(&signed) {
             if is_signature {
                 self.out.unverified_signatures += 1;
             }
@@ -331,93 +506,63 @@ impl Collector<'_> {
         if layer.media_type != DSSE_ENVELOPE {
             return;
         }
-        let env = match serde_json::from_slice::<Value>(&layer.payload)
+        let parsed = serde_json::from_slice::<Value>(&layer.payload)
             .map_err(|e| e.to_string())
-            .and_then(|v| Envelope::from_json(&v))
-        {
-            Ok(e) => e,
+            .and_then(|v| {
+                serde_json::from_value::<sigstore_verify::types::DsseEnvelope>(v.clone())
+                    .map(|env| (v, env))
+                    .map_err(|e| e.to_string())
+            });
+        let (json, env) = match parsed {
+            Ok(p) => p,
             Err(e) => {
-                self.out
-                    .problems
-                    .insert(format!("an attestation layer: {e}"));
+                self.out.problems.insert(format!(
+                    "an attestation layer is not a DSSE envelope: {}",
+                    cut(&e)
+                ));
                 return;
             }
         };
-        self.envelope(&env, || legacy_material(layer));
+        let keyless = legacy::has_certificate(&layer.annotations);
+        let bundle = (keyless || legacy::has_log_entry(&layer.annotations))
+            .then(|| legacy::bundle(legacy::Content::Dsse(&json), &layer.annotations));
+        self.statement(
+            &env.payload_type,
+            env.payload.as_bytes(),
+            env.signature.sig.as_bytes().to_vec(),
+            bundle,
+            keyless,
+        );
     }
 
     fn bundle(&mut self, bytes: &[u8]) {
-        let parsed = (|| -> Result<BundleParts, String> {
-            let v: Value = serde_json::from_slice(bytes).map_err(|_| "a bundle is not JSON")?;
-            let mt = v
-                .get("mediaType")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if !mt.starts_with(BUNDLE_MEDIA_TYPE_PREFIX) {
-                return Err(format!("{mt:?} is not a Sigstore bundle"));
-            }
-            let Some(env) = v.get("dsseEnvelope") else {
-                return Err(
-                    "a bundle signs no in-toto statement (a message signature binds no image)"
-                        .into(),
-                );
-            };
-            let env = Envelope::from_json(env)?;
-            let vm = v
-                .get("verificationMaterial")
-                .ok_or("a bundle without verificationMaterial")?;
-            let der = |c: &Value| {
-                c.get("rawBytes")
-                    .and_then(Value::as_str)
-                    .and_then(b64)
-                    .ok_or_else(|| "a bundle certificate is not base64".to_string())
-                    .and_then(|d| Cert::from_der(&d))
-            };
-            let certs = if let Some(c) = vm.get("certificate") {
-                Some((der(c)?, Vec::new()))
-            } else if let Some(list) = vm
-                .pointer("/x509CertificateChain/certificates")
-                .and_then(Value::as_array)
-            {
-                let mut all = list.iter().map(der).collect::<Result<Vec<_>, _>>()?;
-                if all.is_empty() {
-                    return Err("a bundle with an empty certificate chain".into());
-                }
-                let leaf = all.remove(0);
-                Some((leaf, all))
-            } else {
-                None
-            };
-            let entries = vm
-                .get("tlogEntries")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(Entry::from_bundle_entry)
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .unwrap_or(Ok(Vec::new()))?;
-            Ok((env, certs, entries))
-        })();
-        match parsed {
+        let parsed = std::str::from_utf8(bytes)
+            .map_err(|_| "not UTF-8".to_string())
+            .and_then(|t| Bundle::from_json(t).map_err(|e| e.to_string()));
+        let bundle = match parsed {
+            Ok(b) => b,
             Err(e) => {
-                self.out.problems.insert(e);
+                self.out.unreadable_bundles += 1;
+                self.out
+                    .problems
+                    .insert(format!("a bundle cannot be read: {}", cut(&e)));
+                return;
             }
-            Ok((env, certs, entries)) => {
-                // Certificates are parsed once; the closure hands copies of the parsed DER.
-                let material = || {
-                    certs.as_ref().map(|(leaf, chain)| {
-                        let again = |c: &Cert| Cert::from_der(&c.der);
-                        Ok((
-                            again(leaf)?,
-                            chain.iter().map(again).collect::<Result<Vec<_>, _>>()?,
-                            entries.clone(),
-                        ))
-                    })
-                };
-                self.envelope(&env, material);
-            }
-        }
+        };
+        let SignatureContent::DsseEnvelope(env) = &bundle.content else {
+            self.out.unreadable_bundles += 1;
+            self.out.problems.insert(
+                "a bundle signs no in-toto statement (a message signature binds no image)".into(),
+            );
+            return;
+        };
+        let (payload_type, payload, sig) = (
+            env.payload_type.clone(),
+            env.payload.as_bytes().to_vec(),
+            env.signature.sig.as_bytes().to_vec(),
+        );
+        let keyless = is_keyless(&bundle);
+        self.statement(&payload_type, &payload, sig, Some(Ok(bundle)), keyless);
     }
 }
 
@@ -568,7 +713,9 @@ pub fn judge_signature(
     if !signers.is_empty() {
         return Err(SignatureDeny::Threshold { signers, need });
     }
-    if ex.signatures == 0 {
+    // "unsigned" only when nothing could have been a signature: a bundle that failed to
+    // read is named in the refusal instead.
+    if ex.signatures == 0 && ex.unreadable_bundles == 0 {
         return Err(SignatureDeny::Unsigned);
     }
     if let Some(s) = specific {
@@ -670,20 +817,27 @@ mod tests {
     }
 
     #[test]
-    fn nothing_found_is_unsigned_and_junk_is_not_a_signature() {
+    fn nothing_found_is_unsigned_and_junk_is_named() {
         let repo = Repository::parse("registry.example/a").unwrap();
         let d = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
-        let ex = examine(
-            &[Artifact::Bundle(b"{}".to_vec())],
-            &Trust {
-                keys: &[],
-                root: None,
-            },
-        );
-        assert_eq!(ex.signatures, 0);
+        let none = Trust {
+            keys: &[],
+            root: None,
+        };
+        let ex = examine(&[], &none);
         assert_eq!(
             judge_signature(&ex, &d, &repo, &[], &[id("a")], 1),
             Err(SignatureDeny::Unsigned)
+        );
+        // A bundle that cannot be read may have been the signature: its reason is given, not
+        // "unsigned".
+        let ex = examine(&[Artifact::Bundle(b"{}".to_vec())], &none);
+        assert_eq!(ex.signatures, 0);
+        let refused = judge_signature(&ex, &d, &repo, &[], &[id("a")], 1).unwrap_err();
+        assert_eq!(refused.code(), "untrusted_signer");
+        assert!(
+            refused.to_string().contains("a bundle cannot be read"),
+            "{refused}"
         );
         let rule = AttestationRule {
             predicate_type: "https://slsa.dev/provenance/v1".into(),

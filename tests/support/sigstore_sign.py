@@ -19,6 +19,12 @@ usage:
       --cert-window A B         the certificate is valid from now+A to now+B seconds (default -5 600)
       --save NAME / --reuse NAME  keep / reuse the signing key, certificate and log entry in
                                 DIR/NAME.json (a real log entry copied onto another signing)
+      --rekor-v2                bundle: log to the test Rekor v2 instead (a hashedrekord 0.0.2
+                                entry with an inclusion proof and a signed checkpoint, no SET) and
+                                date the signature with an RFC 3161 timestamp of the test TSA
+                                (made by `openssl ts -reply`)
+      --rogue-tsa               with --rekor-v2: the timestamp comes from a TSA outside the root
+      --rogue-log               with --rekor-v2: the checkpoint is signed by a log outside the root
 Prints the digest of the pushed artifact manifest.
 """
 import base64
@@ -26,14 +32,16 @@ import datetime
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 B64 = lambda b: base64.b64encode(b).decode()
@@ -45,6 +53,7 @@ IN_TOTO = "application/vnd.in-toto+json"
 COSIGN_SIGN_V1 = "https://sigstore.dev/cosign/sign/v1"
 BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
 LOG_ORIGIN = "tollgate-test-rekor"
+LOG_V2_ORIGIN = "rekor-v2.tollgate.test"
 
 
 def save_key(key, path):
@@ -93,9 +102,58 @@ def make_ca(d):
     return root, inter
 
 
+def make_tsa(d):
+    """A timestamp authority as Sigstore runs one: a self-signed root and a leaf whose only
+    (critical) extended key usage is timeStamping (RFC 3161 §2.3)."""
+    os.makedirs(d, exist_ok=True)
+    root_key = ec.generate_private_key(ec.SECP384R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tollgate-test"),
+                           x509.NameAttribute(NameOID.COMMON_NAME, "test-tsa-root")])
+    root = ca_cert(root_key, root_key, "test-tsa-root", root_name, 0)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tollgate-test"),
+                                     x509.NameAttribute(NameOID.COMMON_NAME, "test-tsa")]))
+            .issuer_name(root.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now() - datetime.timedelta(days=1))
+            .not_valid_after(now() + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
+            .sign(root_key, hashes.SHA384()))
+    save_key(key, os.path.join(d, "tsa.key"))
+    with open(os.path.join(d, "tsa.pem"), "wb") as f:
+        f.write(leaf.public_bytes(PEM))
+    with open(os.path.join(d, "serial"), "w") as f:
+        f.write("01\n")
+    return leaf, root
+
+
+def note_key_id(origin, raw_ed25519):
+    """The signed-note key hash (c2sp.org/signed-note): SHA-256(name || 0x0A || 0x01 || key)."""
+    return hashlib.sha256(origin.encode() + b"\n\x01" + raw_ed25519).digest()
+
+
+def make_log_v2(d):
+    key = ed25519.Ed25519PrivateKey.generate()
+    with open(os.path.join(d, "rekor-v2.key"), "wb") as f:
+        f.write(key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return key
+
+
 def init(d):
     root, inter = make_ca(os.path.join(d, "ca"))
     make_ca(os.path.join(d, "rogue"))
+    tsa, tsa_root = make_tsa(os.path.join(d, "tsa"))
+    make_tsa(os.path.join(d, "rogue-tsa"))
+    log_v2 = make_log_v2(d)
+    os.makedirs(os.path.join(d, "rogue-log"), exist_ok=True)
+    make_log_v2(os.path.join(d, "rogue-log"))
+    log_v2_raw = log_v2.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     rekor = ec.generate_private_key(ec.SECP256R1())
     save_key(rekor, os.path.join(d, "rekor.key"))
     rekor_der = rekor.public_key().public_bytes(DER, SPKI)
@@ -109,6 +167,12 @@ def init(d):
             "baseUrl": "https://rekor.test", "hashAlgorithm": "SHA2_256",
             "publicKey": {"rawBytes": B64(rekor_der), "keyDetails": "PKIX_ECDSA_P256_SHA_256", "validFor": {"start": start}},
             "logId": {"keyId": B64(hashlib.sha256(rekor_der).digest())},
+        }, {
+            # Rekor v2: an Ed25519 log whose id is its signed-note key hash.
+            "baseUrl": "https://" + LOG_V2_ORIGIN, "hashAlgorithm": "SHA2_256",
+            "publicKey": {"rawBytes": B64(log_v2.public_key().public_bytes(DER, SPKI)), "keyDetails": "PKIX_ED25519",
+                          "validFor": {"start": start}},
+            "logId": {"keyId": B64(note_key_id(LOG_V2_ORIGIN, log_v2_raw))},
         }],
         "certificateAuthorities": [{
             "subject": {"organization": "tollgate-test", "commonName": "test-fulcio"},
@@ -121,7 +185,12 @@ def init(d):
             "publicKey": {"rawBytes": B64(ct_der), "keyDetails": "PKIX_ECDSA_P256_SHA_256", "validFor": {"start": start}},
             "logId": {"keyId": B64(hashlib.sha256(ct_der).digest())},
         }],
-        "timestampAuthorities": [],
+        "timestampAuthorities": [{
+            "subject": {"organization": "tollgate-test", "commonName": "test-tsa"},
+            "uri": "https://tsa.test",
+            "certChain": {"certificates": [{"rawBytes": B64(tsa.public_bytes(DER))}, {"rawBytes": B64(tsa_root.public_bytes(DER))}]},
+            "validFor": {"start": start},
+        }],
     }
     with open(os.path.join(d, "trusted_root.json"), "w") as f:
         json.dump(trusted, f, indent=1)
@@ -192,6 +261,65 @@ def log_entry(d, body):
     checkpoint = note + "\n\u2014 %s %s\n" % (LOG_ORIGIN, B64(log_id[:4] + note_sig))
     return {"body": body_b64, "integratedTime": t, "logIndex": index, "logID": log_id.hex(),
             "SET": B64(set_), "rootHash": B64(root), "checkpoint": checkpoint}
+
+
+def merkle_root(leaves):
+    """RFC 6962 §2.1 Merkle tree hash of leaf hashes."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return hashlib.sha256(b"\x01" + merkle_root(leaves[:k]) + merkle_root(leaves[k:])).digest()
+
+
+def merkle_path(m, leaves):
+    """RFC 6962 §2.1.1 audit path of leaf m."""
+    if len(leaves) == 1:
+        return []
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    if m < k:
+        return merkle_path(m, leaves[:k]) + [merkle_root(leaves[k:])]
+    return merkle_path(m - k, leaves[k:]) + [merkle_root(leaves[:k])]
+
+
+def log_entry_v2(d, body, rogue):
+    """A Rekor v2 entry: no integrated time and no SET; an inclusion proof in a five-leaf tree
+    and a checkpoint signed (Ed25519, signed-note format) by the log. The entry is the log's
+    first, so its index is 0, which protobuf JSON omits (as sigstore-js writes it)."""
+    key = load_key(os.path.join(d, "rogue-log" if rogue else "", "rekor-v2.key"))
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key_id = note_key_id(LOG_V2_ORIGIN, raw)
+    leaves = [hashlib.sha256(b"\x00" + body).digest()] + [hashlib.sha256(b"\x00" + os.urandom(32)).digest() for _ in range(4)]
+    root = merkle_root(leaves)
+    note = "%s\n%d\n%s\n" % (LOG_V2_ORIGIN, len(leaves), B64(root))
+    checkpoint = note + "\n\u2014 %s %s\n" % (LOG_V2_ORIGIN, B64(key_id[:4] + key.sign(note.encode())))
+    return {"logId": {"keyId": B64(key_id)}, "kindVersion": {"kind": "hashedrekord", "version": "0.0.2"},
+            "inclusionProof": {"rootHash": B64(root), "treeSize": str(len(leaves)),
+                               "hashes": [B64(h) for h in merkle_path(0, leaves)],
+                               "checkpoint": {"envelope": checkpoint}},
+            "canonicalizedBody": B64(body)}
+
+
+def timestamp(d, signature, rogue):
+    """An RFC 3161 TimeStampResp over SHA-256(signature), made by `openssl ts -reply` with the
+    test TSA's key."""
+    tsa = os.path.join(d, "rogue-tsa" if rogue else "tsa")
+    with tempfile.TemporaryDirectory() as t:
+        cfg = os.path.join(t, "tsa.cnf")
+        with open(cfg, "w") as f:
+            f.write("[ tsa ]\ndefault_tsa = tsa1\n[ tsa1 ]\nserial = %s/serial\nsigner_cert = %s/tsa.pem\n"
+                    "signer_key = %s/tsa.key\nsigner_digest = sha256\ndefault_policy = 1.3.6.1.4.1.57264.2\n"
+                    "digests = sha256, sha384, sha512\naccuracy = secs:1\ness_cert_id_alg = sha256\n" % (tsa, tsa, tsa))
+        req, resp = os.path.join(t, "req.tsq"), os.path.join(t, "resp.tsr")
+        subprocess.run(["openssl", "ts", "-query", "-digest", SHA(signature), "-sha256", "-cert", "-out", req],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "ts", "-reply", "-config", cfg, "-queryfile", req, "-out", resp],
+                       check=True, capture_output=True)
+        with open(resp, "rb") as f:
+            return f.read()
 
 
 def pae(payload_type, payload):
@@ -280,7 +408,20 @@ def sign(d, registry, repo, digest, kind, args):
         cert_pem = None
     sig = key.sign(message, ec.ECDSA(hashes.SHA256()))
 
-    if cert_pem and entry is None:
+    rekor_v2 = "--rekor-v2" in args
+    if rekor_v2 and kind != "bundle":
+        sys.exit("--rekor-v2 is for bundles: legacy annotations carry Rekor v1 entries only")
+    if cert_pem and entry is None and rekor_v2:
+        # Rekor v2 logs a DSSE envelope as hashedrekord 0.0.2 over its PAE (rekor-v2 spec
+        # §6.1.4), with the certificate as the verifier.
+        cert_der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(DER)
+        body = {"apiVersion": "0.0.2", "kind": "hashedrekord",
+                "spec": {"hashedRekordV002": {
+                    "data": {"algorithm": "SHA2_256", "digest": B64(hashlib.sha256(message).digest())},
+                    "signature": {"content": B64(sig), "verifier": {"keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                                                                     "x509Certificate": {"rawBytes": B64(cert_der)}}}}}}
+        entry = log_entry_v2(d, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), "--rogue-log" in args)
+    elif cert_pem and entry is None:
         # The log entry records this signature by this certificate over this payload.
         if kind == "legacy-sig":
             body = {"apiVersion": "0.0.1", "kind": "hashedrekord",
@@ -337,13 +478,19 @@ def sign(d, registry, repo, digest, kind, args):
 
     # A cosign v3 bundle: an artifact manifest whose subject is the image, listed in the
     # referrers tag schema's index (OCI distribution-spec v1.1) for registries without the API.
-    if cert_pem:
+    if cert_pem and rekor_v2:
+        material = {"certificate": {"rawBytes": B64(x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(DER))},
+                    "tlogEntries": [entry],
+                    "timestampVerificationData": {"rfc3161Timestamps": [
+                        {"signedTimestamp": B64(timestamp(d, sig, "--rogue-tsa" in args))}]}}
+    elif cert_pem:
         material = {"certificate": {"rawBytes": B64(x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(DER))}}
+        # A one-leaf tree: the proof's index is 0, omitted as protobuf JSON omits zero values.
         material["tlogEntries"] = [{
             "logIndex": str(entry["logIndex"]), "logId": {"keyId": B64(bytes.fromhex(entry["logID"]))},
             "kindVersion": {"kind": "dsse", "version": "0.0.1"}, "integratedTime": str(entry["integratedTime"]),
             "inclusionPromise": {"signedEntryTimestamp": entry["SET"]},
-            "inclusionProof": {"logIndex": "0", "rootHash": entry["rootHash"], "treeSize": "1", "hashes": [],
+            "inclusionProof": {"rootHash": entry["rootHash"], "treeSize": "1", "hashes": [],
                                "checkpoint": {"envelope": entry["checkpoint"]}},
             "canonicalizedBody": entry["body"]}]
     else:
