@@ -48,7 +48,7 @@ TG = os.path.join(ROOT, "target", "release", "tollgate")
 MT = "application/vnd.oci.image.manifest.v1+json"
 ISSUER = "https://token.actions.githubusercontent.com"
 IDENTITY = "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.0.0"
-KINDS = ["pinned", "key", "keyless", "bundle"]
+KINDS = ["pinned", "key", "keyless", "bundle", "rekor2"]
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 import sigstore_sign as ss  # noqa: E402  (the test Sigstore)
@@ -145,10 +145,11 @@ def start_gate(reg_port, digests):
                 % ", ".join('"%s"' % x for x in digests["pinned"]))
         f.write('[[image]]\nrepository = "registry.test/bench/key"\n[image.signature]\nkeys = ["bench.pub"]\n\n')
         f.write('[[image]]\nrepository = "registry.test/bench/keyless"\n[image.signature]\nkeyless = [%s]\n\n' % ident)
-        f.write('[[image]]\nrepository = "registry.test/bench/bundle"\n[image.signature]\nkeyless = [%s]\n' % ident)
+        f.write('[[image]]\nrepository = "registry.test/bench/bundle"\n[image.signature]\nkeyless = [%s]\n\n' % ident)
+        f.write('[[image]]\nrepository = "registry.test/bench/rekor2"\n[image.signature]\nkeyless = [%s]\n' % ident)
     with open(os.path.join(d, "config.toml"), "w") as f:
-        f.write('listen = "127.0.0.1:0"\ndata_dir = "data"\nallowlist_dir = "allowlists"\n[oci]\ntag_ttl = "60s"\n'
-                'trusted_root = "trusted_root.json"\n[[oci.registry]]\nhost = "registry.test"\nprefix = "reg"\n'
+        f.write('listen = "127.0.0.1:0"\ndata_dir = "data"\nallowlist_dir = "allowlists"\n'
+                'trusted_root = "trusted_root.json"\n[oci]\ntag_ttl = "60s"\n[[oci.registry]]\nhost = "registry.test"\nprefix = "reg"\n'
                 'url = "http://127.0.0.1:%d"\n' % reg_port)
     out = open(os.path.join(d, "stdout"), "w")
     p = subprocess.Popen([TG, "serve", "--config", os.path.join(d, "config.toml")], stdout=out,
@@ -210,7 +211,8 @@ def main():
             args = {"pinned": None,
                     "key": ("legacy-sig", ["--key", os.path.join(W, "bench.key"), "--reference", "registry.test/bench/key"]),
                     "keyless": ("legacy-sig", ["--identity", IDENTITY, "--issuer", ISSUER, "--reference", "registry.test/bench/keyless"]),
-                    "bundle": ("bundle", ["--identity", IDENTITY, "--issuer", ISSUER])}[kind]
+                    "bundle": ("bundle", ["--identity", IDENTITY, "--issuer", ISSUER]),
+                    "rekor2": ("bundle", ["--identity", IDENTITY, "--issuer", ISSUER, "--rekor-v2"])}[kind]
             if args:
                 with contextlib.redirect_stdout(io.StringIO()):
                     ss.sign(os.path.join(W, "sigstore"), registry, "bench/" + kind, d, args[0], args[1])

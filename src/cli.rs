@@ -469,7 +469,7 @@ pub fn sigstore_verify_bundle(a: &VerifyBundle) -> i32 {
 }
 
 fn verify_bundle(a: &VerifyBundle) -> Result<String, String> {
-    use crate::verify::sigstore::{authenticate, Input};
+    use crate::verify::bundle::{authenticate, Input};
     use crate::verify::trust::TrustRoot;
     let read =
         |p: &Path, what: &str| std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()));

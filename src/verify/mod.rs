@@ -2,6 +2,7 @@
 //! and keyless, fully offline: tollgate's rules on top of sigstore-verify, the Sigstore
 //! project's verifier. Pure: artifacts, keys and the trusted root are handed in.
 
+pub mod bundle;
 pub mod cosign;
 pub mod dsse;
 pub mod keys;

@@ -19,19 +19,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use serde_json::Value;
-use sigstore_verify::types::bundle::VerificationMaterialContent;
 use sigstore_verify::types::{Bundle, SignatureContent};
-use sigstore_verify::{
-    CertificateError, Error as SigError, PublicKeyVerificationPolicy, TimestampError,
-    TransparencyLogError, VerificationPolicy,
-};
 
+use super::bundle::{authenticate, cut, is_keyless, Input};
 use super::cosign::{
     Payload, SignatureDeny, SignatureLayer, TrustedKey, DSSE_ENVELOPE, SIGNATURE_ANNOTATION,
     SIGNATURE_TYPE, SIMPLE_SIGNING,
 };
 use super::dsse::{statement, Statement};
-use super::keys::PublicKey;
 use super::legacy;
 use super::trust::TrustRoot;
 use crate::policy::oci::{
@@ -44,8 +39,6 @@ pub const COSIGN_SIGN_V1: &str = "https://sigstore.dev/cosign/sign/v1";
 /// `application/vnd.dev.sigstore.bundle.v0.3+json` (which versions are known is
 /// sigstore-verify's to say).
 pub const BUNDLE_MEDIA_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
-/// Reasons and library details are cut to this many characters: a refusal is one line.
-const MAX_DETAIL: usize = 160;
 
 /// One artifact found for an image.
 #[derive(Debug, Clone)]
@@ -135,175 +128,6 @@ fn b64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s.trim())
         .ok()
-}
-
-fn cut(s: &str) -> String {
-    let s = s.replace(['\n', '\r'], " ");
-    match s.char_indices().nth(MAX_DETAIL) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s,
-    }
-}
-
-/// One sentence for why sigstore-verify refused a bundle, by the library's own categories
-/// (its detail strings are evidence, not something to branch on).
-pub fn reason(e: &SigError) -> String {
-    use CertificateError as C;
-    use TransparencyLogError as L;
-    let (what, detail) = match e {
-        // webpki checks the leaf's validity while it builds the path; its error names say
-        // which. Only the sentence depends on this reading, never the decision.
-        SigError::Certificate(C::ChainInvalid(d))
-            if d.contains("CertExpired") || d.contains("CertNotValidYet") =>
-        {
-            (
-                "the certificate is not valid at the log's integrated time or the timestamp",
-                d.clone(),
-            )
-        }
-        SigError::Certificate(C::ChainInvalid(d)) => (
-            "the certificate does not chain to a CA of the trusted root at the signing time",
-            d.clone(),
-        ),
-        SigError::Certificate(C::NoValidAuthority { time }) => (
-            "no CA of the trusted root was valid at the signing time",
-            time.to_string(),
-        ),
-        SigError::Certificate(C::NotYetValid { .. } | C::Expired { .. }) => (
-            "the certificate is not valid at the log's integrated time or the timestamp",
-            e.to_string(),
-        ),
-        SigError::Certificate(C::Sct(d)) => (
-            "the certificate carries no SCT that verifies with a CT log of the trusted root",
-            d.clone(),
-        ),
-        SigError::Certificate(C::Malformed(d)) => ("the certificate cannot be read", d.clone()),
-        SigError::TransparencyLog(L::EntryMismatch(d)) => (
-            "the log entry records another signature, signer or payload",
-            d.clone(),
-        ),
-        SigError::TransparencyLog(L::UnknownLog { log_id }) => (
-            "the log entry is from a log the trusted root does not list",
-            log_id.clone(),
-        ),
-        SigError::TransparencyLog(L::InclusionProof(d)) => {
-            ("the log entry's inclusion proof does not verify", d.clone())
-        }
-        SigError::TransparencyLog(L::Checkpoint(d)) => {
-            ("the log's signed checkpoint does not verify", d.clone())
-        }
-        SigError::TransparencyLog(L::InclusionPromise(d)) => (
-            "the log entry's signed entry timestamp does not verify",
-            d.clone(),
-        ),
-        SigError::TransparencyLog(L::IntegratedTime(d)) => (
-            "the log entry's integrated time is not acceptable",
-            d.clone(),
-        ),
-        SigError::TransparencyLog(L::MalformedEntry(d)) => {
-            ("the log entry cannot be read", d.clone())
-        }
-        SigError::Timestamp(TimestampError::Invalid(d)) => (
-            "an RFC 3161 timestamp does not verify with a timestamp authority of the trusted root",
-            d.clone(),
-        ),
-        SigError::Timestamp(TimestampError::OutsideAuthorityValidity { time }) => (
-            "an RFC 3161 timestamp lies outside its authority's validity",
-            time.to_string(),
-        ),
-        SigError::Timestamp(TimestampError::NoVerifiedTimestamp(d)) => (
-            "no verified signing time (a signed log entry time or an RFC 3161 timestamp)",
-            d.clone(),
-        ),
-        SigError::SignatureInvalid(d) => ("the signature does not verify", d.clone()),
-        SigError::ArtifactMismatch(d) => (
-            "the log entry or the signature records another artifact",
-            d.clone(),
-        ),
-        SigError::Bundle(d) => ("the bundle is not valid", d.to_string()),
-        SigError::InvalidBundle(d) => ("the bundle is not valid", d.clone()),
-        SigError::UnsupportedBundle(d) => ("the bundle is not supported", d.clone()),
-        other => ("the signature could not be verified", other.to_string()),
-    };
-    format!("{what} ({})", cut(&detail))
-}
-
-/// What a signature is checked against: the bytes (a legacy payload) or a digest (a DSSE
-/// statement's subject).
-#[derive(Clone, Copy)]
-pub enum Input<'a> {
-    Bytes(&'a [u8]),
-    Sha256([u8; 32]),
-}
-
-impl Input<'_> {
-    fn artifact(&self) -> sigstore_verify::types::Artifact<'_> {
-        match self {
-            Input::Bytes(b) => sigstore_verify::types::Artifact::Blob(b),
-            Input::Sha256(d) => sigstore_verify::types::Sha256Hash::new(*d).into(),
-        }
-    }
-}
-
-/// sigstore-verify on one bundle. Keyless (`key` None): the certificate, log entries,
-/// timestamps and binding are verified under the library's "any identity" policy and the
-/// certificate's identity and issuer are returned, for the caller to match (skipping that
-/// match would admit anyone). With a key: the bundle must be signed by it, and its log
-/// entries verify.
-pub fn authenticate(
-    root: &TrustRoot,
-    bundle: &Bundle,
-    input: Input<'_>,
-    key: Option<&PublicKey>,
-) -> Result<Option<(String, Option<String>)>, String> {
-    if let Some(key) = key {
-        root.verifier()
-            .verify(
-                input.artifact(),
-                bundle,
-                &PublicKeyVerificationPolicy::new(key.der().clone()),
-            )
-            .map_err(|e| reason(&e))?;
-        return Ok(None);
-    }
-    // A root without CT logs (a private Sigstore, GitHub's artifact-attestation instance)
-    // cannot ask for SCTs; one that lists any always does.
-    let mut policy = VerificationPolicy::any_identity();
-    if !root.has_ct_logs() {
-        policy = policy.skip_sct();
-    }
-    let result = root
-        .verifier()
-        .verify(input.artifact(), bundle, &policy)
-        .map_err(|e| reason(&e))?;
-    // Fail closed should the policy ever be relaxed: nothing counts unless the certificate
-    // and the log were checked.
-    if !result.certificate_verified() || !result.tlog_verified() {
-        return Err("the certificate or the log entry was not verified".into());
-    }
-    let der = bundle
-        .signing_certificate()
-        .map(|c| c.as_bytes().to_vec())
-        .unwrap_or_default();
-    let n = legacy::identity_count(&der);
-    if n != 1 {
-        return Err(format!(
-            "the certificate names {n} e-mail/URI identities, not one"
-        ));
-    }
-    let identity = result
-        .identity()
-        .map(|i| i.as_str().to_string())
-        .ok_or("the certificate names no identity")?;
-    Ok(Some((identity, result.issuer().map(str::to_string))))
-}
-
-fn is_keyless(bundle: &Bundle) -> bool {
-    matches!(
-        bundle.verification_material.content,
-        VerificationMaterialContent::Certificate(_)
-            | VerificationMaterialContent::X509CertificateChain { .. }
-    )
 }
 
 /// One signed claim, ready to be checked.
