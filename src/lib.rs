@@ -390,6 +390,28 @@ fn finish_policy(
         r.signature.as_ref().is_some_and(|s| !s.keyless.is_empty())
             || r.attestations.iter().any(|a| !a.keyless.is_empty())
     });
+    // require_tlog asks for a log entry checked against the root: without a root that lists
+    // a log, the rule could admit nothing.
+    let tlog_rule = policy.images.iter().find(|r| {
+        r.signature.as_ref().is_some_and(|s| s.require_tlog)
+            || r.attestations.iter().any(|a| a.require_tlog)
+    });
+    if let Some(rule) = tlog_rule {
+        let usable = match (&config.trusted_root, &policy.trust_root) {
+            (None, _) => Some("trusted_root is not configured"),
+            (Some(_), Some(root)) if !root.has_logs() => {
+                Some("the trusted root lists no transparency log")
+            }
+            _ => None,
+        };
+        if let Some(why) = usable {
+            errors.push(LoadError {
+                file: rule.source.file.clone(),
+                line: rule.source.line,
+                message: format!("{}: require_tlog, but {why}", rule.pattern),
+            });
+        }
+    }
     if let (Some(rule), None) = (keyless_rule, &config.trusted_root) {
         errors.push(LoadError {
             file: rule.source.file.clone(),

@@ -140,6 +140,8 @@ fn code(c: i32) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before any TLS configuration or HTTP client exists (each also installs it, as a backstop).
+    tollgate::fetch::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config: path } => {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use tollgate::policy::oci::{Digest, Repository};
+use tollgate::policy::oci::{reference_repository, Digest, Repository};
 use tollgate::policy::oci::{KeylessIdentity, SubjectMatch};
 use tollgate::policy::Sha256;
 use tollgate::verify::cosign::{verify_legacy, SignatureDeny, SignatureLayer, TrustedKey};
@@ -222,9 +222,16 @@ fn tampered_payload_or_signature_is_refused() {
         "aW52YWxpZCBzaWduYXR1cmU=".into(),
     );
     assert!(verify_legacy(&[layer.clone()], &digest, &repo, None, &keys, 1).is_err());
+    // A signature layer without its signature is a broken signature, not "unsigned".
     layer.annotations.clear();
+    let refused = verify_legacy(&[layer], &digest, &repo, None, &keys, 1).unwrap_err();
+    assert_eq!(refused.code(), "untrusted_signer");
+    assert!(
+        refused.to_string().contains("carries no base64 signature"),
+        "{refused}"
+    );
     assert_eq!(
-        verify_legacy(&[layer], &digest, &repo, None, &keys, 1),
+        verify_legacy(&[], &digest, &repo, None, &keys, 1),
         Err(SignatureDeny::Unsigned)
     );
     // signed_identity: a signature for another repository counts when the rule names it.
@@ -326,6 +333,7 @@ fn keyless_verdict(
         &[],
         std::slice::from_ref(identity),
         1,
+        false,
     )
 }
 
@@ -444,7 +452,8 @@ fn fulcio_rekor_valid_is_refused_for_every_broken_part() {
         &Repository::parse(FULCIO_REPO).unwrap(),
         &[],
         std::slice::from_ref(&me),
-        1
+        1,
+        false
     )
     .is_err());
     // The same signature judged for another repository (it names fulcio-rekor-1).
@@ -461,7 +470,8 @@ fn fulcio_rekor_valid_is_refused_for_every_broken_part() {
             &Repository::parse("registry.test/other").unwrap(),
             &[],
             &[me],
-            1
+            1,
+            false
         )
         .map_err(|e| e.code()),
         Err("signature_other_repository")
@@ -570,6 +580,7 @@ fn bundle_verdict(
         &[],
         std::slice::from_ref(identity),
         1,
+        false,
     )
 }
 
@@ -713,6 +724,7 @@ fn the_v03_bundle_is_refused_when_anything_differs() {
 /// judged with its key, with and without the production trusted root.
 fn key_rekor_verdict(
     root: Option<&TrustRoot>,
+    require_tlog: bool,
     edit: impl FnOnce(&mut SignatureLayer),
 ) -> Result<Vec<String>, SignatureDeny> {
     let dir = fixtures().join("dir-img-cosign-key-rekor-valid");
@@ -729,6 +741,7 @@ fn key_rekor_verdict(
         &keys,
         &[],
         1,
+        require_tlog,
     )
 }
 
@@ -736,7 +749,7 @@ fn key_rekor_verdict(
 fn a_log_entry_on_a_key_signature_is_verified_against_the_trusted_root() {
     let root = root_of(&prod_root_json());
     assert_eq!(
-        key_rekor_verdict(Some(&root), |_| {}),
+        key_rekor_verdict(Some(&root), false, |_| {}),
         Ok(vec!["cosign2.pub".to_string()])
     );
     // The entry altered: the key's signature alone no longer admits, and the refusal says
@@ -746,7 +759,7 @@ fn a_log_entry_on_a_key_signature_is_verified_against_the_trusted_root() {
         assert_ne!(b, l.annotations["dev.sigstore.cosign/bundle"]);
         l.annotations.insert("dev.sigstore.cosign/bundle".into(), b);
     };
-    let refused = key_rekor_verdict(Some(&root), altered).unwrap_err();
+    let refused = key_rekor_verdict(Some(&root), false, altered).unwrap_err();
     assert!(
         refused
             .to_string()
@@ -762,7 +775,87 @@ fn a_log_entry_on_a_key_signature_is_verified_against_the_trusted_root() {
     for log in other_log["tlogs"].as_array_mut().unwrap() {
         log["publicKey"]["rawBytes"] = cosign_der.clone().into();
     }
-    assert!(key_rekor_verdict(Some(&root_of(&other_log)), |_| {}).is_err());
+    assert!(key_rekor_verdict(Some(&root_of(&other_log)), false, |_| {}).is_err());
     // Without a trusted root there is nothing to check the entry against: the key decides.
-    assert!(key_rekor_verdict(None, altered).is_ok());
+    assert!(key_rekor_verdict(None, false, altered).is_ok());
+    // require_tlog: the verified entry counts; the same signature stripped of its entry, or
+    // without a root to check it against, does not, and the refusal says why.
+    assert!(key_rekor_verdict(Some(&root), true, |_| {}).is_ok());
+    let stripped = key_rekor_verdict(Some(&root), true, |l| {
+        l.annotations.remove("dev.sigstore.cosign/bundle");
+    })
+    .unwrap_err();
+    assert!(
+        stripped.to_string().contains(
+            "key cosign2.pub without a verified transparency-log entry (the rule requires one)"
+        ),
+        "{stripped}"
+    );
+    assert!(key_rekor_verdict(None, true, |_| {}).is_err());
+}
+
+/// The pki-valid signature: made with a key whose certificate (from a private PKI, not a
+/// Fulcio CA) is attached. A rule listing that key admits it; as keyless material it is not
+/// trusted.
+#[test]
+fn a_key_signature_with_its_certificate_attached_counts_for_the_key() {
+    use x509_cert::der::{Decode, Encode};
+    let dir = fixtures().join("dir-img-cosign-pki-valid");
+    let layer = layers_of(&dir).remove(0);
+    let cert = x509_cert::Certificate::load_pem_chain(
+        layer.annotations["dev.sigstore.cosign/certificate"].as_bytes(),
+    )
+    .unwrap()
+    .remove(0);
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .unwrap();
+    assert!(x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(&spki).is_ok());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&spki)
+    );
+    let k = TrustedKey::from_pem("pki.pub", &pem).unwrap();
+    let digest = digest_of(&std::fs::read(dir.join("manifest.json")).unwrap());
+    let payload: serde_json::Value = serde_json::from_slice(&layer.payload).unwrap();
+    let repo = reference_repository(
+        payload["critical"]["identity"]["docker-reference"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let root = root_of(&prod_root_json());
+    for root in [None, Some(&root)] {
+        let ex = examine(
+            &[Artifact::Signature(layer.clone())],
+            &Trust { keys: &[&k], root },
+        );
+        assert_eq!(
+            judge_signature(&ex, &digest, &repo, &[&k], &[], 1, false),
+            Ok(vec!["pki.pub".to_string()])
+        );
+        // Its log entry records the certificate, not the key: it does not satisfy
+        // require_tlog.
+        assert!(judge_signature(&ex, &digest, &repo, &[&k], &[], 1, true).is_err());
+    }
+    // Keyless, the private PKI is not a Fulcio CA of the trusted root.
+    let ex = examine(
+        &[Artifact::Signature(layer)],
+        &Trust {
+            keys: &[],
+            root: Some(&root),
+        },
+    );
+    assert!(judge_signature(
+        &ex,
+        &digest,
+        &repo,
+        &[],
+        &[exact("https://github.com/login/oauth", "mitr@redhat.com")],
+        1,
+        false
+    )
+    .is_err());
 }

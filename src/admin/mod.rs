@@ -706,6 +706,9 @@ fn image_rules(st: &AppState, api: &[rules::ApiRule]) -> Vec<Value> {
             }
             if let Some(sig) = &r.signature {
                 let mut o = json!({ "threshold": sig.threshold, "per_platform": sig.per_platform });
+                if sig.require_tlog {
+                    o["require_tlog"] = json!(true);
+                }
                 if !sig.keys.is_empty() {
                     o["keys"] = json!(sig.keys);
                 }
@@ -720,6 +723,9 @@ fn image_rules(st: &AppState, api: &[rules::ApiRule]) -> Vec<Value> {
                     .iter()
                     .map(|a| {
                         let mut o = json!({ "predicate_type": a.predicate_type });
+                        if a.require_tlog {
+                            o["require_tlog"] = json!(true);
+                        }
                         if !a.keys.is_empty() {
                             o["keys"] = json!(a.keys);
                         }

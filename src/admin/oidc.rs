@@ -71,7 +71,12 @@ fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, String> {
                     continue;
                 };
                 // Keys this small are forgeable: skipped rather than trusted.
-                let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+                let n_bits = |n: &[u8]| {
+                    let n: Vec<u8> = n.iter().copied().skip_while(|b| *b == 0).collect();
+                    n.first()
+                        .map_or(0, |f| (n.len() - 1) * 8 + (8 - f.leading_zeros() as usize))
+                };
+                let bits = n_bits(&n);
                 if bits < 2048 {
                     continue;
                 }

@@ -702,6 +702,7 @@ impl Oci {
                         &keys_of(&s.keys),
                         &s.keyless,
                         s.threshold,
+                        s.require_tlog,
                     )
                 }),
                 attestations: rule.attestations.iter().try_for_each(|a| {

@@ -200,6 +200,7 @@ struct RawSignature {
     keyless: Option<Vec<RawKeyless>>,
     threshold: Option<i64>,
     per_platform: Option<bool>,
+    require_tlog: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +217,7 @@ struct RawAttestation {
     predicate_type: String,
     keys: Option<Vec<String>>,
     keyless: Option<Vec<RawKeyless>>,
+    require_tlog: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +335,7 @@ fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<I
                 keys,
                 keyless,
                 per_platform: sig.per_platform.unwrap_or(false),
+                require_tlog: sig.require_tlog.unwrap_or(false),
             })
         }
     };
@@ -350,6 +353,7 @@ fn image_rule(raw: &RawImage, source: Source, registries: &[String]) -> Result<I
             predicate_type: predicate_type.to_string(),
             keys,
             keyless,
+            require_tlog: a.require_tlog.unwrap_or(false),
         });
     }
     let require = match raw.require.as_deref() {

@@ -315,14 +315,27 @@ impl ImageRule {
     pub fn same_as(&self, other: &ImageRule) -> bool {
         let ids = |v: &[KeylessIdentity]| v.iter().map(|k| k.to_string()).collect::<Vec<_>>();
         let sig = |r: &ImageRule| {
-            r.signature
-                .as_ref()
-                .map(|s| (s.keys.clone(), ids(&s.keyless), s.threshold, s.per_platform))
+            r.signature.as_ref().map(|s| {
+                (
+                    s.keys.clone(),
+                    ids(&s.keyless),
+                    s.threshold,
+                    s.per_platform,
+                    s.require_tlog,
+                )
+            })
         };
         let att = |r: &ImageRule| {
             r.attestations
                 .iter()
-                .map(|a| (a.predicate_type.clone(), a.keys.clone(), ids(&a.keyless)))
+                .map(|a| {
+                    (
+                        a.predicate_type.clone(),
+                        a.keys.clone(),
+                        ids(&a.keyless),
+                        a.require_tlog,
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         self.pattern == other.pattern
@@ -345,6 +358,9 @@ pub struct SignatureRule {
     pub threshold: usize,
     /// Each platform manifest of an index needs its own signature.
     pub per_platform: bool,
+    /// A key's signature counts only with a transparency-log entry that verifies against the
+    /// trusted root (cosign's default for `--key`); keyless signatures always need one.
+    pub require_tlog: bool,
 }
 
 /// `[[image.attestation]]`: an in-toto statement of this predicate type about the image,
@@ -354,6 +370,8 @@ pub struct AttestationRule {
     pub predicate_type: String,
     pub keys: Vec<String>,
     pub keyless: Vec<KeylessIdentity>,
+    /// As in [`SignatureRule::require_tlog`].
+    pub require_tlog: bool,
 }
 
 /// A keyless signer: the OIDC issuer (exact) and the subject Fulcio certified, matched as a
@@ -709,6 +727,7 @@ mod tests {
             keyless: vec![],
             threshold: 1,
             per_platform: false,
+            require_tlog: false,
         });
         let mut both_all = rule("nvcr.io/nvidia/cuda", None, 1);
         both_all.signature = sig.clone();

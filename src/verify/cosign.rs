@@ -206,5 +206,6 @@ pub fn verify_legacy(
         keys,
         &[],
         threshold,
+        false,
     )
 }

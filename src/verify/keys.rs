@@ -5,6 +5,14 @@
 use sigstore_verify::crypto::{KeyAlgorithm, SigningScheme, VerificationKey};
 use sigstore_verify::types::{DerPublicKey, SignatureBytes};
 
+/// The digest a signature was made over (what a bundle's `messageDigest` must name for
+/// sigstore-verify to check the same signature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hash {
+    Sha256,
+    Sha384,
+}
+
 pub struct PublicKey {
     der: DerPublicKey,
     algorithm: KeyAlgorithm,
@@ -109,11 +117,22 @@ impl PublicKey {
     /// Does `sig` (ASN.1 DER for ECDSA, as cosign writes it) sign `msg` under this key? Any
     /// malformed signature is simply `false`.
     pub fn verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
+        self.verifying_hash(msg, sig).is_some()
+    }
+
+    /// The digest with which `sig` signs `msg` under this key, if it does.
+    pub fn verifying_hash(&self, msg: &[u8], sig: &[u8]) -> Option<Hash> {
         let sig = SignatureBytes::new(sig.to_vec());
-        self.schemes().iter().any(|s| {
-            VerificationKey::from_spki_with_scheme(&self.der, *s)
-                .is_ok_and(|k| k.verify(msg, &sig).is_ok())
-        })
+        self.schemes()
+            .iter()
+            .find(|s| {
+                VerificationKey::from_spki_with_scheme(&self.der, **s)
+                    .is_ok_and(|k| k.verify(msg, &sig).is_ok())
+            })
+            .map(|s| match s {
+                SigningScheme::EcdsaP384Sha384 => Hash::Sha384,
+                _ => Hash::Sha256,
+            })
     }
 }
 

@@ -19,6 +19,7 @@ use sigstore_verify::types::Bundle;
 use x509_cert::der::{Decode, Encode};
 
 use super::cosign::{BUNDLE_ANNOTATION, CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION};
+use super::keys::Hash;
 
 const BUNDLE_V01: &str = "application/vnd.dev.sigstore.bundle+json;version=0.1";
 
@@ -27,6 +28,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// What a legacy layer signs.
+#[derive(Clone, Copy)]
 pub enum Content<'a> {
     /// A simple-signing payload and the signature over it.
     Message { payload: &'a [u8], sig: &'a [u8] },
@@ -127,22 +129,38 @@ pub fn has_log_entry(annotations: &std::collections::BTreeMap<String, String>) -
     annotations.contains_key(BUNDLE_ANNOTATION)
 }
 
-/// The v0.1 bundle equivalent to a legacy layer: with its certificate chain when it has one
-/// (keyless), otherwise naming a public key (verified with a key the rule lists).
+/// Which verification material the bundle carries.
+pub enum Material {
+    /// The certificate and chain annotations (keyless).
+    Certificate,
+    /// A public key the caller holds, and the digest its signature was made over.
+    Key(Hash),
+}
+
+/// The v0.1 bundle equivalent to a legacy layer, for keyless verification or for checking its
+/// log entry with a key the rule lists.
 pub fn bundle(
     content: Content<'_>,
     annotations: &std::collections::BTreeMap<String, String>,
+    material: Material,
 ) -> Result<Bundle, String> {
-    let chain = certificates(annotations)?;
-    if chain.is_some() && !annotations.contains_key(BUNDLE_ANNOTATION) {
-        // cosign refuses these too (unless told to ignore the log): nothing dates the
-        // ten-minute certificate, so any signature made with its key would pass.
-        return Err("certificate-signed, but without a transparency-log entry".into());
-    }
-    let mut material = match chain {
-        Some(chain) => json!({"x509CertificateChain": {"certificates":
-            chain.iter().map(|d| json!({"rawBytes": b64(d)})).collect::<Vec<_>>()}}),
-        None => json!({"publicKey": {"hint": ""}}),
+    let (mut material, hash) = match material {
+        Material::Certificate => {
+            let Some(chain) = certificates(annotations)? else {
+                return Err("the signature carries no certificate".into());
+            };
+            if !annotations.contains_key(BUNDLE_ANNOTATION) {
+                // cosign refuses these too (unless told to ignore the log): nothing dates the
+                // ten-minute certificate, so any signature made with its key would pass.
+                return Err("certificate-signed, but without a transparency-log entry".into());
+            }
+            (
+                json!({"x509CertificateChain": {"certificates":
+                    chain.iter().map(|d| json!({"rawBytes": b64(d)})).collect::<Vec<_>>()}}),
+                Hash::Sha256,
+            )
+        }
+        Material::Key(hash) => (json!({"publicKey": {"hint": ""}}), hash),
     };
     let entries = match annotations.get(BUNDLE_ANNOTATION) {
         Some(a) => vec![tlog_entry(a)?],
@@ -153,8 +171,14 @@ pub fn bundle(
     match content {
         Content::Message { payload, sig } => {
             use sha2::Digest as _;
+            // The digest the signature was made over, so the library checks the same pairing
+            // (cosign: SHA-256 whatever the key; Sigstore's P-384: SHA-384).
+            let (algorithm, digest) = match hash {
+                Hash::Sha256 => ("SHA2_256", sha2::Sha256::digest(payload).to_vec()),
+                Hash::Sha384 => ("SHA2_384", sha2::Sha384::digest(payload).to_vec()),
+            };
             bundle["messageSignature"] = json!({
-                "messageDigest": {"algorithm": "SHA2_256", "digest": b64(&sha2::Sha256::digest(payload))},
+                "messageDigest": {"algorithm": algorithm, "digest": b64(&digest)},
                 "signature": b64(sig),
             });
         }

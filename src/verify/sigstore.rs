@@ -27,6 +27,7 @@ use super::cosign::{
     SIGNATURE_TYPE, SIMPLE_SIGNING,
 };
 use super::dsse::{statement, Statement};
+use super::keys::Hash;
 use super::legacy;
 use super::trust::TrustRoot;
 use crate::policy::oci::{
@@ -107,6 +108,9 @@ pub enum Claim {
 pub struct Finding {
     pub signer: Signer,
     pub claim: Claim,
+    /// A transparency-log entry of this signature verified against the trusted root (always,
+    /// for a certificate; for a key, only when one came with it and a root lists its log).
+    pub logged: bool,
 }
 
 #[derive(Debug, Default)]
@@ -124,10 +128,21 @@ pub struct Examined {
     pub problems: BTreeSet<String>,
 }
 
+/// Standard base64, line-wrapped or not (some signers wrap at 76 columns, RFC 2045 §6.8).
 fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .ok()
+    let s: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+/// Where a signature and its Sigstore material came from.
+enum Source<'a> {
+    /// A legacy `.sig`/`.att` layer: rewritten as a v0.1 bundle when one is needed.
+    Legacy {
+        content: legacy::Content<'a>,
+        annotations: &'a BTreeMap<String, String>,
+    },
+    /// A published bundle.
+    Bundle(Bundle),
 }
 
 /// One signed claim, ready to be checked.
@@ -138,10 +153,51 @@ struct Signed<'a> {
     sig: Vec<u8>,
     /// What sigstore-verify binds the bundle to.
     input: Input<'a>,
-    /// The bundle as published, or rewritten from a legacy layer; `None`: a key-signed legacy
-    /// layer without a log entry (nothing but the key signature to check).
-    bundle: Option<Result<Bundle, String>>,
-    keyless: bool,
+    source: Source<'a>,
+}
+
+impl Signed<'_> {
+    fn has_certificate(&self) -> bool {
+        match &self.source {
+            Source::Legacy { annotations, .. } => legacy::has_certificate(annotations),
+            Source::Bundle(b) => is_keyless(b),
+        }
+    }
+
+    fn has_log_entry(&self) -> bool {
+        match &self.source {
+            Source::Legacy { annotations, .. } => legacy::has_log_entry(annotations),
+            Source::Bundle(b) => !b.verification_material.tlog_entries.is_empty(),
+        }
+    }
+
+    /// The keyless bundle: the certificate with the log entries and timestamps.
+    fn keyless_bundle(&self) -> Result<std::borrow::Cow<'_, Bundle>, String> {
+        match &self.source {
+            Source::Legacy {
+                content,
+                annotations,
+            } => legacy::bundle(*content, annotations, legacy::Material::Certificate)
+                .map(std::borrow::Cow::Owned),
+            Source::Bundle(b) => Ok(std::borrow::Cow::Borrowed(b)),
+        }
+    }
+
+    /// The bundle naming a key (for its log entries to be checked with it): `None` when the
+    /// entries record a certificate, which sigstore-verify cannot bind to a key.
+    fn key_bundle(&self, hash: Hash) -> Option<Result<std::borrow::Cow<'_, Bundle>, String>> {
+        if self.has_certificate() {
+            return None;
+        }
+        Some(match &self.source {
+            Source::Legacy {
+                content,
+                annotations,
+            } => legacy::bundle(*content, annotations, legacy::Material::Key(hash))
+                .map(std::borrow::Cow::Owned),
+            Source::Bundle(b) => Ok(std::borrow::Cow::Borrowed(b)),
+        })
+    }
 }
 
 struct Collector<'a> {
@@ -150,66 +206,34 @@ struct Collector<'a> {
 }
 
 impl Collector<'_> {
-    /// Checks one signature with every trusted key, or as keyless material; records findings
-    /// and returns whether anything trusted verified it.
+    /// Checks one signature with every trusted key and, when it carries a certificate, as
+    /// keyless material; records findings and returns whether anything trusted verified it.
     fn verify_one(&mut self, s: &Signed<'_>) -> bool {
-        if s.keyless {
-            let Some(root) = self.trust.root else {
-                self.out.problems.insert(
-                    "certificate-signed, but no trusted root is configured (trusted_root)".into(),
-                );
-                return false;
-            };
-            let checked = match &s.bundle {
-                Some(Ok(b)) => authenticate(root, b, s.input, None),
-                Some(Err(e)) => Err(e.clone()),
-                None => Err("certificate-signed, but without its material".into()),
-            };
-            return match checked {
-                Ok(Some((identity, issuer))) => {
-                    self.out.findings.push(Finding {
-                        signer: Signer::Cert {
-                            identities: vec![identity],
-                            issuer,
-                        },
-                        claim: s.claim.clone(),
-                    });
-                    true
-                }
-                Ok(None) => false,
-                Err(e) => {
-                    self.out.problems.insert(e);
-                    false
-                }
-            };
-        }
         let mut any = false;
+        // Any signature may be a key's, certificate-bearing ones included (a KMS or private-PKI
+        // key with its certificate attached): the keys are tried on all of them.
         for k in self.trust.keys {
-            // Only the key that made the signature is taken further: the others are simply
-            // not its signer.
-            if !k.key.verifies(&s.message, &s.sig) {
+            let Some(hash) = k.key.verifying_hash(&s.message, &s.sig) else {
                 continue;
-            }
-            // A log entry that came with a key signature is verified too, when the trusted
-            // root lists a log to check it against.
-            let logged = match (&s.bundle, self.trust.root) {
-                (Some(b), Some(root)) if root.has_logs() => {
-                    b.as_ref().map_err(Clone::clone).and_then(|b| {
-                        if b.verification_material.tlog_entries.is_empty() {
-                            Ok(None)
-                        } else {
-                            authenticate(root, b, s.input, Some(&k.key))
-                        }
-                    })
-                }
-                _ => Ok(None),
             };
-            if let Err(e) = logged {
-                self.out.problems.insert(format!(
-                    "signed by key {}, but its transparency-log entry: {e}",
-                    k.name
-                ));
-                continue;
+            // A log entry that came with a key signature is verified too, when the trusted
+            // root lists a log to check it against; `logged` says it was.
+            let mut logged = false;
+            if let (true, Some(root)) = (s.has_log_entry(), self.trust.root) {
+                if root.has_logs() {
+                    if let Some(b) = s.key_bundle(hash) {
+                        match b.and_then(|b| authenticate(root, &b, s.input, Some(&k.key))) {
+                            Ok(_) => logged = true,
+                            Err(e) => {
+                                self.out.problems.insert(format!(
+                                    "signed by key {}, but its transparency-log entry does not verify: {e}",
+                                    k.name
+                                ));
+                                continue;
+                            }
+                        }
+                    }
+                }
             }
             any = true;
             self.out.findings.push(Finding {
@@ -218,9 +242,40 @@ impl Collector<'_> {
                     fingerprint: k.fingerprint,
                 },
                 claim: s.claim.clone(),
+                logged,
             });
         }
-        any
+        if !s.has_certificate() {
+            return any;
+        }
+        let checked = match self.trust.root {
+            None => {
+                Err("certificate-signed, but no trusted root is configured (trusted_root)".into())
+            }
+            Some(root) => s
+                .keyless_bundle()
+                .and_then(|b| authenticate(root, &b, s.input, None)),
+        };
+        match checked {
+            Ok(Some((identity, issuer))) => {
+                self.out.findings.push(Finding {
+                    signer: Signer::Cert {
+                        identities: vec![identity],
+                        issuer,
+                    },
+                    claim: s.claim.clone(),
+                    logged: true,
+                });
+                true
+            }
+            Ok(None) => any,
+            // A key already vouched for it: the certificate's failure is not the story.
+            Err(_) if any => true,
+            Err(e) => {
+                self.out.problems.insert(e);
+                false
+            }
+        }
     }
 
     fn legacy_signature(&mut self, layer: &SignatureLayer) {
@@ -228,14 +283,20 @@ impl Collector<'_> {
         if layer.media_type != SIMPLE_SIGNING {
             return;
         }
+        // A simple-signing layer is a signature, even a broken one: never "unsigned".
+        self.out.signatures += 1;
         let Some(sig) = layer
             .annotations
             .get(SIGNATURE_ANNOTATION)
             .and_then(|s| b64(s))
         else {
+            self.out.unverified_signatures += 1;
+            self.out.problems.insert(
+                "a signature layer carries no base64 signature (dev.cosignproject.cosign/signature)"
+                    .into(),
+            );
             return;
         };
-        self.out.signatures += 1;
         let claim = match serde_json::from_slice::<Payload>(&layer.payload) {
             Ok(p) if p.critical.kind == SIGNATURE_TYPE => Claim::Simple {
                 reference: p.critical.identity.docker_reference,
@@ -249,23 +310,18 @@ impl Collector<'_> {
                 return;
             }
         };
-        let keyless = legacy::has_certificate(&layer.annotations);
-        let bundle = (keyless || legacy::has_log_entry(&layer.annotations)).then(|| {
-            legacy::bundle(
-                legacy::Content::Message {
-                    payload: &layer.payload,
-                    sig: &sig,
-                },
-                &layer.annotations,
-            )
-        });
         let signed = Signed {
             claim,
             message: layer.payload.clone(),
-            sig,
             input: Input::Bytes(&layer.payload),
-            bundle,
-            keyless,
+            source: Source::Legacy {
+                content: legacy::Content::Message {
+                    payload: &layer.payload,
+                    sig: &sig,
+                },
+                annotations: &layer.annotations,
+            },
+            sig: sig.clone(),
         };
         if !self.verify_one(&signed) {
             self.out.unverified_signatures += 1;
@@ -276,19 +332,12 @@ impl Collector<'_> {
     /// predicate is cosign's.
     fn statement(
         &mut self,
+        st: Statement,
         payload_type: &str,
         payload: &[u8],
         sig: Vec<u8>,
-        bundle: Option<Result<Bundle, String>>,
-        keyless: bool,
+        source: Source<'_>,
     ) {
-        let st = match statement(payload_type, payload) {
-            Ok(st) => st,
-            Err(e) => {
-                self.out.problems.insert(e);
-                return;
-            }
-        };
         let is_signature = st.predicate_type == COSIGN_SIGN_V1;
         if is_signature {
             self.out.signatures += 1;
@@ -315,8 +364,7 @@ impl Collector<'_> {
             message: sigstore_verify::types::dsse::pae(payload_type, payload),
             sig,
             input: Input::Sha256(subject),
-            bundle,
-            keyless,
+            source,
         };
         if !self.verify_one(&signed) {
             if is_signature {
@@ -336,26 +384,29 @@ impl Collector<'_> {
                 serde_json::from_value::<sigstore_verify::types::DsseEnvelope>(v.clone())
                     .map(|env| (v, env))
                     .map_err(|e| e.to_string())
+            })
+            .and_then(|(v, env)| {
+                statement(&env.payload_type, env.payload.as_bytes()).map(|st| (v, env, st))
             });
-        let (json, env) = match parsed {
+        let (json, env, st) = match parsed {
             Ok(p) => p,
             Err(e) => {
                 self.out.problems.insert(format!(
-                    "an attestation layer is not a DSSE envelope: {}",
+                    "an attestation layer is not a DSSE in-toto envelope: {}",
                     cut(&e)
                 ));
                 return;
             }
         };
-        let keyless = legacy::has_certificate(&layer.annotations);
-        let bundle = (keyless || legacy::has_log_entry(&layer.annotations))
-            .then(|| legacy::bundle(legacy::Content::Dsse(&json), &layer.annotations));
         self.statement(
+            st,
             &env.payload_type,
             env.payload.as_bytes(),
             env.signature.sig.as_bytes().to_vec(),
-            bundle,
-            keyless,
+            Source::Legacy {
+                content: legacy::Content::Dsse(&json),
+                annotations: &layer.annotations,
+            },
         );
     }
 
@@ -366,6 +417,7 @@ impl Collector<'_> {
         let bundle = match parsed {
             Ok(b) => b,
             Err(e) => {
+                // Unread, it may have been the signature: named, never "unsigned".
                 self.out.unreadable_bundles += 1;
                 self.out
                     .problems
@@ -373,8 +425,8 @@ impl Collector<'_> {
                 return;
             }
         };
+        // A message signature signs a blob (an SBOM, a file), never an image: not counted.
         let SignatureContent::DsseEnvelope(env) = &bundle.content else {
-            self.out.unreadable_bundles += 1;
             self.out.problems.insert(
                 "a bundle signs no in-toto statement (a message signature binds no image)".into(),
             );
@@ -385,8 +437,17 @@ impl Collector<'_> {
             env.payload.as_bytes().to_vec(),
             env.signature.sig.as_bytes().to_vec(),
         );
-        let keyless = is_keyless(&bundle);
-        self.statement(&payload_type, &payload, sig, Some(Ok(bundle)), keyless);
+        let st = match statement(&payload_type, &payload) {
+            Ok(st) => st,
+            Err(e) => {
+                self.out.unreadable_bundles += 1;
+                self.out
+                    .problems
+                    .insert(format!("a bundle's envelope: {}", cut(&e)));
+                return;
+            }
+        };
+        self.statement(st, &payload_type, &payload, sig, Source::Bundle(bundle));
     }
 }
 
@@ -454,6 +515,7 @@ pub fn judge_signature(
     keys: &[&TrustedKey],
     keyless: &[KeylessIdentity],
     threshold: usize,
+    require_tlog: bool,
 ) -> Result<Vec<String>, SignatureDeny> {
     let hex = digest.sha().to_string();
     let mut by_key: BTreeMap<[u8; 32], String> = BTreeMap::new();
@@ -500,6 +562,10 @@ pub fn judge_signature(
         match &f.signer {
             Signer::Key { fingerprint, .. } => {
                 match keys.iter().find(|k| k.fingerprint == *fingerprint) {
+                    Some(k) if require_tlog && !f.logged => found.push(format!(
+                        "key {} without a verified transparency-log entry (the rule requires one)",
+                        k.name
+                    )),
                     Some(k) => {
                         by_key.insert(*fingerprint, k.name.clone());
                     }
@@ -578,6 +644,13 @@ pub fn judge_attestation(
                 .iter()
                 .any(|k| k.matches(identities, issuer.as_deref())),
         };
+        if trusted && rule.require_tlog && !f.logged {
+            found.push(format!(
+                "{} without a verified transparency-log entry (the rule requires one)",
+                f.signer.describe()
+            ));
+            continue;
+        }
         if trusted {
             return Ok(f.signer.describe());
         }
@@ -650,14 +723,14 @@ mod tests {
         };
         let ex = examine(&[], &none);
         assert_eq!(
-            judge_signature(&ex, &d, &repo, &[], &[id("a")], 1),
+            judge_signature(&ex, &d, &repo, &[], &[id("a")], 1, false),
             Err(SignatureDeny::Unsigned)
         );
         // A bundle that cannot be read may have been the signature: its reason is given, not
         // "unsigned".
         let ex = examine(&[Artifact::Bundle(b"{}".to_vec())], &none);
         assert_eq!(ex.signatures, 0);
-        let refused = judge_signature(&ex, &d, &repo, &[], &[id("a")], 1).unwrap_err();
+        let refused = judge_signature(&ex, &d, &repo, &[], &[id("a")], 1, false).unwrap_err();
         assert_eq!(refused.code(), "untrusted_signer");
         assert!(
             refused.to_string().contains("a bundle cannot be read"),
@@ -667,6 +740,7 @@ mod tests {
             predicate_type: "https://slsa.dev/provenance/v1".into(),
             keys: vec![],
             keyless: vec![id("a")],
+            require_tlog: false,
         };
         assert_eq!(
             judge_attestation(&ex, &d, &rule, &[]).map_err(|e| e.code()),
