@@ -483,7 +483,12 @@ fn verify_bundle(a: &VerifyBundle) -> Result<String, String> {
     let bundle = sigstore_verify::types::Bundle::from_json(&text)
         .map_err(|e| format!("bundle {}: {e}", a.bundle.display()))?;
     let bytes;
-    let input = match a.artifact.strip_prefix("sha256:") {
+    let digest = a
+        .artifact
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("sha256:"))
+        .map(|_| &a.artifact[7..]);
+    let input = match digest {
         Some(hex) => {
             let d = crate::policy::Sha256::parse(hex)
                 .map_err(|_| format!("{}: not sha256:<64 hex digits>", a.artifact))?;

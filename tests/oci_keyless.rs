@@ -458,6 +458,44 @@ async fn rekor_v2_entries_dated_by_a_timestamp_authority() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn junk_signatures_are_named_and_do_not_crowd_out_a_bundle() {
+    // Anyone with push rights can add signature layers that verify with nothing. Each kind of
+    // artifact is read up to [limits] signatures on its own budget, so junk `.sig` layers do not
+    // hide a real v3 bundle, and what was not read is named in a refusal.
+    let env = Env::new(&["junk/app"]);
+    let (v1, v2) = (env.v("v1"), env.v("v2"));
+    let port = env.registry.port;
+    env.sign(
+        "junk/app",
+        &v1,
+        "bundle",
+        &["--identity", WORKFLOW, "--issuer", GITHUB],
+    );
+    env.sign("junk/app", &v1, "junk-sig", &["--layers", "6"]);
+    env.sign("junk/app", &v2, "junk-sig", &["--layers", "6"]);
+    let dir = env.dir.path().join("limited");
+    std::fs::create_dir_all(dir.join("allowlists")).unwrap();
+    std::fs::copy(
+        env.trust.join("trusted_root.json"),
+        dir.join("trusted_root.json"),
+    )
+    .unwrap();
+    let cfg = format!(
+        "trusted_root = \"trusted_root.json\"\n[limits]\nsignatures = 4\n[oci]\ntag_ttl = \"1s\"\n[[oci.registry]]\nhost = \"registry.test\"\nprefix = \"reg\"\nurl = \"http://127.0.0.1:{port}\"\n"
+    );
+    let gate = Gate::start(
+        &dir,
+        &cfg,
+        &keyless_rule("junk/app", &exact(GITHUB, WORKFLOW), ""),
+    );
+    pulled(&env.pull(&gate, "junk/app:v1"), "bundle beside junk .sig layers");
+    refused(
+        &env.pull(&gate, "junk/app:v2"),
+        "the .sig artifact has 6 layers; the first 4 ([limits] signatures) were read",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn attestations_present_absent_wrong_or_untrusted() {
     let repos = ["att/a", "att/b", "att/c", "att/d", "att/e", "att/f"];
     let env = Env::new(&repos);

@@ -476,6 +476,28 @@ fn fulcio_rekor_valid_is_refused_for_every_broken_part() {
         .map_err(|e| e.code()),
         Err("signature_other_repository")
     );
+    // Judged for another repository by a rule that does not trust its signer: the claim of
+    // an untrusted signer is no reason of its own; it is "no trusted signer (found: …)".
+    let stranger = judge_signature(
+        &examine(
+            &[Artifact::Signature(layers_of(&dir).remove(0))],
+            &Trust {
+                keys: &[],
+                root: Some(&root),
+            },
+        ),
+        &digest,
+        &Repository::parse("registry.test/other").unwrap(),
+        &[],
+        &[exact(GITHUB_OAUTH, "someone@example.com")],
+        1,
+        false,
+    )
+    .unwrap_err();
+    assert_eq!(
+        stranger.to_string(),
+        format!("signed, but by no trusted signer (found: mitr@redhat.com from {GITHUB_OAUTH})")
+    );
 }
 
 #[test]
@@ -679,6 +701,12 @@ fn the_v03_bundle_is_refused_when_anything_differs() {
         // Not a bundle.
         Box::new(|v| {
             v["mediaType"] = "application/json".into();
+        }),
+        // The one real entry repeated: each copy would cost a full check before the signer
+        // is known; more than one is refused.
+        Box::new(|v| {
+            let e = v["verificationMaterial"]["tlogEntries"][0].clone();
+            v["verificationMaterial"]["tlogEntries"] = serde_json::json!([e.clone(), e]);
         }),
     ];
     for (i, edit) in edits.iter().enumerate() {

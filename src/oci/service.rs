@@ -20,7 +20,8 @@ use crate::error::ApiError;
 use crate::fetch::{Failure, Fetcher, Job};
 use crate::metrics::Metrics;
 use crate::policy::oci::{
-    check_tag, decide_image, rule_for, Digest, Evidence, ImageDeny, ImageRule, Repository, Tag,
+    check_tag, decide_image, rule_for, Digest, Evidence, ImageDeny, ImageRule, Repository, Require,
+    Tag,
 };
 use crate::policy::Sha256;
 use crate::pypi::service::{Client, LoadedPolicy};
@@ -40,6 +41,14 @@ const MAX_CACHED_SIGNATURE_BYTES: usize = 64 << 20;
 /// A signature payload, DSSE envelope or bundle is a few KiB (a bundle with its certificate
 /// chain and inclusion proof under 16 KiB); anything far larger is not read.
 const MAX_ARTIFACT_BYTES: u64 = 256 * 1024;
+/// All the signature artifacts of one image together: a real image's are a few KiB to a few
+/// hundred; the rest is not read (and the refusal says so).
+const MAX_SIGNATURE_BYTES_PER_IMAGE: u64 = 4 << 20;
+/// Images whose signature artifacts are fetched at once: with the per-image budget, what
+/// these fetches hold in memory is bounded, however many clients ask.
+const MAX_SIGNATURE_FETCHES: usize = 16;
+/// An upstream that trickles its signature artifacts is given up on after this long (503).
+const SIGNATURE_FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 static DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
@@ -67,6 +76,8 @@ struct TagRecord {
 type LayersAt = (Arc<Vec<Artifact>>, i64);
 /// A verdict and when it was reached.
 type VerdictAt = (Verdict, i64);
+/// Held while one request fetches an image's signature artifacts.
+type Flight = Arc<tokio::sync::Mutex<()>>;
 
 /// What signatures and attestations say about one digest under one rule.
 #[derive(Debug, Clone)]
@@ -201,6 +212,10 @@ pub struct Oci {
     sig_layers: Mutex<HashMap<(Repository, Digest), LayersAt>>,
     /// Signature verdicts per (repository, digest, policy version); refusals for `tag_ttl` only.
     sig_verdicts: Mutex<HashMap<(Repository, Digest, u64), VerdictAt>>,
+    /// One fetch of an image's signature artifacts at a time, per (repository, digest).
+    sig_flights: Mutex<HashMap<(Repository, Digest), Flight>>,
+    /// Slots for fetching signature artifacts (`MAX_SIGNATURE_FETCHES`).
+    sig_fetches: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -451,6 +466,8 @@ impl Oci {
             max_signatures: config.limits.signatures,
             sig_layers: Mutex::default(),
             sig_verdicts: Mutex::default(),
+            sig_flights: Mutex::default(),
+            sig_fetches: tokio::sync::Semaphore::new(MAX_SIGNATURE_FETCHES),
         })
     }
 
@@ -631,7 +648,14 @@ impl Oci {
         digest: &Digest,
     ) -> Result<Evidence, OciError> {
         let pinned = rule.digests.contains(digest);
-        if rule.signature.is_none() && rule.attestations.is_empty() {
+        // `require = "any"`: a pinned digest needs no signature, so none is fetched (a flaky
+        // referrers API must not take pinned images offline), unless attestations or
+        // per-platform signatures are asked for.
+        let pinned_is_enough = pinned
+            && rule.require == Require::Any
+            && rule.attestations.is_empty()
+            && !rule.signature.as_ref().is_some_and(|s| s.per_platform);
+        if (rule.signature.is_none() && rule.attestations.is_empty()) || pinned_is_enough {
             return Ok(Evidence {
                 pinned,
                 signature: None,
@@ -682,35 +706,49 @@ impl Oci {
             .collect();
         all_names.sort();
         all_names.dedup();
-        let all_keys = keys_of(&all_names);
+        let all_keys: Vec<Arc<TrustedKey>> = all_names
+            .iter()
+            .filter_map(|k| lp.policy.keys.get(k).cloned())
+            .collect();
+        let root = lp.policy.trust_root.clone();
         let wanted = rule.signed_identity.as_ref().unwrap_or(repo);
-        let judge = |artifacts: &[Artifact]| {
-            let started = std::time::Instant::now();
-            let ex = examine(
-                artifacts,
-                &Trust {
-                    keys: &all_keys,
-                    root: lp.policy.trust_root.as_deref(),
-                },
-            );
-            let verdict = Verdict {
-                signature: rule.signature.as_ref().map(|s| {
-                    judge_signature(
-                        &ex,
-                        digest,
-                        wanted,
-                        &keys_of(&s.keys),
-                        &s.keyless,
-                        s.threshold,
-                        s.require_tlog,
+        // The cryptography runs on a blocking thread: a bundle that is expensive to check
+        // must not stall the gate's other requests (health checks, the index) meanwhile.
+        let judge = |artifacts: Arc<Vec<Artifact>>| {
+            let (all_keys, root) = (all_keys.clone(), root.clone());
+            async move {
+                let started = std::time::Instant::now();
+                let ex = tokio::task::spawn_blocking(move || {
+                    let keys: Vec<&TrustedKey> = all_keys.iter().map(|k| k.as_ref()).collect();
+                    examine(
+                        &artifacts,
+                        &Trust {
+                            keys: &keys,
+                            root: root.as_deref(),
+                        },
                     )
-                }),
-                attestations: rule.attestations.iter().try_for_each(|a| {
-                    judge_attestation(&ex, digest, a, &keys_of(&a.keys)).map(drop)
-                }),
-            };
-            self.metrics.signature_check(started.elapsed());
-            verdict
+                })
+                .await
+                .map_err(|e| ApiError::Internal(format!("signature verification: {e}")))?;
+                let verdict = Verdict {
+                    signature: rule.signature.as_ref().map(|s| {
+                        judge_signature(
+                            &ex,
+                            digest,
+                            wanted,
+                            &keys_of(&s.keys),
+                            &s.keyless,
+                            s.threshold,
+                            s.require_tlog,
+                        )
+                    }),
+                    attestations: rule.attestations.iter().try_for_each(|a| {
+                        judge_attestation(&ex, digest, a, &keys_of(&a.keys)).map(drop)
+                    }),
+                };
+                self.metrics.signature_check(started.elapsed());
+                Ok::<_, OciError>(verdict)
+            }
         };
         // Artifacts already fetched decide without the upstream when they admit (a policy
         // change re-decides on them); a refusal on artifacts older than tag_ttl fetches them
@@ -720,14 +758,14 @@ impl Oci {
             .cloned();
         let verdict = match cached {
             Some((artifacts, at)) => {
-                let v = judge(&artifacts);
+                let v = judge(artifacts).await?;
                 if v.admits() || now - at < self.tag_ttl {
                     v
                 } else {
-                    judge(&self.signature_artifacts(reg, repo, digest).await?)
+                    judge(self.signature_artifacts(reg, repo, digest, at).await?).await?
                 }
             }
-            None => judge(&self.signature_artifacts(reg, repo, digest).await?),
+            None => judge(self.signature_artifacts(reg, repo, digest, 0).await?).await?,
         };
         let mut verdicts = lock(&self.sig_verdicts);
         if verdicts.len() >= MAX_CACHED_VERDICTS {
@@ -742,62 +780,118 @@ impl Oci {
     }
 
     /// Everything the image's signers published: the cosign `.sig` and `.att` artifacts and the
-    /// Sigstore bundles among its referrers, fetched at once. Missing ones are simply absent; an
-    /// unreachable registry is an error, never "unsigned".
+    /// Sigstore bundles among its referrers, fetched at once, each kind up to `[limits]
+    /// signatures` and all of them within one byte budget. Missing ones are simply absent; an
+    /// unreachable or too slow registry is an error, never "unsigned". Concurrent requests for
+    /// one digest fetch once (the others wait, then find the fetch in the cache), and at most
+    /// `MAX_SIGNATURE_FETCHES` images are fetched at a time, so the memory these fetches hold
+    /// is bounded whoever asks. `stale`: when the cached artifacts being replaced were fetched.
     async fn signature_artifacts(
         &self,
         reg: &RegistryClient,
         repo: &Repository,
         digest: &Digest,
+        stale: i64,
     ) -> Result<Arc<Vec<Artifact>>, OciError> {
-        let (sig, att, bundles) = tokio::join!(
-            self.cosign_layers(reg, repo, digest, false),
-            self.cosign_layers(reg, repo, digest, true),
-            self.bundles(reg, repo, digest),
-        );
-        let mut artifacts = sig?;
-        artifacts.extend(att?);
-        artifacts.extend(bundles?);
-        artifacts.truncate(self.max_signatures);
-        let artifacts = Arc::new(artifacts);
-        let mut cache = lock(&self.sig_layers);
-        let bytes = |l: &[Artifact]| l.iter().map(Artifact::size).sum::<usize>();
-        let held: usize = cache.values().map(|(l, _)| bytes(l)).sum();
-        if cache.len() >= MAX_CACHED_VERDICTS
-            || held + bytes(&artifacts) > MAX_CACHED_SIGNATURE_BYTES
-        {
-            cache.clear();
+        let k = (repo.clone(), *digest);
+        let flight = lock(&self.sig_flights)
+            .entry(k.clone())
+            .or_default()
+            .clone();
+        let guard = flight.lock().await;
+        let result = async {
+            // Fetched meanwhile by the request this one waited for.
+            if let Some((artifacts, at)) = lock(&self.sig_layers).get(&k).cloned() {
+                if at > stale {
+                    return Ok(artifacts);
+                }
+            }
+            let _slot = self
+                .sig_fetches
+                .acquire()
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let budget = std::sync::atomic::AtomicU64::new(MAX_SIGNATURE_BYTES_PER_IMAGE);
+            let fetch = async {
+                tokio::try_join!(
+                    self.cosign_layers(reg, repo, digest, false, &budget),
+                    self.cosign_layers(reg, repo, digest, true, &budget),
+                    self.bundles(reg, repo, digest, &budget),
+                )
+            };
+            let (mut artifacts, att, bundles) =
+                tokio::time::timeout(SIGNATURE_FETCH_DEADLINE, fetch)
+                    .await
+                    .map_err(|_| {
+                        OciError::Coded(
+                            "UNAVAILABLE",
+                            ApiError::Unavailable(format!(
+                                "the registry did not deliver the signature artifacts of {digest} within {} s",
+                                SIGNATURE_FETCH_DEADLINE.as_secs()
+                            )),
+                        )
+                    })??;
+            artifacts.extend(att);
+            artifacts.extend(bundles);
+            let artifacts = Arc::new(artifacts);
+            let mut cache = lock(&self.sig_layers);
+            let bytes = |l: &[Artifact]| l.iter().map(Artifact::size).sum::<usize>();
+            let held: usize = cache.values().map(|(l, _)| bytes(l)).sum();
+            if cache.len() >= MAX_CACHED_VERDICTS
+                || held + bytes(&artifacts) > MAX_CACHED_SIGNATURE_BYTES
+            {
+                cache.clear();
+            }
+            cache.insert(k.clone(), (artifacts.clone(), now_secs()));
+            Ok(artifacts)
         }
-        cache.insert((repo.clone(), *digest), (artifacts.clone(), now_secs()));
-        drop(cache);
-        Ok(artifacts)
+        .await;
+        drop(guard);
+        let mut flights = lock(&self.sig_flights);
+        // The last one out removes the entry (the map holds one reference, `flight` another).
+        if Arc::strong_count(&flight) <= 2 {
+            flights.remove(&k);
+        }
+        result
     }
 
-    /// A small upstream blob, checked against its descriptor's digest and size. `None`: absent,
-    /// larger than `limit`, or not the bytes its digest names (ignored, as not a signature this
-    /// gate reads); an unreachable registry or a broken transfer is an error.
+    /// A small upstream blob, checked against its descriptor's digest and size and charged to
+    /// the image's byte budget. `Err(why)` inside: absent, larger than `limit`, over the
+    /// budget, or not the bytes its digest names (so not read as a signature, and said so); an
+    /// unreachable registry or a broken transfer is an error.
     async fn small_blob(
         &self,
         reg: &RegistryClient,
         repo: &Repository,
         digest: &str,
         size: u64,
-        limit: u64,
-    ) -> Result<Option<Vec<u8>>, OciError> {
+        budget: &std::sync::atomic::AtomicU64,
+    ) -> Result<Result<Vec<u8>, String>, OciError> {
         let Ok(d) = Digest::parse(digest) else {
-            return Ok(None);
+            return Ok(Err(format!("{digest:?} is not a digest")));
         };
-        if size > limit {
-            return Ok(None);
+        if size > MAX_ARTIFACT_BYTES {
+            return Ok(Err(format!(
+                "{size} bytes, more than the {MAX_ARTIFACT_BYTES} the gate reads for one"
+            )));
+        }
+        let charged = budget.fetch_update(Relaxed, Relaxed, |left| left.checked_sub(size));
+        if charged.is_err() {
+            return Ok(Err(format!(
+                "over the {} MiB read for one image's signatures",
+                MAX_SIGNATURE_BYTES_PER_IMAGE >> 20
+            )));
         }
         let resp = match reg.open_blob(&repo.path, digest).await {
             Ok(r) => r,
-            Err(RegistryError::NotFound) => return Ok(None),
+            Err(RegistryError::NotFound) => return Ok(Err("absent from the registry".into())),
             Err(e) => return Err(registry_error(e, "BLOB_UNKNOWN")),
         };
         let bytes = match crate::fetch::read_limited(resp, size).await {
             Ok(p) => p,
-            Err(crate::fetch::ReadError::TooLarge) => return Ok(None),
+            Err(crate::fetch::ReadError::TooLarge) => {
+                return Ok(Err("larger than its descriptor says".into()))
+            }
             Err(crate::fetch::ReadError::Broken) => {
                 return Err(OciError::Coded(
                     "UNAVAILABLE",
@@ -807,9 +901,9 @@ impl Oci {
         };
         if Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()) != *d.sha() {
             tracing::warn!(%repo, blob = %digest, "signature artifact does not match its digest; ignored");
-            return Ok(None);
+            return Ok(Err("not the bytes its digest names".into()));
         }
-        Ok(Some(bytes))
+        Ok(Ok(bytes))
     }
 
     /// A manifest fetched by tag or digest for signature lookup: `None` when absent.
@@ -836,6 +930,7 @@ impl Oci {
         repo: &Repository,
         digest: &Digest,
         attestation: bool,
+        budget: &std::sync::atomic::AtomicU64,
     ) -> Result<Vec<Artifact>, OciError> {
         #[derive(Deserialize)]
         struct SigManifest {
@@ -868,18 +963,35 @@ impl Oci {
                 )),
             )
         })?;
-        let mut out = Vec::new();
-        for l in m
+        let layers: Vec<SigLayer> = m
             .layers
             .into_iter()
             .filter(|l| l.media_type == media_type)
-            .take(self.max_signatures)
-        {
-            let Some(payload) = self
-                .small_blob(reg, repo, &l.digest, l.size, MAX_ARTIFACT_BYTES)
+            .collect();
+        let mut out = Vec::new();
+        if layers.len() > self.max_signatures {
+            out.push(Artifact::Unreadable {
+                signature: !attestation,
+                why: format!(
+                    "the .{suffix} artifact has {} layers; the first {} ([limits] signatures) were read",
+                    layers.len(),
+                    self.max_signatures
+                ),
+            });
+        }
+        for l in layers.into_iter().take(self.max_signatures) {
+            let payload = match self
+                .small_blob(reg, repo, &l.digest, l.size, budget)
                 .await?
-            else {
-                continue;
+            {
+                Ok(p) => p,
+                Err(why) => {
+                    out.push(Artifact::Unreadable {
+                        signature: !attestation,
+                        why: format!("a .{suffix} layer was not read: {why}"),
+                    });
+                    continue;
+                }
             };
             let layer = SignatureLayer {
                 media_type: l.media_type,
@@ -905,6 +1017,7 @@ impl Oci {
         reg: &RegistryClient,
         repo: &Repository,
         digest: &Digest,
+        budget: &std::sync::atomic::AtomicU64,
     ) -> Result<Vec<Artifact>, OciError> {
         let index = match reg.referrers(&repo.path, &digest.to_string()).await {
             Ok(resp) => Some(read_upstream(resp, self.manifest_bytes, "referrers index").await?),
@@ -935,8 +1048,7 @@ impl Oci {
                     )),
                 )
             })?;
-        let mut out = Vec::new();
-        for d in doc
+        let listed: Vec<&ReferrerDescriptor> = doc
             .manifests
             .iter()
             .filter(|d| {
@@ -944,8 +1056,19 @@ impl Oci {
                     .as_deref()
                     .is_some_and(|t| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX))
             })
-            .take(self.max_signatures)
-        {
+            .collect();
+        let mut out = Vec::new();
+        if listed.len() > self.max_signatures {
+            out.push(Artifact::Unreadable {
+                signature: true,
+                why: format!(
+                    "{} bundles are listed; the first {} ([limits] signatures) were read",
+                    listed.len(),
+                    self.max_signatures
+                ),
+            });
+        }
+        for d in listed.into_iter().take(self.max_signatures) {
             let Ok(md) = Digest::parse(&d.digest) else {
                 continue;
             };
@@ -962,14 +1085,19 @@ impl Oci {
             if subject != *digest {
                 continue;
             }
-            let Some(bytes) = self
-                .small_blob(reg, repo, &layer.digest, layer.size, MAX_ARTIFACT_BYTES)
+            match self
+                .small_blob(reg, repo, &layer.digest, layer.size, budget)
                 .await?
-            else {
-                continue;
-            };
-            self.record_artifact(repo, &md, digest).await?;
-            out.push(Artifact::Bundle(bytes));
+            {
+                Ok(bytes) => {
+                    self.record_artifact(repo, &md, digest).await?;
+                    out.push(Artifact::Bundle(bytes));
+                }
+                Err(why) => out.push(Artifact::Unreadable {
+                    signature: true,
+                    why: format!("a bundle was not read: {why}"),
+                }),
+            }
         }
         Ok(out)
     }
@@ -1735,14 +1863,22 @@ impl Oci {
         let body = match reg.referrers(&repo.path, &subject.to_string()).await {
             Ok(resp) => {
                 let bytes = read_upstream(resp, self.manifest_bytes, "referrers index").await?;
-                serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .map_err(|_| {
-                        OciError::Coded(
-                            "UNAVAILABLE",
-                            ApiError::BadUpstream("referrers index is not JSON".into()),
-                        )
-                    })?
-                    .to_string()
+                // Only an image index passes as one (as on the verification path): whatever
+                // else the upstream says is its fault (502), not a list to hand on.
+                let index = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .filter(|v| v["schemaVersion"] == 2 && v["manifests"].is_array());
+                match index {
+                    Some(v) => v.to_string(),
+                    None => {
+                        return Err(OciError::Coded(
+                            "MANIFEST_INVALID",
+                            ApiError::BadUpstream(format!(
+                                "the upstream's referrers of {subject} are not an image index"
+                            )),
+                        ))
+                    }
+                }
             }
             // The upstream has no referrers API: say so the way the distribution spec tells
             // clients to fall back ("Listing Referrers": a registry without the API answers

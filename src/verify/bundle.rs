@@ -13,6 +13,9 @@ use super::keys::PublicKey;
 use super::legacy;
 use super::trust::TrustRoot;
 
+/// Log entries and RFC 3161 timestamps read per bundle.
+const MAX_TLOG_ENTRIES: usize = 1;
+const MAX_TIMESTAMPS: usize = 4;
 /// Reasons and library details are cut to this many characters: a refusal is one line.
 const MAX_DETAIL: usize = 160;
 pub(crate) fn cut(s: &str) -> String {
@@ -134,6 +137,22 @@ pub fn authenticate(
     input: Input<'_>,
     key: Option<&PublicKey>,
 ) -> Result<Option<(String, Option<String>)>, String> {
+    // Sigstore's clients write one log entry and at most a timestamp or two; each extra one
+    // costs a full chain and log check before the signer is known. sigstore-python refuses
+    // more than one entry; so does tollgate, and it reads a few timestamps at most.
+    let vm = &bundle.verification_material;
+    if vm.tlog_entries.len() > MAX_TLOG_ENTRIES {
+        return Err(format!(
+            "the bundle carries {} transparency-log entries (at most {MAX_TLOG_ENTRIES} is read)",
+            vm.tlog_entries.len()
+        ));
+    }
+    let timestamps = vm.timestamp_verification_data.rfc3161_timestamps.len();
+    if timestamps > MAX_TIMESTAMPS {
+        return Err(format!(
+            "the bundle carries {timestamps} RFC 3161 timestamps (at most {MAX_TIMESTAMPS} are read)"
+        ));
+    }
     if let Some(key) = key {
         root.verifier()
             .verify(

@@ -50,6 +50,10 @@ pub enum Artifact {
     Attestation(SignatureLayer),
     /// A Sigstore bundle's JSON (a referrer, or listed under the `sha256-<hex>` tag).
     Bundle(Vec<u8>),
+    /// An artifact the gate did not read (too large, over the image's budget, past `[limits]
+    /// signatures`, not the bytes its digest names): named in a refusal, and never read as
+    /// "unsigned" when it may have been a signature.
+    Unreadable { signature: bool, why: String },
 }
 
 impl Artifact {
@@ -59,6 +63,7 @@ impl Artifact {
                 l.payload.len() + l.annotations.values().map(String::len).sum::<usize>()
             }
             Artifact::Bundle(b) => b.len(),
+            Artifact::Unreadable { why, .. } => why.len(),
         }
     }
 }
@@ -120,7 +125,8 @@ pub struct Examined {
     pub signatures: usize,
     /// Signature artifacts no trusted key or certificate verified.
     pub unverified_signatures: usize,
-    /// Bundles that could not be read at all: each may have been a signature.
+    /// Bundles (and other artifacts) that could not be read at all: each may have been a
+    /// signature.
     pub unreadable_bundles: usize,
     /// Statements whose signature nothing trusted verified (for "present, but untrusted").
     pub unverified_statements: Vec<Statement>,
@@ -462,6 +468,12 @@ pub fn examine(artifacts: &[Artifact], trust: &Trust) -> Examined {
             Artifact::Signature(l) => c.legacy_signature(l),
             Artifact::Attestation(l) => c.legacy_attestation(l),
             Artifact::Bundle(b) => c.bundle(b),
+            Artifact::Unreadable { signature, why } => {
+                if *signature {
+                    c.out.unreadable_bundles += 1;
+                }
+                c.out.problems.insert(why.clone());
+            }
         }
     }
     c.out
@@ -523,7 +535,26 @@ pub fn judge_signature(
     let mut found: Vec<String> = Vec::new();
     let mut specific: Option<SignatureDeny> = None;
     for f in &ex.findings {
+        // Only a signer the rule trusts gets to say what its signature is about: an
+        // untrusted signature naming another repository or image is "no trusted signer",
+        // never a reason of the attacker's choosing.
+        let trusted_key = match &f.signer {
+            Signer::Key { fingerprint, .. } => keys.iter().find(|k| k.fingerprint == *fingerprint),
+            Signer::Cert { .. } => None,
+        };
+        let trusted = match &f.signer {
+            Signer::Key { .. } => trusted_key.is_some(),
+            Signer::Cert { identities, issuer } => keyless
+                .iter()
+                .any(|k| k.matches(identities, issuer.as_deref())),
+        };
         match &f.claim {
+            // An attestation is not a signature of the image.
+            Claim::Statement(st) if st.predicate_type != COSIGN_SIGN_V1 => continue,
+            _ if !trusted => {
+                found.push(f.signer.describe());
+                continue;
+            }
             Claim::Simple {
                 reference,
                 digest: d,
@@ -543,7 +574,7 @@ pub fn judge_signature(
                     }
                 }
             }
-            Claim::Statement(st) if st.predicate_type == COSIGN_SIGN_V1 => {
+            Claim::Statement(st) => {
                 if !st.subjects.contains(&hex) {
                     specific.get_or_insert(SignatureDeny::OtherDigest {
                         signed: st
@@ -556,33 +587,20 @@ pub fn judge_signature(
                     continue;
                 }
             }
-            // An attestation is not a signature of the image.
-            Claim::Statement(_) => continue,
         }
-        match &f.signer {
-            Signer::Key { fingerprint, .. } => {
-                match keys.iter().find(|k| k.fingerprint == *fingerprint) {
-                    Some(k) if require_tlog && !f.logged => found.push(format!(
-                        "key {} without a verified transparency-log entry (the rule requires one)",
-                        k.name
-                    )),
-                    Some(k) => {
-                        by_key.insert(*fingerprint, k.name.clone());
-                    }
-                    None => found.push(f.signer.describe()),
-                }
+        match (&f.signer, trusted_key) {
+            (Signer::Key { .. }, Some(k)) if require_tlog && !f.logged => found.push(format!(
+                "key {} without a verified transparency-log entry (the rule requires one)",
+                k.name
+            )),
+            (Signer::Key { fingerprint, .. }, Some(k)) => {
+                by_key.insert(*fingerprint, k.name.clone());
             }
-            Signer::Cert { identities, issuer } => {
-                if keyless
-                    .iter()
-                    .any(|k| k.matches(identities, issuer.as_deref()))
-                {
-                    let id = (identities.clone(), issuer.clone());
-                    if !certs.contains(&id) {
-                        certs.push(id);
-                    }
-                } else {
-                    found.push(f.signer.describe());
+            (Signer::Key { .. }, None) => found.push(f.signer.describe()),
+            (Signer::Cert { identities, issuer }, _) => {
+                let id = (identities.clone(), issuer.clone());
+                if !certs.contains(&id) {
+                    certs.push(id);
                 }
             }
         }

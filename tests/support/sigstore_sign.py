@@ -8,7 +8,8 @@ usage:
       key: P-256) with its private keys, and an untrusted CA in DIR/rogue/ for negative tests.
   sigstore_sign.py sign DIR REGISTRY REPO DIGEST KIND [options]
       KIND: legacy-sig (the sha256-<hex>.sig tag), legacy-att (sha256-<hex>.att) or bundle (a
-      cosign v3 bundle artifact with `subject`, listed in the referrers tag sha256-<hex>).
+      cosign v3 bundle artifact with `subject`, listed in the referrers tag sha256-<hex>), or
+      junk-sig (a .sig of --layers N simple-signing layers that verify with nothing).
       Pushes to REGISTRY (http://127.0.0.1:PORT) with the registry HTTP API.
       --identity I --issuer S   keyless: a fresh key certified by the test CA for I (e-mail or URI)
       --key PATH                key-based (a missing key is created, with PATH.pub)
@@ -364,7 +365,28 @@ def opt(args, name, n=1, default=None):
     return args[i + 1] if n == 1 else args[i + 1:i + 1 + n]
 
 
+def junk_sig(registry, repo, digest, layers):
+    """A `.sig` artifact of `layers` simple-signing layers whose signatures verify with nothing
+    (what anyone with push rights can add to crowd out real signatures)."""
+    reg = Registry(registry, repo)
+    empty = reg.blob(b"{}")
+    out = []
+    for i in range(layers):
+        payload = json.dumps({"critical": {"identity": {"docker-reference": repo},
+                                           "image": {"docker-manifest-digest": digest},
+                                           "type": "cosign container image signature"},
+                              "optional": {"junk": i}}).encode()
+        out.append(dict(reg.blob(payload), mediaType="application/vnd.dev.cosign.simplesigning.v1+json",
+                        annotations={"dev.cosignproject.cosign/signature": B64(os.urandom(70))}))
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": dict(empty, mediaType="application/vnd.oci.image.config.v1+json"),
+                           "layers": out}).encode()
+    print(reg.manifest("sha256-%s.sig" % digest.split(":", 1)[1], manifest, "application/vnd.oci.image.manifest.v1+json"))
+
+
 def sign(d, registry, repo, digest, kind, args):
+    if kind == "junk-sig":
+        return junk_sig(registry, repo, digest, int(opt(args, "--layers", default="64")))
     identity, issuer, keypath = opt(args, "--identity"), opt(args, "--issuer"), opt(args, "--key")
     statement_digest = opt(args, "--statement-digest", default=digest)
     window = [int(x) for x in opt(args, "--cert-window", 2, ["-5", "600"])]
