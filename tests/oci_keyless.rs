@@ -488,7 +488,10 @@ async fn junk_signatures_are_named_and_do_not_crowd_out_a_bundle() {
         &cfg,
         &keyless_rule("junk/app", &exact(GITHUB, WORKFLOW), ""),
     );
-    pulled(&env.pull(&gate, "junk/app:v1"), "bundle beside junk .sig layers");
+    pulled(
+        &env.pull(&gate, "junk/app:v1"),
+        "bundle beside junk .sig layers",
+    );
     refused(
         &env.pull(&gate, "junk/app:v2"),
         "the .sig artifact has 6 layers; the first 4 ([limits] signatures) were read",

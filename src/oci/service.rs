@@ -26,7 +26,7 @@ use crate::policy::oci::{
 use crate::policy::Sha256;
 use crate::pypi::service::{Client, LoadedPolicy};
 use crate::store::cache::now_secs;
-use crate::store::{Store, ARTIFACTS, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
+use crate::store::{Store, ARTIFACTS, ARTIFACT_BLOBS, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
 use crate::verify::cosign::{
     SignatureDeny, SignatureLayer, TrustedKey, DSSE_ENVELOPE, SIMPLE_SIGNING,
 };
@@ -59,12 +59,32 @@ pub struct ManifestRecord {
     pub size: u64,
 }
 
-/// A blob referenced by manifests of one repository.
+/// A blob referenced by manifests of one repository, with the size each of them declares: a
+/// size belongs to a (manifest, blob) pair, so another manifest naming the same blob with
+/// another size changes nothing for the first.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BlobRef {
+    /// The size recorded by versions that kept one per blob (read only for entries without
+    /// `sizes`).
+    #[serde(default)]
     pub size: u64,
     pub manifests: Vec<String>,
+    #[serde(default)]
+    pub sizes: std::collections::BTreeMap<String, u64>,
 }
+
+impl BlobRef {
+    fn size_in(&self, manifest: &Digest) -> u64 {
+        self.sizes
+            .get(&manifest.to_string())
+            .copied()
+            .unwrap_or(self.size)
+    }
+}
+
+/// The largest config blob of a signature artifact the gate reads (cosign writes a few hundred
+/// bytes).
+const MAX_ARTIFACT_CONFIG_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TagRecord {
@@ -315,6 +335,62 @@ enum ArtifactTag {
     /// The referrers tag schema's `sha256-<hex>` index (OCI distribution-spec v1.1), where
     /// registries without the referrers API keep the list of an image's referrers.
     Referrers,
+    /// A Sigstore bundle artifact (cosign v3), fetched by the digest a referrers list gives.
+    Bundle,
+}
+
+/// Is `body` a payload of the kind the artifact promises, read as such: a cosign
+/// simple-signing payload, a DSSE envelope, or a Sigstore bundle?
+fn payload_is(kind: ArtifactTag, body: &[u8]) -> Result<(), String> {
+    match kind {
+        ArtifactTag::Signature => {
+            match serde_json::from_slice::<crate::verify::cosign::Payload>(body) {
+                Ok(p) if p.critical.kind == crate::verify::cosign::SIGNATURE_TYPE => Ok(()),
+                _ => Err("not a cosign simple-signing payload".into()),
+            }
+        }
+        ArtifactTag::Attestation => {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            #[allow(dead_code)]
+            struct Envelope {
+                payload_type: String,
+                payload: String,
+                signatures: Vec<serde_json::Value>,
+            }
+            serde_json::from_slice::<Envelope>(body)
+                .map(drop)
+                .map_err(|_| "not a DSSE envelope".into())
+        }
+        ArtifactTag::Bundle => std::str::from_utf8(body)
+            .ok()
+            .and_then(|t| sigstore_verify::types::Bundle::from_json(t).ok())
+            .map(drop)
+            .ok_or_else(|| "not a Sigstore bundle".into()),
+        ArtifactTag::Referrers => Err("an index has no payloads".into()),
+    }
+}
+
+/// A signature artifact's config: empty (`{}`, the OCI empty descriptor), or an image config
+/// whose layers are exactly the artifact's payloads (what cosign writes). A runnable image's
+/// config, whose layers are tarballs, is not one.
+fn artifact_config_ok(body: &[u8], payloads: &[String]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let Some(obj) = v.as_object() else {
+        return false;
+    };
+    if obj.is_empty() {
+        return true;
+    }
+    match v.pointer("/rootfs/diff_ids").and_then(|d| d.as_array()) {
+        Some(ids) => ids.iter().all(|id| {
+            id.as_str()
+                .is_some_and(|id| payloads.iter().any(|p| p == id))
+        }),
+        None => false,
+    }
 }
 
 /// The image an artifact tag belongs to, and the kind of tag.
@@ -365,6 +441,7 @@ fn is_cosign_artifact(media_type: &str, bytes: &[u8], kind: ArtifactTag) -> bool
         }
         ArtifactTag::Attestation => DSSE_ENVELOPE,
         ArtifactTag::Signature => SIMPLE_SIGNING,
+        ArtifactTag::Bundle => return bundle_artifact(bytes).is_some(),
     };
     !is_index(media_type)
         && !doc.layers.is_empty()
@@ -1089,10 +1166,10 @@ impl Oci {
                 .small_blob(reg, repo, &layer.digest, layer.size, budget)
                 .await?
             {
-                Ok(bytes) => {
-                    self.record_artifact(repo, &md, digest).await?;
-                    out.push(Artifact::Bundle(bytes));
-                }
+                // Nothing is recorded while a digest is being decided (a refusal stores
+                // nothing): a downstream verifier's request for the bundle manifest admits it
+                // then, through its subject (`bundle_of_admitted`).
+                Ok(bytes) => out.push(Artifact::Bundle(bytes)),
                 Err(why) => out.push(Artifact::Unreadable {
                     signature: true,
                     why: format!("a bundle was not read: {why}"),
@@ -1387,12 +1464,17 @@ impl Oci {
                 }
                 let artifact = self.resolve_tag(reg, repo, &t).await?;
                 // Only a real signature/attestation artifact is linked: a runnable image pushed
-                // under a `.sig` tag must not ride on its subject's admission.
-                let rec = self.verified_manifest(reg, repo, &artifact).await?;
-                let bytes = tokio::fs::read(self.fetcher.cache.path(artifact.sha()))
-                    .await
-                    .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
-                if !is_cosign_artifact(&rec.media_type, &bytes, kind) {
+                // under a `.sig` tag must not ride on its subject's admission. Its payloads are
+                // read and parsed as what the tag promises before anything is stored.
+                let (rec, bytes) = self.fetch_manifest(reg, repo, &artifact).await?;
+                let checked = if is_cosign_artifact(&rec.media_type, &bytes, kind) {
+                    self.admit_artifact(reg, repo, &artifact, &rec, &bytes, kind)
+                        .await?
+                } else {
+                    Err("it is not what its tag promises".to_string())
+                };
+                if let Err(why) = checked {
+                    tracing::warn!(%repo, tag = %t, %artifact, %why, "artifact tag refused");
                     let d = ImageDeny::DigestNotPinned {
                         repo: repo.clone(),
                         digest: artifact,
@@ -1439,7 +1521,13 @@ impl Oci {
                 }
             },
         };
-        let rec = self.verified_manifest(reg, repo, &digest).await?;
+        // An image's manifest vouches for its blobs; an artifact's was admitted with its
+        // payloads and vouches for nothing else.
+        let rec = if admitted_as == "artifact_of_admitted" {
+            self.fetch_manifest(reg, repo, &digest).await?.0
+        } else {
+            self.verified_manifest(reg, repo, &digest).await?
+        };
         self.audit(
             action,
             repo,
@@ -1476,8 +1564,9 @@ impl Oci {
             .map_err(|e| ApiError::Internal(e.to_string()).into())
     }
 
-    /// The manifest's record, fetching and verifying it (digest, media type, schema) when it is
-    /// not cached yet, and recording which children or blobs it vouches for in this repository.
+    /// An admitted image manifest's record: fetched and checked (`fetch_manifest`), cached, and
+    /// what it vouches for in this repository (children or blobs, with their sizes) recorded.
+    /// Only ever called once the manifest is admitted: a refusal stores nothing.
     async fn verified_manifest(
         &self,
         reg: &RegistryClient,
@@ -1491,19 +1580,35 @@ impl Oci {
                 return Ok(rec);
             }
         }
-        let stored: Option<ManifestRecord> = self
-            .store
-            .get(MANIFESTS, &digest.to_string())
-            .map_err(ApiError::from)?;
-        if let Some(rec) = stored {
+        let (rec, bytes) = self.fetch_manifest(reg, repo, digest).await?;
+        self.record_links(repo, digest, &rec.media_type, &bytes)
+            .await?;
+        self.keep_manifest(digest, &rec, &bytes).await?;
+        Ok(rec)
+    }
+
+    /// A manifest checked against its digest, with its media type (and schema): from the cache
+    /// when an admitted one is there, otherwise from the upstream. Stores nothing.
+    async fn fetch_manifest(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<(ManifestRecord, Vec<u8>), OciError> {
+        let known = lock(&self.manifests).get(digest).cloned();
+        let known = match known {
+            Some(r) => Some(r),
+            None => self
+                .store
+                .get::<ManifestRecord>(MANIFESTS, &digest.to_string())
+                .map_err(ApiError::from)?,
+        };
+        if let Some(rec) = known {
             if self.fetcher.cache.lookup(digest.sha()).is_some() {
                 let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
                     .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                self.record_links(repo, digest, &rec.media_type, &bytes)
-                    .await?;
-                lock(&self.manifests).insert(*digest, rec.clone());
-                return Ok(rec);
+                    .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
+                return Ok((rec, bytes));
             }
         }
         let resp = reg
@@ -1539,11 +1644,35 @@ impl Oci {
         }
         let media_type = manifest_media_type(&content_type, &bytes)
             .map_err(|m| bad(format!("manifest {digest}: {m}")))?;
-        self.record_links(repo, digest, &media_type, &bytes).await?;
         let rec = ManifestRecord {
             media_type,
             size: bytes.len() as u64,
         };
+        Ok((rec, bytes))
+    }
+
+    /// Caches an admitted manifest's bytes and its record.
+    async fn keep_manifest(
+        &self,
+        digest: &Digest,
+        rec: &ManifestRecord,
+        bytes: &[u8],
+    ) -> Result<(), OciError> {
+        if self.fetcher.cache.lookup(digest.sha()).is_none() {
+            self.cache_bytes(digest, bytes).await?;
+        }
+        let store = self.store.clone();
+        let (k, r2) = (digest.to_string(), rec.clone());
+        tokio::task::spawn_blocking(move || store.put(MANIFESTS, &k, &r2))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::from)?;
+        lock(&self.manifests).insert(*digest, rec.clone());
+        Ok(())
+    }
+
+    /// Bytes already checked against `digest`, into the content cache.
+    async fn cache_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<(), OciError> {
         let mut temp = self
             .fetcher
             .cache
@@ -1551,7 +1680,7 @@ impl Oci {
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         temp.file
-            .write_all(&bytes)
+            .write_all(bytes)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let cached = self
@@ -1561,16 +1690,120 @@ impl Oci {
             .await
             .map_err(ApiError::from)?;
         if !cached {
-            return Err(ApiError::Unavailable("the manifest could not be cached".into()).into());
+            return Err(ApiError::Unavailable("the gate's cache could not keep it".into()).into());
         }
+        Ok(())
+    }
+
+    /// Admits a signature-artifact manifest of an admitted subject: every payload it names is
+    /// read (size-bounded), checked against its digest and parsed as what `kind` promises (a
+    /// simple-signing payload, a DSSE envelope, a Sigstore bundle; a config that is empty or
+    /// describes exactly those payloads), then cached and recorded as that artifact's payload.
+    /// A blob of an image can therefore never be served as a signature. `Ok(Err(why))`: it is
+    /// not such an artifact, and nothing was stored.
+    async fn admit_artifact(
+        &self,
+        reg: &RegistryClient,
+        repo: &Repository,
+        digest: &Digest,
+        rec: &ManifestRecord,
+        bytes: &[u8],
+        kind: ArtifactTag,
+    ) -> Result<Result<(), String>, OciError> {
+        let mut payloads: Vec<(Digest, Vec<u8>)> = Vec::new();
+        if kind != ArtifactTag::Referrers {
+            let Ok(doc) = serde_json::from_slice::<ManifestDoc>(bytes) else {
+                return Ok(Err("not a manifest".into()));
+            };
+            let budget = std::sync::atomic::AtomicU64::new(MAX_SIGNATURE_BYTES_PER_IMAGE);
+            let layer_digests: Vec<String> = doc.layers.iter().map(|l| l.digest.clone()).collect();
+            for l in doc.layers.iter().take(self.max_signatures) {
+                let Ok(ld) = Digest::parse(&l.digest) else {
+                    return Ok(Err(format!("{:?} is not a digest", l.digest)));
+                };
+                let body = match self
+                    .small_blob(reg, repo, &l.digest, l.size, &budget)
+                    .await?
+                {
+                    Ok(b) => b,
+                    Err(why) => return Ok(Err(format!("layer {ld}: {why}"))),
+                };
+                if let Err(why) = payload_is(kind, &body) {
+                    return Ok(Err(format!("layer {ld}: {why}")));
+                }
+                payloads.push((ld, body));
+            }
+            if doc.layers.len() > self.max_signatures {
+                return Ok(Err(format!(
+                    "{} layers, more than [limits] signatures",
+                    doc.layers.len()
+                )));
+            }
+            if let Some(c) = &doc.config {
+                let Ok(cd) = Digest::parse(&c.digest) else {
+                    return Ok(Err(format!("{:?} is not a digest", c.digest)));
+                };
+                if c.size > MAX_ARTIFACT_CONFIG_BYTES {
+                    return Ok(Err(format!("its config is {} bytes", c.size)));
+                }
+                let body = match self
+                    .small_blob(reg, repo, &c.digest, c.size, &budget)
+                    .await?
+                {
+                    Ok(b) => b,
+                    Err(why) => return Ok(Err(format!("config {cd}: {why}"))),
+                };
+                if !artifact_config_ok(&body, &layer_digests) {
+                    return Ok(Err(format!(
+                        "config {cd} describes something other than its signature payloads"
+                    )));
+                }
+                payloads.push((cd, body));
+            }
+        }
+        for (d, body) in &payloads {
+            if self.fetcher.cache.lookup(d.sha()).is_none() {
+                self.cache_bytes(d, body).await?;
+            }
+        }
+        self.record_artifact_blobs(
+            repo,
+            digest,
+            payloads.iter().map(|(d, b)| (*d, b.len() as u64)).collect(),
+        )
+        .await?;
+        self.keep_manifest(digest, rec, bytes).await?;
+        Ok(Ok(()))
+    }
+
+    /// Records blobs as payloads of the artifact manifest `artifact` (with their sizes).
+    async fn record_artifact_blobs(
+        &self,
+        repo: &Repository,
+        artifact: &Digest,
+        blobs: Vec<(Digest, u64)>,
+    ) -> Result<(), OciError> {
+        let _links = self.links_lock.lock().await;
         let store = self.store.clone();
-        let (k, r2) = (digest.to_string(), rec.clone());
-        tokio::task::spawn_blocking(move || store.put(MANIFESTS, &k, &r2))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(ApiError::from)?;
-        lock(&self.manifests).insert(*digest, rec.clone());
-        Ok(rec)
+        let repo = repo.clone();
+        let artifact = artifact.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+            let mut items = Vec::new();
+            for (b, size) in blobs {
+                let k = key(&repo, &b.to_string());
+                let mut r: BlobRef = store.get(ARTIFACT_BLOBS, &k)?.unwrap_or_default();
+                if !r.manifests.contains(&artifact) {
+                    r.manifests.push(artifact.clone());
+                }
+                r.sizes.insert(artifact.clone(), size);
+                items.push((k, r));
+            }
+            store.put_many(ARTIFACT_BLOBS, &items)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)?;
+        Ok(())
     }
 
     /// A manifest asked for by digest that no rule admits may still be a Sigstore bundle
@@ -1589,7 +1822,7 @@ impl Oci {
         if !by_digest {
             return Ok(None);
         }
-        let rec = match self.verified_manifest(reg, repo, digest).await {
+        let (rec, bytes) = match self.fetch_manifest(reg, repo, digest).await {
             Ok(r) => r,
             // Absent or not a manifest the gate accepts: the refusal stands. Only an
             // unreachable registry is an error.
@@ -1599,9 +1832,6 @@ impl Oci {
         if is_index(&rec.media_type) {
             return Ok(None);
         }
-        let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
-            .await
-            .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
         let Some((subject, _)) = bundle_artifact(&bytes) else {
             return Ok(None);
         };
@@ -1613,6 +1843,13 @@ impl Oci {
             .await?
         {
             Ok(_) => {
+                if self
+                    .admit_artifact(reg, repo, digest, &rec, &bytes, ArtifactTag::Bundle)
+                    .await?
+                    .is_err()
+                {
+                    return Ok(None);
+                }
                 self.record_artifact(repo, digest, &subject).await?;
                 Ok(Some("artifact_of_admitted"))
             }
@@ -1687,10 +1924,10 @@ impl Oci {
                 for (b, size) in blobs {
                     let k = key(&repo, &b);
                     let mut r: BlobRef = store.get(BLOBREFS, &k)?.unwrap_or_default();
-                    r.size = size;
                     if !r.manifests.contains(&digest) {
                         r.manifests.push(digest.clone());
                     }
+                    r.sizes.insert(digest.clone(), size);
                     items.push((k, r));
                 }
                 store.put_many(BLOBREFS, &items)?;
@@ -1725,20 +1962,39 @@ impl Oci {
                     .await)
             }
         };
-        let refs: Option<BlobRef> = self
-            .store
-            .get(BLOBREFS, &key(repo, &digest.to_string()))
-            .map_err(ApiError::from)?;
+        // A blob is served only through a manifest admitted now: an image manifest that lists
+        // it, or a signature artifact whose payload it was read and parsed as.
         let mut allowed = None;
-        if let Some(r) = &refs {
+        for (table, as_artifact) in [(BLOBREFS, false), (ARTIFACT_BLOBS, true)] {
+            let refs: Option<BlobRef> = self
+                .store
+                .get(table, &key(repo, &digest.to_string()))
+                .map_err(ApiError::from)?;
+            let Some(r) = refs else { continue };
             for m in r.manifests.iter().filter_map(|m| Digest::parse(m).ok()) {
-                if let Ok(kind) = self.decide(lp, reg, rule, repo, &m, None).await? {
-                    allowed = Some(kind);
+                let admitted = if as_artifact {
+                    // Only through the artifact's link to its subject, never as an image.
+                    self.decide(lp, reg, rule, repo, &m, None)
+                        .await?
+                        .ok()
+                        .filter(|k| *k == "artifact_of_admitted")
+                } else {
+                    // An image manifest, decided as one (a signature-artifact link never
+                    // admits the blobs it lists, whatever an older version recorded).
+                    self.decide_with(lp, reg, rule, repo, &m, None, false)
+                        .await?
+                        .ok()
+                };
+                if let Some(kind) = admitted {
+                    allowed = Some((kind, r.size_in(&m)));
                     break;
                 }
             }
+            if allowed.is_some() {
+                break;
+            }
         }
-        let Some(admitted_as) = allowed else {
+        let Some((admitted_as, size)) = allowed else {
             let d = ImageDeny::NotReferenced {
                 repo: repo.clone(),
                 digest,
@@ -1747,7 +2003,7 @@ impl Oci {
                 .deny(action, repo, None, Some(&digest), d, client)
                 .await);
         };
-        let size = refs.map(|r| r.size);
+        let size = Some(size);
         self.audit(
             action,
             repo,

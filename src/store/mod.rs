@@ -60,6 +60,11 @@ pub const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
 /// `{repository}|{artifact digest}` → the image digest a `.sig`/`.att` artifact belongs to.
 pub const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
 
+/// `{repository}|{blob digest}` → the signature-artifact manifests whose payload it is, with
+/// the size each declares: blobs read, parsed and cached as signatures, attestations or
+/// bundles, never as image layers.
+pub const ARTIFACT_BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifact_blobs");
+
 /// Admin API tokens: id → `TokenRecord` (the secret only as its SHA-256).
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 
@@ -72,9 +77,21 @@ pub const API_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("api_ru
 /// Pins revoked through the admin API: sha256 → `ApiRevocation`.
 pub const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 13] = [
-    ARTIFACTS, PINS, OBSERVED, PAGES, CACHED, METADATA, MANIFESTS, CHILDREN, BLOBREFS, TAGS,
-    TOKENS, API_RULES, REVOKED,
+const TABLES: [TableDefinition<&str, &[u8]>; 14] = [
+    ARTIFACTS,
+    ARTIFACT_BLOBS,
+    PINS,
+    OBSERVED,
+    PAGES,
+    CACHED,
+    METADATA,
+    MANIFESTS,
+    CHILDREN,
+    BLOBREFS,
+    TAGS,
+    TOKENS,
+    API_RULES,
+    REVOKED,
 ];
 
 pub struct Store {
