@@ -204,6 +204,34 @@ async fn validating_webhook() {
         review("CREATE", None, &[ok], &[], &[])["request"]["object"].clone();
     let (_, v) = post(&env.gate, "/k8s/admission", &upd).await;
     assert_eq!(v["response"]["allowed"], false, "a changed image is judged");
+    // A running container's image is no pass for a new ephemeral container naming it: only
+    // the same image at the same place is unchanged.
+    let mut upd = review("UPDATE", Some("ephemeralcontainers"), &[bad], &[], &[bad]);
+    upd["request"]["oldObject"] =
+        review("CREATE", None, &[bad], &[], &[])["request"]["object"].clone();
+    let (_, v) = post(&env.gate, "/k8s/admission", &upd).await;
+    assert_eq!(v["response"]["allowed"], false, "{v}");
+    // Image volumes (spec.volumes[].image.reference) are decided like containers.
+    let mut vol = review("CREATE", None, &[ok], &[], &[]);
+    vol["request"]["object"]["spec"]["volumes"] = json!([
+        { "name": "data", "emptyDir": {} },
+        { "name": "weights", "image": { "reference": bad, "pullPolicy": "IfNotPresent" } }
+    ]);
+    let (_, v) = post(&env.gate, "/k8s/admission", &vol).await;
+    assert_eq!(v["response"]["allowed"], false, "{v}");
+    assert!(v["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(bad));
+    vol["request"]["object"]["spec"]["volumes"][1]["image"] = json!({ "pullPolicy": "Always" });
+    let (_, v) = post(&env.gate, "/k8s/admission", &vol).await;
+    assert_eq!(
+        v["response"]["allowed"], false,
+        "an image volume without a reference: {v}"
+    );
+    vol["request"]["object"]["spec"]["volumes"][1]["image"]["reference"] = json!(ok);
+    let (_, v) = post(&env.gate, "/k8s/admission", &vol).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
     // A container whose image is not a string admits nothing.
     let mut odd = review("CREATE", None, &[ok], &[], &[]);
     odd["request"]["object"]["spec"]["containers"][0]["image"] = json!(42);
@@ -262,6 +290,28 @@ async fn mutating_webhook_pins_digests() {
     .await;
     assert_eq!(v["response"]["allowed"], false);
     assert!(v["response"].get("patch").is_none());
+    // An image volume is pinned like a container.
+    let mut vol = review(
+        "CREATE",
+        None,
+        &[&format!("registry.test/demo/app@{}", env.v1)],
+        &[],
+        &[],
+    );
+    vol["request"]["object"]["spec"]["volumes"] =
+        json!([{ "name": "weights", "image": { "reference": "registry.test/demo/app:v1" } }]);
+    let (_, v) = post(&env.gate, "/k8s/mutate", &vol).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        patch,
+        json!([{ "op": "replace", "path": "/spec/volumes/0/image/reference", "value": format!("registry.test/demo/app@{}", env.v1) }])
+    );
 }
 
 #[test]

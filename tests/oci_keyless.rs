@@ -499,6 +499,61 @@ async fn junk_signatures_are_named_and_do_not_crowd_out_a_bundle() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn per_platform_children_need_their_own_attestations_too() {
+    let env = Env::new(&[]);
+    let src = format!("oci:{}:multi", env.dir.path().join("layout").display());
+    let dst = format!("docker://127.0.0.1:{}/att/multi:multi", env.registry.port);
+    let out = skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &src,
+        &dst,
+    ]);
+    assert!(out.status.success(), "push: {}", show(&out));
+    let (index, amd) = (env.v("multi"), env.v("multi-amd64"));
+    let by_key = |who: &'static str| vec!["--key", who, "--reference", "registry.test/att/multi"];
+    // The index and its amd64 platform are signed; only the index carries the attestation.
+    for d in [&index, &amd] {
+        env.sign("att/multi", d, "legacy-sig", &by_key("key:trusted"));
+    }
+    env.sign(
+        "att/multi",
+        &index,
+        "legacy-att",
+        &["--key", "key:builder", "--predicate-type", SLSA],
+    );
+    let rule = format!(
+        "[[image]]\nrepository = \"registry.test/att/multi\"\n[image.signature]\nkeys = [\"trusted.pub\"]\nper_platform = true\n[[image.attestation]]\npredicate_type = \"{SLSA}\"\nkeys = [\"builder.pub\"]\n"
+    );
+    let port = env.registry.port;
+    let gate = env.gate("per", &rule, &["trusted", "builder"], port);
+    // With per_platform, a platform manifest needs its own evidence: its own signature is not
+    // enough while the required attestation is only on the index, whether the index is pulled
+    // (it lists the amd64 platform) or the platform by digest after it.
+    refused(
+        &env.pull(&gate, "att/multi:multi"),
+        &format!("attestation {SLSA} missing"),
+    );
+    refused(
+        &env.pull(&gate, &format!("att/multi@{amd}")),
+        &format!("attestation {SLSA} missing"),
+    );
+    env.sign(
+        "att/multi",
+        &amd,
+        "legacy-att",
+        &["--key", "key:builder", "--predicate-type", SLSA],
+    );
+    let gate = env.gate("per2", &rule, &["trusted", "builder"], port);
+    pulled(
+        &env.pull(&gate, &format!("att/multi@{amd}")),
+        "signed and attested platform manifest",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn attestations_present_absent_wrong_or_untrusted() {
     let repos = ["att/a", "att/b", "att/c", "att/d", "att/e", "att/f"];
     let env = Env::new(&repos);

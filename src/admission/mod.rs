@@ -78,8 +78,10 @@ struct GroupVersionKind {
     kind: String,
 }
 
-/// Every image of a Pod: containers, initContainers and ephemeralContainers, with the JSON
-/// pointer of each (for the mutating webhook's patch).
+/// Every image a Pod can run or mount: its containers, initContainers and
+/// ephemeralContainers, and its image volumes (`spec.volumes[].image.reference`, Kubernetes
+/// 1.31+), with the JSON pointer of each (for the mutating webhook's patch and for comparing
+/// an UPDATE with the old object).
 fn pod_images(object: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for field in ["containers", "initContainers", "ephemeralContainers"] {
@@ -93,6 +95,21 @@ fn pod_images(object: &Value) -> Vec<(String, String)> {
                 let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
                 out.push((format!("/spec/{field}/{i}/image"), image.to_string()));
             }
+        }
+    }
+    if let Some(list) = object.pointer("/spec/volumes").and_then(Value::as_array) {
+        for (i, v) in list.iter().enumerate() {
+            // Only image volumes name an image; one without a string reference is listed
+            // empty, and refused.
+            let Some(img) = v.get("image") else { continue };
+            let reference = img
+                .get("reference")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            out.push((
+                format!("/spec/volumes/{i}/image/reference"),
+                reference.to_string(),
+            ));
         }
     }
     out
@@ -130,17 +147,17 @@ async fn decide_review(
     let lp = st.policy();
     let mut out = Vec::new();
     // On UPDATE only images that are new or changed are judged (and patched): a label change
-    // must not fail because an unchanged, running image's tag has moved since.
-    let unchanged: Vec<String> = if review.request.operation == "UPDATE" {
-        pod_images(&review.request.old_object)
-            .into_iter()
-            .map(|(_, i)| i)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // must not fail because an unchanged, running image's tag has moved since. Unchanged means
+    // the same image at the same place; the same string elsewhere (a new ephemeral container
+    // naming a running container's image) is judged like any new one.
+    let unchanged: std::collections::HashSet<(String, String)> =
+        if review.request.operation == "UPDATE" {
+            pod_images(&review.request.old_object).into_iter().collect()
+        } else {
+            Default::default()
+        };
     for (pointer, image) in pod_images(&review.request.object) {
-        if unchanged.contains(&image) {
+        if unchanged.contains(&(pointer.clone(), image.clone())) {
             continue;
         }
         let v = match st.oci.verify_reference(&lp, &image, client).await {

@@ -684,8 +684,10 @@ impl Oci {
                 );
             }
         }
+        // per_platform: a platform manifest needs its own evidence, its signature and every
+        // required attestation, even when the index that lists it is admitted.
         let per_platform_ok = match (&rule.signature, &own.signature) {
-            (Some(s), Some(sig)) if s.per_platform => sig.is_ok(),
+            (Some(s), Some(sig)) if s.per_platform => sig.is_ok() && own.attestations.is_ok(),
             _ => true,
         };
         for learn in [false, true] {
