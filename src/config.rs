@@ -67,6 +67,10 @@ pub struct IndexConfig {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub ca_file: Option<PathBuf>,
+    /// Whether release-rule ages count from the index's own upload times (PEP 700
+    /// `upload-time`), or from the gate's first sight of each file (`upload_time =
+    /// "first_seen"`): an index that can date a file in the past must not shorten its quarantine.
+    pub trust_upload_time: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +238,7 @@ struct RawIndex {
     username: Option<String>,
     password_env: Option<String>,
     ca_file: Option<String>,
+    upload_time: Option<String>,
 }
 
 /// Is this host name or address one of the machine's own (loopback)?
@@ -389,6 +394,7 @@ impl Config {
                 username: None,
                 password_env: None,
                 ca_file: None,
+                upload_time: None,
             }]
         } else {
             rp.index
@@ -442,7 +448,20 @@ impl Config {
             if file_hosts.is_empty() {
                 return Err(bad("file_hosts is empty; no file could be fetched".into()));
             }
+            // Upload times are PyPI's own (set by Warehouse at upload, never by the uploader);
+            // any other index's are taken from its first sight unless the operator says so.
+            let trust_upload_time = match ri.upload_time.as_deref() {
+                Some("trust") => true,
+                Some("first_seen") => false,
+                None => url.as_str() == "https://pypi.org/simple/",
+                Some(other) => {
+                    return Err(bad(format!(
+                        "upload_time must be \"trust\" or \"first_seen\", not {other:?}"
+                    )))
+                }
+            };
             indexes.push(IndexConfig {
+                trust_upload_time,
                 name: ri.name,
                 url,
                 file_hosts: file_hosts

@@ -460,3 +460,48 @@ async fn release_rule_pins_hashless_files_at_first_sight() {
         "{log}"
     );
 }
+
+/// A file first seen now that its index dates to 1999: under a release rule it is not listed
+/// before min_age unless the operator trusts that index's upload times (`upload_time =
+/// "trust"`; by default only https://pypi.org/simple/'s are).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_time_in_the_past_does_not_skip_the_quarantine() {
+    let fx = Fixture::build();
+    let liar = liar_upstream(&fx.root().join("packages"), fx.path("liar.log"));
+    let rule = "[[package]]\nname = \"backdated\"\nspecifier = \">=1\"\nmin_age = \"7d\"\n";
+    let listed = |trust: &str, name: &str| {
+        let cfg = format!(
+            "{PAGE_TTL}[[pypi.index]]\nname = \"liar\"\nurl = \"http://127.0.0.1:{}/simple/\"\n{trust}",
+            liar.port
+        );
+        let gate = Gate::start(&fx.path(name), &cfg, rule);
+        async move {
+            let page: serde_json::Value = gate.json_page("backdated").await;
+            page["files"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(listed("", "first-seen").await, 0, "dated by the index, seen now");
+    assert_eq!(
+        listed("upload_time = \"first_seen\"\n", "first-seen2").await,
+        0
+    );
+    assert_eq!(listed("upload_time = \"trust\"\n", "trusted").await, 1);
+    // A value that is neither is a config error naming the field.
+    let dir = fx.path("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("tollgate.toml"),
+        format!(
+            "[[pypi.index]]\nname = \"liar\"\nurl = \"http://127.0.0.1:{}/simple/\"\nupload_time = \"sometimes\"\n",
+            liar.port
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(dir.join("tollgate.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(show(&out).contains("upload_time must be"), "{}", show(&out));
+}

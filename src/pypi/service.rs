@@ -433,6 +433,10 @@ impl Pypi {
             Some(self.pin_lock.lock().await)
         };
         let now = now_secs();
+        let trust_upload_time = self
+            .upstreams
+            .get(&rules.index)
+            .is_some_and(|u| u.cfg.trust_upload_time);
         let mut listed = Vec::new();
         let mut versions: Vec<pep440_rs::Version> = Vec::new();
         let mut pin_writes: Vec<(String, Pin)> = Vec::new();
@@ -459,7 +463,10 @@ impl Pypi {
             if release {
                 let key = pin_key(project, &f.filename);
                 let existing: Option<Pin> = self.store.get(PINS, &key)?;
-                match next_pin(existing.as_ref(), &sha, size, f.upload_time, now) {
+                // An index's upload time shortens the quarantine only when it is trusted
+                // (`upload_time`): otherwise a file dated 1999 but first seen now ages from now.
+                let uploaded = f.upload_time.filter(|_| trust_upload_time);
+                match next_pin(existing.as_ref(), &sha, size, uploaded, now) {
                     Some(new) => {
                         if existing.as_ref().is_some_and(|e| e.sha256 != new.sha256) {
                             tracing::warn!(%project, filename = %f.filename, old = ?existing.as_ref().map(|e| &e.sha256), new = %new.sha256, "upstream re-published a file under a new hash; its min_age clock restarts");

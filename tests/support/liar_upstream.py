@@ -13,6 +13,7 @@ Projects (each page is PEP 691 JSON unless said otherwise):
   good       a well-behaved page and file
   slowfile   the file takes 1 s before its first byte (for concurrent first requests)
   badhtml    an HTML page that is not UTF-8
+  backdated  a well-behaved page whose file says it was uploaded in 1999 (PEP 700 upload-time)
   authed     the page needs Basic user:secret; the file link redirects to http://localhost:PORT
              (another origin on the same machine), which must never see the credentials
 Every request is logged on stderr as "REQ <host> <path> auth=<yes|no>".
@@ -84,6 +85,8 @@ class H(BaseHTTPRequestHandler):
                 "name": project,
                 "files": [{"filename": name, "url": url, "hashes": {"sha256": hashlib.sha256(data).hexdigest()}, "size": size}],
             }
+            if project == "backdated":
+                page["files"][0]["upload-time"] = "1999-01-01T00:00:00.000000Z"
             return self.send(200, json.dumps(page).encode())
         if len(parts) == 2 and parts[0] == "files":
             project = parts[1].split("-")[0]
