@@ -480,7 +480,11 @@ async fn an_upload_time_in_the_past_does_not_skip_the_quarantine() {
             page["files"].as_array().unwrap().len()
         }
     };
-    assert_eq!(listed("", "first-seen").await, 0, "dated by the index, seen now");
+    assert_eq!(
+        listed("", "first-seen").await,
+        0,
+        "dated by the index, seen now"
+    );
     assert_eq!(
         listed("upload_time = \"first_seen\"\n", "first-seen2").await,
         0
@@ -504,4 +508,70 @@ async fn an_upload_time_in_the_past_does_not_skip_the_quarantine() {
         .unwrap();
     assert!(!out.status.success());
     assert!(show(&out).contains("upload_time must be"), "{}", show(&out));
+}
+
+/// `.metadata` is the wheel's own METADATA: the dist-info of its name and version, never
+/// another one in the same zip; two for itself are refused; a METADATA that inflates past its
+/// declared size is refused, and the failure is remembered (the listing then stops
+/// advertising core metadata, so clients download the wheel).
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_comes_from_the_wheels_own_dist_info() {
+    let fx = Fixture::build();
+    let liar = liar_upstream(&fx.root().join("packages"), fx.path("liar.log"));
+    let sha_of = |project: &str| {
+        let url = format!("http://127.0.0.1:{}/simple/{project}/", liar.port);
+        async move {
+            let page: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            page["files"][0]["hashes"]["sha256"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let (two, amb, bomb) = (
+        sha_of("twometa").await,
+        sha_of("ambiguous").await,
+        sha_of("zipbomb").await,
+    );
+    let cfg = format!(
+        "{PAGE_TTL}[[pypi.index]]\nname = \"liar\"\nurl = \"http://127.0.0.1:{}/simple/\"\n",
+        liar.port
+    );
+    let gate = Gate::start(
+        &fx.path("gate"),
+        &cfg,
+        &format!(
+            "{}{}{}",
+            exact("twometa", &two),
+            exact("ambiguous", &amb),
+            exact("zipbomb", &bomb)
+        ),
+    );
+    let md = |project: &str, sha: &str| {
+        let url = gate.url(&format!(
+            "/files/{project}/{sha}/{project}-1.0-py3-none-any.whl.metadata"
+        ));
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, body) = md("twometa", &two).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("Version: 1.0"), "{body}");
+    let (s, body) = md("ambiguous", &amb).await;
+    assert_eq!(s, 502, "{body}");
+    assert!(body.contains("2 dist-info/METADATA files"), "{body}");
+    let page: serde_json::Value = gate.json_page("zipbomb").await;
+    assert!(page["files"][0].get("core-metadata").is_some(), "{page}");
+    let (s, body) = md("zipbomb", &bomb).await;
+    assert_eq!(s, 502, "{body}");
+    assert!(body.contains("does not match"), "{body}");
+    let (s, again) = md("zipbomb", &bomb).await;
+    assert_eq!((s, again), (502, body), "the failure is remembered");
+    let page: serde_json::Value = gate.json_page("zipbomb").await;
+    assert!(
+        page["files"][0].get("core-metadata").is_none(),
+        "a wheel whose METADATA failed is no longer advertised with it: {page}"
+    );
 }

@@ -60,6 +60,11 @@ struct Rendered {
 #[derive(Debug, Clone)]
 pub struct Client(pub String);
 
+/// METADATA extractions run at once.
+const MAX_EXTRACTIONS: usize = 4;
+/// Marks a wheel whose METADATA could not be read (the reason follows) in the METADATA table.
+const METADATA_FAILED: &str = "!";
+
 pub struct Pypi {
     pub wheels_only: bool,
     page_ttl: i64,
@@ -75,6 +80,8 @@ pub struct Pypi {
     /// Serialises the read-modify-write of first-sight pins, so two renders of one page cannot
     /// lose a superseded hash.
     pin_lock: tokio::sync::Mutex<()>,
+    /// METADATA extractions at once (each inflates up to `MAX_METADATA_BYTES`).
+    extractions: tokio::sync::Semaphore,
     store: Arc<Store>,
     pub cache: Arc<Cache>,
     fetcher: Arc<Fetcher>,
@@ -199,6 +206,7 @@ impl Pypi {
             hashing: Mutex::default(),
             pins_gen: AtomicU64::new(0),
             pin_lock: tokio::sync::Mutex::new(()),
+            extractions: tokio::sync::Semaphore::new(MAX_EXTRACTIONS),
             store,
             cache,
             fetcher,
@@ -490,9 +498,15 @@ impl Pypi {
                     let size = size
                         .or(pin.as_ref().and_then(|p| p.size))
                         .or_else(|| self.cache.lookup(&sha));
+                    // PEP 714 `core-metadata`: for wheels only, with the METADATA file's hash
+                    // once known; a wheel whose METADATA could not be read is listed without
+                    // it, so clients download the wheel itself.
                     let core_metadata = if dist.kind == DistKind::Wheel {
                         let md: Option<String> = self.store.get(METADATA, &sha.hex())?;
-                        Some(md.and_then(|m| Sha256::parse(&m).ok()))
+                        match md {
+                            Some(m) if m.starts_with(METADATA_FAILED) => None,
+                            md => Some(md.and_then(|m| Sha256::parse(&m).ok())),
+                        }
                     } else {
                         None
                     };
@@ -820,6 +834,13 @@ impl Pypi {
             ));
         }
         let known: Option<String> = self.store.get(METADATA, &sha.hex())?;
+        // A wheel whose METADATA could not be read says so again, without reading it again.
+        if let Some(why) = known
+            .as_deref()
+            .and_then(|m| m.strip_prefix(METADATA_FAILED))
+        {
+            return Err(ApiError::BadUpstream(format!("{wheel_name}: {why}")));
+        }
         if let Some(md) = known.and_then(|m| Sha256::parse(&m).ok()) {
             if let Some(size) = self.cache.lookup(&md) {
                 return self
@@ -842,15 +863,35 @@ impl Pypi {
             self.fetcher.ensure_cached(sha, job).await?;
         }
         let path = self.cache.path(&sha);
-        let p2 = project.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
+        let (p2, v2) = (project.clone(), dist.version.clone());
+        let _slot = self
+            .extractions
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let extracted = tokio::task::spawn_blocking(move || {
             std::fs::File::open(path)
                 .map_err(wheel::WheelError::from)
-                .and_then(|f| wheel::extract_metadata(std::io::BufReader::new(f), &p2))
+                .and_then(|f| wheel::extract_metadata(std::io::BufReader::new(f), &p2, &v2))
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::BadUpstream(format!("{wheel_name}: {e}")))?;
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let bytes = match extracted {
+            Ok(b) => b,
+            Err(wheel::WheelError::Io(e)) => return Err(ApiError::Internal(e.to_string())),
+            Err(e) => {
+                // The wheel's bytes are pinned: what failed once fails for good. Remembered,
+                // so a bad wheel costs one extraction, not one per request, and its listing
+                // stops advertising core metadata.
+                let store = self.store.clone();
+                let (k, v) = (sha.hex(), format!("{METADATA_FAILED}{e}"));
+                tokio::task::spawn_blocking(move || store.put(METADATA, &k, &v))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))??;
+                self.pins_gen.fetch_add(1, Relaxed);
+                return Err(ApiError::BadUpstream(format!("{wheel_name}: {e}")));
+            }
+        };
         let md_sha = Sha256::from_bytes(sha2::Sha256::digest(&bytes).into());
         let mut temp = self
             .cache

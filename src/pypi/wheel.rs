@@ -5,8 +5,9 @@ use std::io::{Read, Seek, SeekFrom};
 
 use crate::policy::ProjectName;
 
-/// Larger METADATA files than this are refused (real ones are kilobytes).
-pub const MAX_METADATA_BYTES: u64 = 16 << 20;
+/// Larger METADATA files than this are refused (real ones are kilobytes; a long description
+/// makes a few hundred).
+pub const MAX_METADATA_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WheelError {
@@ -14,6 +15,8 @@ pub enum WheelError {
     Zip(&'static str),
     #[error("the wheel has no {0}.dist-info/METADATA")]
     NoMetadata(String),
+    #[error("the wheel has {0} dist-info/METADATA files for its own name and version")]
+    Ambiguous(usize),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -25,10 +28,13 @@ fn u32_at(b: &[u8], i: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?))
 }
 
-/// Extracts `{name}-{version}.dist-info/METADATA` for `project`.
+/// Extracts `{name}-{version}.dist-info/METADATA` of the wheel's own name and version (PEP 427
+/// §"The .dist-info directory"): another project's or another version's dist-info in the same
+/// zip is not its metadata, and a wheel holding two for itself is refused as ambiguous.
 pub fn extract_metadata<R: Read + Seek>(
     mut r: R,
     project: &ProjectName,
+    version: &pep440_rs::Version,
 ) -> Result<Vec<u8>, WheelError> {
     let len = r.seek(SeekFrom::End(0))?;
     // The end-of-central-directory record is in the last 22 + 65535 bytes (APPNOTE 4.3.16).
@@ -53,6 +59,7 @@ pub fn extract_metadata<R: Read + Seek>(
 
     let mut i = 0;
     let mut found = None;
+    let mut matches = 0usize;
     while i + 46 <= cd.len() && u32_at(&cd, i) == Some(0x0201_4b50) {
         let method = u16_at(&cd, i + 10).unwrap_or(0);
         let csize = u32_at(&cd, i + 20).unwrap_or(0) as u64;
@@ -66,17 +73,25 @@ pub fn extract_metadata<R: Read + Seek>(
             .ok_or(WheelError::Zip("truncated entry"))?;
         if let Ok(name) = std::str::from_utf8(name) {
             if let Some(dir) = name.strip_suffix(".dist-info/METADATA") {
-                // The dist-info directory is `{name}-{version}`; it must be this project's.
-                let dist = dir.rsplit_once('-').map(|(n, _)| n).unwrap_or(dir);
-                if !dir.contains('/') && ProjectName::parse(dist).is_ok_and(|p| &p == project) {
+                // The dist-info directory is `{name}-{version}`: this project, this version.
+                let own = !dir.contains('/')
+                    && dir.rsplit_once('-').is_some_and(|(n, v)| {
+                        ProjectName::parse(n).is_ok_and(|p| &p == project)
+                            && v.parse::<pep440_rs::Version>().is_ok_and(|v| &v == version)
+                    });
+                if own {
+                    matches += 1;
                     found = Some((method, csize, usize_, local));
                 }
             }
         }
         i += 46 + n + e + c;
     }
+    if matches > 1 {
+        return Err(WheelError::Ambiguous(matches));
+    }
     let (method, csize, usize_, local) =
-        found.ok_or_else(|| WheelError::NoMetadata(project.to_string()))?;
+        found.ok_or_else(|| WheelError::NoMetadata(format!("{project}-{version}")))?;
     if usize_ > MAX_METADATA_BYTES || csize > len {
         return Err(WheelError::Zip("METADATA entry too large"));
     }
@@ -90,13 +105,15 @@ pub fn extract_metadata<R: Read + Seek>(
     r.seek(SeekFrom::Current(skip))?;
     let raw = (&mut r).take(csize);
     let mut out = Vec::with_capacity(usize_ as usize);
+    // Never more than the directory declares (and one byte to notice a lie): a zip bomb that
+    // inflates past its declared size costs no more than that.
     match method {
         0 => {
-            raw.take(MAX_METADATA_BYTES + 1).read_to_end(&mut out)?;
+            raw.take(usize_ + 1).read_to_end(&mut out)?;
         }
         8 => {
             flate2::read::DeflateDecoder::new(raw)
-                .take(MAX_METADATA_BYTES + 1)
+                .take(usize_ + 1)
                 .read_to_end(&mut out)?;
         }
         _ => return Err(WheelError::Zip("unsupported compression method")),

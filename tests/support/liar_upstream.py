@@ -14,22 +14,62 @@ Projects (each page is PEP 691 JSON unless said otherwise):
   slowfile   the file takes 1 s before its first byte (for concurrent first requests)
   badhtml    an HTML page that is not UTF-8
   backdated  a well-behaved page whose file says it was uploaded in 1999 (PEP 700 upload-time)
+  twometa    a wheel holding its own twometa-1.0.dist-info/METADATA and, after it, a
+             twometa-6.6.dist-info/METADATA of another version
+  ambiguous  a wheel holding ambiguous-1.0.dist-info/METADATA twice, with different contents
+  zipbomb    a wheel whose METADATA declares 100 bytes and inflates to 8 MiB
   authed     the page needs Basic user:secret; the file link redirects to http://localhost:PORT
              (another origin on the same machine), which must never see the credentials
 Every request is logged on stderr as "REQ <host> <path> auth=<yes|no>".
 """
 import hashlib
+import io
 import json
 import os
 import sys
 import time
+import warnings
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 WHEELS = sys.argv[1]
 
 
+def crafted(project):
+    """Wheels whose METADATA is not what it seems (deterministic bytes)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name on purpose
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            def put(name, data):
+                z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+            put(f"{project}/__init__.py", b"")
+            if project == "twometa":
+                put("twometa-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: twometa\nVersion: 1.0\n")
+                put("twometa-6.6.dist-info/METADATA", b"Metadata-Version: 2.1\nName: twometa\nVersion: 6.6\n")
+            elif project == "ambiguous":
+                put("ambiguous-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: ambiguous\nVersion: 1.0\n")
+                put("ambiguous-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
+            else:
+                put("zipbomb-1.0.dist-info/METADATA", b"A" * (8 << 20))
+    data = bytearray(buf.getvalue())
+    if project == "zipbomb":
+        # Rewrite the declared uncompressed size (local header and central directory) to 100.
+        for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+            i = data.find(sig)
+            while i >= 0:
+                n = int.from_bytes(data[i + (26 if sig == b"PK\x03\x04" else 28):][:2], "little")
+                start = i + (30 if sig == b"PK\x03\x04" else 46)
+                if bytes(data[start:start + n]).endswith(b"METADATA"):
+                    data[i + off:i + off + 4] = (100).to_bytes(4, "little")
+                i = data.find(sig, i + 4)
+    return bytes(data)
+
+
 def wheel(project):
     name = f"{project}-1.0-py3-none-any.whl"
+    if project in ("twometa", "ambiguous", "zipbomb"):
+        return name, crafted(project)
     with open(os.path.join(WHEELS, "good-1.0-py3-none-any.whl"), "rb") as f:
         data = f.read()
     return name, data
