@@ -63,7 +63,7 @@ pub struct IndexConfig {
     pub name: String,
     /// Always ends with `/`.
     pub url: Url,
-    pub file_hosts: Vec<String>,
+    pub file_hosts: Vec<HostPort>,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub ca_file: Option<PathBuf>,
@@ -89,8 +89,8 @@ pub struct RegistryConfig {
     /// The first path segment clients use for it.
     pub prefix: String,
     pub url: Url,
-    pub auth_hosts: Vec<String>,
-    pub redirect_hosts: Vec<String>,
+    pub auth_hosts: Vec<HostPort>,
+    pub redirect_hosts: Vec<HostPort>,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub ca_file: Option<PathBuf>,
@@ -239,6 +239,75 @@ struct RawIndex {
     password_env: Option<String>,
     ca_file: Option<String>,
     upload_time: Option<String>,
+}
+
+/// A host an upstream's links, redirects or token realm may go to, and the port: compared as
+/// an origin (host and port; the scheme is checked beside it), so another service on another
+/// port of the same host is another place. Written `host` (the scheme's default port, 443 or
+/// 80) or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    /// `None`: the default port of the URL's scheme.
+    pub port: Option<u16>,
+}
+
+impl HostPort {
+    pub fn parse(s: &str) -> Result<HostPort, String> {
+        // A scheme without a default port, so an explicit `:443` or `:80` is kept as written.
+        let u = Url::parse(&format!("x-tollgate://{}", s.trim()))
+            .map_err(|_| format!("{s:?} is not a host or host:port"))?;
+        let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
+        if host.is_empty() || u.path() != "" && u.path() != "/" || u.query().is_some() {
+            return Err(format!("{s:?} is not a host or host:port"));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(format!("{s:?} carries credentials"));
+        }
+        Ok(HostPort {
+            host,
+            port: u.port(),
+        })
+    }
+
+    /// A URL's own host and port (no port when it is the scheme's default).
+    pub fn of_url(url: &Url) -> HostPort {
+        HostPort {
+            host: url.host_str().unwrap_or_default().to_ascii_lowercase(),
+            port: url.port(),
+        }
+    }
+
+    /// Is `url` on this host and port?
+    pub fn matches(&self, url: &Url) -> bool {
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let default = match url.scheme() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        };
+        host == self.host && self.port.or(default) == url.port_or_known_default()
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+/// Is `url` on one of these hosts and ports?
+pub fn origin_listed(list: &[HostPort], url: &Url) -> bool {
+    list.iter().any(|h| h.matches(url))
+}
+
+fn host_ports(list: Vec<String>, what: &str) -> Result<Vec<HostPort>, String> {
+    list.iter()
+        .map(|h| HostPort::parse(h).map_err(|e| format!("{what}: {e}")))
+        .collect()
 }
 
 /// Is this host name or address one of the machine's own (loopback)?
@@ -444,7 +513,12 @@ impl Config {
             if password.is_some() != ri.username.is_some() {
                 return Err(bad("username and password_env go together".into()));
             }
-            let file_hosts = ri.file_hosts.unwrap_or_else(|| vec![host.clone()]);
+            // By default the index's own host and port: a file link to another port of the
+            // same host is another service.
+            let file_hosts = match ri.file_hosts {
+                Some(list) => host_ports(list, "file_hosts").map_err(bad)?,
+                None => vec![HostPort::of_url(&url)],
+            };
             if file_hosts.is_empty() {
                 return Err(bad("file_hosts is empty; no file could be fetched".into()));
             }
@@ -464,10 +538,7 @@ impl Config {
                 trust_upload_time,
                 name: ri.name,
                 url,
-                file_hosts: file_hosts
-                    .into_iter()
-                    .map(|h| h.to_ascii_lowercase())
-                    .collect(),
+                file_hosts,
                 username: ri.username,
                 password,
                 ca_file: ri.ca_file.as_deref().map(resolve),
@@ -577,18 +648,13 @@ impl Config {
             registries.push(RegistryConfig {
                 host,
                 prefix,
-                auth_hosts: rr
-                    .auth_hosts
-                    .unwrap_or_else(|| vec![url_host.clone()])
-                    .into_iter()
-                    .map(|h| h.to_ascii_lowercase())
-                    .collect(),
-                redirect_hosts: rr
-                    .redirect_hosts
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|h| h.to_ascii_lowercase())
-                    .collect(),
+                // By default the registry's own host and port.
+                auth_hosts: match rr.auth_hosts {
+                    Some(list) => host_ports(list, "auth_hosts").map_err(bad)?,
+                    None => vec![HostPort::of_url(&url)],
+                },
+                redirect_hosts: host_ports(rr.redirect_hosts.unwrap_or_default(), "redirect_hosts")
+                    .map_err(bad)?,
                 url,
                 username: rr.username,
                 password,
@@ -662,6 +728,26 @@ mod tests {
     }
 
     #[test]
+    fn hosts_and_ports_compare_as_origins() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let plain = HostPort::parse("Files.Example").unwrap();
+        assert!(plain.matches(&u("https://files.example/a")));
+        assert!(plain.matches(&u("https://files.example:443/a")));
+        assert!(plain.matches(&u("http://files.example/a")));
+        assert!(!plain.matches(&u("https://files.example:8443/a")));
+        assert!(!plain.matches(&u("https://files.example.evil/a")));
+        let port = HostPort::parse("127.0.0.1:9000").unwrap();
+        assert!(port.matches(&u("http://127.0.0.1:9000/x")));
+        assert!(!port.matches(&u("http://127.0.0.1:9001/x")));
+        assert!(!port.matches(&u("http://127.0.0.1/x")));
+        let v6 = HostPort::parse("[::1]:8080").unwrap();
+        assert!(v6.matches(&u("http://[::1]:8080/x")));
+        for bad in ["", "a/b", "user@host", "host:port", "host?x=1"] {
+            assert!(HostPort::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn defaults_and_relative_paths() {
         let c = parse("data_dir = \"d\"\n[pypi]\npage_ttl = \"1m\"\n[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:9000/simple\"\n").unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/etc/tg/d"));
@@ -670,7 +756,13 @@ mod tests {
             c.pypi.indexes[0].url.as_str(),
             "http://127.0.0.1:9000/simple/"
         );
-        assert_eq!(c.pypi.indexes[0].file_hosts, vec!["127.0.0.1"]);
+        // The default file host is the index's own host and port.
+        let hosts: Vec<String> = c.pypi.indexes[0]
+            .file_hosts
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        assert_eq!(hosts, vec!["127.0.0.1:9000"]);
         assert_eq!(c.pypi.page_ttl, Duration::from_secs(60));
         assert_eq!(c.limits.page_bytes, 4 << 20);
         let d = Config::from_text("", None, Path::new(".")).unwrap();
@@ -711,7 +803,12 @@ mod tests {
             ),
             ("docker.io", "hub")
         );
-        assert_eq!(c.oci.registries[0].auth_hosts, vec!["registry-1.docker.io"]);
+        let auth: Vec<String> = c.oci.registries[0]
+            .auth_hosts
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        assert_eq!(auth, vec!["registry-1.docker.io"]);
         assert!(
             parse("[[pypi.index]]\nname = \"x\"\nurl = \"http://pypi.example/simple/\"\n")
                 .unwrap_err()

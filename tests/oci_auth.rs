@@ -129,9 +129,31 @@ async fn token_auth_registry() {
     let digest = push_with_creds(&dir.path().join("layout"), registry.port);
     let before = tokens.log_text().len();
 
+    // The token endpoint is another port of the registry's host: another origin, so the
+    // registry's credentials go there only once auth_hosts names it, host and port.
+    let unlisted = Gate::start_env(
+        &dir.path().join("gate-unlisted"),
+        &gate_config(registry.port, true),
+        &rule(&digest),
+        &[("TOLLGATE_REG_PW", "secret")],
+    );
+    let r = reqwest::get(unlisted.url("/v2/reg/demo/app/manifests/v1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502, "a token realm on another port is refused");
+    assert_eq!(
+        tokens.log_text().len(),
+        before,
+        "the unlisted token endpoint was called:\n{}",
+        tokens.log_text()
+    );
     let gate = Gate::start_env(
         &dir.path().join("gate"),
-        &gate_config(registry.port, true),
+        &format!(
+            "{}auth_hosts = [\"127.0.0.1:{}\"]\n",
+            gate_config(registry.port, true),
+            tokens.port
+        ),
         &rule(&digest),
         &[("TOLLGATE_REG_PW", "secret")],
     );
@@ -153,7 +175,11 @@ async fn token_auth_registry() {
     // Without credentials the token grants nothing: 503, the gate never calls it "denied".
     let anon = Gate::start(
         &dir.path().join("gate-anon"),
-        &gate_config(registry.port, false),
+        &format!(
+            "{}auth_hosts = [\"127.0.0.1:{}\"]\n",
+            gate_config(registry.port, false),
+            tokens.port
+        ),
         &rule(&digest),
     );
     let r = reqwest::get(anon.url("/v2/reg/demo/app/manifests/v1"))
@@ -194,9 +220,23 @@ async fn blob_redirects_carry_no_credentials_and_stay_public_unless_listed() {
     );
 
     // Listed: the pull works, and the storage host never sees the registry's credentials.
+    // Listed by host alone, the storage's port is not the one named: still refused.
+    let other_port = Gate::start_env(
+        &dir.path().join("gate-port"),
+        &format!(
+            "{}redirect_hosts = [\"localhost\"]\n",
+            gate_config(registry.port, true)
+        ),
+        &rule,
+        &[("TOLLGATE_REG_PW", "secret")],
+    );
+    let out = tokio::task::block_in_place(|| pull(&other_port, &dir.path().join("out-port")));
+    assert!(!out.status.success(), "redirect_hosts names host and port");
+    assert!(!registry.log_text().contains("/storage/"));
     let cfg = format!(
-        "{}redirect_hosts = [\"localhost\"]\n",
-        gate_config(registry.port, true)
+        "{}redirect_hosts = [\"localhost:{}\"]\n",
+        gate_config(registry.port, true),
+        registry.port
     );
     let open = Gate::start_env(
         &dir.path().join("gate-open"),

@@ -52,8 +52,8 @@ async fn credentials_stay_with_the_index_origin() {
     let liar = liar_upstream(&fx.root().join("packages"), fx.path("liar.log"));
     let sha = fx.sha("good-1.0-py3-none-any.whl").to_string();
     let cfg = format!(
-        "{PAGE_TTL}[[pypi.index]]\nname = \"private\"\nurl = \"http://127.0.0.1:{}/simple/\"\nfile_hosts = [\"127.0.0.1\", \"localhost\"]\nusername = \"user\"\npassword_env = \"TOLLGATE_TEST_PW\"\n",
-        liar.port
+        "{PAGE_TTL}[[pypi.index]]\nname = \"private\"\nurl = \"http://127.0.0.1:{}/simple/\"\nfile_hosts = [\"127.0.0.1:{}\", \"localhost:{}\"]\nusername = \"user\"\npassword_env = \"TOLLGATE_TEST_PW\"\n",
+        liar.port, liar.port, liar.port
     );
     let gate = Gate::start_env(
         &fx.path("gate"),
@@ -573,5 +573,36 @@ async fn metadata_comes_from_the_wheels_own_dist_info() {
     assert!(
         page["files"][0].get("core-metadata").is_none(),
         "a wheel whose METADATA failed is no longer advertised with it: {page}"
+    );
+}
+
+/// A file link on the index's own host but another port is another service: with the
+/// default file host (the index's host and port) it is dropped, never fetched, pinned or
+/// served, even under a release rule that would hash a link without a hash.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_link_to_another_port_is_never_fetched() {
+    let fx = Fixture::build();
+    let liar = liar_upstream(&fx.root().join("packages"), fx.path("liar.log"));
+    // The other service: a plain file server that logs every request it gets.
+    let other = static_upstream(&fx.root(), fx.path("other.log"));
+    let project = format!("offport-{}", other.port);
+    let cfg = format!(
+        "{PAGE_TTL}[[pypi.index]]\nname = \"liar\"\nurl = \"http://127.0.0.1:{}/simple/\"\n",
+        liar.port
+    );
+    let gate = Gate::start(
+        &fx.path("gate"),
+        &cfg,
+        &format!("[[package]]\nname = \"{project}\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n"),
+    );
+    for _ in 0..5 {
+        let page: serde_json::Value = gate.json_page(&project).await;
+        assert_eq!(page["files"].as_array().unwrap().len(), 0, "{page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !other.log_text().contains("GET"),
+        "the gate reached another port: {}",
+        other.log_text()
     );
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use reqwest::header::{ACCEPT, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 
-use crate::config::{is_loopback_host, RegistryConfig};
+use crate::config::{is_loopback_host, origin_listed, RegistryConfig};
+use crate::fetch::ip_is_private;
 
 /// Media types the gate accepts, in the order it asks for them.
 pub const MANIFEST_TYPES: [&str; 4] = [
@@ -71,53 +72,21 @@ fn parse_challenge(h: &str) -> Option<(String, HashMap<String, String>)> {
     Some((scheme.to_ascii_lowercase(), params))
 }
 
-/// Addresses a blob redirect may not reach unless listed in `redirect_hosts`: private,
-/// loopback, link-local, shared (CGNAT), reserved and multicast ranges, and IPv6 forms that embed
-/// such an IPv4 address (mapped, compatible, NAT64, 6to4).
-fn ip_is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || o[0] >= 240
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-        }
-        IpAddr::V6(v6) => {
-            let seg = v6.segments();
-            let embedded = |hi: u16, lo: u16| {
-                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
-            };
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-                || (seg[0] & 0xffc0) == 0xfec0
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| ip_is_private(IpAddr::V4(v4)))
-                || (seg[..6] == [0; 6] && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
-                || (seg[0] == 0x64
-                    && seg[1] == 0xff9b
-                    && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
-                || (seg[0] == 0x2002 && ip_is_private(IpAddr::V4(embedded(seg[1], seg[2]))))
-        }
-    }
-}
-
 impl RegistryClient {
     pub fn new(cfg: RegistryConfig, timeout: Duration) -> Result<RegistryClient, String> {
+        // Only the registry itself and the hosts the operator listed may resolve to private
+        // addresses; any other name (a CDN a blob redirect names) is connected to only on a
+        // public address it resolved to when the connection was made.
+        let private_ok: Vec<String> = std::iter::once(cfg.url.host_str().unwrap_or_default())
+            .chain(cfg.auth_hosts.iter().map(|h| h.host.as_str()))
+            .chain(cfg.redirect_hosts.iter().map(|h| h.host.as_str()))
+            .map(str::to_ascii_lowercase)
+            .collect();
         let client = crate::fetch::http_client(
             &format!("registry {}", cfg.host),
             cfg.ca_file.as_deref(),
             timeout,
+            private_ok,
         )?;
         Ok(RegistryClient {
             client,
@@ -154,10 +123,15 @@ impl RegistryClient {
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let scheme_ok =
             url.scheme() == "https" || (url.scheme() == "http" && is_loopback_host(&host));
-        if !scheme_ok || !self.cfg.auth_hosts.contains(&host) {
+        // By origin: a token endpoint on another port of an auth host is another service,
+        // and the registry's credentials must not reach it.
+        if !scheme_ok || !origin_listed(&self.cfg.auth_hosts, &url) {
             return Err(RegistryError::Refused(
                 name,
-                format!("token endpoint {host} is not in auth_hosts"),
+                format!(
+                    "token endpoint {host}{} is not in auth_hosts",
+                    url.port().map(|p| format!(":{p}")).unwrap_or_default()
+                ),
             ));
         }
         {
@@ -395,7 +369,7 @@ impl RegistryClient {
     async fn check_redirect(&self, url: &Url) -> Result<(), RegistryError> {
         let name = self.name();
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-        let listed = self.cfg.redirect_hosts.contains(&host);
+        let listed = origin_listed(&self.cfg.redirect_hosts, url);
         match url.scheme() {
             "https" => {}
             "http" if listed && is_loopback_host(&host) => {}
@@ -424,18 +398,9 @@ impl RegistryClient {
             }
             return Ok(());
         }
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addrs = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|_| RegistryError::Unreachable(name.clone()))?;
-        for a in addrs {
-            if ip_is_private(a.ip()) {
-                return Err(RegistryError::Refused(
-                    name,
-                    format!("blob redirect to {host}, which resolves to a private address"),
-                ));
-            }
-        }
+        // A name is checked where it is resolved for the connection (the client's resolver
+        // keeps only public addresses for hosts the operator did not list), so no second
+        // lookup can answer differently between the check and the connect.
         Ok(())
     }
 }

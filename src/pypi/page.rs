@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::config::is_loopback_host;
+use crate::config::{is_loopback_host, origin_listed, HostPort};
 use crate::policy::units::parse_rfc3339;
 use crate::policy::Sha256;
 
@@ -273,16 +273,18 @@ pub fn parse_html(html: &str) -> (Vec<RawLink>, Option<String>) {
 
 /// May a file link point here? Only http(s) to a configured file host; plain http only when
 /// the host is loopback (a local upstream), never to a public host.
-pub fn check_file_url(url: &Url, file_hosts: &[String]) -> Result<(), String> {
+pub fn check_file_url(url: &Url, file_hosts: &[HostPort]) -> Result<(), String> {
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    let host_ok = file_hosts.contains(&host);
+    // By origin, not by host: another port of a file host is another service.
+    let host_ok = origin_listed(file_hosts, url);
     match url.scheme() {
         "https" if host_ok => {}
         "http" if host_ok && is_loopback_host(&host) => {}
         _ => {
             return Err(format!(
-                "file link to {}://{host} is not on a configured file host",
-                url.scheme()
+                "file link to {}://{host}{} is not on a configured file host",
+                url.scheme(),
+                url.port().map(|p| format!(":{p}")).unwrap_or_default()
             ))
         }
     }
@@ -298,7 +300,7 @@ pub fn resolve_links(
     links: Vec<RawLink>,
     page_url: &Url,
     base: Option<&str>,
-    file_hosts: &[String],
+    file_hosts: &[HostPort],
 ) -> (Vec<UpstreamFile>, Vec<String>) {
     let base_url = base
         .and_then(|b| page_url.join(b).ok())
@@ -384,7 +386,10 @@ mod tests {
     #[test]
     fn links_only_to_file_hosts() {
         let page = Url::parse("http://127.0.0.1:9000/simple/demo/").unwrap();
-        let hosts = vec!["127.0.0.1".to_string(), "files.example".to_string()];
+        let hosts = vec![
+            HostPort::parse("127.0.0.1:9000").unwrap(),
+            HostPort::parse("files.example").unwrap(),
+        ];
         let mk = |href: &str| RawLink {
             filename: "f".into(),
             href: href.into(),
@@ -402,6 +407,9 @@ mod tests {
                 mk("https://evil.example/d.whl"),
                 mk("file:///etc/passwd"),
                 mk("https://user:pw@files.example/e.whl"),
+                // Another port of a listed host is another service.
+                mk("http://127.0.0.1:9001/packages/f.whl"),
+                mk("https://files.example:8443/g.whl"),
             ],
             &page,
             None,
@@ -415,6 +423,6 @@ mod tests {
                 "https://files.example/b.whl"
             ]
         );
-        assert_eq!(problems.len(), 4);
+        assert_eq!(problems.len(), 6);
     }
 }

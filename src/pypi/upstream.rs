@@ -51,10 +51,17 @@ impl Upstream {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, String> {
+        // The index and its file hosts are the operator's: they may be private; the client
+        // reaches nothing else (links and redirects are checked against them first).
+        let private_ok: Vec<String> = std::iter::once(cfg.url.host_str().unwrap_or_default())
+            .chain(cfg.file_hosts.iter().map(|h| h.host.as_str()))
+            .map(str::to_ascii_lowercase)
+            .collect();
         let client = crate::fetch::http_client(
             &format!("index {}", cfg.name),
             cfg.ca_file.as_deref(),
             timeout,
+            private_ok,
         )?;
         Ok(Upstream {
             cfg,

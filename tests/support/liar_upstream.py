@@ -14,6 +14,7 @@ Projects (each page is PEP 691 JSON unless said otherwise):
   slowfile   the file takes 1 s before its first byte (for concurrent first requests)
   badhtml    an HTML page that is not UTF-8
   backdated  a well-behaved page whose file says it was uploaded in 1999 (PEP 700 upload-time)
+  offport-N  a page with no hash whose file link is on 127.0.0.1 but port N (another service)
   twometa    a wheel holding its own twometa-1.0.dist-info/METADATA and, after it, a
              twometa-6.6.dist-info/METADATA of another version
   ambiguous  a wheel holding ambiguous-1.0.dist-info/METADATA twice, with different contents
@@ -119,12 +120,16 @@ class H(BaseHTTPRequestHandler):
                 url = f"https://evil.example/{name}"
             if project == "authed":
                 url = f"http://127.0.0.1:{port}/redirect/{name}"
+            if project.startswith("offport-"):
+                url = f"http://127.0.0.1:{project.split('-', 1)[1]}/files/{name}"
             size = len(data) - 100 if project == "longer" else len(data)
             page = {
                 "meta": {"api-version": "1.1"},
                 "name": project,
                 "files": [{"filename": name, "url": url, "hashes": {"sha256": hashlib.sha256(data).hexdigest()}, "size": size}],
             }
+            if project.startswith("offport-"):
+                del page["files"][0]["hashes"]
             if project == "backdated":
                 page["files"][0]["upload-time"] = "1999-01-01T00:00:00.000000Z"
             return self.send(200, json.dumps(page).encode())
