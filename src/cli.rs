@@ -16,6 +16,14 @@ pub fn check(config: &Config) -> i32 {
             return 1;
         }
     };
+    // The webhooks are a policy oracle and a tag resolver for whoever reaches them: say so
+    // when nothing but the network guards them.
+    if !config.admission.is_guarded() {
+        eprintln!(
+            "warning: /k8s/admission and /k8s/mutate answer any caller: set [admission] client_ca (mTLS) or token_sha256_env, or serve them on [admission] listen behind a NetworkPolicy{}",
+            if config.admission.listen.is_some() { " (listen is set: make sure a NetworkPolicy admits only the API server)" } else { "" }
+        );
+    }
     match crate::load_policy(config) {
         Ok(p) => {
             println!(

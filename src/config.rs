@@ -50,6 +50,79 @@ pub struct Limits {
     /// Largest request body of the JSON APIs (verification, admission).
     pub admin_body_bytes: u64,
     pub header_bytes: u64,
+    /// Reading a request head (and waiting for the next one on a kept-alive connection).
+    pub head_timeout: Duration,
+    /// A response the client does not read, or a request body it does not send, for this long
+    /// ends the connection.
+    pub idle_timeout: Duration,
+    /// Connections at once, on each listener; past it new ones wait up to `head_timeout`.
+    pub max_connections: usize,
+    /// Connections at once from one TCP peer (trusted proxies excepted); past it, refused.
+    pub per_client_connections: usize,
+    /// Peers whose `X-Forwarded-For` names the client (a load balancer in front of the gate).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An address block (`10.0.0.0/8`, `fd00::/8`) or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let bad = || format!("{s:?} is not an address or address/prefix");
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 peer seen as an IPv4-mapped IPv6 address is the same peer.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `[admission]`: the Kubernetes webhooks on a listener of their own, and what the API server
+/// must present there.
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionConfig {
+    /// When set, `/k8s/*` is served only here (and is absent from `listen`).
+    pub listen: Option<SocketAddr>,
+    /// Client certificates (mTLS) from this CA are required on the admission listener.
+    pub client_ca: Option<PathBuf>,
+    /// SHA-256 of the bearer token the API server sends (`token_sha256_env`).
+    pub token_sha256: Option<crate::policy::Sha256>,
+}
+
+impl AdmissionConfig {
+    /// Is anything more than the network guarding `/k8s/*`?
+    pub fn is_guarded(&self) -> bool {
+        self.client_ca.is_some() || self.token_sha256.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +214,7 @@ pub struct Config {
     /// The one Sigstore trusted root of both gates (keyless signatures, log entries,
     /// timestamps), read offline.
     pub trusted_root: Option<PathBuf>,
+    pub admission: AdmissionConfig,
     pub pypi: PypiConfig,
     pub oci: OciConfig,
     pub admin: AdminConfig,
@@ -172,6 +246,7 @@ struct RawConfig {
     cache_max_bytes: Option<String>,
     limits: Option<RawLimits>,
     tls: Option<RawTls>,
+    admission: Option<RawAdmission>,
     trusted_root: Option<String>,
     pypi: Option<RawPypi>,
     oci: Option<RawOci>,
@@ -210,6 +285,20 @@ struct RawLimits {
     signatures: Option<u32>,
     header_bytes: Option<String>,
     admin_body_bytes: Option<String>,
+    head_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
+    per_client_connections: Option<u32>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmission {
+    listen: Option<String>,
+    client_ca: Option<String>,
+    token_sha256_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -400,12 +489,49 @@ impl Config {
         };
         let cache_max_bytes = size("cache_max_bytes", raw.cache_max_bytes.as_ref(), 200 << 30)?;
         let rl = raw.limits.unwrap_or_default();
+        let duration =
+            |key: &str, v: Option<&String>, default: u64| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(Duration::from_secs(default)),
+                    Some(s) => parse_duration(s)
+                        .map_err(|e| invalid(line_of(key), format!("{key}: {e}")))
+                        .and_then(|d| {
+                            if d.is_zero() {
+                                Err(invalid(line_of(key), format!("{key} must be more than 0s")))
+                            } else {
+                                Ok(d)
+                            }
+                        }),
+                }
+            };
+        let count = |key: &str, v: Option<u32>, default: u32| -> Result<usize, ConfigError> {
+            match v.unwrap_or(default) {
+                0 => Err(invalid(line_of(key), format!("{key} must be at least 1"))),
+                n => Ok(n as usize),
+            }
+        };
         let limits = Limits {
             signatures: rl.signatures.unwrap_or(64).clamp(1, 1024) as usize,
             page_bytes: size("page_bytes", rl.page_bytes.as_ref(), 4 << 20)?,
             manifest_bytes: size("manifest_bytes", rl.manifest_bytes.as_ref(), 4 << 20)?,
             admin_body_bytes: size("admin_body_bytes", rl.admin_body_bytes.as_ref(), 1 << 20)?,
             header_bytes: size("header_bytes", rl.header_bytes.as_ref(), 16 << 10)?,
+            head_timeout: duration("head_timeout", rl.head_timeout.as_ref(), 10)?,
+            idle_timeout: duration("idle_timeout", rl.idle_timeout.as_ref(), 60)?,
+            max_connections: count("max_connections", rl.max_connections, 10_000)?,
+            per_client_connections: count(
+                "per_client_connections",
+                rl.per_client_connections,
+                256,
+            )?,
+            trusted_proxies: rl
+                .trusted_proxies
+                .iter()
+                .map(|p| IpNet::parse(p))
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    invalid(line_of("trusted_proxies"), format!("trusted_proxies: {e}"))
+                })?,
         };
         // Accepted for forward compatibility of config files; the parts that use them are not
         // in this build, but a bad value is still an error now rather than later.
@@ -435,6 +561,45 @@ impl Config {
             cert: resolve(&t.cert),
             key: resolve(&t.key),
         });
+
+        let rad = raw.admission.unwrap_or_default();
+        let admission = AdmissionConfig {
+            listen: match &rad.listen {
+                None => None,
+                Some(l) => Some(l.parse::<SocketAddr>().map_err(|e| {
+                    invalid(
+                        line_of("[admission]"),
+                        format!("[admission] listen {l:?}: {e}"),
+                    )
+                })?),
+            },
+            client_ca: rad.client_ca.as_deref().map(resolve),
+            token_sha256: match &rad.token_sha256_env {
+                None => None,
+                Some(var) => {
+                    let v = std::env::var(var).map_err(|_| {
+                        invalid(
+                            line_of("token_sha256_env"),
+                            format!("[admission] token_sha256_env: environment variable {var} is not set"),
+                        )
+                    })?;
+                    Some(crate::policy::Sha256::parse(v.trim()).map_err(|_| {
+                        invalid(
+                            line_of("token_sha256_env"),
+                            format!("[admission] token_sha256_env: {var} is not a hex SHA-256"),
+                        )
+                    })?)
+                }
+            },
+        };
+        // A client certificate is part of a TLS handshake: mTLS needs the gate to serve TLS.
+        if admission.client_ca.is_some() && tls.is_none() {
+            return Err(invalid(
+                line_of("client_ca"),
+                "[admission] client_ca needs [tls] (client certificates are a TLS handshake)"
+                    .into(),
+            ));
+        }
 
         let rp = raw.pypi.unwrap_or_default();
         let page_ttl = match rp.page_ttl {
@@ -691,6 +856,7 @@ impl Config {
             cache_max_bytes,
             limits,
             tls,
+            admission,
             trusted_root,
             admin: AdminConfig {
                 listen: admin_listen,

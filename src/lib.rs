@@ -5,6 +5,7 @@ pub mod admission;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod fetch;
 pub mod metrics;
@@ -454,9 +455,13 @@ pub fn app(state: Arc<AppState>) -> Router {
     let mut r = Router::new()
         .merge(pypi::routes())
         .merge(oci::routes())
-        .merge(admission::routes());
+        .merge(admission::verify_routes());
     if state.config.admin.listen.is_none() {
         r = r.merge(admin::routes(state.clone()));
+    }
+    // With `[admission] listen`, the webhooks are served there only.
+    if state.config.admission.listen.is_none() {
+        r = r.merge(admission::webhook_routes(state.clone()));
     }
     r.route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -466,6 +471,16 @@ pub fn app(state: Arc<AppState>) -> Router {
             state.clone(),
             admin::pull_guard,
         ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
+        .with_state(state)
+}
+
+/// The admission webhooks alone, for `[admission] listen`.
+pub fn admission_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(admission::webhook_routes(state.clone()))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { ApiError::NotFound("not found".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
@@ -507,7 +522,42 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
 }
 
 /// Limits the request target and counts every response by route class.
-async fn edge(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn edge(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    // The client, once: the TCP peer, or the forwarded client when the peer is a trusted proxy.
+    if let Some(peer) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+    {
+        let ip = conn::client_ip(peer, req.headers(), &st.config.limits.trusted_proxies);
+        req.extensions_mut().insert(conn::ClientIp(ip));
+    }
+    // A request body that stops arriving for idle_timeout ends the request (the APIs that take
+    // bodies read them whole; a client trickling one must not hold a worker).
+    if matches!(
+        *req.method(),
+        axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH
+    ) {
+        let idle = st.config.limits.idle_timeout;
+        let (parts, body) = req.into_parts();
+        let timed =
+            futures_util::stream::unfold(Some(body.into_data_stream()), move |stream| async move {
+                use futures_util::StreamExt;
+                let mut s = stream?;
+                match tokio::time::timeout(idle, s.next()).await {
+                    Ok(Some(item)) => Some((item, Some(s))),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(axum::Error::new(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the request body stopped arriving",
+                        ))),
+                        None,
+                    )),
+                }
+            });
+        req = Request::from_parts(parts, axum::body::Body::from_stream(timed));
+    }
     let path = req.uri().path();
     let route = if path.starts_with("/simple") {
         Route::Simple

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub connections_timed_out: AtomicU64,
     signature_checks: AtomicU64,
     signature_check_micros: AtomicU64,
 }
@@ -277,6 +280,24 @@ impl Metrics {
                 "Failed authentications on the admin API (missing, unknown, expired or revoked credentials).",
                 "counter",
                 &self.auth_failures,
+            ),
+            (
+                "tollgate_connections_open",
+                "Client connections open, on every listener.",
+                "gauge",
+                &self.connections_open,
+            ),
+            (
+                "tollgate_connections_refused_total",
+                "Connections closed at once: over per_client_connections, or no slot under max_connections within head_timeout.",
+                "counter",
+                &self.connections_refused,
+            ),
+            (
+                "tollgate_connections_timed_out_total",
+                "Connections ended because the client stopped reading a response for idle_timeout.",
+                "counter",
+                &self.connections_timed_out,
             ),
             (
                 "tollgate_allowlist_reloads_total",

@@ -13,140 +13,182 @@ use crate::{app, AppState};
 /// How long in-flight requests get to finish after SIGTERM / Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// One listener: which app it serves, where, and how clients must present themselves.
+struct Listener {
+    what: &'static str,
+    addr: SocketAddr,
+    app: axum::Router,
+    /// TLS, optionally requiring client certificates from this CA (mTLS).
+    tls: Option<(crate::config::Tls, Option<std::path::PathBuf>)>,
+}
+
 pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
     let cfg = state.config.clone();
-    let handle = Handle::new();
-    let admin_handle = Handle::new();
-    tokio::spawn(signals(
-        state.clone(),
-        vec![handle.clone(), admin_handle.clone()],
-    ));
-    *state.admin_handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(admin_handle.clone());
-    let admin_server = cfg
-        .admin
-        .listen
-        .map(|addr| tokio::spawn(serve_admin(state.clone(), addr, admin_handle.clone())));
+    let tls = cfg.tls.clone();
+    let mut listeners = vec![Listener {
+        what: "gate",
+        addr: cfg.listen,
+        app: app(state.clone()),
+        tls: tls.clone().map(|t| (t, None)),
+    }];
+    if let Some(addr) = cfg.admin.listen {
+        listeners.push(Listener {
+            what: "admin API",
+            addr,
+            app: crate::admin_app(state.clone()),
+            tls: tls.clone().map(|t| (t, None)),
+        });
+    }
+    if let Some(addr) = cfg.admission.listen {
+        listeners.push(Listener {
+            what: "admission webhooks",
+            addr,
+            app: crate::admission_app(state.clone()),
+            tls: tls.clone().map(|t| (t, cfg.admission.client_ca.clone())),
+        });
+    }
+    if !cfg.admission.is_guarded() {
+        tracing::warn!(
+            "/k8s/admission and /k8s/mutate accept any caller: set [admission] client_ca or token_sha256_env, or serve them on [admission] listen behind a NetworkPolicy"
+        );
+    }
+    let handles: Vec<Handle> = listeners.iter().map(|_| Handle::new()).collect();
+    tokio::spawn(signals(state.clone(), handles.clone()));
+    *state.admin_handle.lock().unwrap_or_else(|p| p.into_inner()) = handles.get(1).cloned();
 
-    let svc = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let h2 = handle.clone();
-    let admin_ready = cfg.admin.listen.map(|_| admin_handle.clone());
+    // The ready line comes once every listener accepts connections; printed on stdout so
+    // scripts can find ephemeral ports (listen = "127.0.0.1:0").
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let names: Vec<&'static str> = listeners.iter().map(|l| l.what).collect();
+    let waiting = handles.clone();
     tokio::spawn(async move {
-        if let Some(addr) = h2.listening().await {
-            // The ready line comes once every listener accepts connections.
-            if let Some(admin) = admin_ready {
-                if admin.listening().await.is_none() {
-                    return;
-                }
+        let mut addrs = Vec::new();
+        for h in &waiting {
+            match h.listening().await {
+                Some(a) => addrs.push(a),
+                None => return,
             }
-            // Printed on stdout so scripts can find an ephemeral port (listen = "127.0.0.1:0").
-            println!("tollgate listening on {scheme}://{addr}");
-            tracing::info!(%addr, "listening");
+        }
+        for (i, (what, addr)) in names.iter().zip(&addrs).enumerate().rev() {
+            match (i, *what) {
+                (0, _) => println!("tollgate listening on {scheme}://{addr}"),
+                (_, "admin API") => println!("tollgate admin listening on {scheme}://{addr}"),
+                _ => println!("tollgate admission listening on {scheme}://{addr}"),
+            }
+            tracing::info!(%addr, listener = what, "listening");
         }
     });
-    // hyper's read buffer bounds the request head: larger headers get 431.
     let header_limit = (cfg.limits.header_bytes as usize).max(8192);
-    let main_handle = handle.clone();
-    let main = async {
-        let served = match &cfg.tls {
-            Some(tls) => {
-                crate::fetch::install_crypto_provider();
-                let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "tls: cannot load {} / {}: {e}",
-                            tls.cert.display(),
-                            tls.key.display()
-                        )
-                    })?;
-                let mut server = axum_server::bind_rustls(cfg.listen, rustls).handle(main_handle);
-                server.http_builder().http1().max_buf_size(header_limit);
-                server.serve(svc).await
-            }
-            None => {
-                let mut server = axum_server::bind(cfg.listen).handle(main_handle);
-                server.http_builder().http1().max_buf_size(header_limit);
-                server.serve(svc).await
-            }
-        };
-        served.map_err(|e| format!("cannot serve on {}: {e}", cfg.listen))
-    };
-    // Both listeners live and die together: one that fails takes the other down, so the gate
-    // never runs half-configured (or hangs waiting on a listener that is gone).
-    let result = match admin_server {
-        None => main.await,
-        Some(mut admin) => {
-            tokio::pin!(main);
-            tokio::select! {
-                r = &mut main => {
-                    state.ready.store(false, Relaxed);
-                    admin_handle_stop(&state);
-                    let _ = admin.await;
-                    r
-                }
-                a = &mut admin => {
-                    let failed = match a {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(e),
-                        Err(e) => Some(e.to_string()),
-                    };
-                    if failed.is_some() {
-                        state.ready.store(false, Relaxed);
-                        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
-                    }
-                    let r = main.await;
-                    match failed {
-                        Some(e) => Err(e),
-                        None => r,
-                    }
-                }
-            }
+    let running: Vec<_> = listeners
+        .into_iter()
+        .zip(handles.iter().cloned())
+        .map(|(l, h)| {
+            let limits = crate::conn::ConnLimits::new(&cfg.limits, state.metrics.clone());
+            Box::pin(listen(l, h, limits, header_limit, cfg.limits.head_timeout))
+        })
+        .collect();
+    // Every listener lives and dies with the others: one that fails takes the rest down, so the
+    // gate never runs half-configured (or hangs waiting on a listener that is gone).
+    let (first, _, rest) = futures_util::future::select_all(running).await;
+    state.ready.store(false, Relaxed);
+    for h in &handles {
+        h.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    }
+    let mut result = first;
+    for r in futures_util::future::join_all(rest).await {
+        if result.is_ok() {
+            result = r;
         }
-    };
-    // Everything recorded before the listener closed is stored before the process exits.
+    }
+    // Everything recorded before the listeners closed is stored before the process exits.
     state.audit.flush().await;
     result
 }
 
-/// Stops the admin listener when the main one has stopped.
-fn admin_handle_stop(state: &Arc<AppState>) {
-    if let Some(h) = state
-        .admin_handle
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
-        h.graceful_shutdown(Some(SHUTDOWN_GRACE));
-    }
+/// Serves one listener with the connection limits of `[limits]` (caps, head and idle timeouts)
+/// and its TLS, until its handle shuts it down.
+async fn listen(
+    l: Listener,
+    handle: Handle,
+    limits: Arc<crate::conn::ConnLimits>,
+    header_limit: usize,
+    head_timeout: Duration,
+) -> Result<(), String> {
+    let svc = l.app.into_make_service_with_connect_info::<SocketAddr>();
+    let guard = crate::conn::GuardAcceptor::new(limits);
+    let what = l.what;
+    let addr = l.addr;
+    let configure =
+        |b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>| {
+            // hyper's read buffer bounds the request head (larger heads get 431), and its header
+            // read timeout bounds how long a head may take, or a kept-alive connection may wait for
+            // the next one: a slowloris client is dropped after head_timeout.
+            b.http1()
+                .max_buf_size(header_limit)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(head_timeout);
+            b.http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(head_timeout))
+                .keep_alive_timeout(head_timeout);
+        };
+    let served = match l.tls {
+        Some((tls, client_ca)) => {
+            crate::fetch::install_crypto_provider();
+            let config = rustls_config(&tls, client_ca.as_deref())?;
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .handshake_timeout(head_timeout)
+                .acceptor(guard);
+            let mut server = axum_server::bind(addr).acceptor(acceptor).handle(handle);
+            configure(server.http_builder());
+            server.serve(svc).await
+        }
+        None => {
+            let mut server = axum_server::bind(addr).acceptor(guard).handle(handle);
+            configure(server.http_builder());
+            server.serve(svc).await
+        }
+    };
+    served.map_err(|e| format!("cannot serve the {what} on {addr}: {e}"))
 }
 
-/// `[admin] listen`: the admin API on a listener of its own (TLS when the gate has TLS).
-async fn serve_admin(state: Arc<AppState>, addr: SocketAddr, handle: Handle) -> Result<(), String> {
-    let cfg = state.config.clone();
-    let svc = crate::admin_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let h2 = handle.clone();
-    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    tokio::spawn(async move {
-        if let Some(a) = h2.listening().await {
-            println!("tollgate admin listening on {scheme}://{a}");
-            tracing::info!(addr = %a, "admin API listening");
+/// The server's TLS configuration; with `client_ca`, a client certificate chaining to it is
+/// required in the handshake (mTLS), so nothing else can even send a request.
+fn rustls_config(
+    tls: &crate::config::Tls,
+    client_ca: Option<&std::path::Path>,
+) -> Result<RustlsConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|i| i.collect())
+        .map_err(|e| format!("tls: cannot load {}: {e}", tls.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| format!("tls: cannot load {}: {e}", tls.key.display()))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("[admission] client_ca {}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("[admission] client_ca {}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("[admission] client_ca {}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| format!("[admission] client_ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
         }
-    });
-    let result = match &cfg.tls {
-        Some(tls) => {
-            crate::fetch::install_crypto_provider();
-            let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                .await
-                .map_err(|e| format!("tls: {e}"))?;
-            axum_server::bind_rustls(addr, rustls)
-                .handle(handle)
-                .serve(svc)
-                .await
-        }
-        None => axum_server::bind(addr).handle(handle).serve(svc).await,
     };
-    result.map_err(|e| format!("cannot serve the admin API on {addr}: {e}"))
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls: {} / {}: {e}", tls.cert.display(), tls.key.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(RustlsConfig::from_config(Arc::new(config)))
 }
 
 async fn signals(state: Arc<AppState>, handles: Vec<Handle>) {

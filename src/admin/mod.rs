@@ -79,14 +79,14 @@ fn required(method: &Method, path: &str) -> Option<Role> {
     })
 }
 
+/// The client (forwarded through a trusted proxy, see `conn::client_ip`), and whether the TCP
+/// peer itself is on this machine (credentials in clear are accepted only from there).
 fn client_of(req: &Request) -> (String, bool) {
-    match req
+    let loopback = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        Some(c) => (c.0.ip().to_string(), c.0.ip().is_loopback()),
-        None => ("unknown".into(), false),
-    }
+        .is_some_and(|c| c.0.ip().is_loopback());
+    (crate::conn::client_in(req.extensions()), loopback)
 }
 
 async fn audit_auth(st: &AppState, client: &str, reason: &str, detail: String, path: &str) {

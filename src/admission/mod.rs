@@ -16,11 +16,60 @@ use crate::error::ApiError;
 use crate::oci::service::Verification;
 use crate::AppState;
 
-pub fn routes() -> Router<Arc<AppState>> {
+/// `POST /api/v1/verify`: on the gate's main listener.
+pub fn verify_routes() -> Router<Arc<AppState>> {
+    Router::new().route("/api/v1/verify", post(verify))
+}
+
+/// `/k8s/admission` and `/k8s/mutate`, behind the API server's bearer token when
+/// `[admission] token_sha256_env` is set (a client certificate, when `client_ca` is, is checked
+/// in the TLS handshake of the admission listener).
+pub fn webhook_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
-        .route("/api/v1/verify", post(verify))
         .route("/k8s/admission", post(admission))
         .route("/k8s/mutate", post(mutate))
+        .layer(axum::middleware::from_fn_with_state(state, webhook_guard))
+}
+
+/// The API server's bearer token, compared by its SHA-256 without early exit; anything else is
+/// 401 (the API server then fails the webhook call, and the webhook's failurePolicy decides).
+async fn webhook_guard(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(want) = st.config.admission.token_sha256 else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| {
+            crate::policy::Sha256::from_bytes(
+                <sha2::Sha256 as sha2::Digest>::digest(t.trim().as_bytes()).into(),
+            )
+        });
+    let ok = given.is_some_and(|g| {
+        g.as_bytes()
+            .iter()
+            .zip(want.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    });
+    if !ok {
+        let client = ClientOf::of(&req);
+        tracing::warn!(client = %client.0 .0, path = %req.uri().path(), "admission webhook call without the API server's token");
+        st.metrics
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return ApiError::Unauthorized(
+            "the admission webhooks need the API server's bearer token".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 #[derive(Deserialize)]
@@ -273,6 +322,12 @@ async fn mutate(State(st): State<Arc<AppState>>, client: ClientOf, req: Request)
 /// The requesting address, for the audit record.
 struct ClientOf(crate::pypi::service::Client);
 
+impl ClientOf {
+    fn of(req: &Request) -> ClientOf {
+        ClientOf(crate::pypi::client_of(req))
+    }
+}
+
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientOf {
     type Rejection = std::convert::Infallible;
 
@@ -281,11 +336,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientOf {
         _: &S,
     ) -> Result<Self, Self::Rejection> {
         Ok(ClientOf(crate::pypi::service::Client(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-                .unwrap_or_else(|| "unknown".into()),
+            crate::conn::client_in(&parts.extensions),
         )))
     }
 }

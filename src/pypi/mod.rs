@@ -6,10 +6,9 @@ pub mod service;
 pub mod upstream;
 pub mod wheel;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,12 +41,7 @@ fn redirect(location: &str) -> Response {
 }
 
 pub fn client_of(req: &Request) -> Client {
-    Client(
-        req.extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".into()),
-    )
+    Client(crate::conn::client_in(req.extensions()))
 }
 
 #[derive(serde::Deserialize)]
