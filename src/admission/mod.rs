@@ -340,3 +340,29 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientOf {
         )))
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// AdmissionReview bodies: arbitrary bytes, and reviews whose Pod holds values of every
+        /// JSON type where images and volumes go. Every image pointer names a string place.
+        #[test]
+        fn reviews(bytes in proptest::collection::vec(any::<u8>(), 0..512), image in prop_oneof![Just(serde_json::json!(1)), Just(serde_json::json!(null)), "[ -~]{0,40}".prop_map(serde_json::Value::from), Just(serde_json::json!({"reference": 3})), Just(serde_json::json!([]))]) {
+            let _ = serde_json::from_slice::<Review>(&bytes);
+            let pod = serde_json::json!({ "spec": {
+                "containers": [{ "image": image.clone() }, 7, null],
+                "initContainers": image.clone(),
+                "ephemeralContainers": [{}],
+                "volumes": [{ "image": image.clone() }, { "image": { "reference": image } }, "x"]
+            }});
+            for (pointer, _) in pod_images(&pod) {
+                prop_assert!(pointer.starts_with("/spec/"));
+            }
+        }
+    }
+}

@@ -2240,6 +2240,44 @@ impl Oci {
 }
 
 #[cfg(test)]
+mod properties {
+    //! The manifest and artifact readers on hostile bytes (see tests/properties.rs for the
+    //! suite's other parsers): they answer, never panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_noise() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..512),
+            "[{}\\[\\]\":,0-9a-z ]{0,400}".prop_map(String::into_bytes),
+            // Shaped like a manifest, with hostile values.
+            ("[a-z./+-]{0,40}", "[a-z0-9:]{0,80}", 0u64..u64::MAX).prop_map(|(t, d, n)| {
+                format!(
+                    r#"{{"schemaVersion":2,"mediaType":"{t}","config":{{"mediaType":"{t}","digest":"{d}","size":{n}}},"layers":[{{"mediaType":"{t}","digest":"{d}","size":{n}}}],"subject":{{"digest":"{d}","size":1}},"manifests":[{{"digest":"{d}","size":{n},"artifactType":"{t}"}}]}}"#
+                )
+                .into_bytes()
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn manifest_readers(bytes in json_noise(), ct in "[a-z./+;= -]{0,60}") {
+            let _ = manifest_media_type(&ct, &bytes);
+            for kind in [ArtifactTag::Signature, ArtifactTag::Attestation, ArtifactTag::Referrers, ArtifactTag::Bundle] {
+                let _ = is_cosign_artifact(&ct, &bytes, kind);
+                let _ = payload_is(kind, &bytes);
+            }
+            let _ = bundle_artifact(&bytes);
+            let _ = artifact_config_ok(&bytes, &["sha256:00".to_string()]);
+            let _ = serde_json::from_slice::<ReferrersDoc>(&bytes);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::{manifest_media_type, next_page_last};
 

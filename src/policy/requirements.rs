@@ -111,6 +111,19 @@ pub fn parse_requirements(text: &str) -> Parsed {
             text: text.clone(),
             message,
         };
+        // pep508_rs 0.9 panics on a name that ends in `.`, `-` or `_` when more text follows
+        // it (`z. ==1`); PEP 508 §Names forbids such a name, so it is refused before parsing.
+        let lead: String = spec
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            .collect();
+        if lead.ends_with(['.', '-', '_']) {
+            out.problems.push(problem(format!(
+                "not a PEP 508 requirement: the name {lead:?} must end with a letter or digit"
+            )));
+            continue;
+        }
         let req = match Requirement::from_str(spec.trim()) {
             Ok(r) => r,
             Err(e) => {
@@ -336,6 +349,20 @@ pub fn to_allowlist_toml(pinned: &[Pinned]) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the property tests (tests/properties.rs): pep508_rs panicked on these.
+    #[test]
+    fn names_ending_in_punctuation_are_problems_not_panics() {
+        for text in [
+            "z. ==1",
+            "z.;python_version>'3'",
+            "a_ [x]",
+            "b- @ https://x",
+        ] {
+            let p = super::parse_requirements(text);
+            assert_eq!(p.problems.len(), 1, "{text}");
+        }
+    }
+
     use super::*;
 
     const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
