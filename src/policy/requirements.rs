@@ -70,6 +70,33 @@ fn exact_version(req: &Requirement) -> Result<Version, String> {
 }
 
 /// Parses a requirements file in pip's format.
+/// pep508_rs 0.9 panics on a name or an extra that ends in `.`, `-` or `_` when more text
+/// follows it (`z. ==1`, `a[2-]`); PEP 508 §Names forbids both, so they are refused here first.
+fn unparseable_name(spec: &str) -> Option<String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let bad_end = |n: &str| n.ends_with(['.', '-', '_']) || n.starts_with(['.', '-', '_']);
+    let s = spec.trim_start();
+    let lead: String = s.chars().take_while(|c| is_name(*c)).collect();
+    if bad_end(&lead) {
+        return Some(format!(
+            "the name {lead:?} must start and end with a letter or digit"
+        ));
+    }
+    let rest = s[lead.len()..].trim_start();
+    if let Some(extras) = rest.strip_prefix('[') {
+        let extras = extras.split(']').next().unwrap_or_default();
+        for e in extras.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let word: String = e.chars().take_while(|c| is_name(*c)).collect();
+            if bad_end(&word) {
+                return Some(format!(
+                    "the extra {e:?} must start and end with a letter or digit"
+                ));
+            }
+        }
+    }
+    None
+}
+
 pub fn parse_requirements(text: &str) -> Parsed {
     let mut out = Parsed::default();
     // Join `\` continuations, remembering the first line of each logical line.
@@ -111,24 +138,24 @@ pub fn parse_requirements(text: &str) -> Parsed {
             text: text.clone(),
             message,
         };
-        // pep508_rs 0.9 panics on a name that ends in `.`, `-` or `_` when more text follows
-        // it (`z. ==1`); PEP 508 §Names forbids such a name, so it is refused before parsing.
-        let lead: String = spec
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-            .collect();
-        if lead.ends_with(['.', '-', '_']) {
-            out.problems.push(problem(format!(
-                "not a PEP 508 requirement: the name {lead:?} must end with a letter or digit"
-            )));
+        if let Some(m) = unparseable_name(spec) {
+            out.problems
+                .push(problem(format!("not a PEP 508 requirement: {m}")));
             continue;
         }
-        let req = match Requirement::from_str(spec.trim()) {
-            Ok(r) => r,
-            Err(e) => {
+        // Whatever else pep508_rs still panics on (the property tests found two) is a problem
+        // with this line, not the end of the command.
+        let parsed = std::panic::catch_unwind(|| Requirement::from_str(spec.trim()));
+        let req = match parsed {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 out.problems
                     .push(problem(format!("not a PEP 508 requirement: {}", e.message)));
+                continue;
+            }
+            Err(_) => {
+                out.problems
+                    .push(problem("not a PEP 508 requirement".to_string()));
                 continue;
             }
         };

@@ -94,13 +94,22 @@ const TABLES: [TableDefinition<&str, &[u8]>; 14] = [
     REVOKED,
 ];
 
+/// The store's page cache in memory.
+const STORE_CACHE_BYTES: usize = 32 << 20;
+
 pub struct Store {
     db: Database,
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = match Database::create(path) {
+        // redb keeps up to 1 GiB of pages in memory by default; the gate's working set (pins,
+        // links, the recent audit tail) is far smaller, and a flood of audited denials must
+        // not turn into resident memory.
+        let db = match Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked(path.display().to_string()))
