@@ -538,3 +538,48 @@ fn verify_bundle(a: &VerifyBundle) -> Result<String, String> {
         _ => Err("give --key, or --certificate-identity with --certificate-oidc-issuer".into()),
     }
 }
+
+/// `tollgate cache verify`: hashes every file of the cache against its name (a file is named
+/// by its sha256); exit 1 naming each that does not match. Reads files only, so it runs beside
+/// a running gate (which re-checks them itself when they are first served, and in a
+/// background scrub).
+pub fn cache_verify(config: &Config) -> i32 {
+    let root = config.data_dir.join("cache");
+    let Ok(shards) = std::fs::read_dir(&root) else {
+        println!("no cache at {}", root.display());
+        return 0;
+    };
+    let (mut files, mut bytes, mut bad) = (0u64, 0u64, Vec::new());
+    for shard in shards.flatten() {
+        let Ok(entries) = std::fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for f in entries.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Ok(want) = crate::policy::Sha256::parse_canonical(&name) else {
+                continue;
+            };
+            files += 1;
+            bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+            match crate::fetch::hash_file(&f.path()) {
+                Some(h) if h == want => {}
+                Some(h) => bad.push(format!("{name}: the bytes hash to {h}")),
+                None => bad.push(format!("{name}: unreadable")),
+            }
+        }
+    }
+    for b in &bad {
+        eprintln!("damaged: {b}");
+    }
+    println!(
+        "{files} cached file(s), {} MiB checked, {} damaged{}",
+        bytes >> 20,
+        bad.len(),
+        if bad.is_empty() {
+            String::new()
+        } else {
+            " (the gate never serves them: it evicts each when it meets it; delete them to reclaim the space now)".into()
+        }
+    );
+    i32::from(!bad.is_empty())
+}

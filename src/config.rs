@@ -209,6 +209,8 @@ pub struct Config {
     pub allowlist_dir: PathBuf,
     pub public_url: Option<String>,
     pub cache_max_bytes: u64,
+    /// Bytes per second the background scrub re-hashes cached files at (0: off).
+    pub cache_scrub_rate: u64,
     pub limits: Limits,
     pub tls: Option<Tls>,
     /// The one Sigstore trusted root of both gates (keyless signatures, log entries,
@@ -244,6 +246,7 @@ struct RawConfig {
     allowlist_dir: Option<String>,
     public_url: Option<String>,
     cache_max_bytes: Option<String>,
+    cache_scrub_rate: Option<String>,
     limits: Option<RawLimits>,
     tls: Option<RawTls>,
     admission: Option<RawAdmission>,
@@ -488,6 +491,14 @@ impl Config {
             }
         };
         let cache_max_bytes = size("cache_max_bytes", raw.cache_max_bytes.as_ref(), 200 << 30)?;
+        let cache_scrub_rate = match raw.cache_scrub_rate.as_deref() {
+            Some("0") => 0,
+            v => size(
+                "cache_scrub_rate",
+                v.map(|s| s.trim_end_matches("/s").to_string()).as_ref(),
+                16 << 20,
+            )?,
+        };
         let rl = raw.limits.unwrap_or_default();
         let duration =
             |key: &str, v: Option<&String>, default: u64| -> Result<Duration, ConfigError> {
@@ -854,6 +865,7 @@ impl Config {
             allowlist_dir: resolve(raw.allowlist_dir.as_deref().unwrap_or("allowlists")),
             public_url,
             cache_max_bytes,
+            cache_scrub_rate,
             limits,
             tls,
             admission,

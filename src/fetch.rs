@@ -366,9 +366,81 @@ impl Fetcher {
         Download::Done
     }
 
-    /// Serves verified cached bytes, honouring a single `Range: bytes=` (RFC 9110 §14).
+    /// The size of a cached file that may be served: bytes on disk are checked again once per
+    /// run (someone may have edited `data_dir` while the gate was stopped). Files up to
+    /// `VERIFY_FIRST_BYTES` are hashed whole here, so a damaged one is fetched again for this
+    /// very request (`None`); larger ones are hashed while they stream (`serve_cached`).
+    pub async fn cached(&self, sha: &Sha256) -> Option<u64> {
+        let size = self.cache.lookup(sha)?;
+        if self.cache.is_verified(sha) || size > VERIFY_FIRST_BYTES {
+            return Some(size);
+        }
+        self.check_cached(sha).await.then_some(size)
+    }
+
+    /// Hashes a cached file against its name; a mismatch is evicted, audited and counted.
+    pub async fn check_cached(&self, sha: &Sha256) -> bool {
+        let path = self.cache.path(sha);
+        let actual = tokio::task::spawn_blocking(move || hash_file(&path))
+            .await
+            .ok()
+            .flatten();
+        if actual.as_ref() == Some(sha) {
+            self.cache.mark_verified(sha);
+            return true;
+        }
+        self.tampered(sha, actual).await;
+        false
+    }
+
+    async fn tampered(&self, sha: &Sha256, actual: Option<Sha256>) {
+        self.metrics.cache_tampered.fetch_add(1, Relaxed);
+        tracing::error!(%sha, actual = ?actual.map(|a| a.hex()), "a cached file no longer matches its hash; evicted, never served");
+        let ev = AuditEvent::about("cache.verify", sha.hex(), None, Some(sha.hex()), "gate");
+        self.audit
+            .record(AuditEvent {
+                actual_sha256: actual.map(|a| a.hex()),
+                ..ev.deny(
+                    "cache_tampered",
+                    "the cached bytes no longer match their sha256; evicted and fetched again when asked for".into(),
+                )
+            })
+            .await;
+        self.cache.evict(sha).await;
+    }
+
+    /// Re-checks cached files not yet verified in this run, `rate` bytes per second at most,
+    /// so that tampering is found even in files nobody asks for.
+    pub async fn scrub(self: Arc<Self>, rate: u64) {
+        if rate == 0 {
+            return;
+        }
+        loop {
+            let batch = self.cache.unverified(64);
+            if batch.is_empty() {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+            for (sha, size) in batch {
+                let started = std::time::Instant::now();
+                if self.cache.lookup(&sha).is_some() && !self.cache.is_verified(&sha) {
+                    self.check_cached(&sha).await;
+                    self.metrics.cache_scrubbed.fetch_add(1, Relaxed);
+                }
+                let budget = Duration::from_secs_f64(size as f64 / rate as f64);
+                if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+            }
+        }
+    }
+
+    /// Serves verified cached bytes, honouring a single `Range: bytes=` (RFC 9110 §14). A file
+    /// not yet re-checked in this run is hashed while it streams, its last chunk held back
+    /// until the hash matched (a mismatch cuts the response off and evicts it); a range of
+    /// such a file is served after a whole check.
     pub async fn serve_cached(
-        &self,
+        self: &Arc<Self>,
         sha: &Sha256,
         size: u64,
         head: bool,
@@ -410,6 +482,12 @@ impl Fetcher {
                 .body(Body::empty())
                 .map_err(|e| ApiError::Internal(e.to_string()));
         }
+        let verified = self.cache.is_verified(sha);
+        if !verified && status == StatusCode::PARTIAL_CONTENT && !self.check_cached(sha).await {
+            return Err(ApiError::Unavailable(
+                "the cached copy was damaged and has been removed; ask again".into(),
+            ));
+        }
         let mut file = tokio::fs::File::open(self.cache.path(sha))
             .await
             .map_err(|e| ApiError::Internal(format!("cached file: {e}")))?;
@@ -420,7 +498,55 @@ impl Fetcher {
         }
         self.metrics.cache_bytes_served.fetch_add(len, Relaxed);
         let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 512 * 1024);
-        b.body(Body::from_stream(stream))
+        if verified || status == StatusCode::PARTIAL_CONTENT {
+            return b
+                .body(Body::from_stream(stream))
+                .map_err(|e| ApiError::Internal(e.to_string()));
+        }
+        // Hash while streaming; the last chunk waits for the verdict.
+        struct Check {
+            inner: tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>>,
+            hasher: sha2::Sha256,
+            held: Option<Bytes>,
+            fetcher: Arc<Fetcher>,
+            sha: Sha256,
+        }
+        let check = Check {
+            inner: stream,
+            hasher: sha2::Sha256::new(),
+            held: None,
+            fetcher: self.clone(),
+            sha: *sha,
+        };
+        let body = futures_util::stream::unfold(Some(check), |state| async move {
+            let mut c = state?;
+            loop {
+                match c.inner.next().await {
+                    Some(Ok(chunk)) => {
+                        c.hasher.update(&chunk);
+                        if let Some(prev) = c.held.replace(chunk) {
+                            return Some((Ok(prev), Some(c)));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    None => {
+                        let actual = Sha256::from_bytes(c.hasher.finalize_reset().into());
+                        if actual == c.sha {
+                            c.fetcher.cache.mark_verified(&c.sha);
+                            return c.held.take().map(|last| (Ok(last), None));
+                        }
+                        c.fetcher.tampered(&c.sha, Some(actual)).await;
+                        return Some((
+                            Err(std::io::Error::other(
+                                "the cached bytes no longer match their sha256",
+                            )),
+                            None,
+                        ));
+                    }
+                }
+            }
+        });
+        b.body(Body::from_stream(body))
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
 }
@@ -442,6 +568,25 @@ async fn wait_download(mut rx: watch::Receiver<Download>) -> Result<(), Failure>
             };
         }
     }
+}
+
+/// Files up to this size are re-hashed whole before their first serve in a run.
+const VERIFY_FIRST_BYTES: u64 = 32 << 20;
+
+/// The sha256 of a file's bytes (`None`: unreadable).
+pub fn hash_file(path: &std::path::Path) -> Option<Sha256> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Some(Sha256::from_bytes(h.finalize().into()))
 }
 
 pub fn file_headers(
@@ -613,6 +758,59 @@ pub async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::parse_range;
+
+    /// A large cached file (hashed while it streams) edited on disk while the gate was
+    /// stopped: the response is cut off before its last byte, the file evicted and counted; an
+    /// intact one streams whole and is then trusted.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn edited_cached_bytes_are_cut_off_before_the_last_chunk() {
+        use super::*;
+        use http_body_util::BodyExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; (VERIFY_FIRST_BYTES + (3 << 20)) as usize];
+        let sha = Sha256::from_bytes(sha2::Sha256::digest(&data).into());
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb")).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        {
+            let cache = Cache::open(dir.path(), 1 << 40, store.clone(), metrics.clone()).unwrap();
+            let mut t = cache.temp_file().await.unwrap();
+            t.file.write_all(&data).await.unwrap();
+            assert!(cache.commit(t, sha, data.len() as u64, None).await.unwrap());
+        }
+        let (audit, _w) = Audit::start(metrics.clone(), Some(store.clone())).unwrap();
+        let serve = |fetcher: Arc<Fetcher>| async move {
+            let size = fetcher.cached(&sha).await.unwrap();
+            let resp = fetcher
+                .serve_cached(&sha, size, false, &HeaderMap::new(), "x", &[])
+                .await
+                .unwrap();
+            resp.into_body().collect().await.map(|b| b.to_bytes().len())
+        };
+        // A restart (a new cache over the same store): intact bytes stream whole.
+        let cache =
+            Arc::new(Cache::open(dir.path(), 1 << 40, store.clone(), metrics.clone()).unwrap());
+        assert!(!cache.is_verified(&sha));
+        let f = Arc::new(Fetcher::new(
+            cache.clone(),
+            metrics.clone(),
+            audit.clone(),
+            1 << 40,
+        ));
+        assert_eq!(serve(f.clone()).await.unwrap(), data.len());
+        assert!(cache.is_verified(&sha));
+        // Another restart after one byte was changed on disk.
+        let path = cache.path(&sha);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[1000] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let cache =
+            Arc::new(Cache::open(dir.path(), 1 << 40, store.clone(), metrics.clone()).unwrap());
+        let f = Arc::new(Fetcher::new(cache.clone(), metrics.clone(), audit, 1 << 40));
+        assert!(serve(f).await.is_err(), "tampered bytes were served whole");
+        assert!(cache.lookup(&sha).is_none(), "the tampered file is evicted");
+        assert!(!path.exists());
+        assert_eq!(metrics.cache_tampered.load(Relaxed), 1);
+    }
 
     /// The resolver is where the address check happens, so what it answers is what the
     /// client connects to: a name not configured that resolves only to loopback is refused.

@@ -119,6 +119,8 @@ impl AppState {
             audit.clone(),
             config.cache_max_bytes,
         ));
+        // Cached bytes are re-checked once per run: when served first, and in the background.
+        tokio::spawn(fetcher.clone().scrub(config.cache_scrub_rate));
         let oci = Arc::new(oci::service::Oci::new(
             &config,
             store.clone(),

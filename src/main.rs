@@ -49,10 +49,24 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The verified cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Sigstore tools.
     Sigstore {
         #[command(subcommand)]
         command: SigstoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Hash every cached file against its name; exit 1 naming each that does not match.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -212,6 +226,12 @@ fn main() -> ExitCode {
             command: AuditCommand::Verify { config: path },
         } => match config(path.as_ref()) {
             Ok(c) => code(tollgate::cli::audit_verify(&c)),
+            Err(e) => e,
+        },
+        Command::Cache {
+            command: CacheCommand::Verify { config: path },
+        } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::cache_verify(&c)),
             Err(e) => e,
         },
         Command::Sigstore {

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub cache_bytes_stored: AtomicU64,
     pub cache_store_failures: AtomicU64,
     pub cache_evictions: AtomicU64,
+    pub cache_tampered: AtomicU64,
+    pub cache_scrubbed: AtomicU64,
     pub cache_bytes: AtomicU64,
     pub stale_pages_served: AtomicU64,
     pub audit_events: AtomicU64,
@@ -244,6 +246,18 @@ impl Metrics {
                 "Verified files that could not be cached (disk full, I/O error).",
                 "counter",
                 &self.cache_store_failures,
+            ),
+            (
+                "tollgate_cache_tampered_total",
+                "Cached files whose bytes no longer matched their hash when re-checked (never served; evicted).",
+                "counter",
+                &self.cache_tampered,
+            ),
+            (
+                "tollgate_cache_scrubbed_total",
+                "Cached files re-checked by the background scrub.",
+                "counter",
+                &self.cache_scrubbed,
             ),
             (
                 "tollgate_cache_evictions_total",

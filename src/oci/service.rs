@@ -1207,9 +1207,7 @@ impl Oci {
         if !is_index(&rec.media_type) {
             return Ok(Ok(kind));
         }
-        let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
-            .await
-            .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
+        let (_, bytes) = self.fetch_manifest(reg, repo, digest).await?;
         let doc: ManifestDoc = serde_json::from_slice(&bytes)
             .map_err(|_| ApiError::BadUpstream(format!("manifest {digest} is not JSON")))?;
         for child in doc
@@ -1559,9 +1557,8 @@ impl Oci {
                 .body(Body::empty())
                 .map_err(|e| ApiError::Internal(e.to_string()).into());
         }
-        let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
-            .await
-            .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
+        // The bytes are checked against the digest as they are read back.
+        let (_, bytes) = self.fetch_manifest(reg, repo, &digest).await?;
         b.body(Body::from(bytes))
             .map_err(|e| ApiError::Internal(e.to_string()).into())
     }
@@ -1610,7 +1607,13 @@ impl Oci {
                 let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
                     .await
                     .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
-                return Ok((rec, bytes));
+                // A manifest is checked against its digest whenever it is read back (it is
+                // small): bytes edited on disk are evicted and fetched again.
+                if Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()) == *digest.sha() {
+                    return Ok((rec, bytes));
+                }
+                self.fetcher.check_cached(digest.sha()).await;
+                lock(&self.manifests).remove(digest);
             }
         }
         let resp = reg
@@ -2016,7 +2019,7 @@ impl Oci {
         )
         .await;
         let extra = [(DOCKER_CONTENT_DIGEST.clone(), digest.to_string())];
-        if let Some(sz) = self.fetcher.cache.lookup(digest.sha()) {
+        if let Some(sz) = self.fetcher.cached(digest.sha()).await {
             self.metrics.cache_hits.fetch_add(1, Relaxed);
             return Ok(self
                 .fetcher

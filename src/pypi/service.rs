@@ -704,7 +704,7 @@ impl Pypi {
         let (rules, _) = self
             .decide_file_request(lp, project, &sha, filename, "pypi.file", client)
             .await?;
-        if let Some(size) = self.cache.lookup(&sha) {
+        if let Some(size) = self.fetcher.cached(&sha).await {
             // Cached bytes are served only under the name they were verified as: otherwise a
             // pinned sdist could be fetched under a wheel's name past `wheels_only`.
             if !self.cache.verified_as(&sha, filename) {
@@ -842,7 +842,7 @@ impl Pypi {
             return Err(ApiError::BadUpstream(format!("{wheel_name}: {why}")));
         }
         if let Some(md) = known.and_then(|m| Sha256::parse(&m).ok()) {
-            if let Some(size) = self.cache.lookup(&md) {
+            if let Some(size) = self.fetcher.cached(&md).await {
                 return self
                     .fetcher
                     .serve_cached(
@@ -857,7 +857,7 @@ impl Pypi {
             }
         }
         // The wheel must be verified and cached first.
-        if self.cache.lookup(&sha).is_none() {
+        if self.fetcher.cached(&sha).await.is_none() {
             let (url, size) = self.locate(rules, project, &sha, wheel_name).await?;
             let job = self.job(rules, project, sha, wheel_name, url, size, client)?;
             self.fetcher.ensure_cached(sha, job).await?;

@@ -23,6 +23,10 @@ pub struct CacheRecord {
     /// The distribution filename the bytes were verified as (none for extracted metadata).
     #[serde(default)]
     pub filename: Option<String>,
+    /// Hashed and found matching since this process started (bytes on disk are re-checked
+    /// once per run: someone may have edited them while the gate was stopped).
+    #[serde(skip)]
+    pub verified: bool,
 }
 
 pub struct Cache {
@@ -114,6 +118,50 @@ impl Cache {
         Some(rec.size)
     }
 
+    /// Have these cached bytes been hashed and found matching since the process started?
+    pub fn is_verified(&self, sha: &Sha256) -> bool {
+        self.index
+            .lock()
+            .ok()
+            .and_then(|i| i.get(sha).map(|r| r.verified))
+            .unwrap_or(false)
+    }
+
+    pub fn mark_verified(&self, sha: &Sha256) {
+        if let Ok(mut idx) = self.index.lock() {
+            if let Some(r) = idx.get_mut(sha) {
+                r.verified = true;
+            }
+        }
+    }
+
+    /// Files in the cache not yet re-checked in this run (for the background scrub).
+    pub fn unverified(&self, at_most: usize) -> Vec<(Sha256, u64)> {
+        self.index
+            .lock()
+            .map(|i| {
+                i.iter()
+                    .filter(|(_, r)| !r.verified)
+                    .take(at_most)
+                    .map(|(s, r)| (*s, r.size))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes a cached file whose bytes no longer match their name.
+    pub async fn evict(&self, sha: &Sha256) {
+        let removed = self.index.lock().ok().and_then(|mut i| i.remove(sha));
+        let _ = tokio::fs::remove_file(self.path(sha)).await;
+        let store = self.store.clone();
+        let key = sha.hex();
+        let _ = tokio::task::spawn_blocking(move || store.remove_many(CACHED, &[key])).await;
+        if let Some(r) = removed {
+            let used = self.used.fetch_sub(r.size, Relaxed) - r.size;
+            self.metrics.cache_bytes.store(used, Relaxed);
+        }
+    }
+
     /// Were these bytes verified under this filename? (True for records that name none.)
     pub fn verified_as(&self, sha: &Sha256, filename: &str) -> bool {
         let Ok(idx) = self.index.lock() else {
@@ -166,6 +214,8 @@ impl Cache {
             size,
             last_access: now_secs(),
             filename: filename.map(str::to_string),
+            // The caller checked these bytes' hash just now.
+            verified: true,
         };
         let store = self.store.clone();
         let key = sha.hex();

@@ -21,6 +21,8 @@ pub enum StoreError {
     Decode(#[from] serde_json::Error),
     #[error("store: {0}")]
     Conflict(String),
+    #[error("the store {path} is damaged ({detail}). Stop the gate, move the file aside, and restore it from a backup, or start with an empty store (README: \"When the store is damaged\")")]
+    Damaged { path: String, detail: String },
 }
 
 macro_rules! from_redb {
@@ -106,15 +108,38 @@ impl Store {
         // redb keeps up to 1 GiB of pages in memory by default; the gate's working set (pins,
         // links, the recent audit tail) is far smaller, and a flood of audited denials must
         // not turn into resident memory.
-        let db = match Database::builder()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(path)
-        {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        };
+        // redb asserts (panics) on some damaged files, a truncated one among them: that is a
+        // damaged store to report, not a crash with a backtrace. The hook is silenced for the
+        // open only (start-up, before anything else runs).
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(|| {
+            Database::builder()
+                .set_cache_size(STORE_CACHE_BYTES)
+                .create(path)
+        });
+        std::panic::set_hook(hook);
+        let db = match opened {
+            Err(p) => {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unreadable".into());
+                return Err(damaged(why));
+            }
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
                 return Err(StoreError::Locked(path.display().to_string()))
             }
-            Err(e) => return Err(StoreError::Db(Box::new(e.into()))),
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)))) => {
+                return Err(damaged(d))
+            }
+            Ok(Err(e)) => return Err(StoreError::Db(Box::new(e.into()))),
         };
         let w = db.begin_write()?;
         for t in TABLES {
