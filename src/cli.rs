@@ -16,6 +16,10 @@ pub fn check(config: &Config) -> i32 {
             return 1;
         }
     };
+    if let Err(e) = crate::audit::Settings::from_config(&config.audit) {
+        eprintln!("error: {e}");
+        return 1;
+    }
     // The webhooks are a policy oracle and a tag resolver for whoever reaches them: say so
     // when nothing but the network guards them.
     if !config.admission.is_guarded() {
@@ -275,7 +279,8 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
                 )
                 .map_err(|e| e.to_string())?,
             );
-            let (audit, _) = crate::audit::Audit::start(metrics.clone(), None)?;
+            let (audit, _) =
+                crate::audit::Audit::start(metrics.clone(), None, crate::audit::Settings::plain())?;
             let fetcher = std::sync::Arc::new(crate::fetch::Fetcher::new(
                 cache,
                 metrics.clone(),
@@ -409,6 +414,12 @@ pub fn token_create(config: &Config, role: &str, name: Option<&str>, expires: Op
         eprintln!("error: the token was made but its audit entry was not: {e}");
         return 1;
     }
+    // Signed now, so the entry does not wait for the gate's next checkpoint.
+    if let Ok(Some(signer)) = crate::audit::Settings::from_config(&config.audit).map(|s| s.signer) {
+        if let Err(e) = crate::audit::checkpoint_blocking(&store, &signer) {
+            eprintln!("warning: the audit checkpoint could not be written: {e}");
+        }
+    }
     eprintln!(
         "token {} ({}, role {role}) created; it is shown once:",
         rec.id, rec.name
@@ -417,33 +428,142 @@ pub fn token_create(config: &Config, role: &str, name: Option<&str>, expires: Op
     0
 }
 
-/// `tollgate audit verify`: walks the audit chain; exit 1 naming the first broken entry.
-pub fn audit_verify(config: &Config) -> i32 {
+/// The key `audit verify` checks checkpoints with: `--public-key`, else the configured one.
+fn audit_key(
+    config: &Config,
+    public_key: Option<&std::path::Path>,
+) -> Result<Option<crate::audit::checkpoint::VerifyKey>, String> {
+    use crate::audit::checkpoint::VerifyKey;
+    if let Some(p) = public_key {
+        let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        return VerifyKey::from_pem(&pem)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", p.display()));
+    }
+    if let Some(e) = &config.audit.signing_key_error {
+        return Err(format!("{e} (or give --public-key)"));
+    }
+    match &config.audit.signing_key {
+        None => Ok(None),
+        Some(k) => VerifyKey::from_pem(k.expose())
+            .map(Some)
+            .map_err(|e| format!("[audit] signing key: {e}")),
+    }
+}
+
+/// `tollgate audit verify`: the chain against its signed checkpoints (stored, and copies from
+/// the log stream given with `--checkpoint`) and the archive; exit 1 when anything shows it
+/// was changed.
+pub fn audit_verify(
+    config: &Config,
+    checkpoint_files: &[std::path::PathBuf],
+    public_key: Option<&std::path::Path>,
+) -> i32 {
+    let key = match audit_key(config, public_key) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let mut external = Vec::new();
+    for f in checkpoint_files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {}: {e}", f.display());
+                return 1;
+            }
+        };
+        // A whole log file may be given: its checkpoint lines are taken, the rest skipped.
+        let found: Vec<_> = text
+            .lines()
+            .filter_map(crate::audit::checkpoint::Checkpoint::from_json)
+            .collect();
+        if found.is_empty() {
+            eprintln!("error: {}: no audit checkpoint in it", f.display());
+            return 1;
+        }
+        external.extend(found);
+    }
     let store = match open_store(config, "ask it instead: GET /admin/v1/audit/verify") {
         Ok(s) => s,
         Err(c) => return c,
     };
-    match crate::audit::verify_chain(&store) {
+    let dir = crate::audit::archive::dir(&config.data_dir);
+    match crate::audit::verify_all(&store, key.as_ref(), external, &dir) {
+        Ok(report) => {
+            for line in report.lines() {
+                println!("{line}");
+            }
+            if report.intact() {
+                0
+            } else {
+                1
+            }
+        }
         Err(e) => {
             eprintln!("error: {e}");
             1
         }
-        Ok(r) => match r.broken {
-            None => {
-                println!(
-                    "audit chain intact: {} entries, head #{} {}",
-                    r.entries, r.head_seq, r.head_hash
-                );
+    }
+}
+
+/// `tollgate audit export`: the entries of a time range, from the archive and the store, in
+/// the archive's line format with the checkpoints that cover them.
+pub fn audit_export(config: &Config, since: Option<&str>, until: Option<&str>) -> i32 {
+    let parse = |v: Option<&str>, default: i64| match v {
+        None => Ok(default),
+        Some(t) => crate::audit::archive::parse_time(t),
+    };
+    let (since, until) = match (parse(since, 0), parse(until, i64::MAX)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let store = match open_store(config, "ask it instead: GET /admin/v1/audit/export") {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let dir = crate::audit::archive::dir(&config.data_dir);
+    let r = crate::audit::archive::export(&store, &dir, since, until, |line| {
+        writeln!(out, "{line}").is_ok()
+    });
+    let _ = out.flush();
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `tollgate audit public-key`: the checkpoint key's public half, for auditors.
+pub fn audit_public_key(config: &Config) -> i32 {
+    match audit_key(config, None) {
+        Ok(Some(k)) => match k.to_pem() {
+            Ok(pem) => {
+                print!("{pem}");
                 0
             }
-            Some((seq, why)) => {
-                println!(
-                    "audit chain broken at entry #{seq}: {why} ({} entries before it verify)",
-                    r.entries
-                );
+            Err(e) => {
+                eprintln!("error: {e}");
                 1
             }
         },
+        Ok(None) => {
+            eprintln!("error: no [audit] signing key is configured");
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Limits {
     pub per_client_connections: usize,
     /// Peers whose `X-Forwarded-For` names the client (a load balancer in front of the gate).
     pub trusted_proxies: Vec<IpNet>,
+    /// Below this much free space on data_dir's file system, new files are not cached (and
+    /// `/readyz` says so); decisions are still served.
+    pub min_free_disk: u64,
 }
 
 /// An address block (`10.0.0.0/8`, `fd00::/8`) or one address.
@@ -102,6 +105,36 @@ impl IpNet {
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
+        }
+    }
+}
+
+/// `[audit]`: signed checkpoints of the chain, retention, and how many denials a client may
+/// add before they fold into counted entries.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The Ed25519 private key (PEM PKCS#8) that signs checkpoints; kept outside `data_dir`.
+    pub signing_key: Option<Secret>,
+    /// Why the configured key could not be read (its variable unset, its file unreadable):
+    /// the gate refuses to start, while `audit verify --public-key` can still run.
+    pub signing_key_error: Option<String>,
+    pub checkpoint_every: Duration,
+    /// Entries older than this are exported to the archive and pruned (`None`: kept).
+    pub retention: Option<Duration>,
+    /// At most this many denials per client per `denial_window` are separate entries.
+    pub max_denials: u64,
+    pub denial_window: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            signing_key: None,
+            signing_key_error: None,
+            checkpoint_every: Duration::from_secs(60),
+            retention: None,
+            max_denials: 1000,
+            denial_window: Duration::from_secs(60),
         }
     }
 }
@@ -153,6 +186,19 @@ pub struct PypiConfig {
     /// Connect and read timeout for upstream requests (an extension of CONTRACT.md's config).
     pub upstream_timeout: Duration,
     pub indexes: Vec<IndexConfig>,
+    /// An upstream page listing more files than this is refused (a hostile upstream must not
+    /// make the gate parse, pin and keep without bound).
+    pub max_files_per_page: usize,
+    /// First-sight pins kept per project at most; files past it are not pinned or listed.
+    pub max_pins_per_project: usize,
+    /// First-sight pins of versions no release rule admits any more, not served for this
+    /// long, are pruned.
+    pub prune_pins_after: Duration,
+    /// Files larger than this are not downloaded to be hashed (approvals, files an upstream
+    /// lists without a hash).
+    pub max_hash_bytes: u64,
+    /// How long downloading one file to hash it may take.
+    pub hash_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +263,7 @@ pub struct Config {
     /// timestamps), read offline.
     pub trusted_root: Option<PathBuf>,
     pub admission: AdmissionConfig,
+    pub audit: AuditConfig,
     pub pypi: PypiConfig,
     pub oci: OciConfig,
     pub admin: AdminConfig,
@@ -250,6 +297,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     tls: Option<RawTls>,
     admission: Option<RawAdmission>,
+    audit: Option<RawAudit>,
     trusted_root: Option<String>,
     pypi: Option<RawPypi>,
     oci: Option<RawOci>,
@@ -294,6 +342,17 @@ struct RawLimits {
     per_client_connections: Option<u32>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    min_free_disk: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    signing_key_env: Option<String>,
+    signing_key_file: Option<String>,
+    checkpoint_every: Option<String>,
+    retention: Option<String>,
+    max_denials_per_client: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -317,6 +376,11 @@ struct RawPypi {
     wheels_only: Option<bool>,
     page_ttl: Option<String>,
     upstream_timeout: Option<String>,
+    max_files_per_page: Option<u32>,
+    max_pins_per_project: Option<u32>,
+    prune_pins_after: Option<String>,
+    max_hash_bytes: Option<String>,
+    hash_timeout: Option<String>,
     #[serde(default)]
     index: Vec<RawIndex>,
 }
@@ -543,6 +607,7 @@ impl Config {
                 .map_err(|e| {
                     invalid(line_of("trusted_proxies"), format!("trusted_proxies: {e}"))
                 })?,
+            min_free_disk: size("min_free_disk", rl.min_free_disk.as_ref(), 1 << 30)?,
         };
         // Accepted for forward compatibility of config files; the parts that use them are not
         // in this build, but a bad value is still an error now rather than later.
@@ -603,6 +668,88 @@ impl Config {
                 }
             },
         };
+        let data_dir = resolve(raw.data_dir.as_deref().unwrap_or("data"));
+        let rau = raw.audit.unwrap_or_default();
+        let at = line_of("[audit]");
+        let audit_err = |m: String| invalid(at, format!("[audit] {m}"));
+        let mut signing_key_error = None;
+        let signing_key = match (&rau.signing_key_env, &rau.signing_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(audit_err(
+                    "signing_key_env and signing_key_file: give one".into(),
+                ))
+            }
+            (Some(var), None) => match std::env::var(var) {
+                Ok(v) => Some(Secret(v)),
+                Err(_) => {
+                    signing_key_error = Some(format!(
+                        "[audit] signing_key_env: environment variable {var} is not set"
+                    ));
+                    None
+                }
+            },
+            (None, Some(f)) => {
+                let path = resolve(f);
+                // The key must not sit beside what it vouches for: whoever can rewrite the
+                // audit log in data_dir could then sign the rewrite too.
+                let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                if abs(&path).starts_with(abs(&data_dir)) {
+                    return Err(audit_err(format!(
+                        "signing_key_file {} is inside data_dir: keep the key where the store is not",
+                        path.display()
+                    )));
+                }
+                match std::fs::read_to_string(&path) {
+                    Ok(v) => Some(Secret(v)),
+                    Err(e) => {
+                        signing_key_error =
+                            Some(format!("[audit] signing_key_file {}: {e}", path.display()));
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        let dur = |key: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(s) => parse_duration(s)
+                    .map(Some)
+                    .map_err(|e| invalid(line_of(key), format!("[audit] {key}: {e}"))),
+            }
+        };
+        let defaults = AuditConfig::default();
+        let (max_denials, denial_window) = match &rau.max_denials_per_client {
+            None => (defaults.max_denials, defaults.denial_window),
+            Some(s) => {
+                let bad = || {
+                    invalid(
+                        line_of("max_denials_per_client"),
+                        format!("[audit] max_denials_per_client {s:?}: write N/s, N/m or N/h"),
+                    )
+                };
+                let (n, per) = s.split_once('/').ok_or_else(bad)?;
+                let n: u64 = n.trim().parse().map_err(|_| bad())?;
+                let window = match per.trim() {
+                    "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    _ => return Err(bad()),
+                };
+                (n.max(1), Duration::from_secs(window))
+            }
+        };
+        let audit = AuditConfig {
+            signing_key,
+            signing_key_error,
+            checkpoint_every: dur("checkpoint_every", &rau.checkpoint_every)?
+                .filter(|d| !d.is_zero())
+                .unwrap_or(defaults.checkpoint_every),
+            retention: dur("retention", &rau.retention)?,
+            max_denials,
+            denial_window,
+        };
+
         // A client certificate is part of a TLS handshake: mTLS needs the gate to serve TLS.
         if admission.client_ca.is_some() && tls.is_none() {
             return Err(invalid(
@@ -869,6 +1016,7 @@ impl Config {
             limits,
             tls,
             admission,
+            audit,
             trusted_root,
             admin: AdminConfig {
                 listen: admin_listen,
@@ -879,6 +1027,19 @@ impl Config {
                 page_ttl,
                 upstream_timeout,
                 indexes,
+                max_files_per_page: count("max_files_per_page", rp.max_files_per_page, 40_000)?,
+                max_pins_per_project: count(
+                    "max_pins_per_project",
+                    rp.max_pins_per_project,
+                    10_000,
+                )?,
+                prune_pins_after: duration(
+                    "prune_pins_after",
+                    rp.prune_pins_after.as_ref(),
+                    90 * 86_400,
+                )?,
+                max_hash_bytes: size("max_hash_bytes", rp.max_hash_bytes.as_ref(), 8 << 30)?,
+                hash_timeout: duration("hash_timeout", rp.hash_timeout.as_ref(), 1800)?,
             },
             oci,
         })

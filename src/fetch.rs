@@ -777,7 +777,12 @@ mod tests {
             t.file.write_all(&data).await.unwrap();
             assert!(cache.commit(t, sha, data.len() as u64, None).await.unwrap());
         }
-        let (audit, _w) = Audit::start(metrics.clone(), Some(store.clone())).unwrap();
+        let (audit, _w) = Audit::start(
+            metrics.clone(),
+            Some(store.clone()),
+            crate::audit::Settings::plain(),
+        )
+        .unwrap();
         let serve = |fetcher: Arc<Fetcher>| async move {
             let size = fetcher.cached(&sha).await.unwrap();
             let resp = fetcher

@@ -112,7 +112,19 @@ impl AppState {
             )
             .map_err(|e| e.to_string())?,
         );
-        let (audit, _writer) = Audit::start(metrics.clone(), Some(store.clone()))?;
+        cache.set_min_free(config.limits.min_free_disk);
+        let settings = audit::Settings::from_config(&config.audit)?;
+        let public = settings.signer.as_ref().map(|s| s.public.clone());
+        let (audit, _writer) = Audit::start(metrics.clone(), Some(store.clone()), settings)?;
+        if let Some(keep) = config.audit.retention {
+            tokio::spawn(audit::archive::run(
+                store.clone(),
+                audit::archive::dir(&config.data_dir),
+                keep,
+                public,
+                metrics.clone(),
+            ));
+        }
         let fetcher = Arc::new(fetch::Fetcher::new(
             cache.clone(),
             metrics.clone(),
@@ -497,24 +509,53 @@ pub fn admin_app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The store's size and the free space under data_dir, into the metrics; `Some` sentence when
+/// the disk is below `min_free_disk`.
+fn disk_state(st: &AppState) -> (u64, Option<u64>, Option<String>) {
+    let size = st.store.size_bytes();
+    st.metrics.store_bytes.store(size, Relaxed);
+    let free = store::disk_free(&st.config.data_dir);
+    if let Some(f) = free {
+        st.metrics.disk_free_bytes.store(f, Relaxed);
+    }
+    let low = free
+        .filter(|f| *f < st.config.limits.min_free_disk)
+        .map(|f| {
+            format!(
+                "disk nearly full: {} MiB free under {}, below min_free_disk ({} MiB): new files are served but not cached, decisions are still served and audited",
+                f >> 20,
+                st.config.data_dir.display(),
+                st.config.limits.min_free_disk >> 20
+            )
+        });
+    (size, free, low)
+}
+
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     if st.ready.load(Relaxed) {
         let lp = st.policy();
-        (
-            StatusCode::OK,
-            format!(
-                "ready: {} projects, policy version {}\n",
-                lp.policy.projects.len(),
-                lp.version
-            ),
-        )
-            .into_response()
+        let (size, free, low) = disk_state(&st);
+        // Still 200 when the disk is low: the gate goes on deciding; the body says what is
+        // degraded, for the operator and the alerting on it.
+        let mut body = format!(
+            "ready: {} projects, policy version {}; store {} MiB, {} free\n",
+            lp.policy.projects.len(),
+            lp.version,
+            size >> 20,
+            free.map_or("unknown".to_string(), |f| format!("{} MiB", f >> 20)),
+        );
+        if let Some(l) = low {
+            body.push_str(&l);
+            body.push('\n');
+        }
+        (StatusCode::OK, body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     }
 }
 
 async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
+    disk_state(&st);
     let mut r = st.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

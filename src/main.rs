@@ -113,8 +113,32 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the audit log's hash chain; exit 1 naming the first broken entry.
+    /// Check the audit log's chain against its signed checkpoints; exit 1 naming what was
+    /// rewritten, removed or forged.
     Verify {
+        /// A file holding checkpoints kept outside the store (a log file of the gate, or
+        /// checkpoint JSON lines); may be given more than once.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+        /// The checkpoint key's public half (PEM), instead of the configured key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the entries of a time range (archive and store), as JSON lines with the
+    /// checkpoints that cover them.
+    Export {
+        /// Unix seconds, 2026-12-01 or 2026-12-01T10:00:00Z.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the checkpoint key's public key (PEM), for auditors.
+    PublicKey {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -223,9 +247,39 @@ fn main() -> ExitCode {
             Err(e) => e,
         },
         Command::Audit {
-            command: AuditCommand::Verify { config: path },
+            command:
+                AuditCommand::Verify {
+                    checkpoint,
+                    public_key,
+                    config: path,
+                },
         } => match config(path.as_ref()) {
-            Ok(c) => code(tollgate::cli::audit_verify(&c)),
+            Ok(c) => code(tollgate::cli::audit_verify(
+                &c,
+                &checkpoint,
+                public_key.as_deref(),
+            )),
+            Err(e) => e,
+        },
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    since,
+                    until,
+                    config: path,
+                },
+        } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::audit_export(
+                &c,
+                since.as_deref(),
+                until.as_deref(),
+            )),
+            Err(e) => e,
+        },
+        Command::Audit {
+            command: AuditCommand::PublicKey { config: path },
+        } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::audit_public_key(&c)),
             Err(e) => e,
         },
         Command::Cache {

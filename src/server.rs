@@ -100,8 +100,9 @@ pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
             result = r;
         }
     }
-    // Everything recorded before the listeners closed is stored before the process exits.
-    state.audit.flush().await;
+    // Everything recorded before the listeners closed is stored before the process exits,
+    // with the denials folded so far and a signed checkpoint of the head.
+    state.audit.close().await;
     result
 }
 

@@ -86,7 +86,10 @@ async fn edited_or_swapped_cache_files_are_never_served_and_are_fetched_again() 
     // The tampering is in the audit log.
     let token = "t0ken-for-the-audit-query";
     drop(gate);
-    let sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let sha = format!(
+        "{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes())
+    );
     let gate = Gate::restart_env(&dir, &[("TOLLGATE_BOOTSTRAP_TOKEN_SHA256", &sha)]);
     let log = reqwest::Client::new()
         .get(gate.url("/admin/v1/audit?action=cache.verify"))
@@ -112,7 +115,10 @@ fn a_damaged_store_is_a_clear_error_not_a_panic() {
     let made = tollgate(&["token", "create", "--role", "reader"], &cfg);
     assert!(made.status.success(), "{}", show(&made));
     let len = std::fs::metadata(&store).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&store).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&store)
+        .unwrap();
     f.set_len(len / 2).unwrap();
     drop(f);
     for args in [

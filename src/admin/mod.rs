@@ -45,6 +45,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/explain", get(explain))
         .route("/audit", get(audit_query))
         .route("/audit/verify", get(audit_verify))
+        .route("/audit/export", get(audit_export))
         .route("/reload", post(reload))
         .route("/tokens", get(tokens).post(token_create))
         .route("/tokens/{id}", delete(token_delete))
@@ -68,7 +69,7 @@ fn required(method: &Method, path: &str) -> Option<Role> {
         ("GET" | "HEAD", ["packages" | "images"])
         | ("GET" | "HEAD", ["packages" | "images", _])
         | ("GET" | "HEAD", ["pins" | "explain" | "audit" | "export"])
-        | ("GET" | "HEAD", ["audit", "verify"]) => Role::Reader,
+        | ("GET" | "HEAD", ["audit", "verify" | "export"]) => Role::Reader,
         ("POST", ["packages" | "images" | "approvals"])
         | ("PUT", ["packages" | "images", _])
         | ("POST", ["pins", _, "revoke"]) => Role::Approver,
@@ -537,17 +538,86 @@ async fn audit_query(
 
 async fn audit_verify(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     st.audit.flush().await;
+    let key = match &st.config.audit.signing_key {
+        Some(k) => Some(
+            crate::audit::checkpoint::VerifyKey::from_pem(k.expose())
+                .map_err(|e| JsonError(ApiError::Internal(e)))?,
+        ),
+        None => None,
+    };
     let store = st.store.clone();
-    let report = tokio::task::spawn_blocking(move || crate::audit::verify_chain(&store))
-        .await
-        .map_err(|e| JsonError(ApiError::Internal(e.to_string())))??;
+    let dir = crate::audit::archive::dir(&st.config.data_dir);
+    let report = tokio::task::spawn_blocking(move || {
+        crate::audit::verify_all(&store, key.as_ref(), Vec::new(), &dir)
+    })
+    .await
+    .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?
+    .map_err(|e| JsonError(ApiError::Internal(e)))?;
     Ok(Json(json!({
-        "intact": report.broken.is_none(),
+        "status": report.status(),
+        "intact": report.intact(),
+        "summary": report.lines(),
         "entries": report.entries,
+        "first_seq": report.first_seq,
         "head_seq": report.head_seq,
         "head_hash": report.head_hash,
-        "first_broken": report.broken.map(|(seq, why)| json!({ "seq": seq, "why": why })),
+        "first_broken": report.broken.as_ref().map(|(seq, why)| json!({ "seq": seq, "why": why })),
+        "keyed": report.keyed,
+        "signed_checkpoints": report.signed_checkpoints,
+        "last_checkpoint": report.last_checkpoint,
+        "unsigned_entries": report.unsigned_entries,
+        "tampered": report.tampered,
+        "notes": report.notes,
+        "archive": { "files": report.archive_files, "entries": report.archived_entries },
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// `GET /admin/v1/audit/export?since=&until=`: what `tollgate audit export` prints, streamed
+/// (the archive can be larger than what should sit in memory).
+async fn audit_export(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| JsonError(ApiError::BadRequest(e.body_text())))?;
+    let parse = |v: &Option<String>, default: i64| match v {
+        None => Ok(default),
+        Some(t) => {
+            crate::audit::archive::parse_time(t).map_err(|e| JsonError(ApiError::BadRequest(e)))
+        }
+    };
+    let (since, until) = (parse(&q.since, 0)?, parse(&q.until, i64::MAX)?);
+    st.audit.flush().await;
+    let store = st.store.clone();
+    let dir = crate::audit::archive::dir(&st.config.data_dir);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(64);
+    tokio::task::spawn_blocking(move || {
+        let r = crate::audit::archive::export(&store, &dir, since, until, |mut line| {
+            line.push('\n');
+            tx.blocking_send(Ok(line.into())).is_ok()
+        });
+        if let Err(e) = r {
+            // The client sees a cut-off body (no final newline-terminated checkpoint); the
+            // cause is logged.
+            tracing::error!(error = %e, "audit export");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
 }
 
 // ---- reload ---------------------------------------------------------------------------------

@@ -188,6 +188,7 @@ impl Pypi {
                 Arc::new(Upstream::new(
                     idx.clone(),
                     config.limits.page_bytes,
+                    config.pypi.max_files_per_page,
                     config.pypi.upstream_timeout,
                     metrics.clone(),
                 )?),
@@ -331,6 +332,20 @@ impl Pypi {
                     Err(e) => tracing::warn!(error = %e, "could not persist upstream page"),
                 }
                 Ok((page, false))
+            }
+            Err(e @ UpstreamError::TooManyFiles(..)) => {
+                // A refusal, not an outage: said as it is, and served from the last good copy
+                // only while one is fresh enough to be served at all.
+                self.metrics.pages_refused.fetch_add(1, Relaxed);
+                tracing::warn!(%project, error = %e, "upstream page refused");
+                lock(&self.page_failures).insert(key, now_secs());
+                match cached {
+                    Some(p) => {
+                        self.metrics.stale_pages_served.fetch_add(1, Relaxed);
+                        Ok((p, true))
+                    }
+                    None => Err(ApiError::BadUpstream(e.to_string())),
+                }
             }
             Err(e) => {
                 tracing::warn!(%project, error = %e, "upstream page fetch failed");

@@ -35,12 +35,15 @@ pub enum UpstreamError {
     Redirect(String, String),
     #[error("not found upstream")]
     NotFound,
+    #[error("upstream index {0} lists {1} files for this project, more than max_files_per_page ({2}): the page is refused")]
+    TooManyFiles(String, usize, usize),
 }
 
 pub struct Upstream {
     pub cfg: IndexConfig,
     client: reqwest::Client,
     page_limit: u64,
+    max_files: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -48,6 +51,7 @@ impl Upstream {
     pub fn new(
         cfg: IndexConfig,
         page_limit: u64,
+        max_files: usize,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, String> {
@@ -67,6 +71,7 @@ impl Upstream {
             cfg,
             client,
             page_limit,
+            max_files,
             metrics,
         })
     }
@@ -195,6 +200,15 @@ impl Upstream {
             })?;
             parse_html(text)
         };
+        // Counted before anything is resolved, pinned or kept: the page's bytes are bounded by
+        // page_bytes, what the gate keeps from it by this.
+        if links.len() > self.max_files {
+            return Err(UpstreamError::TooManyFiles(
+                name,
+                links.len(),
+                self.max_files,
+            ));
+        }
         let (files, problems) =
             resolve_links(links, &final_url, base.as_deref(), &self.cfg.file_hosts);
         for p in problems {

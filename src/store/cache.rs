@@ -38,6 +38,8 @@ pub struct Cache {
     temp_seq: AtomicU64,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    /// `[limits] min_free_disk`: below it, files are served but not kept.
+    min_free: AtomicU64,
 }
 
 pub fn now_secs() -> i64 {
@@ -103,6 +105,7 @@ impl Cache {
             temp_seq: AtomicU64::new(0),
             store,
             metrics,
+            min_free: AtomicU64::new(0),
         })
     }
 
@@ -178,6 +181,11 @@ impl Cache {
         Ok(TempFile { path, file })
     }
 
+    /// Sets `[limits] min_free_disk`.
+    pub fn set_min_free(&self, bytes: u64) {
+        self.min_free.store(bytes, Relaxed);
+    }
+
     /// Moves a verified temp file into the cache. The caller has checked its hash. Makes room
     /// by evicting least-recently-used files; a file larger than the whole quota is not kept.
     pub async fn commit(
@@ -197,6 +205,16 @@ impl Cache {
         if self.lookup(&sha).is_some() {
             let _ = tokio::fs::remove_file(&path).await;
             return Ok(true);
+        }
+        // A nearly full disk: the file was served (verified) and is not kept, so the store and
+        // the audit log keep the space they need to go on recording decisions.
+        let floor = self.min_free.load(Relaxed);
+        if floor > 0
+            && super::disk_free(&self.root).is_some_and(|free| free < floor.saturating_add(size))
+        {
+            let _ = tokio::fs::remove_file(&path).await;
+            tracing::warn!(%sha, size, "disk nearly full (below min_free_disk): the file was served and not cached");
+            return Ok(false);
         }
         self.make_room(size).await?;
         let dest = self.path(&sha);

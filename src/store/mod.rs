@@ -74,12 +74,21 @@ pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// (each entry names the hash of the one before it).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
+/// Signed checkpoints of the audit chain: the sequence number they cover → the checkpoint JSON.
+pub const AUDIT_CHECKPOINTS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("audit_checkpoints");
+
+/// The audit log's own facts: `anchor` → the checkpoint of the last entry pruned by retention
+/// (the first retained entry names its hash).
+pub const AUDIT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
+
 /// Rules made through the admin API: id → `ApiRule`.
 pub const API_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("api_rules");
 /// Pins revoked through the admin API: sha256 → `ApiRevocation`.
 pub const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 14] = [
+const TABLES: [TableDefinition<&str, &[u8]>; 15] = [
+    AUDIT_META,
     ARTIFACTS,
     ARTIFACT_BLOBS,
     PINS,
@@ -96,11 +105,29 @@ const TABLES: [TableDefinition<&str, &[u8]>; 14] = [
     REVOKED,
 ];
 
+/// Free bytes (for an unprivileged writer) on the file system holding `path`; `None` when it
+/// cannot be asked.
+pub fn disk_free(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call, and `st` points to a
+    // writable statvfs the call fills in; it is read only when the call reports success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 /// The store's page cache in memory.
 const STORE_CACHE_BYTES: usize = 32 << 20;
 
 pub struct Store {
     db: Database,
+    path: std::path::PathBuf,
 }
 
 impl Store {
@@ -146,8 +173,12 @@ impl Store {
             w.open_table(t)?;
         }
         w.open_table(AUDIT)?;
+        w.open_table(AUDIT_CHECKPOINTS)?;
         w.commit()?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Appends audit entries in one durable transaction (the audit writer's group commit).
@@ -212,6 +243,82 @@ impl Store {
         let t = r.open_table(AUDIT)?;
         let last = t.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
         Ok(last)
+    }
+
+    /// The first audit entry still kept, if any.
+    pub fn audit_first(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AUDIT)?;
+        let first = t.first()?.map(|(k, v)| (k.value(), v.value().to_vec()));
+        Ok(first)
+    }
+
+    /// Stores a signed checkpoint of the chain head.
+    pub fn audit_checkpoint_put(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        w.open_table(AUDIT_CHECKPOINTS)?.insert(seq, bytes)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The sequence number the last stored checkpoint covers.
+    pub fn audit_checkpoint_last(&self) -> Result<Option<u64>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AUDIT_CHECKPOINTS)?;
+        let last = t.last()?.map(|(k, _)| k.value());
+        Ok(last)
+    }
+
+    /// Every stored checkpoint, by the sequence number it covers.
+    pub fn audit_checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AUDIT_CHECKPOINTS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The anchor left by retention: the checkpoint of the last pruned entry.
+    pub fn audit_anchor(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AUDIT_META)?;
+        let anchor = t.get("anchor")?.map(|v| v.value().to_vec());
+        Ok(anchor)
+    }
+
+    /// Retention: removes the entries up to and including `upto` and the checkpoints before it,
+    /// and records `anchor` (the checkpoint of entry `upto`), in one transaction: the log is
+    /// never left without the anchor its first entry follows.
+    pub fn audit_prune(&self, upto: u64, anchor: &[u8]) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        w.open_table(AUDIT)?.retain_in(..=upto, |_, _| false)?;
+        w.open_table(AUDIT_CHECKPOINTS)?
+            .retain_in(..upto, |_, _| false)?;
+        w.open_table(AUDIT_META)?.insert("anchor", anchor)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The store file's size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Test support: removes audit entries after `seq` and, when `checkpoints`, the
+    /// checkpoints that cover them (a truncated tail, as an attacker would leave it).
+    #[doc(hidden)]
+    pub fn audit_truncate(&self, seq: u64, checkpoints: bool) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        w.open_table(AUDIT)?.retain_in(seq + 1.., |_, _| false)?;
+        if checkpoints {
+            w.open_table(AUDIT_CHECKPOINTS)?
+                .retain_in(seq + 1.., |_, _| false)?;
+        }
+        w.commit()?;
+        Ok(())
     }
 
     /// Calls `f` on audit entries after `after`, in order, until it returns false.

@@ -7,7 +7,20 @@
 //! group commit (one durable transaction per batch, so the gate's throughput does not depend on
 //! it); identical events within one batch (repeated cache-hit serves) become one entry with a
 //! count. Each entry names the SHA-256 of the one before it, so an edited, removed or reordered
-//! entry breaks the chain; the head is logged every minute so that an outside log anchors it.
+//! entry breaks the chain; signed checkpoints ([`checkpoint`]) fix the chain under a key the
+//! store does not hold, so a rewrite with recomputed hashes shows too. Denials past a client's
+//! allowance fold into counted entries ([`fold`]); old entries move to the archive
+//! ([`archive`]).
+
+pub mod archive;
+pub mod checkpoint;
+pub mod fold;
+pub mod verify;
+mod writer;
+
+pub use verify::{verify, verify_all, ChainReport};
+pub use writer::Settings;
+use writer::Writer;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -50,6 +63,9 @@ pub struct AuditEvent {
     pub before: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<serde_json::Value>,
+    /// A folded entry's sample of what its denials asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Vec<String>>,
 }
 
 impl AuditEvent {
@@ -76,6 +92,7 @@ impl AuditEvent {
             actor: None,
             before: None,
             after: None,
+            samples: None,
         }
     }
 
@@ -159,8 +176,46 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 const BATCH: usize = 4096;
 /// How long the writer gathers events for one group commit (also the longest a flush waits).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
-/// How often the chain head is logged for an outside log to anchor.
-const HEAD_EVERY_SECS: i64 = 60;
+
+/// Where the chain stands in the store: the last entry, or the retention anchor when every
+/// entry was pruned, or the genesis. A head that cannot be read is an error: starting over
+/// would overwrite the history.
+pub fn chain_head(store: &Store) -> Result<(u64, String), String> {
+    if let Some((seq, bytes)) = store.audit_last().map_err(|e| format!("audit log: {e}"))? {
+        let hash = split(&bytes).map(|(h, _)| h.to_string()).ok_or_else(|| {
+            format!("the last audit entry (#{seq}) is damaged; run tollgate audit verify")
+        })?;
+        return Ok((seq, hash));
+    }
+    match store
+        .audit_anchor()
+        .map_err(|e| format!("audit log: {e}"))?
+    {
+        Some(bytes) => {
+            let a: checkpoint::Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                format!("the audit anchor is damaged ({e}); run tollgate audit verify")
+            })?;
+            Ok((a.seq, a.hash))
+        }
+        None => Ok((0, GENESIS.to_string())),
+    }
+}
+
+/// Signs a checkpoint of the head and stores it (one-shot commands that appended entries
+/// while the gate was stopped); nothing when the head is covered already.
+pub fn checkpoint_blocking(store: &Store, signer: &checkpoint::Signer) -> Result<(), String> {
+    let (seq, hash) = chain_head(store)?;
+    if seq == 0 || store.audit_checkpoint_last().map_err(|e| e.to_string())? >= Some(seq) {
+        return Ok(());
+    }
+    let cp = signer.sign(seq, &hash, crate::store::cache::now_secs());
+    let json = serde_json::to_string(&cp).map_err(|e| e.to_string())?;
+    store
+        .audit_checkpoint_put(seq, json.as_bytes())
+        .map_err(|e| e.to_string())?;
+    tracing::info!(target: "tollgate::audit", checkpoint = %json, "audit checkpoint");
+    Ok(())
+}
 
 /// A stored value: `<sha256 hex of the JSON> <JSON>`.
 fn encode(entry: &AuditEntry) -> Result<(String, Vec<u8>), serde_json::Error> {
@@ -188,65 +243,6 @@ pub fn decode(bytes: &[u8]) -> Option<(String, AuditEntry)> {
     Some((hash.to_string(), serde_json::from_slice(json).ok()?))
 }
 
-/// The outcome of a chain check.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ChainReport {
-    pub entries: u64,
-    pub head_seq: u64,
-    pub head_hash: String,
-    /// The first entry that breaks the chain, and why; `None`: intact.
-    pub broken: Option<(u64, String)>,
-}
-
-/// Walks the whole log: every entry must match its recorded hash, name the previous entry's
-/// hash, and follow it without a gap in the sequence numbers.
-pub fn verify_chain(store: &Store) -> Result<ChainReport, crate::store::StoreError> {
-    let mut report = ChainReport {
-        entries: 0,
-        head_seq: 0,
-        head_hash: GENESIS.to_string(),
-        broken: None,
-    };
-    store.audit_scan(0, |seq, bytes| {
-        let why = match split(bytes) {
-            None => Some("the entry is not a hash and a record".to_string()),
-            Some((hash, json)) => {
-                if hex::encode(sha2::Sha256::digest(json)) != hash {
-                    Some("the entry does not match its recorded hash (edited)".into())
-                } else {
-                    match serde_json::from_slice::<AuditEntry>(json) {
-                        Err(_) => Some("the entry is not a valid record".into()),
-                        Ok(e) if e.seq != seq => Some(format!("the entry says it is #{}", e.seq)),
-                        Ok(_) if seq != report.head_seq + 1 => Some(format!(
-                            "entries #{}..#{} are missing",
-                            report.head_seq + 1,
-                            seq - 1
-                        )),
-                        Ok(e) if e.prev != report.head_hash => Some(
-                            "the entry does not follow the one before it (removed or reordered)"
-                                .into(),
-                        ),
-                        Ok(_) => {
-                            report.entries += 1;
-                            report.head_seq = seq;
-                            report.head_hash = hash.to_string();
-                            None
-                        }
-                    }
-                }
-            }
-        };
-        match why {
-            Some(w) => {
-                report.broken = Some((seq, w));
-                false
-            }
-            None => true,
-        }
-    })?;
-    Ok(report)
-}
-
 /// Appends one event directly (one-shot commands that hold the store, such as
 /// `tollgate token create`), chained to the current head.
 pub fn append_blocking(store: &Store, mut ev: AuditEvent) -> Result<(), String> {
@@ -256,15 +252,7 @@ pub fn append_blocking(store: &Store, mut ev: AuditEvent) -> Result<(), String> 
 
 /// Appends events in one transaction, chained to the current head, times as given.
 pub fn append_many_blocking(store: &Store, events: Vec<AuditEvent>) -> Result<(), String> {
-    let (mut seq, mut prev) = match store.audit_last().map_err(|e| e.to_string())? {
-        Some((seq, bytes)) => (
-            seq,
-            split(&bytes)
-                .map(|(h, _)| h.to_string())
-                .ok_or("the last audit entry is damaged; run tollgate audit verify")?,
-        ),
-        None => (0, GENESIS.to_string()),
-    };
+    let (mut seq, mut prev) = chain_head(store)?;
     let mut rows = Vec::with_capacity(events.len());
     for event in events {
         seq += 1;
@@ -289,6 +277,8 @@ pub type ChangeFn =
 enum Msg {
     Event(Box<AuditEvent>),
     Flush(oneshot::Sender<()>),
+    /// Shutdown: folded denials written and the head signed.
+    Close(oneshot::Sender<()>),
     Change(
         Box<AuditEvent>,
         ChangeFn,
@@ -302,197 +292,34 @@ pub struct Audit {
     metrics: Arc<Metrics>,
 }
 
-/// Rows to store, the sequence number and hash they end at, and the events they hold.
-type Chained = (Vec<(u64, Vec<u8>)>, u64, String, Vec<(AuditEvent, u64)>);
-
-/// Events kept for a retry when the store refused a batch, at most.
-const MAX_PENDING: usize = 1_000_000;
-
-/// The writer's state: where the chain stands, and events still to store.
-struct Writer {
-    store: Option<Arc<Store>>,
-    metrics: Arc<Metrics>,
-    seq: u64,
-    head: String,
-    head_logged: i64,
-    pending: Vec<(AuditEvent, u64)>,
-}
-
-impl Writer {
-    /// Continues the chain where the store has it. A last entry that cannot be read is an
-    /// error: starting over would overwrite the history.
-    fn new(store: Option<Arc<Store>>, metrics: Arc<Metrics>) -> Result<Writer, String> {
-        let (seq, head) = match &store {
-            None => (0, GENESIS.to_string()),
-            Some(s) => match s.audit_last().map_err(|e| format!("audit log: {e}"))? {
-                None => (0, GENESIS.to_string()),
-                Some((seq, bytes)) => (
-                    seq,
-                    split(&bytes).map(|(h, _)| h.to_string()).ok_or_else(|| {
-                        format!(
-                            "the last audit entry (#{seq}) is damaged; run tollgate audit verify"
-                        )
-                    })?,
-                ),
-            },
-        };
-        Ok(Writer {
-            store,
-            metrics,
-            seq,
-            head,
-            head_logged: 0,
-            pending: Vec::new(),
-        })
-    }
-
-    /// Chains entries after the current head (not yet stored): the rows and the new head.
-    fn chain(&self, grouped: Vec<(AuditEvent, u64)>) -> Chained {
-        let mut rows = Vec::with_capacity(grouped.len());
-        let (mut seq, mut head) = (self.seq, self.head.clone());
-        let mut kept = Vec::with_capacity(grouped.len());
-        for (event, count) in grouped {
-            let entry = AuditEntry {
-                seq: seq + 1,
-                prev: head.clone(),
-                count,
-                event,
-            };
-            match encode(&entry) {
-                Ok((hash, bytes)) => {
-                    seq += 1;
-                    head = hash;
-                    rows.push((seq, bytes));
-                    kept.push((entry.event, count));
-                }
-                Err(e) => {
-                    tracing::error!(target: "tollgate::audit", error = %e, "audit entry could not be encoded")
-                }
-            }
-        }
-        (rows, seq, head, kept)
-    }
-
-    fn log_head(&mut self) {
-        let now = crate::store::cache::now_secs();
-        if now - self.head_logged >= HEAD_EVERY_SECS {
-            self.head_logged = now;
-            tracing::info!(target: "tollgate::audit", head_seq = self.seq, head_hash = %self.head, "audit chain head");
-        }
-    }
-
-    /// Writes one batch: repeated allows fold into one entry with a count. A batch the store
-    /// refuses is kept and tried again with the next one.
-    async fn write(&mut self, events: Vec<AuditEvent>) {
-        let mut grouped: Vec<(AuditEvent, u64)> = std::mem::take(&mut self.pending);
-        let mut index: std::collections::HashMap<u64, Vec<usize>> =
-            std::collections::HashMap::new();
-        let carried = grouped.len();
-        for ev in events {
-            // Identical apart from the time: the same allowed decision served again.
-            let Some(key) = fold_key(&ev) else {
-                grouped.push((ev, 1));
-                continue;
-            };
-            let same = index.entry(key).or_default();
-            match same.iter().find(|&&i| same_decision(&grouped[i].0, &ev)) {
-                Some(&i) => grouped[i].1 += 1,
-                None => {
-                    same.push(grouped.len());
-                    grouped.push((ev, 1));
-                }
-            }
-        }
-        if grouped.is_empty() {
-            return;
-        }
-        // The log stream gets what the store gets: one line per entry, with its count (events
-        // carried over from a failed batch were logged already).
-        for (ev, count) in &grouped[carried..] {
-            match serde_json::to_string(ev) {
-                Ok(json) => {
-                    tracing::info!(target: "tollgate::audit", event = %json, count, "audit")
-                }
-                Err(e) => {
-                    tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
-                }
-            }
-        }
-        let Some(store) = self.store.clone() else {
-            return;
-        };
-        let (rows, seq, head, kept) = self.chain(grouped);
-        let written = tokio::task::spawn_blocking(move || store.audit_commit(&rows, None)).await;
-        match written {
-            Ok(Ok(())) => {
-                self.seq = seq;
-                self.head = head;
-            }
-            failed => {
-                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(())) => String::new(),
-                };
-                tracing::error!(target: "tollgate::audit", error = %why, pending = kept.len(), "audit entries could not be stored; kept for the next batch");
-                self.pending = kept;
-                if self.pending.len() > MAX_PENDING {
-                    let drop_n = self.pending.len() - MAX_PENDING;
-                    tracing::error!(target: "tollgate::audit", dropped = drop_n, "audit backlog full; the oldest unstored events are on the log stream only");
-                    self.pending.drain(..drop_n);
-                }
-            }
-        }
-        self.log_head();
-    }
-
-    /// An admin change and its entry, in one transaction.
-    async fn change(&mut self, event: AuditEvent, apply: ChangeFn) -> Result<(), String> {
-        if let Ok(json) = serde_json::to_string(&event) {
-            tracing::info!(target: "tollgate::audit", event = %json, "audit");
-        }
-        let Some(store) = self.store.clone() else {
-            return Err("no audit log to record the change in".into());
-        };
-        if !self.pending.is_empty() {
-            return Err("the audit log cannot be written (earlier entries are still unstored); nothing was changed".into());
-        }
-        let (rows, seq, head, _) = self.chain(vec![(event, 1)]);
-        let written =
-            tokio::task::spawn_blocking(move || store.audit_commit(&rows, Some(apply))).await;
-        match written {
-            Ok(Ok(())) => {
-                self.seq = seq;
-                self.head = head;
-                self.log_head();
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
-                Err(format!(
-                    "the change and its audit entry could not be stored: {e}"
-                ))
-            }
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
 impl Audit {
     /// Starts the writer task over the store's audit log (`None`: the log stream only, for
     /// one-shot commands). It ends when every `Audit` handle is dropped, after writing what was
-    /// queued.
+    /// queued, folded denials and a last checkpoint.
     pub fn start(
         metrics: Arc<Metrics>,
         store: Option<Arc<Store>>,
+        settings: Settings,
     ) -> Result<(Audit, tokio::task::JoinHandle<()>), String> {
         let (tx, mut rx) = mpsc::channel::<Msg>(65_536);
-        let mut writer = Writer::new(store, metrics.clone())?;
+        let mut writer = Writer::new(store, metrics.clone(), settings)?;
         let task = tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
+            clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let first = tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    _ = clock.tick() => {
+                        writer.tick().await;
+                        continue;
+                    }
+                };
                 let mut events = Vec::new();
                 let mut flushes = Vec::new();
+                let mut closes = Vec::new();
                 let mut change = None;
                 // Group commit: after a first event, wait GATHER for more (one wake-up per
                 // batch, not per event), then take everything queued, up to BATCH. A flush or
@@ -505,6 +332,7 @@ impl Audit {
                     match m {
                         Msg::Event(e) => events.push(*e),
                         Msg::Flush(done) => flushes.push(done),
+                        Msg::Close(done) => closes.push(done),
                         Msg::Change(e, apply, done) => {
                             change = Some((*e, apply, done));
                             break;
@@ -525,7 +353,14 @@ impl Audit {
                 for done in flushes {
                     let _ = done.send(());
                 }
+                if !closes.is_empty() {
+                    writer.close().await;
+                    for done in closes {
+                        let _ = done.send(());
+                    }
+                }
             }
+            writer.close().await;
         });
         Ok((Audit { tx, metrics }, task))
     }
@@ -559,6 +394,14 @@ impl Audit {
             .map_err(|_| "the audit writer has stopped".to_string())?;
         rx.await
             .map_err(|_| "the audit writer has stopped".to_string())?
+    }
+
+    /// At shutdown: writes what is queued and the denials folded so far, and signs the head.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Waits until everything recorded so far has been written (or kept for a retry).

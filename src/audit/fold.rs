@@ -1,0 +1,267 @@
+//! Bounded denials: a client's denials beyond `max_denials_per_client` within one window fold
+//! into one counted entry per (client, reason), with a sample of what was asked for.
+//!
+//! Every denial is an entry until the limit, so ordinary refusals keep their full detail; past
+//! it, the store grows by one entry per (client, reason) per window however fast the client
+//! asks. Nothing is dropped: the folded entry's count is the exact number of denials it stands
+//! for.
+
+use std::collections::HashMap;
+
+use super::AuditEvent;
+
+/// Clients tracked at once; denials from further clients fold together at once (under
+/// [`MANY`]), so a flood from many addresses cannot grow this table either.
+const MAX_CLIENTS: usize = 10_000;
+/// The client name denials are folded under once [`MAX_CLIENTS`] are tracked.
+pub const MANY: &str = "(many clients)";
+/// Subjects kept as a sample per folded entry.
+const SAMPLES: usize = 10;
+
+struct Fold {
+    template: AuditEvent,
+    count: u64,
+    first: i64,
+    last: i64,
+    samples: Vec<String>,
+}
+
+#[derive(Default)]
+struct Window {
+    start: i64,
+    denials: u64,
+    /// By reason, in the order first folded.
+    folds: Vec<(String, Fold)>,
+}
+
+pub struct Folder {
+    max: u64,
+    window: i64,
+    clients: HashMap<String, Window>,
+    /// Folded entries of windows that ended, to be written with the next batch.
+    ready: Vec<(AuditEvent, u64)>,
+}
+
+/// A denial that may fold: not an admin change (those are always their own entry).
+fn foldable(ev: &AuditEvent) -> bool {
+    ev.decision == "deny" && ev.before.is_none() && ev.after.is_none()
+}
+
+impl Folder {
+    pub fn new(max: u64, window: std::time::Duration) -> Folder {
+        Folder {
+            max: max.max(1),
+            window: (window.as_secs() as i64).max(1),
+            clients: HashMap::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    /// Counts a denial against its client's window: `Some` gives the event back to be stored
+    /// as its own entry, `None` means it was folded (and will be written when the window ends).
+    pub fn admit(&mut self, ev: AuditEvent) -> Option<AuditEvent> {
+        if !foldable(&ev) {
+            return Some(ev);
+        }
+        let now = ev.time;
+        let key = if self.clients.contains_key(&ev.client) || self.clients.len() < MAX_CLIENTS {
+            ev.client.clone()
+        } else {
+            MANY.to_string()
+        };
+        let window = self.window;
+        let w = self.clients.entry(key.clone()).or_insert_with(|| Window {
+            start: now,
+            ..Window::default()
+        });
+        if now >= w.start + window {
+            let ended = std::mem::replace(
+                w,
+                Window {
+                    start: now,
+                    ..Window::default()
+                },
+            );
+            let (max, win) = (self.max, self.window);
+            self.ready.extend(
+                ended
+                    .folds
+                    .into_iter()
+                    .map(|(_, f)| folded(&key, f, max, win)),
+            );
+        }
+        let Some(w) = self.clients.get_mut(&key) else {
+            return Some(ev);
+        };
+        w.denials += 1;
+        // The "many clients" bucket folds from its first denial: its members each had no
+        // allowance of their own.
+        if w.denials <= self.max && key != MANY {
+            return Some(ev);
+        }
+        let sample = match &ev.artifact {
+            Some(a) if key == MANY => format!("{} {} {}/{a}", ev.client, ev.action, ev.subject),
+            Some(a) => format!("{} {}/{a}", ev.action, ev.subject),
+            None if key == MANY => format!("{} {} {}", ev.client, ev.action, ev.subject),
+            None => format!("{} {}", ev.action, ev.subject),
+        };
+        match w.folds.iter_mut().find(|(r, _)| *r == ev.reason) {
+            Some((_, f)) => {
+                f.count += 1;
+                f.last = now;
+                if f.samples.len() < SAMPLES && !f.samples.contains(&sample) {
+                    f.samples.push(sample);
+                }
+            }
+            None => w.folds.push((
+                ev.reason.clone(),
+                Fold {
+                    count: 1,
+                    first: now,
+                    last: now,
+                    samples: vec![sample],
+                    template: ev,
+                },
+            )),
+        }
+        None
+    }
+
+    /// The folded entries due at `now`: windows that ended, or every window (`None`, at
+    /// shutdown). Ended windows without folds are forgotten.
+    pub fn due(&mut self, now: Option<i64>) -> Vec<(AuditEvent, u64)> {
+        let mut out = std::mem::take(&mut self.ready);
+        let (max, win) = (self.max, self.window);
+        self.clients.retain(|client, w| {
+            let ended = now.is_none_or(|n| n >= w.start + win);
+            if ended {
+                out.extend(
+                    std::mem::take(&mut w.folds)
+                        .into_iter()
+                        .map(|(_, f)| folded(client, f, max, win)),
+                );
+            }
+            !ended
+        });
+        out
+    }
+
+    /// Folded entries of windows that ended when a new denial arrived.
+    pub fn due_ready(&mut self) -> Vec<(AuditEvent, u64)> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Denials folded and not yet written.
+    pub fn pending(&self) -> u64 {
+        let open: u64 = self
+            .clients
+            .values()
+            .flat_map(|w| w.folds.iter().map(|(_, f)| f.count))
+            .sum();
+        open + self.ready.iter().map(|(_, n)| n).sum::<u64>()
+    }
+}
+
+/// The entry that stands for `f.count` folded denials.
+fn folded(client: &str, f: Fold, max: u64, window: i64) -> (AuditEvent, u64) {
+    let per = match window {
+        1 => "s".to_string(),
+        60 => "m".to_string(),
+        3600 => "h".to_string(),
+        w => format!("{w}s"),
+    };
+    let reason = f.template.reason.clone();
+    let ev = AuditEvent {
+        time: f.last,
+        action: "audit.folded".into(),
+        decision: "deny".into(),
+        detail: format!(
+            "{} further denials ({reason}) for client {client} between {} and {} (unix seconds), above max_denials_per_client {max}/{per}; the first {max} of the window are entries of their own",
+            f.count, f.first, f.last
+        ),
+        subject: client.to_string(),
+        artifact: None,
+        sha256: None,
+        actual_sha256: None,
+        client: client.to_string(),
+        actor: None,
+        before: None,
+        after: None,
+        samples: Some(f.samples),
+        reason,
+    };
+    (ev, f.count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deny(client: &str, subject: &str, reason: &str, time: i64) -> AuditEvent {
+        let mut ev = AuditEvent::about("pypi.page", subject.into(), None, None, client)
+            .deny(reason, "not on the allowlist".into());
+        ev.time = time;
+        ev
+    }
+
+    #[test]
+    fn denials_past_the_limit_fold_with_an_exact_count() {
+        let mut f = Folder::new(3, std::time::Duration::from_secs(60));
+        let mut kept = 0;
+        for i in 0..10 {
+            kept += f
+                .admit(deny("10.0.0.1", &format!("p{i}"), "not_allowlisted", 100))
+                .is_some() as u32;
+        }
+        kept += f.admit(deny("10.0.0.1", "q", "too_new", 101)).is_some() as u32;
+        // Another client has its own allowance; an allow is never folded.
+        kept += f
+            .admit(deny("10.0.0.2", "x", "not_allowlisted", 101))
+            .is_some() as u32;
+        let allow = AuditEvent::about("pypi.page", "a".into(), None, None, "10.0.0.1")
+            .allow("project_rule", "index pypi".into());
+        kept += f.admit(allow).is_some() as u32;
+        assert_eq!(kept, 3 + 1 + 1);
+        assert_eq!(f.pending(), 8);
+        // Nothing is due before the window ends.
+        assert!(f.due(Some(159)).is_empty());
+        let due = f.due(Some(160));
+        let counts: Vec<(String, u64)> = due.iter().map(|(e, n)| (e.reason.clone(), *n)).collect();
+        assert_eq!(
+            counts,
+            vec![("not_allowlisted".into(), 7), ("too_new".into(), 1)]
+        );
+        assert_eq!(due[0].0.action, "audit.folded");
+        assert_eq!(due[0].0.samples.as_ref().map(Vec::len), Some(7));
+        assert_eq!(f.pending(), 0);
+        // A new window starts a new allowance.
+        assert!(f
+            .admit(deny("10.0.0.1", "p", "not_allowlisted", 200))
+            .is_some());
+    }
+
+    #[test]
+    fn a_window_that_ends_on_a_new_denial_still_writes_its_folds() {
+        let mut f = Folder::new(1, std::time::Duration::from_secs(10));
+        assert!(f.admit(deny("c", "a", "r", 0)).is_some());
+        assert!(f.admit(deny("c", "b", "r", 1)).is_none());
+        assert!(f.admit(deny("c", "c", "r", 20)).is_some());
+        let due = f.due(Some(21));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1, 1);
+        assert_eq!(f.due(None).len(), 0);
+    }
+
+    #[test]
+    fn many_clients_share_one_folded_bucket() {
+        let mut f = Folder::new(1000, std::time::Duration::from_secs(60));
+        for i in 0..MAX_CLIENTS {
+            assert!(f.admit(deny(&format!("c{i}"), "a", "r", 0)).is_some());
+        }
+        assert!(f.admit(deny("late", "a", "r", 0)).is_none());
+        let due = f.due(None);
+        let many: Vec<_> = due.iter().filter(|(e, _)| e.client == MANY).collect();
+        assert_eq!(many.len(), 1);
+        assert_eq!(many[0].1, 1);
+    }
+}

@@ -1,0 +1,335 @@
+//! `audit verify`: the chain walked from its anchor, held against the signed checkpoints.
+//!
+//! What each finding proves: an entry that does not match its own hash, or does not name the
+//! hash of the one before it, was edited without recomputing the chain. A chain that is whole
+//! but disagrees with a signed checkpoint was rewritten (hashes recomputed) somewhere between
+//! the last checkpoint that still agrees and the first that does not. A signed checkpoint past
+//! the end of the log means its tail was removed. Entries after the last signed checkpoint are
+//! only as good as the store they sit in; the report says how many there are.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::Digest as _;
+
+use super::checkpoint::{Checkpoint, Unverified, VerifyKey};
+use super::{split, AuditEntry, GENESIS};
+use crate::store::{Store, StoreError};
+
+/// The outcome of a chain check.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Entries that verified (from the first kept one).
+    pub entries: u64,
+    /// The first entry kept (entries before it were pruned by retention), 0 for an empty log.
+    pub first_seq: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The first entry that breaks the chain, and why; `None`: the chain is whole.
+    pub broken: Option<(u64, String)>,
+    /// A key was given to check the checkpoints with.
+    pub keyed: bool,
+    /// Checkpoints whose signature verified and that agree with the chain.
+    pub signed_checkpoints: u64,
+    /// The last signed checkpoint that agrees with the chain.
+    pub last_checkpoint: Option<Checkpoint>,
+    /// Entries after the last signed checkpoint (nothing signed vouches for them yet).
+    pub unsigned_entries: u64,
+    /// What shows the log was changed: a rewritten range, a removed tail, a forged checkpoint.
+    pub tampered: Vec<String>,
+    /// What the report could not check (checkpoints signed by another key, unsigned ones).
+    pub notes: Vec<String>,
+    /// The checkpoint of the last entry retention pruned.
+    pub anchor: Option<Checkpoint>,
+    /// Entries and files in the archive, when it was checked.
+    pub archived_entries: u64,
+    pub archive_files: usize,
+}
+
+impl ChainReport {
+    /// Whole, and in agreement with every signed checkpoint.
+    pub fn intact(&self) -> bool {
+        self.broken.is_none() && self.tampered.is_empty()
+    }
+
+    /// `intact`, `unkeyed` (whole, but nothing signed it) or `tampered`.
+    pub fn status(&self) -> &'static str {
+        if !self.intact() {
+            "tampered"
+        } else if !self.keyed {
+            "unkeyed"
+        } else {
+            "intact"
+        }
+    }
+
+    /// The report in sentences, most important first.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some((seq, why)) = &self.broken {
+            out.push(format!(
+                "audit chain broken at entry #{seq}: {why} ({} entries before it verify)",
+                self.entries
+            ));
+        }
+        out.extend(self.tampered.iter().cloned());
+        if self.intact() {
+            out.push(format!(
+                "audit chain intact: {} entries (#{}..#{}), head {}",
+                self.entries, self.first_seq, self.head_seq, self.head_hash
+            ));
+        }
+        if !self.keyed {
+            out.push("unkeyed: no checkpoint key was given ([audit] signing_key_env or signing_key_file, or --public-key), so nothing shows the chain was not rewritten with its hashes recomputed".into());
+        } else {
+            match &self.last_checkpoint {
+                Some(cp) => out.push(format!(
+                    "{} signed checkpoints agree; the last covers #{} (signed at {}); {} entries follow it",
+                    self.signed_checkpoints, cp.seq, cp.time, self.unsigned_entries
+                )),
+                None => out.push(format!(
+                    "no signed checkpoint covers this log; {} entries are vouched for by nothing",
+                    self.unsigned_entries
+                )),
+            }
+        }
+        if self.archive_files > 0 && self.intact() {
+            out.push(format!(
+                "archive intact: {} entries in {} files, joined to the log at #{}",
+                self.archived_entries,
+                self.archive_files,
+                self.anchor.as_ref().map_or(0, |a| a.seq)
+            ));
+        }
+        out.extend(self.notes.iter().cloned());
+        out
+    }
+}
+
+/// Why one stored entry does not continue the chain, if it does not.
+fn check_entry(seq: u64, bytes: &[u8], head_seq: u64, head: &str) -> Result<String, String> {
+    let (hash, json) = split(bytes).ok_or("the entry is not a hash and a record")?;
+    if hex::encode(sha2::Sha256::digest(json)) != hash {
+        return Err("the entry does not match its recorded hash (edited)".into());
+    }
+    let e: AuditEntry =
+        serde_json::from_slice(json).map_err(|_| "the entry is not a valid record".to_string())?;
+    if e.seq != seq {
+        return Err(format!("the entry says it is #{}", e.seq));
+    }
+    if seq != head_seq + 1 {
+        return Err(format!(
+            "entries #{}..#{} are missing",
+            head_seq + 1,
+            seq - 1
+        ));
+    }
+    if e.prev != head {
+        return Err(
+            "the entry does not follow the one before it (removed, reordered or rewritten)".into(),
+        );
+    }
+    Ok(hash.to_string())
+}
+
+/// Sorts checkpoints into those that vouch for the chain (signature verified with `key`, or
+/// all of them when there is no key) and notes on the rest.
+fn trusted(
+    all: Vec<Checkpoint>,
+    key: Option<&VerifyKey>,
+    report: &mut ChainReport,
+) -> BTreeMap<u64, Checkpoint> {
+    let mut out: BTreeMap<u64, Checkpoint> = BTreeMap::new();
+    let (mut unsigned, mut others) = (0u64, BTreeMap::<String, u64>::new());
+    for cp in all {
+        if let Some(key) = key {
+            match key.check(&cp) {
+                Ok(()) => {}
+                Err(Unverified::Unsigned) => {
+                    unsigned += 1;
+                    continue;
+                }
+                Err(Unverified::OtherKey(id)) => {
+                    *others.entry(id).or_default() += 1;
+                    continue;
+                }
+                Err(Unverified::BadSignature) => {
+                    report.tampered.push(format!(
+                        "checkpoint #{} (time {}) carries a signature that does not verify with key {}: forged or damaged",
+                        cp.seq, cp.time, &key.id[..16]
+                    ));
+                    continue;
+                }
+            }
+        }
+        match out.get(&cp.seq) {
+            Some(prev) if prev.hash != cp.hash && key.is_some() => report.tampered.push(format!(
+                "two signed checkpoints of #{} name different hashes ({} and {})",
+                cp.seq, prev.hash, cp.hash
+            )),
+            Some(_) => {}
+            None => {
+                out.insert(cp.seq, cp);
+            }
+        }
+    }
+    if unsigned > 0 {
+        report.notes.push(format!(
+            "{unsigned} checkpoints are unsigned (written while the gate had no key) and vouch for nothing"
+        ));
+    }
+    for (id, n) in others {
+        report.notes.push(format!(
+            "{n} checkpoints are signed by another key ({}…): give its public key with --public-key to check them",
+            &id[..id.len().min(16)]
+        ));
+    }
+    out
+}
+
+/// Verifies the log: from the anchor retention left (or the genesis), every entry, against
+/// the stored checkpoints and `external` ones (copies from the log stream), with `key`.
+pub fn verify(
+    store: &Store,
+    key: Option<&VerifyKey>,
+    external: Vec<Checkpoint>,
+) -> Result<ChainReport, StoreError> {
+    let anchor: Option<Checkpoint> = match store.audit_anchor()? {
+        None => None,
+        Some(bytes) => Some(
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged {
+                path: "audit anchor".into(),
+                detail: e.to_string(),
+            })?,
+        ),
+    };
+    let mut report = ChainReport {
+        entries: 0,
+        first_seq: 0,
+        head_seq: anchor.as_ref().map_or(0, |a| a.seq),
+        head_hash: anchor
+            .as_ref()
+            .map_or_else(|| GENESIS.to_string(), |a| a.hash.clone()),
+        broken: None,
+        keyed: key.is_some(),
+        signed_checkpoints: 0,
+        last_checkpoint: None,
+        unsigned_entries: 0,
+        tampered: Vec::new(),
+        notes: Vec::new(),
+        anchor: anchor.clone(),
+        archived_entries: 0,
+        archive_files: 0,
+    };
+    let mut all = Vec::new();
+    for (seq, bytes) in store.audit_checkpoints()? {
+        match serde_json::from_slice::<Checkpoint>(&bytes) {
+            Ok(cp) if cp.seq == seq => all.push(cp),
+            _ => report.tampered.push(format!(
+                "the checkpoint stored for #{seq} is not a checkpoint of #{seq} (edited or damaged)"
+            )),
+        }
+    }
+    all.extend(external);
+    if let Some(a) = &anchor {
+        all.push(a.clone());
+    }
+    let checkpoints = trusted(all, key, &mut report);
+    // Checkpoints before the anchor cover archived entries (checked with the archive).
+    let mut pending = checkpoints
+        .range(report.head_seq.saturating_add(1)..)
+        .map(|(_, c)| c.clone())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .peekable();
+    let mut agreed: Option<Checkpoint> = anchor
+        .as_ref()
+        .and_then(|a| checkpoints.get(&a.seq).cloned());
+    let mut disagree: Option<(Checkpoint, String)> = None;
+    store.audit_scan(report.head_seq, |seq, bytes| {
+        if report.first_seq == 0 {
+            report.first_seq = seq;
+        }
+        match check_entry(seq, bytes, report.head_seq, &report.head_hash) {
+            Err(why) => {
+                report.broken = Some((seq, why));
+                return false;
+            }
+            Ok(hash) => {
+                report.entries += 1;
+                report.head_seq = seq;
+                report.head_hash = hash;
+            }
+        }
+        // Checkpoints skipped over (a sequence number the log does not have) are found
+        // below as past its end or in a gap the chain check names.
+        while pending.peek().is_some_and(|c| c.seq < seq) {
+            pending.next();
+        }
+        if let Some(cp) = pending.next_if(|c| c.seq == seq) {
+            if cp.hash == report.head_hash {
+                if disagree.is_none() {
+                    report.signed_checkpoints += 1;
+                    agreed = Some(cp);
+                }
+            } else if disagree.is_none() {
+                disagree = Some((cp, report.head_hash.clone()));
+            }
+        }
+        true
+    })?;
+    if let Some((cp, found)) = disagree {
+        let from = agreed
+            .as_ref()
+            .map_or(report.first_seq.max(1), |a| a.seq + 1);
+        report.tampered.push(format!(
+            "rewritten: an entry in #{from}..#{} was changed after checkpoint #{} was signed at {} (it names hash {}, the log has {found})",
+            cp.seq, cp.seq, cp.time, cp.hash
+        ));
+    }
+    if report.broken.is_none() {
+        if let Some((_, past)) = checkpoints.range(report.head_seq + 1..).next_back() {
+            report.tampered.push(format!(
+                "truncated: the log ends at #{} but checkpoint #{} (signed at {}) covers entries up to #{}: entries #{}..#{} were removed",
+                report.head_seq, past.seq, past.time, past.seq, report.head_seq + 1, past.seq
+            ));
+        }
+    }
+    report.unsigned_entries = match &agreed {
+        Some(a) => report.head_seq.saturating_sub(a.seq),
+        None => report.entries,
+    };
+    report.last_checkpoint = agreed;
+    Ok(report)
+}
+
+/// [`verify`], and the archive in `archive_dir` checked as the chain's beginning: it must
+/// verify on its own and end where the log's anchor says.
+pub fn verify_all(
+    store: &Store,
+    key: Option<&VerifyKey>,
+    external: Vec<Checkpoint>,
+    archive_dir: &std::path::Path,
+) -> Result<ChainReport, String> {
+    let mut r = verify(store, key, external).map_err(|e| e.to_string())?;
+    let a = super::archive::verify_archive(archive_dir, key)?;
+    r.archive_files = a.files;
+    r.archived_entries = a.entries;
+    r.tampered
+        .extend(a.problems.iter().map(|p| format!("archive: {p}")));
+    match (&a.head, &r.anchor) {
+        (Some((seq, hash)), Some(anchor)) if (*seq, hash) != (anchor.seq, &anchor.hash) => {
+            r.tampered.push(format!(
+                "archive: it ends at #{seq} (hash {hash}) but the log continues from anchor #{} (hash {}): archived entries were removed or changed",
+                anchor.seq, anchor.hash
+            ))
+        }
+        (None, Some(anchor)) => r.notes.push(format!(
+            "entries up to #{} were archived, and the archive is not in {}: check it where it was moved",
+            anchor.seq,
+            archive_dir.display()
+        )),
+        _ => {}
+    }
+    Ok(r)
+}

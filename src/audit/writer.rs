@@ -1,0 +1,327 @@
+//! The audit writer task: group commit of the chained log, signed checkpoints on a clock and
+//! at shutdown, and denial folding.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::checkpoint::Signer;
+use super::fold::Folder;
+use super::{encode, fold_key, same_decision, AuditEntry, AuditEvent, ChangeFn, GENESIS};
+use crate::metrics::Metrics;
+use crate::store::cache::now_secs;
+use crate::store::Store;
+
+/// Rows to store, the sequence number and hash they end at, and the events they hold.
+type Chained = (Vec<(u64, Vec<u8>)>, u64, String, Vec<(AuditEvent, u64)>);
+
+/// Events kept for a retry when the store refused a batch, at most.
+const MAX_PENDING: usize = 1_000_000;
+/// How often the chain head is logged when there is no key to sign checkpoints with.
+const HEAD_EVERY_SECS: i64 = 60;
+
+/// What the writer is told by `[audit]`.
+pub struct Settings {
+    pub signer: Option<Signer>,
+    pub checkpoint_every: std::time::Duration,
+    pub max_denials: u64,
+    pub denial_window: std::time::Duration,
+}
+
+impl Settings {
+    /// From the configuration; a signing key that cannot be read is an error.
+    pub fn from_config(cfg: &crate::config::AuditConfig) -> Result<Settings, String> {
+        if let Some(e) = &cfg.signing_key_error {
+            return Err(e.clone());
+        }
+        let signer = match &cfg.signing_key {
+            None => None,
+            Some(pem) => Some(
+                Signer::from_pem(pem.expose()).map_err(|e| format!("[audit] signing key: {e}"))?,
+            ),
+        };
+        Ok(Settings {
+            signer,
+            checkpoint_every: cfg.checkpoint_every,
+            max_denials: cfg.max_denials,
+            denial_window: cfg.denial_window,
+        })
+    }
+
+    /// Log stream only, nothing signed or folded (one-shot commands).
+    pub fn plain() -> Settings {
+        Settings {
+            signer: None,
+            checkpoint_every: std::time::Duration::from_secs(60),
+            max_denials: u64::MAX,
+            denial_window: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// The writer's state: where the chain stands, and events still to store.
+pub(super) struct Writer {
+    store: Option<Arc<Store>>,
+    metrics: Arc<Metrics>,
+    seq: u64,
+    head: String,
+    head_logged: i64,
+    pub(super) pending: Vec<(AuditEvent, u64)>,
+    signer: Option<Signer>,
+    every: i64,
+    checkpointed: u64,
+    checkpointed_at: i64,
+    pub(super) folder: Folder,
+}
+
+impl Writer {
+    /// Continues the chain where the store has it. A last entry that cannot be read is an
+    /// error: starting over would overwrite the history.
+    pub(super) fn new(
+        store: Option<Arc<Store>>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Result<Writer, String> {
+        let (seq, head) = match &store {
+            Some(s) => super::chain_head(s)?,
+            None => (0, GENESIS.to_string()),
+        };
+        let checkpointed = match &store {
+            Some(s) => s
+                .audit_checkpoint_last()
+                .map_err(|e| format!("audit log: {e}"))?
+                .unwrap_or(0),
+            None => 0,
+        };
+        if settings.signer.is_some() && seq > checkpointed {
+            // Entries a checkpoint does not cover yet: written before a crash, or the
+            // checkpoints were removed. They are signed with the next checkpoint; the log
+            // stream's earlier checkpoints show which is the case (audit verify --checkpoint).
+            tracing::warn!(target: "tollgate::audit", from = checkpointed + 1, to = seq, "audit entries follow the last signed checkpoint (a stop without one, or checkpoints removed); the next checkpoint covers them");
+        }
+        Ok(Writer {
+            store,
+            metrics,
+            seq,
+            head,
+            head_logged: 0,
+            pending: Vec::new(),
+            every: (settings.checkpoint_every.as_secs() as i64).max(1),
+            signer: settings.signer,
+            checkpointed,
+            checkpointed_at: now_secs(),
+            folder: Folder::new(settings.max_denials, settings.denial_window),
+        })
+    }
+
+    /// Chains entries after the current head (not yet stored): the rows and the new head.
+    fn chain(&self, grouped: Vec<(AuditEvent, u64)>) -> Chained {
+        let mut rows = Vec::with_capacity(grouped.len());
+        let (mut seq, mut head) = (self.seq, self.head.clone());
+        let mut kept = Vec::with_capacity(grouped.len());
+        for (event, count) in grouped {
+            let entry = AuditEntry {
+                seq: seq + 1,
+                prev: head.clone(),
+                count,
+                event,
+            };
+            match encode(&entry) {
+                Ok((hash, bytes)) => {
+                    seq += 1;
+                    head = hash;
+                    rows.push((seq, bytes));
+                    kept.push((entry.event, count));
+                }
+                Err(e) => {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit entry could not be encoded")
+                }
+            }
+        }
+        (rows, seq, head, kept)
+    }
+
+    fn log_head(&mut self) {
+        let now = now_secs();
+        if self.signer.is_none() && now - self.head_logged >= HEAD_EVERY_SECS {
+            self.head_logged = now;
+            tracing::info!(target: "tollgate::audit", head_seq = self.seq, head_hash = %self.head, "audit chain head");
+        }
+    }
+
+    /// Signs the chain head when a checkpoint is due (`force`: whenever entries are not
+    /// covered yet, as at shutdown), stores it and writes it to the log stream.
+    pub(super) async fn checkpoint(&mut self, force: bool) {
+        let now = now_secs();
+        let Some(signer) = &self.signer else {
+            return;
+        };
+        if self.seq <= self.checkpointed || (!force && now - self.checkpointed_at < self.every) {
+            return;
+        }
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let cp = signer.sign(self.seq, &self.head, now);
+        let json = match serde_json::to_string(&cp) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(target: "tollgate::audit", error = %e, "audit checkpoint could not be encoded");
+                return;
+            }
+        };
+        let bytes = json.clone().into_bytes();
+        let seq = self.seq;
+        match tokio::task::spawn_blocking(move || store.audit_checkpoint_put(seq, &bytes)).await {
+            Ok(Ok(())) => {
+                self.checkpointed = seq;
+                self.checkpointed_at = now;
+                self.metrics.audit_checkpoints.fetch_add(1, Relaxed);
+                // The copy an outside system keeps: audit verify --checkpoint reads this line.
+                tracing::info!(target: "tollgate::audit", checkpoint = %json, "audit checkpoint");
+            }
+            failed => {
+                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(())) => String::new(),
+                };
+                tracing::error!(target: "tollgate::audit", error = %why, seq, "audit checkpoint could not be stored");
+            }
+        }
+    }
+
+    /// The clock: folded denials of windows that ended are written, a due checkpoint signed.
+    pub(super) async fn tick(&mut self) {
+        let due = self.folder.due(Some(now_secs()));
+        if !due.is_empty() || !self.pending.is_empty() {
+            self.write_grouped(Vec::new(), due).await;
+        }
+        self.checkpoint(false).await;
+    }
+
+    /// At shutdown: every folded denial written, and the head signed.
+    pub(super) async fn close(&mut self) {
+        let due = self.folder.due(None);
+        if !due.is_empty() || !self.pending.is_empty() {
+            self.write_grouped(Vec::new(), due).await;
+        }
+        self.checkpoint(true).await;
+    }
+
+    /// Writes one batch: denials past a client's allowance fold, repeated allows become one
+    /// entry with a count. A batch the store refuses is kept and tried again with the next.
+    pub(super) async fn write(&mut self, events: Vec<AuditEvent>) {
+        let mut kept = Vec::with_capacity(events.len());
+        for ev in events {
+            match self.folder.admit(ev) {
+                Some(ev) => kept.push(ev),
+                None => {
+                    self.metrics.audit_folded.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        let ready = self.folder.due_ready();
+        self.write_grouped(kept, ready).await;
+    }
+
+    async fn write_grouped(&mut self, events: Vec<AuditEvent>, folded: Vec<(AuditEvent, u64)>) {
+        let mut grouped: Vec<(AuditEvent, u64)> = std::mem::take(&mut self.pending);
+        let mut index: std::collections::HashMap<u64, Vec<usize>> =
+            std::collections::HashMap::new();
+        let carried = grouped.len();
+        for ev in events {
+            // Identical apart from the time: the same allowed decision served again.
+            let Some(key) = fold_key(&ev) else {
+                grouped.push((ev, 1));
+                continue;
+            };
+            let same = index.entry(key).or_default();
+            match same.iter().find(|&&i| same_decision(&grouped[i].0, &ev)) {
+                Some(&i) => grouped[i].1 += 1,
+                None => {
+                    same.push(grouped.len());
+                    grouped.push((ev, 1));
+                }
+            }
+        }
+        grouped.extend(folded);
+        if grouped.is_empty() {
+            return;
+        }
+        // The log stream gets what the store gets: one line per entry, with its count (events
+        // carried over from a failed batch were logged already).
+        for (ev, count) in &grouped[carried..] {
+            match serde_json::to_string(ev) {
+                Ok(json) => {
+                    tracing::info!(target: "tollgate::audit", event = %json, count, "audit")
+                }
+                Err(e) => {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit event could not be encoded")
+                }
+            }
+        }
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let (rows, seq, head, kept) = self.chain(grouped);
+        let written = tokio::task::spawn_blocking(move || store.audit_commit(&rows, None)).await;
+        match written {
+            Ok(Ok(())) => {
+                self.seq = seq;
+                self.head = head;
+            }
+            failed => {
+                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(())) => String::new(),
+                };
+                tracing::error!(target: "tollgate::audit", error = %why, pending = kept.len(), "audit entries could not be stored; kept for the next batch");
+                self.pending = kept;
+                if self.pending.len() > MAX_PENDING {
+                    let drop_n = self.pending.len() - MAX_PENDING;
+                    tracing::error!(target: "tollgate::audit", dropped = drop_n, "audit backlog full; the oldest unstored events are on the log stream only");
+                    self.pending.drain(..drop_n);
+                }
+            }
+        }
+        self.log_head();
+    }
+
+    /// An admin change and its entry, in one transaction.
+    pub(super) async fn change(
+        &mut self,
+        event: AuditEvent,
+        apply: ChangeFn,
+    ) -> Result<(), String> {
+        if let Ok(json) = serde_json::to_string(&event) {
+            tracing::info!(target: "tollgate::audit", event = %json, "audit");
+        }
+        let Some(store) = self.store.clone() else {
+            return Err("no audit log to record the change in".into());
+        };
+        if !self.pending.is_empty() {
+            return Err("the audit log cannot be written (earlier entries are still unstored); nothing was changed".into());
+        }
+        let (rows, seq, head, _) = self.chain(vec![(event, 1)]);
+        let written =
+            tokio::task::spawn_blocking(move || store.audit_commit(&rows, Some(apply))).await;
+        match written {
+            Ok(Ok(())) => {
+                self.seq = seq;
+                self.head = head;
+                self.log_head();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.metrics.audit_write_failures.fetch_add(1, Relaxed);
+                Err(format!(
+                    "the change and its audit entry could not be stored: {e}"
+                ))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
