@@ -61,6 +61,9 @@ pub struct Limits {
     pub per_client_connections: usize,
     /// Peers whose `X-Forwarded-For` names the client (a load balancer in front of the gate).
     pub trusted_proxies: Vec<IpNet>,
+    /// The longest a request body may take to arrive, whatever its pace (a body trickled a
+    /// byte at a time just inside idle_timeout ends here).
+    pub body_timeout: Duration,
     /// Below this much free space on data_dir's file system, new files are not cached (and
     /// `/readyz` says so); decisions are still served.
     pub min_free_disk: u64,
@@ -343,6 +346,7 @@ struct RawLimits {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     min_free_disk: Option<String>,
+    body_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -608,6 +612,7 @@ impl Config {
                     invalid(line_of("trusted_proxies"), format!("trusted_proxies: {e}"))
                 })?,
             min_free_disk: size("min_free_disk", rl.min_free_disk.as_ref(), 1 << 30)?,
+            body_timeout: duration("body_timeout", rl.body_timeout.as_ref(), 60)?,
         };
         // Accepted for forward compatibility of config files; the parts that use them are not
         // in this build, but a bad value is still an error now rather than later.

@@ -250,6 +250,141 @@ impl AsyncWrite for Guarded {
     }
 }
 
+/// The HTTP/2 connection preface's first line (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// Serves HTTP/1.1 only, on a plain or TLS listener: a connection that opens with the HTTP/2
+/// preface is closed. (hyper's auto server, which axum-server runs with upgrades, would detect
+/// the preface and speak HTTP/2 whatever it was told; an HTTP/2 connection idles with no head
+/// to time, and carries many streams past the per-connection limits.) The first bytes read to
+/// tell are replayed to the server.
+#[derive(Clone)]
+pub struct Http1Only<A> {
+    inner: A,
+    head_timeout: Duration,
+}
+
+impl<A> Http1Only<A> {
+    pub fn new(inner: A, head_timeout: Duration) -> Http1Only<A> {
+        Http1Only {
+            inner,
+            head_timeout,
+        }
+    }
+}
+
+impl<I, S, A> axum_server::accept::Accept<I, S> for Http1Only<A>
+where
+    A: axum_server::accept::Accept<I, S>,
+    A::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A::Service: Send + 'static,
+    A::Future: Send + 'static,
+{
+    type Stream = Rewind<A::Stream>;
+    type Service = A::Service;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(Rewind<A::Stream>, A::Service)>> + Send>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let accepted = self.inner.accept(stream, service);
+        let timeout = self.head_timeout;
+        Box::pin(async move {
+            use tokio::io::AsyncReadExt as _;
+            let (mut st, svc) = accepted.await?;
+            let mut prefix = Vec::new();
+            let sniff = async {
+                let mut b = [0u8; 16];
+                // Read while what came could still be the preface: one or two bytes tell an
+                // HTTP/1 method apart.
+                while prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix) {
+                    let n = st.read(&mut b[..H2_PREFACE.len() - prefix.len()]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    prefix.extend_from_slice(&b[..n]);
+                }
+                Ok::<(), io::Error>(())
+            };
+            match tokio::time::timeout(timeout, sniff).await {
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within head_timeout",
+                    ))
+                }
+                Ok(r) => r?,
+            }
+            if prefix.starts_with(H2_PREFACE) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "HTTP/2 is not served (HTTP/1.1 only)",
+                ));
+            }
+            Ok((
+                Rewind {
+                    prefix,
+                    pos: 0,
+                    inner: st,
+                },
+                svc,
+            ))
+        })
+    }
+}
+
+/// A stream with bytes already read put back in front.
+pub struct Rewind<T> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let (start, end) = (self.pos, self.pos + n);
+            buf.put_slice(&self.prefix[start..end]);
+            self.pos = end;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The client address the edge middleware settled on for a request (see [`client_ip`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);

@@ -663,6 +663,17 @@ pub fn ip_is_private(ip: std::net::IpAddr) -> bool {
                 || v6
                     .to_ipv4_mapped()
                     .is_some_and(|v4| ip_is_private(IpAddr::V4(v4)))
+                // IPv4-translated (RFC 2765, ::ffff:0:a.b.c.d).
+                || (seg[..4] == [0; 4]
+                    && seg[4] == 0xffff
+                    && seg[5] == 0
+                    && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
+                // Local-use NAT64 (RFC 8215, 64:ff9b:1::/48): local by definition, whatever
+                // IPv4 address it embeds.
+                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1)
+                // Teredo (RFC 4380, 2001::/32, the IPv4 address obfuscated) and documentation
+                // (RFC 3849, 2001:db8::/32).
+                || (seg[0] == 0x2001 && (seg[1] == 0 || seg[1] == 0xdb8))
                 || (seg[..6] == [0; 6] && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
                 || (seg[0] == 0x64
                     && seg[1] == 0xff9b

@@ -582,18 +582,23 @@ async fn edge(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> 
         axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH
     ) {
         let idle = st.config.limits.idle_timeout;
+        // And the whole body within body_timeout: a pace just inside idle_timeout is no way
+        // to hold a worker for ever.
+        let deadline = tokio::time::Instant::now() + st.config.limits.body_timeout;
         let (parts, body) = req.into_parts();
         let timed =
             futures_util::stream::unfold(Some(body.into_data_stream()), move |stream| async move {
                 use futures_util::StreamExt;
                 let mut s = stream?;
-                match tokio::time::timeout(idle, s.next()).await {
+                let wait =
+                    idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, s.next()).await {
                     Ok(Some(item)) => Some((item, Some(s))),
                     Ok(None) => None,
                     Err(_) => Some((
                         Err(axum::Error::new(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            "the request body stopped arriving",
+                            "the request body stopped arriving, or took longer than body_timeout",
                         ))),
                         None,
                     )),

@@ -124,28 +124,35 @@ async fn listen(
             // hyper's read buffer bounds the request head (larger heads get 431), and its header
             // read timeout bounds how long a head may take, or a kept-alive connection may wait for
             // the next one: a slowloris client is dropped after head_timeout.
+            //
+            // HTTP/1.1 only (`Http1Only`, and ALPN): an HTTP/2 connection idles without a
+            // head to time, carries hundreds of streams (bodies, open files) past the
+            // per-connection limits, and can stall every response with a zero flow-control
+            // window while TCP keeps moving. pip, uv, containerd, docker, podman, skopeo and
+            // the Kubernetes API server all speak HTTP/1.1.
             b.http1()
                 .max_buf_size(header_limit)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(head_timeout);
-            b.http2()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(Some(head_timeout))
-                .keep_alive_timeout(head_timeout);
         };
     let served = match l.tls {
         Some((tls, client_ca)) => {
             crate::fetch::install_crypto_provider();
             let config = rustls_config(&tls, client_ca.as_deref())?;
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
-                .handshake_timeout(head_timeout)
-                .acceptor(guard);
+            let acceptor = crate::conn::Http1Only::new(
+                axum_server::tls_rustls::RustlsAcceptor::new(config)
+                    .handshake_timeout(head_timeout)
+                    .acceptor(guard),
+                head_timeout,
+            );
             let mut server = axum_server::bind(addr).acceptor(acceptor).handle(handle);
             configure(server.http_builder());
             server.serve(svc).await
         }
         None => {
-            let mut server = axum_server::bind(addr).acceptor(guard).handle(handle);
+            let mut server = axum_server::bind(addr)
+                .acceptor(crate::conn::Http1Only::new(guard, head_timeout))
+                .handle(handle);
             configure(server.http_builder());
             server.serve(svc).await
         }
@@ -188,7 +195,7 @@ fn rustls_config(
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("tls: {} / {}: {e}", tls.cert.display(), tls.key.display()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(RustlsConfig::from_config(Arc::new(config)))
 }
 

@@ -66,7 +66,12 @@ impl Env {
 
     /// Pushes a manifest under `reference` (a tag, or its own digest); returns its digest.
     async fn push_manifest(&self, reference: Option<&str>, m: &Value) -> String {
-        let bytes = serde_json::to_vec(m).unwrap();
+        self.push_raw(reference, serde_json::to_vec(m).unwrap())
+            .await
+    }
+
+    /// Pushes manifest bytes as written (key order and spelling kept).
+    async fn push_raw(&self, reference: Option<&str>, bytes: Vec<u8>) -> String {
         let digest = format!(
             "sha256:{:x}",
             <sha2::Sha256 as sha2::Digest>::digest(&bytes)
@@ -248,4 +253,75 @@ async fn a_refused_manifest_changes_nothing_in_the_store() {
     // v1 still pulls with its own sizes.
     let out = env.pull(&gate, &format!("@{v1}"));
     assert!(out.status.success(), "{}", show(&out));
+}
+
+/// Go clients (skopeo, containerd, podman) read `Layers` as `layers`, the last match winning;
+/// a signature tag spelled for them to see v1's image with the attacker's config is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_tag_spelled_for_go_clients_is_refused() {
+    let env = Env::new().await;
+    let v1 = env.digests["v1"].clone();
+    let sig_tag = format!("sha256-{}.sig", &v1[7..]);
+    let v1m = env.manifest(&v1).await;
+    let v1c: Value = env
+        .http
+        .get(env.upstream(&format!(
+            "blobs/{}",
+            v1m["config"]["digest"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let payload = json!({"critical": {"identity": {"docker-reference": "registry.test/demo/app"},
+        "image": {"docker-manifest-digest": v1}, "type": "cosign container image signature"},
+        "optional": null});
+    let (pd, ps) = env.push_blob(payload.to_string().as_bytes()).await;
+    let sig_layer = json!([{"mediaType": SIMPLE_SIGNING, "digest": pd, "size": ps,
+        "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ=="}}]);
+    // The config: no layers for the gate, v1's for Go, and the attacker's start-up.
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"RootFS":{},"config":{{"Entrypoint":["/bin/sh","-c","echo PWNED"],"User":"0"}}}}"#,
+        v1c["rootfs"]
+    );
+    let (cd, cs) = env.push_blob(config.as_bytes()).await;
+    let manifest = |layers_key: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":{sig_layer},"{layers_key}":{}}}"#,
+            v1m["layers"]
+        )
+    };
+    // Both spellings, and only Go's: each served as a signature would hand v1's layers to
+    // a runtime under the attacker's entrypoint.
+    for (name, bytes) in [("g1", manifest("Layers")), ("g2", manifest("layer\\u017f"))] {
+        env.push_raw(Some(&sig_tag), bytes.into_bytes()).await;
+        let gate = env.gate(name, &pinned(&v1));
+        let r = env
+            .http
+            .get(gate.url(&format!("/v2/reg/demo/app/manifests/{sig_tag}")))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert!(status == 502 || status == 403, "{name}: {status}");
+        assert!(
+            body.contains("ambiguous JSON"),
+            "{name}: the refusal names why: {body}"
+        );
+        assert_eq!(env.get(&gate, &format!("blobs/{cd}")).await, 403, "{name}");
+        let out = env.pull(&gate, &format!(":{sig_tag}"));
+        assert!(!out.status.success(), "{name}: {}", show(&out));
+    }
+    // A manifest spelled plainly, with that config: the config is no artifact's config.
+    let plain = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": sig_layer});
+    env.push_manifest(Some(&sig_tag), &plain).await;
+    let gate = env.gate("g3", &pinned(&v1));
+    assert_eq!(env.get(&gate, &format!("manifests/{sig_tag}")).await, 403);
+    assert_eq!(env.get(&gate, &format!("blobs/{cd}")).await, 403);
 }

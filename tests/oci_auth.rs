@@ -257,3 +257,55 @@ async fn blob_redirects_carry_no_credentials_and_stay_public_unless_listed() {
         .lines()
         .any(|l| l.contains("/blobs/") && l.ends_with("auth=yes")));
 }
+
+/// A blob redirect to another port of the registry's own host (an internal service there), or
+/// one carrying credentials, is refused before any connection: the host may resolve privately
+/// only on its configured port.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_to_another_port_of_the_registry_host_is_never_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let digests = oci_images(&dir.path().join("layout"));
+    // The "internal service": counts the connections it is offered.
+    let internal = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let internal_port = internal.local_addr().unwrap().port();
+    internal.set_nonblocking(true).unwrap();
+    for (i, (target, why)) in [
+        (
+            format!("https://localhost:{internal_port}/internal/admin"),
+            "a port of a configured host",
+        ),
+        (
+            format!("https://u:p@localhost:{internal_port}/internal/admin"),
+            "carries credentials",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-u")
+            .arg(support("redirecting_registry.py"))
+            .arg(dir.path().join("layout"))
+            .arg(&target);
+        let registry = spawn_port(cmd, dir.path().join(format!("registry{i}.log")));
+        let cfg = format!(
+            "[oci]\ntag_ttl = \"1s\"\n[[oci.registry]]\nhost = \"registry.test\"\nprefix = \"reg\"\nurl = \"http://localhost:{}\"\nusername = \"user\"\npassword_env = \"TOLLGATE_REG_PW\"\n",
+            registry.port
+        );
+        let gate = Gate::start_env(
+            &dir.path().join(format!("gate{i}")),
+            &cfg,
+            &rule(&digests["v1"]),
+            &[("TOLLGATE_REG_PW", "secret")],
+        );
+        let out = tokio::task::block_in_place(|| pull(&gate, &dir.path().join(format!("out{i}"))));
+        assert!(!out.status.success(), "{target}: the redirect was followed");
+        let offered = std::iter::from_fn(|| internal.accept().ok()).count();
+        assert_eq!(
+            offered, 0,
+            "{target}: the gate connected to the internal port"
+        );
+        let log = gate.proc.log_text();
+        assert!(log.contains(why), "{target}: {log}");
+    }
+}

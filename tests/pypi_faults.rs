@@ -533,6 +533,7 @@ async fn metadata_comes_from_the_wheels_own_dist_info() {
         sha_of("ambiguous").await,
         sha_of("zipbomb").await,
     );
+    let (corrupt, badoffset) = (sha_of("corrupt").await, sha_of("badoffset").await);
     let cfg = format!(
         "{PAGE_TTL}[[pypi.index]]\nname = \"liar\"\nurl = \"http://127.0.0.1:{}/simple/\"\n",
         liar.port
@@ -541,10 +542,12 @@ async fn metadata_comes_from_the_wheels_own_dist_info() {
         &fx.path("gate"),
         &cfg,
         &format!(
-            "{}{}{}",
+            "{}{}{}{}{}",
             exact("twometa", &two),
             exact("ambiguous", &amb),
-            exact("zipbomb", &bomb)
+            exact("zipbomb", &bomb),
+            exact("corrupt", &corrupt),
+            exact("badoffset", &badoffset)
         ),
     );
     let md = |project: &str, sha: &str| {
@@ -574,6 +577,13 @@ async fn metadata_comes_from_the_wheels_own_dist_info() {
         page["files"][0].get("core-metadata").is_none(),
         "a wheel whose METADATA failed is no longer advertised with it: {page}"
     );
+    // A broken zip is the wheel's fault too (502, remembered), not the gate's (500).
+    for (project, sha) in [("corrupt", &corrupt), ("badoffset", &badoffset)] {
+        let (s, body) = md(project, sha).await;
+        assert_eq!(s, 502, "{project}: {body}");
+        let (s, again) = md(project, sha).await;
+        assert_eq!((s, &again), (502, &body), "{project}: remembered");
+    }
 }
 
 /// A file link on the index's own host but another port is another service: with the

@@ -363,3 +363,113 @@ async fn a_stalled_request_body_is_cut_off() {
         started.elapsed()
     );
 }
+
+/// A body that keeps arriving, a byte at a time just inside idle_timeout, still ends at
+/// body_timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickled_request_body_ends_at_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::start(
+        dir.path(),
+        "[limits]\nidle_timeout = \"3s\"\nbody_timeout = \"2s\"\n",
+        "",
+    );
+    let s = TcpStream::connect(("127.0.0.1", gate.proc.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(
+        b"POST /api/v1/verify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut resp = Vec::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        let _ = w.write_all(b" ");
+        let mut b = [0u8; 512];
+        let mut r = &s;
+        match r.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => resp.extend_from_slice(&b[..n]),
+            Err(_) => {}
+        }
+        if !resp.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let text = String::from_utf8_lossy(&resp);
+    assert!(
+        text.starts_with("HTTP/1.1 4"),
+        "after {:?}: {text}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// HTTP/2 is not spoken: a client opening with the HTTP/2 preface (prior knowledge, as h2c
+/// does) gets no HTTP/2 server, and TLS offers only http/1.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_is_not_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ],
+        d,
+    );
+    let plain = Gate::start(&d.join("plain"), "[limits]\nhead_timeout = \"2s\"\n", "");
+    let mut s = TcpStream::connect(("127.0.0.1", plain.proc.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The connection preface and an empty SETTINGS frame (RFC 9113 §3.4).
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    // An HTTP/2 server answers with its own SETTINGS frame (type 4 in the fourth byte).
+    assert!(
+        resp.is_empty() || resp.starts_with(b"HTTP/1.1 4"),
+        "answered the HTTP/2 preface: {:?}",
+        &resp[..resp.len().min(16)]
+    );
+    let tls_cfg = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        d.join("cert.pem").display(),
+        d.join("key.pem").display()
+    );
+    let tls = Gate::start(&d.join("tls"), &tls_cfg, "");
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", tls.proc.port),
+            "-alpn",
+            "h2,http/1.1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
+}

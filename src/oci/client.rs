@@ -235,10 +235,7 @@ impl RegistryClient {
                 )),
                 Some((scheme, _)) if scheme == "basic" => {
                     match (&self.cfg.username, &self.cfg.password) {
-                        (Some(u), Some(p)) => {
-                            use base64_basic::encode;
-                            Some(format!("Basic {}", encode(&format!("{u}:{}", p.expose()))))
-                        }
+                        (Some(u), Some(p)) => Some(basic(u, p.expose())),
                         _ => return Err(RegistryError::Auth(name)),
                     }
                 }
@@ -380,8 +377,31 @@ impl RegistryClient {
                 ))
             }
         }
-        if listed {
+        // Credentials in a redirect would be sent (Basic) to wherever it points.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(RegistryError::Refused(
+                name,
+                format!("blob redirect to {host} carries credentials"),
+            ));
+        }
+        if listed || crate::config::HostPort::of_url(&self.cfg.url).matches(url) {
             return Ok(());
+        }
+        // The hosts the operator configured may resolve to private addresses, on the ports
+        // configured for them only: the same name on another port is another service, and an
+        // upstream must not reach it.
+        let configured = std::iter::once(self.cfg.url.host_str().unwrap_or_default())
+            .chain(self.cfg.auth_hosts.iter().map(|h| h.host.as_str()))
+            .chain(self.cfg.redirect_hosts.iter().map(|h| h.host.as_str()))
+            .any(|h| h.eq_ignore_ascii_case(&host));
+        if configured {
+            return Err(RegistryError::Refused(
+                name,
+                format!(
+                    "blob redirect to {host}:{}, a port of a configured host that is not configured (add the origin to redirect_hosts if it is meant)",
+                    url.port_or_known_default().unwrap_or(0)
+                ),
+            ));
         }
         // An IP literal (IPv6 in brackets) is checked as it is, not looked up.
         let literal = host
@@ -405,27 +425,13 @@ impl RegistryClient {
     }
 }
 
-/// Basic credentials need base64; a dozen lines do not justify a crate.
-mod base64_basic {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-        for chunk in b.chunks(3) {
-            let n = (chunk[0] as u32) << 16
-                | (*chunk.get(1).unwrap_or(&0) as u32) << 8
-                | *chunk.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
+/// RFC 7617 Basic credentials.
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 #[cfg(test)]
@@ -459,15 +465,20 @@ mod tests {
         ] {
             assert!(ip_is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "2606:4700::1111"] {
+        for ip in [
+            "::ffff:0:127.0.0.1",
+            "64:ff9b:1::808:808",
+            "2001:0:4136:e378::1",
+        ] {
+            assert!(ip_is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2606:4700::1111", "64:ff9b::808:808"] {
             assert!(!ip_is_private(ip.parse().unwrap()), "{ip}");
         }
     }
 
     #[test]
     fn basic_encoding() {
-        assert_eq!(base64_basic::encode("user:secret"), "dXNlcjpzZWNyZXQ=");
-        assert_eq!(base64_basic::encode("ab"), "YWI=");
-        assert_eq!(base64_basic::encode("abc"), "YWJj");
+        assert_eq!(basic("user", "secret"), "Basic dXNlcjpzZWNyZXQ=");
     }
 }

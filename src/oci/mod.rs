@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod service;
+pub mod strict;
 
 use std::sync::Arc;
 

@@ -342,6 +342,7 @@ enum ArtifactTag {
 /// Is `body` a payload of the kind the artifact promises, read as such: a cosign
 /// simple-signing payload, a DSSE envelope, or a Sigstore bundle?
 fn payload_is(kind: ArtifactTag, body: &[u8]) -> Result<(), String> {
+    super::strict::unambiguous(body)?;
     match kind {
         ArtifactTag::Signature => {
             match serde_json::from_slice::<crate::verify::cosign::Payload>(body) {
@@ -375,6 +376,10 @@ fn payload_is(kind: ArtifactTag, body: &[u8]) -> Result<(), String> {
 /// whose layers are exactly the artifact's payloads (what cosign writes). A runnable image's
 /// config, whose layers are tarballs, is not one.
 fn artifact_config_ok(body: &[u8], payloads: &[String]) -> bool {
+    // Read as a Go client reads it, or not at all (see `strict`).
+    if super::strict::unambiguous(body).is_err() {
+        return false;
+    }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return false;
     };
@@ -384,11 +389,22 @@ fn artifact_config_ok(body: &[u8], payloads: &[String]) -> bool {
     if obj.is_empty() {
         return true;
     }
+    // Nothing to run: cosign writes `"config": {}`; an entrypoint, command, environment or
+    // user would make the artifact an image with the attacker's start-up.
+    let runtime_empty = match obj.get("config") {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::Object(c)) => c.is_empty(),
+        Some(_) => false,
+    };
     match v.pointer("/rootfs/diff_ids").and_then(|d| d.as_array()) {
-        Some(ids) => ids.iter().all(|id| {
-            id.as_str()
-                .is_some_and(|id| payloads.iter().any(|p| p == id))
-        }),
+        Some(ids) => {
+            runtime_empty
+                && !ids.is_empty()
+                && ids.iter().all(|id| {
+                    id.as_str()
+                        .is_some_and(|id| payloads.iter().any(|p| p == id))
+                })
+        }
         None => false,
     }
 }
@@ -473,6 +489,8 @@ struct Descriptor {
 /// must agree (where the field is absent, as older OCI manifests allow, the header decides), it
 /// must be one the gate serves, and Docker schema 1 is refused.
 fn manifest_media_type(content_type: &str, bytes: &[u8]) -> Result<String, String> {
+    // Every manifest is read as the clients behind the gate read it (see `strict`).
+    super::strict::unambiguous(bytes)?;
     let doc: ManifestDoc =
         serde_json::from_slice(bytes).map_err(|_| "not a JSON manifest".to_string())?;
     if doc.schema_version == Some(1)
@@ -995,9 +1013,16 @@ impl Oci {
         match reg.manifest(&repo.path, reference, false).await {
             Err(RegistryError::NotFound) => Ok(None),
             Err(e) => Err(registry_error(e, "MANIFEST_UNKNOWN")),
-            Ok(resp) => Ok(Some(
-                read_upstream(resp, self.manifest_bytes, "signature artifact").await?,
-            )),
+            Ok(resp) => {
+                let bytes = read_upstream(resp, self.manifest_bytes, "signature artifact").await?;
+                // Read as cosign (Go) reads it, or refused (see `strict`).
+                super::strict::unambiguous(&bytes).map_err(|e| {
+                    OciError::from(ApiError::BadUpstream(format!(
+                        "signature artifact {reference}: {e}"
+                    )))
+                })?;
+                Ok(Some(bytes))
+            }
         }
     }
 
@@ -2128,6 +2153,7 @@ impl Oci {
                 // else the upstream says is its fault (502), not a list to hand on.
                 let index = serde_json::from_slice::<serde_json::Value>(&bytes)
                     .ok()
+                    .filter(|_| super::strict::unambiguous(&bytes).is_ok())
                     .filter(|v| v["schemaVersion"] == 2 && v["manifests"].is_array());
                 match index {
                     Some(v) => v.to_string(),

@@ -816,7 +816,7 @@ impl Pypi {
             .find(|f| f.filename == filename)
             .ok_or_else(|| {
                 ApiError::NotFound(format!(
-                    "{filename} is pinned but the upstream index no longer lists it"
+                    "{filename} is pinned but the upstream index lists no link to it that the gate follows (not listed, or its link was refused: another host, port or credentials; see the gate's log)"
                 ))
             })?;
         if let Some(declared) = f.sha256.as_deref() {
@@ -893,7 +893,18 @@ impl Pypi {
         .map_err(|e| ApiError::Internal(e.to_string()))?;
         let bytes = match extracted {
             Ok(b) => b,
-            Err(wheel::WheelError::Io(e)) => return Err(ApiError::Internal(e.to_string())),
+            // A wheel that ends early or whose deflate stream is corrupt is the wheel's fault
+            // (its bytes are the pinned ones); any other I/O error is the gate's.
+            Err(wheel::WheelError::Io(e))
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::InvalidData
+                        | std::io::ErrorKind::InvalidInput
+                ) =>
+            {
+                return Err(ApiError::Internal(e.to_string()))
+            }
             Err(e) => {
                 // The wheel's bytes are pinned: what failed once fails for good. Remembered,
                 // so a bad wheel costs one extraction, not one per request, and its listing

@@ -119,7 +119,10 @@ pub fn disk_free(path: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    // The field types differ between platforms (u32 on some): widened, whatever they are.
+    #[allow(clippy::unnecessary_cast)]
+    let (avail, frsize) = (st.f_bavail as u64, st.f_frsize as u64);
+    Some(avail.saturating_mul(frsize))
 }
 
 /// The store's page cache in memory.

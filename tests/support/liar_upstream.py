@@ -19,6 +19,8 @@ Projects (each page is PEP 691 JSON unless said otherwise):
              twometa-6.6.dist-info/METADATA of another version
   ambiguous  a wheel holding ambiguous-1.0.dist-info/METADATA twice, with different contents
   zipbomb    a wheel whose METADATA declares 100 bytes and inflates to 8 MiB
+  corrupt    a wheel whose METADATA's deflate stream is garbage
+  badoffset  a wheel whose central directory puts METADATA past the end of the file
   authed     the page needs Basic user:secret; the file link redirects to http://localhost:PORT
              (another origin on the same machine), which must never see the credentials
 Every request is logged on stderr as "REQ <host> <path> auth=<yes|no>".
@@ -51,8 +53,10 @@ def crafted(project):
             elif project == "ambiguous":
                 put("ambiguous-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: ambiguous\nVersion: 1.0\n")
                 put("ambiguous-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
-            else:
+            elif project == "zipbomb":
                 put("zipbomb-1.0.dist-info/METADATA", b"A" * (8 << 20))
+            else:
+                put(f"{project}-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: x\nVersion: 1.0\n" * 50)
     data = bytearray(buf.getvalue())
     if project == "zipbomb":
         # Rewrite the declared uncompressed size (local header and central directory) to 100.
@@ -64,12 +68,25 @@ def crafted(project):
                 if bytes(data[start:start + n]).endswith(b"METADATA"):
                     data[i + off:i + off + 4] = (100).to_bytes(4, "little")
                 i = data.find(sig, i + 4)
+    for sig, name_len_at, header in ((b"PK\x03\x04", 26, 30), (b"PK\x01\x02", 28, 46)):
+        i = data.find(sig)
+        while i >= 0:
+            n = int.from_bytes(data[i + name_len_at:][:2], "little")
+            extra = int.from_bytes(data[i + name_len_at + 2:][:2], "little")
+            start = i + header
+            if bytes(data[start:start + n]).endswith(b"METADATA"):
+                if project == "corrupt" and sig == b"PK\x03\x04":
+                    body = start + n + extra
+                    data[body:body + 16] = b"\xff" * 16  # an invalid deflate block type
+                if project == "badoffset" and sig == b"PK\x01\x02":
+                    data[i + 42:i + 46] = (len(data) + 4096).to_bytes(4, "little")
+            i = data.find(sig, i + 4)
     return bytes(data)
 
 
 def wheel(project):
     name = f"{project}-1.0-py3-none-any.whl"
-    if project in ("twometa", "ambiguous", "zipbomb"):
+    if project in ("twometa", "ambiguous", "zipbomb", "corrupt", "badoffset"):
         return name, crafted(project)
     with open(os.path.join(WHEELS, "good-1.0-py3-none-any.whl"), "rb") as f:
         data = f.read()

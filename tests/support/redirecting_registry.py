@@ -2,11 +2,11 @@
 """A minimal registry that serves an OCI layout and answers every blob request with a redirect,
 the way registries backed by object storage do, for the pull gate's redirect tests.
 
-usage: redirecting_registry.py LAYOUT_DIR
+usage: redirecting_registry.py LAYOUT_DIR [REDIRECT_BASE]
 
 /v2/... needs Basic user:secret. GET /v2/<name>/manifests/<digest or ref-name> serves the
 manifest; GET /v2/<name>/blobs/<digest> redirects to http://localhost:PORT/storage/<digest>,
-which serves the blob without auth. Prints "port N"; logs "REQ <host> <path> auth=<yes|no>".
+which serves the blob without auth (or to REDIRECT_BASE/<digest> when given). Prints "port N"; logs "REQ <host> <path> auth=<yes|no>".
 """
 import base64
 import json
@@ -15,6 +15,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LAYOUT = sys.argv[1]
+REDIRECT_BASE = sys.argv[2] if len(sys.argv) > 2 else None
 REFS = {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in json.load(open(os.path.join(LAYOUT, "index.json")))["manifests"]}
 GOOD = "Basic " + base64.b64encode(b"user:secret").decode()
 
@@ -58,7 +59,8 @@ class H(BaseHTTPRequestHandler):
             mt = json.loads(data).get("mediaType", "application/vnd.oci.image.manifest.v1+json")
             return self.send(200, data, [("Content-Type", mt), ("Docker-Content-Digest", digest)])
         if "blobs" in parts:
-            return self.send(307, b"", [("Location", f"http://localhost:{port}/storage/{parts[-1]}")])
+            base = REDIRECT_BASE or f"http://localhost:{port}/storage"
+            return self.send(307, b"", [("Location", f"{base}/{parts[-1]}")])
         return self.send(200, b"{}")
 
 
