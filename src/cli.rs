@@ -478,7 +478,7 @@ pub fn audit_verify(
         // A whole log file may be given: its checkpoint lines are taken, the rest skipped.
         let found: Vec<_> = text
             .lines()
-            .filter_map(crate::audit::checkpoint::Checkpoint::from_json)
+            .filter_map(crate::audit::checkpoint::Checkpoint::from_log_line)
             .collect();
         if found.is_empty() {
             eprintln!("error: {}: no audit checkpoint in it", f.display());

@@ -24,6 +24,7 @@ struct Listener {
 
 pub async fn serve(state: Arc<AppState>) -> Result<(), String> {
     let cfg = state.config.clone();
+    tokio::spawn(prune_pins(state.clone()));
     let tls = cfg.tls.clone();
     let mut listeners = vec![Listener {
         what: "gate",
@@ -219,6 +220,25 @@ async fn signals(state: Arc<AppState>, handles: Vec<Handle>) {
     state.ready.store(false, Relaxed);
     for handle in handles {
         handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    }
+}
+
+/// Once a day (the first a minute after start): first-sight pins no rule admits any more and
+/// unused for `prune_pins_after` are pruned.
+async fn prune_pins(state: Arc<AppState>) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = Duration::from_secs(86_400);
+        let lp = state.policy();
+        match state.pypi.prune_pins(&lp.policy).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                pins = n,
+                "first-sight pins pruned (no rule admits them, unused for prune_pins_after)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "first-sight pin pruning"),
+        }
     }
 }
 

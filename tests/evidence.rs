@@ -134,3 +134,434 @@ fn a_damaged_store_is_a_clear_error_not_a_panic() {
         assert!(!text.contains("panicked"), "{args:?}: {text}");
     }
 }
+
+/// Stops the gate as an orchestrator does (SIGTERM) and waits for it to exit, so its last
+/// checkpoint and folded denials are written.
+fn stop_gracefully(gate: &mut Gate) {
+    gate.proc.signal("TERM");
+    for _ in 0..100 {
+        if gate.proc.child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the gate did not stop on SIGTERM");
+}
+
+/// An Ed25519 key in `dir` (outside any data_dir), as `openssl genpkey` writes it.
+fn audit_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let key = dir.join("audit-key.pem");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    key
+}
+
+/// Rewrites entry `seq`'s detail and recomputes the chain after it, as someone with write
+/// access to data_dir (and this code) would.
+fn rewrite_from(store_path: &std::path::Path, seq: u64) {
+    use sha2::Digest as _;
+    let store = tollgate::store::Store::open(store_path).unwrap();
+    let mut rows = Vec::new();
+    store
+        .audit_scan(seq - 1, |s, bytes| {
+            rows.push((s, bytes.to_vec()));
+            true
+        })
+        .unwrap();
+    let mut prev: Option<String> = None;
+    for (s, bytes) in rows {
+        let mut e: tollgate::audit::AuditEntry = serde_json::from_slice(&bytes[65..]).unwrap();
+        if s == seq {
+            e.event.detail = "nothing happened here".into();
+        }
+        if let Some(p) = prev.take() {
+            e.prev = p;
+        }
+        let json = serde_json::to_vec(&e).unwrap();
+        let hash = hex::encode(sha2::Sha256::digest(&json));
+        let mut out = hash.clone().into_bytes();
+        out.push(b' ');
+        out.extend_from_slice(&json);
+        store.audit_overwrite(s, &out).unwrap();
+        prev = Some(hash);
+    }
+}
+
+async fn deny_some(gate: &Gate, from: usize, n: usize) {
+    let c = reqwest::Client::new();
+    for i in from..from + n {
+        let r = c
+            .get(gate.url(&format!("/simple/not-listed-{i}/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+}
+
+/// A rewritten entry (the chain recomputed after it) and a removed tail are named by audit
+/// verify against the signed checkpoints; checkpoints removed with the tail are still caught
+/// with the copies on the log stream; a gate without a key says its chain is unkeyed.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_checkpoints_name_a_rewritten_entry_and_a_removed_tail() {
+    let work = tempfile::tempdir().unwrap();
+    let key = audit_key(work.path());
+    let cfg = format!(
+        "[audit]\nsigning_key_file = \"{}\"\ncheckpoint_every = \"1s\"\n",
+        key.display()
+    );
+    let dir = work.path().join("gate");
+    let mut gate = Gate::start(&dir, &cfg, "");
+    deny_some(&gate, 0, 20).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    deny_some(&gate, 20, 20).await;
+    stop_gracefully(&mut gate);
+    let config = dir.join("tollgate.toml");
+    let out = tollgate(&["audit", "verify"], &config);
+    let text = show(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("audit chain intact: 40 entries"), "{text}");
+    assert!(text.contains("; 0 entries follow it"), "{text}");
+    // The log stream holds the checkpoints too.
+    let log = dir.join("gate.log");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("audit checkpoint"));
+
+    // Copies of the stopped gate's data_dir, each attacked one way.
+    let copy = |name: &str| {
+        let d = work.path().join(name);
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        std::fs::create_dir_all(d.join("allowlists")).unwrap();
+        std::fs::copy(dir.join("data/tollgate.redb"), d.join("data/tollgate.redb")).unwrap();
+        std::fs::copy(&config, d.join("tollgate.toml")).unwrap();
+        d
+    };
+    let rewritten = copy("rewritten");
+    rewrite_from(&rewritten.join("data/tollgate.redb"), 5);
+    let out = tollgate(&["audit", "verify"], &rewritten.join("tollgate.toml"));
+    let text = show(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The range named holds the entry changed.
+    let range = text
+        .split("rewritten: an entry in #")
+        .nth(1)
+        .and_then(|r| r.split_once(' '))
+        .map(|(r, _)| r.to_string())
+        .unwrap_or_else(|| panic!("{text}"));
+    let (a, b) = range.split_once("..#").unwrap();
+    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+    assert!(a <= 5 && 5 <= b, "{text}");
+
+    let cut = copy("cut");
+    let store = tollgate::store::Store::open(&cut.join("data/tollgate.redb")).unwrap();
+    store.audit_truncate(30, false).unwrap();
+    drop(store);
+    let out = tollgate(&["audit", "verify"], &cut.join("tollgate.toml"));
+    let text = show(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("truncated: the log ends at #30"), "{text}");
+
+    // The tail and its checkpoints removed: the store alone cannot tell, the log's copies can.
+    let cut2 = copy("cut2");
+    let store = tollgate::store::Store::open(&cut2.join("data/tollgate.redb")).unwrap();
+    store.audit_truncate(30, true).unwrap();
+    drop(store);
+    let log_arg = log.display().to_string();
+    let out = tollgate(
+        &["audit", "verify", "--checkpoint", &log_arg],
+        &cut2.join("tollgate.toml"),
+    );
+    let text = show(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("truncated: the log ends at #30"), "{text}");
+
+    // An auditor with the public key only.
+    let public = tollgate(&["audit", "public-key"], &config);
+    assert!(public.status.success(), "{}", show(&public));
+    let pem = work.path().join("audit-public.pem");
+    std::fs::write(&pem, &public.stdout).unwrap();
+    let unkeyed_cfg = rewritten.join("unkeyed.toml");
+    std::fs::write(
+        &unkeyed_cfg,
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
+    )
+    .unwrap();
+    let pem_arg = pem.display().to_string();
+    let out = tollgate(&["audit", "verify", "--public-key", &pem_arg], &unkeyed_cfg);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(show(&out).contains("rewritten"), "{}", show(&out));
+
+    // A gate without a key: its chain verifies, and says nothing vouches for it.
+    let plain = work.path().join("plain");
+    let mut gate = Gate::start(&plain, "", "");
+    deny_some(&gate, 0, 3).await;
+    stop_gracefully(&mut gate);
+    let out = tollgate(&["audit", "verify"], &plain.join("tollgate.toml"));
+    let text = show(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("unkeyed"), "{text}");
+}
+
+/// Retention moves old entries to the archive with their checkpoint and prunes them; the log
+/// and the archive verify as one chain, and export reads both back.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_archives_prunes_and_the_chain_still_verifies() {
+    let work = tempfile::tempdir().unwrap();
+    let key = audit_key(work.path());
+    let dir = work.path().join("gate");
+    let cfg = format!(
+        "[audit]\nsigning_key_file = \"{}\"\ncheckpoint_every = \"1s\"\nretention = \"2s\"\n",
+        key.display()
+    );
+    let admin_port = free_port();
+    // A reader token, made before the gate holds the store.
+    std::fs::create_dir_all(dir.join("allowlists")).unwrap();
+    std::fs::write(dir.join("allowlists/test.toml"), "").unwrap();
+    std::fs::write(
+        dir.join("tollgate.toml"),
+        format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nallowlist_dir = \"allowlists\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{cfg}"),
+    )
+    .unwrap();
+    let config = dir.join("tollgate.toml");
+    let made = tollgate(&["token", "create", "--role", "reader"], &config);
+    assert!(made.status.success(), "{}", show(&made));
+    let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let mut gate = Gate::restart(&dir);
+    deny_some(&gate, 0, 30).await;
+    // The first retention run comes 10 s after start (a tenth of retention, at least 10 s).
+    let mut archived = 0.0;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        archived = gate.metric("tollgate_audit_archived_total").await;
+        if archived > 0.0 {
+            break;
+        }
+    }
+    assert!(archived >= 30.0, "archived {archived}");
+    deny_some(&gate, 30, 5).await;
+    let c = reqwest::Client::new();
+    let v: serde_json::Value = c
+        .get(format!(
+            "http://127.0.0.1:{admin_port}/admin/v1/audit/verify"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "intact", "{v}");
+    assert!(v["archive"]["entries"].as_u64().unwrap() >= 30, "{v}");
+    let export = c
+        .get(format!(
+            "http://127.0.0.1:{admin_port}/admin/v1/audit/export?since=0"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    stop_gracefully(&mut gate);
+    let archive: Vec<_> = std::fs::read_dir(dir.join("data/audit-archive"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(!archive.is_empty());
+    let out = tollgate(&["audit", "verify"], &config);
+    let text = show(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("archive intact"), "{text}");
+    // Export: every entry from #1 on, in order, archived or not, with checkpoints.
+    let out = tollgate(&["audit", "export", "--since", "1970-01-01"], &config);
+    assert!(out.status.success(), "{}", show(&out));
+    let lines = String::from_utf8(out.stdout).unwrap();
+    for text in [&lines, &export] {
+        let seqs: Vec<u64> = text
+            .lines()
+            .filter(|l| !l.starts_with("{\"checkpoint\""))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs.first(), Some(&1), "{text}");
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        assert!(text.lines().any(|l| l.starts_with("{\"checkpoint\"")));
+    }
+    // An archived line edited: named.
+    let first = archive[0].path();
+    let edited =
+        std::fs::read_to_string(&first)
+            .unwrap()
+            .replacen("not-listed-0", "not-listed-X", 1);
+    std::fs::write(&first, edited).unwrap();
+    let out = tollgate(&["audit", "verify"], &config);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(show(&out).contains("archive:"), "{}", show(&out));
+}
+
+/// One client's flood of distinct denials: the first max_denials_per_client are entries, the
+/// rest fold into counted entries; the counts add up exactly, and the store stays small.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_denials_folds_with_an_exact_count() {
+    const FLOOD: usize = 20_000;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("gate");
+    let mut gate = Gate::start(&dir, "", "");
+    let store = dir.join("data/tollgate.redb");
+    let before = std::fs::metadata(&store).unwrap().len();
+    let c = reqwest::Client::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (c, next, url) = (c.clone(), next.clone(), gate.url("/simple/"));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= FLOOD {
+                    break;
+                }
+                let r = c.get(format!("{url}flood-{i}/")).send().await.unwrap();
+                assert_eq!(r.status(), 403);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The writer counts a fold when it takes the event from its queue: read once it is idle.
+    let mut folded = gate.metric("tollgate_audit_folded_total").await;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = gate.metric("tollgate_audit_folded_total").await;
+        if now == folded {
+            break;
+        }
+        folded = now;
+    }
+    stop_gracefully(&mut gate);
+    let grown = std::fs::metadata(&store)
+        .unwrap()
+        .len()
+        .saturating_sub(before);
+    let out = tollgate(&["audit", "export"], &dir.join("tollgate.toml"));
+    assert!(out.status.success(), "{}", show(&out));
+    let (mut entries, mut denials, mut folded_entries) = (0u64, 0u64, 0u64);
+    for l in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if v["decision"] == "deny" && v["client"] == "127.0.0.1" {
+            entries += 1;
+            denials += v["count"].as_u64().unwrap();
+            if v["action"] == "audit.folded" {
+                folded_entries += 1;
+                assert!(
+                    v["samples"].as_array().is_some_and(|s| !s.is_empty()),
+                    "{v}"
+                );
+            }
+        }
+    }
+    assert_eq!(denials, FLOOD as u64, "every denial is counted");
+    assert_eq!(folded as u64 + entries - folded_entries, FLOOD as u64);
+    assert!(entries <= 1000 + 10, "{entries} entries");
+    assert!(folded_entries >= 1);
+    // The stated bound: 1,000 entries of ~1 KB and a few folded ones.
+    assert!(grown < 4 << 20, "the store grew by {grown} bytes");
+}
+
+/// What an upstream may make the gate keep is bounded: a page listing more files than
+/// max_files_per_page is refused, a project's first-sight pins stop at max_pins_per_project,
+/// and a file over max_hash_bytes is neither approved nor hashed in the background.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_pages_and_files_cannot_grow_the_store_without_bound() {
+    let fx = Fixture::build();
+    let liar = liar_upstream(&fx.root().join("packages"), fx.path("liar.log"));
+    let dir = fx.path("gate");
+    let admin_port = free_port();
+    std::fs::create_dir_all(dir.join("allowlists")).unwrap();
+    std::fs::write(
+        dir.join("allowlists/test.toml"),
+        "[[package]]\nname = \"huge\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n\n\
+         [[package]]\nname = \"many\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n\n\
+         [[package]]\nname = \"bignohash\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tollgate.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nallowlist_dir = \"allowlists\"\n\
+             [limits]\npage_bytes = \"32MiB\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             {CFG}max_pins_per_project = 100\nmax_hash_bytes = \"1MiB\"\n\
+             [[pypi.index]]\nname = \"liar\"\nurl = \"http://127.0.0.1:{}/simple/\"\n",
+            liar.port
+        ),
+    )
+    .unwrap();
+    let config = dir.join("tollgate.toml");
+    let made = tollgate(&["token", "create", "--role", "approver"], &config);
+    assert!(made.status.success(), "{}", show(&made));
+    let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let gate = Gate::restart(&dir);
+
+    // 50,000 files: refused, with the reason.
+    let r = reqwest::get(gate.url("/simple/huge/")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("lists 50000 files") && body.contains("max_files_per_page (40000)"),
+        "{body}"
+    );
+    assert_eq!(
+        gate.metric("tollgate_upstream_pages_refused_total").await,
+        1.0
+    );
+
+    // 300 new files under a release rule: 100 pinned and listed, and no more on a new view.
+    for _ in 0..2 {
+        let page = gate.json_page("many").await;
+        assert_eq!(page["files"].as_array().unwrap().len(), 100, "{page}");
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    assert!(gate.metric("tollgate_pins_refused_total").await >= 200.0);
+
+    // A file without a hash, over max_hash_bytes: not downloaded past the cap, not listed.
+    for _ in 0..20 {
+        let page = gate.json_page("bignohash").await;
+        assert_eq!(page["files"].as_array().unwrap().len(), 0, "{page}");
+        if gate.metric("tollgate_hashes_refused_total").await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(gate.metric("tollgate_hashes_refused_total").await, 1.0);
+    assert!(gate.proc.log_text().contains("max_hash_bytes"));
+
+    // An approval of a file over max_hash_bytes: refused with the reason, nothing approved.
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{admin_port}/admin/v1/approvals"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "bigfile", "version": "1.0" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("bigfile-1.0-py3-none-any.whl is 2097152 bytes, more than max_hash_bytes"),
+        "{body}"
+    );
+    let log = std::fs::read_to_string(fx.path("liar.log")).unwrap();
+    assert!(
+        !log.contains("/files/bigfile"),
+        "the oversized file was downloaded:\n{log}"
+    );
+}

@@ -57,6 +57,9 @@ impl Checkpoint {
     /// (what the gate writes to the log stream).
     pub fn from_json(line: &str) -> Option<Checkpoint> {
         let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        if !v.is_object() {
+            return None;
+        }
         let find = |v: &serde_json::Value| -> Option<Checkpoint> {
             match v.get("checkpoint") {
                 Some(serde_json::Value::String(s)) => serde_json::from_str(s).ok(),
@@ -69,6 +72,33 @@ impl Checkpoint {
         find(&v)
             .or_else(|| v.get("fields").and_then(find))
             .or_else(|| serde_json::from_value(v).ok())
+    }
+
+    /// Reads a checkpoint from a line of the gate's log, JSON (`TOLLGATE_LOG=json`) or text
+    /// (`… audit checkpoint checkpoint={…}`); `None` for any other line.
+    pub fn from_log_line(line: &str) -> Option<Checkpoint> {
+        if let Some(cp) = Self::from_json(line) {
+            return Some(cp);
+        }
+        // Terminal colour codes (ESC [ … m) between a field's name and value are skipped.
+        let mut plain = String::with_capacity(line.len());
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        let at = plain.find("checkpoint={")? + "checkpoint=".len();
+        serde_json::Deserializer::from_str(&plain[at..])
+            .into_iter::<Checkpoint>()
+            .next()?
+            .ok()
     }
 }
 
@@ -248,7 +278,12 @@ mod tests {
             Checkpoint::from_json(&archived.to_string()),
             Some(cp.clone())
         );
-        assert_eq!(Checkpoint::from_json(&json), Some(cp));
+        assert_eq!(Checkpoint::from_json(&json), Some(cp.clone()));
+        let text = format!(
+            "2026-12-01T00:00:00Z  INFO tollgate::audit: audit checkpoint checkpoint={json}"
+        );
+        assert_eq!(Checkpoint::from_log_line(&text), Some(cp));
+        assert_eq!(Checkpoint::from_log_line("INFO audit event={}"), None);
         assert_eq!(Checkpoint::from_json("{\"seq\": 1}"), None);
     }
 

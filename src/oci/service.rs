@@ -342,7 +342,11 @@ enum ArtifactTag {
 /// Is `body` a payload of the kind the artifact promises, read as such: a cosign
 /// simple-signing payload, a DSSE envelope, or a Sigstore bundle?
 fn payload_is(kind: ArtifactTag, body: &[u8]) -> Result<(), String> {
-    super::strict::unambiguous(body)?;
+    // cosign reads payloads and envelopes with encoding/json, bundles with protojson.
+    match kind {
+        ArtifactTag::Bundle => super::strict::no_duplicate_keys(body)?,
+        _ => super::strict::unambiguous(body)?,
+    }
     match kind {
         ArtifactTag::Signature => {
             match serde_json::from_slice::<crate::verify::cosign::Payload>(body) {

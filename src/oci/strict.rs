@@ -103,9 +103,11 @@ fn folded_fields() -> &'static HashMap<String, &'static str> {
     F.get_or_init(|| FIELDS.iter().map(|f| (fold(f), *f)).collect())
 }
 
-/// Walks a JSON value, refusing ambiguous objects; `map_keys`: this object is a Go map.
+/// Walks a JSON value, refusing ambiguous objects; `map_keys`: this object is a Go map (or the
+/// document is read by protojson, which matches names exactly).
 struct Check {
     map_keys: bool,
+    exact: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Check {
@@ -142,7 +144,13 @@ impl<'de> Visitor<'de> for Check {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Check { map_keys: false })?.is_some() {}
+        while seq
+            .next_element_seed(Check {
+                map_keys: self.exact,
+                exact: self.exact,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
 
@@ -171,9 +179,14 @@ impl<'de> Visitor<'de> for Check {
                     }
                 }
             }
-            let map_keys = !self.map_keys && MAP_FIELDS.contains(&key.as_str());
+            // Under a Go map, the values are structs again; an exact (protojson) document stays
+            // exact throughout.
+            let map_keys = self.exact || MAP_FIELDS.contains(&key.as_str()) && !self.map_keys;
             seen.insert(folded, key);
-            map.next_value_seed(Check { map_keys })?;
+            map.next_value_seed(Check {
+                map_keys,
+                exact: self.exact,
+            })?;
         }
         Ok(())
     }
@@ -181,11 +194,24 @@ impl<'de> Visitor<'de> for Check {
 
 /// `Ok` when every reader parses `bytes` alike; else why not (for the refusal).
 pub fn unambiguous(bytes: &[u8]) -> Result<(), String> {
+    check(bytes, false)
+}
+
+/// For documents Go reads with protojson (Sigstore bundles), which matches field names
+/// exactly: only duplicate keys are ambiguous there (`keyId` and `keyid` are different fields).
+pub fn no_duplicate_keys(bytes: &[u8]) -> Result<(), String> {
+    check(bytes, true)
+}
+
+fn check(bytes: &[u8], exact: bool) -> Result<(), String> {
     let mut d = serde_json::Deserializer::from_slice(bytes);
-    Check { map_keys: false }
-        .deserialize(&mut d)
-        .and_then(|()| d.end())
-        .map_err(|e| format!("ambiguous JSON: {e}"))
+    Check {
+        map_keys: exact,
+        exact,
+    }
+    .deserialize(&mut d)
+    .and_then(|()| d.end())
+    .map_err(|e| format!("ambiguous JSON: {e}"))
 }
 
 #[cfg(test)]
@@ -216,5 +242,9 @@ mod tests {
         assert!(unambiguous(ok).is_ok());
         assert!(unambiguous(br#"{"annotations":{"a":"1","a":"2"}}"#).is_err());
         assert!(unambiguous(b"{} trailing").is_err());
+        // A Sigstore bundle (protojson) has keyId beside DSSE's keyid: different fields there.
+        let bundle = br#"{"tlogEntries":[{"logId":{"keyId":"a"}}],"dsseEnvelope":{"signatures":[{"keyid":"","sig":"x"}]}}"#;
+        assert!(no_duplicate_keys(bundle).is_ok());
+        assert!(no_duplicate_keys(br#"{"a":{"b":1,"b":2}}"#).is_err());
     }
 }

@@ -18,6 +18,9 @@ pub struct Pin {
     /// upstream gave none, or the moment a changed hash was first seen.
     pub clock_start: i64,
     pub first_seen: i64,
+    /// The last time (Unix seconds, to the day) the file was served under this pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_served: Option<i64>,
     /// Hashes this filename carried before; never served again under a release rule.
     #[serde(default)]
     pub superseded: Vec<String>,
@@ -250,6 +253,7 @@ pub fn next_pin(
                 size,
                 clock_start: now,
                 first_seen: now,
+                last_served: None,
                 superseded,
             })
         }
@@ -259,9 +263,28 @@ pub fn next_pin(
             // An upload time in the future is not believed.
             clock_start: upload_time.map(|t| t.min(now)).unwrap_or(now),
             first_seen: now,
+            last_served: None,
             superseded: Vec::new(),
         }),
     }
+}
+
+/// May a first-sight pin go? Only when no release rule admits its file any more (the project
+/// left the allowlist, or the rule's specifier moved on) and it was neither seen nor served for
+/// `idle` seconds: a pin that still decides something is never pruned.
+pub fn pin_prunable(
+    rules: Option<&ProjectRules>,
+    dist: Option<&DistFilename>,
+    pin: &Pin,
+    now: i64,
+    idle: i64,
+) -> bool {
+    let admitted = match (rules, dist) {
+        (Some(r), Some(d)) => release_rule_matches(r, d),
+        _ => false,
+    };
+    let used = pin.first_seen.max(pin.last_served.unwrap_or(0));
+    !admitted && now - used >= idle
 }
 
 #[cfg(test)]
@@ -310,6 +333,7 @@ mod tests {
             size: Some(10),
             clock_start,
             first_seen: clock_start,
+            last_served: None,
             superseded: vec![],
         }
     }
@@ -443,5 +467,21 @@ mod tests {
             100 * DAY,
         );
         assert_eq!(code(back), "superseded_pin");
+    }
+
+    #[test]
+    fn only_idle_pins_no_rule_admits_are_prunable() {
+        let p = policy("");
+        let name = ProjectName::parse("demo").unwrap();
+        let rules = decide_project(&p, &name).ok();
+        let admitted = DistFilename::parse("demo-2.1-py3-none-any.whl", &name).unwrap();
+        let dropped = DistFilename::parse("demo-3.0-py3-none-any.whl", &name).unwrap();
+        let mut old = pin(H2, 0);
+        let now = 400 * DAY;
+        assert!(!pin_prunable(rules, Some(&admitted), &old, now, 90 * DAY));
+        assert!(pin_prunable(rules, Some(&dropped), &old, now, 90 * DAY));
+        assert!(pin_prunable(None, Some(&admitted), &old, now, 90 * DAY));
+        old.last_served = Some(now - DAY);
+        assert!(!pin_prunable(rules, Some(&dropped), &old, now, 90 * DAY));
     }
 }

@@ -1,5 +1,6 @@
 //! The PyPI-compatible simple index (PEP 503, PEP 691) and its file routes.
 
+pub mod hashing;
 pub mod page;
 pub mod render;
 pub mod service;

@@ -9,11 +9,11 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use reqwest::Url;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
+use super::hashing;
 use super::page::{UpstreamFile, UpstreamPage};
 use super::render::{self, Format, ListedFile};
 use super::upstream::{Upstream, UpstreamError};
@@ -32,6 +32,9 @@ use crate::store::{Cache, Store, METADATA, OBSERVED, PAGES, PINS};
 /// After an upstream failure, requests within this window do not try it again: they get the
 /// stale page (or 503) at once instead of each waiting for a timeout.
 const FAILURE_BACKOFF_SECS: i64 = 5;
+/// Upstream files refused for hashing (over max_hash_bytes or hash_timeout), remembered so a
+/// page view does not start the download again; at most this many.
+const MAX_REMEMBERED_REFUSALS: usize = 10_000;
 /// Background hashing of files whose upstream declares no hash, at most this many at once.
 const MAX_BACKGROUND_HASHING: usize = 4;
 
@@ -69,7 +72,10 @@ pub struct Pypi {
     pub wheels_only: bool,
     page_ttl: i64,
     public_base: String,
-    cache_max_bytes: u64,
+    hash_limits: hashing::HashLimits,
+    max_pins: usize,
+    prune_pins_after: i64,
+    hash_refused: Mutex<HashSet<String>>,
     upstreams: HashMap<String, Arc<Upstream>>,
     pages: Mutex<HashMap<String, Arc<UpstreamPage>>>,
     page_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -136,10 +142,23 @@ impl Pypi {
             {
                 continue;
             }
-            let (sha, size, temp) = self
-                .hash_remote(upstream, &f.url)
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("{}: {e}", f.filename)))?;
+            let (sha, size, temp) = hashing::hash_remote(
+                upstream,
+                &self.cache,
+                &f.url,
+                &f.filename,
+                f.size,
+                self.hash_limits,
+            )
+            .await
+            .map_err(|e| {
+                if e.is_limit() {
+                    self.metrics.hashes_refused.fetch_add(1, Relaxed);
+                    ApiError::BadRequest(format!("nothing was approved: {e}"))
+                } else {
+                    ApiError::Unavailable(format!("{}: {e}", f.filename))
+                }
+            })?;
             if let Some(t) = temp {
                 let _ = tokio::fs::remove_file(&t.path).await;
             }
@@ -159,6 +178,65 @@ impl Pypi {
             });
         }
         Ok(out)
+    }
+
+    /// Records that a pinned file was served (at most once a day per pin), so pruning keeps
+    /// what is in use.
+    async fn touch_pin(&self, project: &ProjectName, filename: &str, pin: Pin) {
+        let now = now_secs();
+        if pin.last_served.is_some_and(|t| now - t < 86_400) {
+            return;
+        }
+        let _pins = self.pin_lock.lock().await;
+        let key = pin_key(project, filename);
+        let store = self.store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            // Read again under the lock: the pin may have changed since the decision.
+            let current: Option<Pin> = store.get(PINS, &key)?;
+            match current {
+                Some(mut p) if p.sha256 == pin.sha256 => {
+                    p.last_served = Some(now);
+                    store.put(PINS, &key, &p)
+                }
+                _ => Ok(()),
+            }
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "could not record a pin's last use");
+        }
+    }
+
+    /// Prunes first-sight pins that no release rule admits any more and that were neither
+    /// seen nor served for `prune_pins_after`; returns how many went.
+    pub async fn prune_pins(&self, policy: &Policy) -> Result<usize, ApiError> {
+        let _pins = self.pin_lock.lock().await;
+        let now = now_secs();
+        let mut gone = Vec::new();
+        for (key, pin) in self.store.all::<Pin>(PINS)? {
+            let Some((project, filename)) = key.split_once('/') else {
+                continue;
+            };
+            let name = ProjectName::parse(project).ok();
+            let rules = name
+                .as_ref()
+                .and_then(|n| decide::decide_project(policy, n).ok());
+            let dist = name
+                .as_ref()
+                .and_then(|n| DistFilename::parse(filename, n).ok());
+            if decide::pin_prunable(rules, dist.as_ref(), &pin, now, self.prune_pins_after) {
+                gone.push(key);
+            }
+        }
+        let n = gone.len();
+        if n > 0 {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.remove_many(PINS, &gone))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            self.pins_gen.fetch_add(1, Relaxed);
+        }
+        Ok(n)
     }
 
     /// Every first-sight pin (`project/filename` → pin).
@@ -198,7 +276,13 @@ impl Pypi {
             wheels_only: config.pypi.wheels_only,
             page_ttl: config.pypi.page_ttl.as_secs() as i64,
             public_base: config.public_url.clone().unwrap_or_default(),
-            cache_max_bytes: config.cache_max_bytes,
+            hash_limits: hashing::HashLimits {
+                max_bytes: config.pypi.max_hash_bytes,
+                timeout: config.pypi.hash_timeout,
+            },
+            max_pins: config.pypi.max_pins_per_project,
+            prune_pins_after: config.pypi.prune_pins_after.as_secs() as i64,
+            hash_refused: Mutex::default(),
             upstreams,
             pages: Mutex::default(),
             page_locks: Mutex::default(),
@@ -465,6 +549,10 @@ impl Pypi {
         let mut pin_writes: Vec<(String, Pin)> = Vec::new();
         let mut valid_until = i64::MAX;
         let mut seen = HashSet::new();
+        // First-sight pins this project may still take (max_pins_per_project): counted once,
+        // when the page brings a file not pinned yet.
+        let mut room: Option<usize> = None;
+        let mut unpinned = 0u64;
         for f in &page.files {
             let Ok(dist) = DistFilename::parse(&f.filename, project) else {
                 continue;
@@ -486,6 +574,22 @@ impl Pypi {
             if release {
                 let key = pin_key(project, &f.filename);
                 let existing: Option<Pin> = self.store.get(PINS, &key)?;
+                if existing.is_none() {
+                    let left = match room {
+                        Some(r) => r,
+                        None => {
+                            let have = self.store.count_prefix(PINS, &format!("{project}/"))?;
+                            *room.insert(self.max_pins.saturating_sub(have))
+                        }
+                    };
+                    if left == 0 {
+                        // Neither pinned nor listed: the store does not grow past the cap
+                        // whatever the upstream lists.
+                        unpinned += 1;
+                        continue;
+                    }
+                    room = Some(left - 1);
+                }
                 // An index's upload time shortens the quarantine only when it is trusted
                 // (`upload_time`): otherwise a file dated 1999 but first seen now ages from now.
                 let uploaded = f.upload_time.filter(|_| trust_upload_time);
@@ -544,6 +648,10 @@ impl Pypi {
                 Decision::Deny(_) => {}
             }
         }
+        if unpinned > 0 {
+            self.metrics.pins_refused.fetch_add(unpinned, Relaxed);
+            tracing::warn!(%project, index = %rules.index, files = unpinned, max_pins_per_project = self.max_pins, "project reached max_pins_per_project: new upstream files are neither pinned nor listed");
+        }
         if !pin_writes.is_empty() {
             let store = self.store.clone();
             tokio::task::spawn_blocking(move || store.put_many(PINS, &pin_writes))
@@ -567,6 +675,9 @@ impl Pypi {
         dist: &DistFilename,
         f: &UpstreamFile,
     ) {
+        if lock(&self.hash_refused).contains(&f.url) {
+            return;
+        }
         {
             let mut h = lock(&self.hashing);
             if h.len() >= MAX_BACKGROUND_HASHING || !h.insert(f.url.clone()) {
@@ -590,8 +701,18 @@ impl Pypi {
         let this = self.clone();
         let url = f.url.clone();
         let filename = f.filename.clone();
+        let declared = f.size;
         tokio::spawn(async move {
-            match this.hash_remote(&upstream, &url).await {
+            let hashed = hashing::hash_remote(
+                &upstream,
+                &this.cache,
+                &url,
+                &filename,
+                declared,
+                this.hash_limits,
+            )
+            .await;
+            match hashed {
                 Ok((sha, size, temp)) => {
                     if let Some(t) = temp {
                         if release || exact.contains(&sha) {
@@ -612,51 +733,22 @@ impl Pypi {
                         tokio::task::spawn_blocking(move || store.put(OBSERVED, &key, &obs)).await;
                     this.pins_gen.fetch_add(1, Relaxed);
                 }
-                Err(e) => tracing::warn!(url = %url, error = %e, "could not hash upstream file"),
+                Err(e) if e.is_limit() => {
+                    // Not tried again on every page view: the file stays unlisted, and says why.
+                    this.metrics.hashes_refused.fetch_add(1, Relaxed);
+                    tracing::warn!(url = %crate::pypi::upstream::safe_str(&url), error = %e, "upstream file not hashed; it is not listed");
+                    let mut refused = lock(&this.hash_refused);
+                    if refused.len() >= MAX_REMEMBERED_REFUSALS {
+                        refused.clear();
+                    }
+                    refused.insert(url.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(url = %crate::pypi::upstream::safe_str(&url), error = %e, "could not hash upstream file")
+                }
             }
             lock(&this.hashing).remove(&url);
         });
-    }
-
-    /// Downloads a file to a temp file (when one can be made) while hashing it.
-    async fn hash_remote(
-        &self,
-        upstream: &Upstream,
-        url: &str,
-    ) -> Result<(Sha256, u64, Option<crate::store::cache::TempFile>), String> {
-        let url = Url::parse(url).map_err(|e| e.to_string())?;
-        let resp = upstream.open_file(&url).await.map_err(|e| e.to_string())?;
-        let mut temp = self.cache.temp_file().await.ok();
-        let mut hasher = sha2::Sha256::new();
-        let mut total = 0u64;
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    if let Some(t) = temp {
-                        let _ = tokio::fs::remove_file(&t.path).await;
-                    }
-                    return Err(e.to_string());
-                }
-            };
-            total += chunk.len() as u64;
-            if total > self.cache_max_bytes {
-                if let Some(t) = temp {
-                    let _ = tokio::fs::remove_file(&t.path).await;
-                }
-                return Err("file larger than the cache quota".into());
-            }
-            hasher.update(&chunk);
-            if let Some(t) = temp.as_mut() {
-                if t.file.write_all(&chunk).await.is_err() {
-                    if let Some(t) = temp.take() {
-                        let _ = tokio::fs::remove_file(&t.path).await;
-                    }
-                }
-            }
-        }
-        Ok((Sha256::from_bytes(hasher.finalize().into()), total, temp))
     }
 
     /// Decides a file request. Returns the decision's rules and the parsed filename.
@@ -696,6 +788,9 @@ impl Pypi {
             Decision::Allow(a) => {
                 self.audit(action, project, Some((filename, sha)), Ok(&a), client)
                     .await;
+                if let Some(p) = pin {
+                    self.touch_pin(project, filename, p).await;
+                }
                 Ok((rules, dist))
             }
             Decision::Deny(reason) => Err(self

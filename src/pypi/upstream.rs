@@ -230,6 +230,11 @@ impl Upstream {
 }
 
 /// A URL for logs: no credentials, no query (signed URLs carry tokens there).
+/// [`safe`] of a URL given as text (unparseable: not shown).
+pub fn safe_str(url: &str) -> String {
+    Url::parse(url).map_or_else(|_| "(unparseable URL)".into(), |u| safe(&u))
+}
+
 pub fn safe(url: &Url) -> String {
     let mut u = url.clone();
     let _ = u.set_username("");

@@ -341,6 +341,25 @@ impl Store {
         Ok(())
     }
 
+    /// How many keys of `table` start with `prefix`.
+    pub fn count_prefix(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        prefix: &str,
+    ) -> Result<usize, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(table)?;
+        let mut n = 0;
+        for item in t.range(prefix..)? {
+            let (k, _) = item?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Removes one record.
     pub fn remove(
         &self,

@@ -21,6 +21,10 @@ Projects (each page is PEP 691 JSON unless said otherwise):
   zipbomb    a wheel whose METADATA declares 100 bytes and inflates to 8 MiB
   corrupt    a wheel whose METADATA's deflate stream is garbage
   badoffset  a wheel whose central directory puts METADATA past the end of the file
+  huge       a page listing 50,000 files
+  many       a page listing 300 files of releases 1.0.N (made-up hashes)
+  bigfile    a 2 MiB file, its size declared on the page
+  bignohash  a 2 MiB file listed with neither hash nor size
   authed     the page needs Basic user:secret; the file link redirects to http://localhost:PORT
              (another origin on the same machine), which must never see the credentials
 Every request is logged on stderr as "REQ <host> <path> auth=<yes|no>".
@@ -86,6 +90,8 @@ def crafted(project):
 
 def wheel(project):
     name = f"{project}-1.0-py3-none-any.whl"
+    if project in ("bigfile", "bignohash"):
+        return name, b"\0" * (2 << 20)
     if project in ("twometa", "ambiguous", "zipbomb", "corrupt", "badoffset"):
         return name, crafted(project)
     with open(os.path.join(WHEELS, "good-1.0-py3-none-any.whl"), "rb") as f:
@@ -131,6 +137,12 @@ class H(BaseHTTPRequestHandler):
                 return self.send(200, b"{not json")
             if project == "slow":
                 time.sleep(5)
+            if project in ("huge", "many"):
+                n = 50_000 if project == "huge" else 300
+                files = [{"filename": f"{project}-1.0.{i}-py3-none-any.whl",
+                          "url": f"/files/{project}-1.0.{i}-py3-none-any.whl",
+                          "hashes": {"sha256": hashlib.sha256(b"%d" % i).hexdigest()}} for i in range(n)]
+                return self.send(200, json.dumps({"meta": {"api-version": "1.1"}, "name": project, "files": files}).encode())
             name, data = wheel(project)
             url = f"http://127.0.0.1:{port}/files/{name}"
             if project == "offhost":
@@ -145,8 +157,10 @@ class H(BaseHTTPRequestHandler):
                 "name": project,
                 "files": [{"filename": name, "url": url, "hashes": {"sha256": hashlib.sha256(data).hexdigest()}, "size": size}],
             }
-            if project.startswith("offport-"):
+            if project.startswith("offport-") or project == "bignohash":
                 del page["files"][0]["hashes"]
+            if project == "bignohash":
+                del page["files"][0]["size"]
             if project == "backdated":
                 page["files"][0]["upload-time"] = "1999-01-01T00:00:00.000000Z"
             return self.send(200, json.dumps(page).encode())
