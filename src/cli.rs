@@ -16,7 +16,11 @@ pub fn check(config: &Config) -> i32 {
             return 1;
         }
     };
-    if let Err(e) = crate::audit::Settings::from_config(&config.audit) {
+    if let Err(e) = crate::audit::Settings::from_config(
+        &config.audit,
+        &config.data_dir,
+        config.limits.min_free_disk,
+    ) {
         eprintln!("error: {e}");
         return 1;
     }
@@ -415,7 +419,13 @@ pub fn token_create(config: &Config, role: &str, name: Option<&str>, expires: Op
         return 1;
     }
     // Signed now, so the entry does not wait for the gate's next checkpoint.
-    if let Ok(Some(signer)) = crate::audit::Settings::from_config(&config.audit).map(|s| s.signer) {
+    if let Ok(Some(signer)) = crate::audit::Settings::from_config(
+        &config.audit,
+        &config.data_dir,
+        config.limits.min_free_disk,
+    )
+    .map(|s| s.signer)
+    {
         if let Err(e) = crate::audit::checkpoint_blocking(&store, &signer) {
             eprintln!("warning: the audit checkpoint could not be written: {e}");
         }
@@ -428,27 +438,42 @@ pub fn token_create(config: &Config, role: &str, name: Option<&str>, expires: Op
     0
 }
 
-/// The key `audit verify` checks checkpoints with: `--public-key`, else the configured one.
-fn audit_key(
+/// The keys `audit verify` checks checkpoints with: the configured one (when it can be read)
+/// `previous_public_keys`, and every `--public-key` (a rotated key, or an auditor without the
+/// private key).
+fn audit_keys(
     config: &Config,
-    public_key: Option<&std::path::Path>,
-) -> Result<Option<crate::audit::checkpoint::VerifyKey>, String> {
+    public_keys: &[std::path::PathBuf],
+) -> Result<Vec<crate::audit::checkpoint::VerifyKey>, String> {
     use crate::audit::checkpoint::VerifyKey;
-    if let Some(p) = public_key {
+    let mut keys = Vec::new();
+    for p in public_keys {
         let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        return VerifyKey::from_pem(&pem)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", p.display()));
+        keys.push(VerifyKey::from_pem(&pem).map_err(|e| format!("{}: {e}", p.display()))?);
     }
-    if let Some(e) = &config.audit.signing_key_error {
-        return Err(format!("{e} (or give --public-key)"));
+    match (&config.audit.signing_key, &config.audit.signing_key_error) {
+        (Some(k), _) => keys.push(
+            VerifyKey::from_pem(k.expose()).map_err(|e| format!("[audit] signing key: {e}"))?,
+        ),
+        (None, Some(e)) if keys.is_empty() => return Err(format!("{e} (or give --public-key)")),
+        _ => {}
     }
-    match &config.audit.signing_key {
-        None => Ok(None),
-        Some(k) => VerifyKey::from_pem(k.expose())
-            .map(Some)
-            .map_err(|e| format!("[audit] signing key: {e}")),
+    for (path, pem) in &config.audit.previous_public_keys {
+        keys.push(
+            VerifyKey::from_pem(pem)
+                .map_err(|e| format!("[audit] previous_public_keys {}: {e}", path.display()))?,
+        );
     }
+    Ok(keys)
+}
+
+/// A one-shot command over the store: a panic inside redb on a damaged page is reported as a
+/// damaged store, without a backtrace.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = f();
+    let _ = std::panic::take_hook();
+    out
 }
 
 /// `tollgate audit verify`: the chain against its signed checkpoints (stored, and copies from
@@ -457,9 +482,10 @@ fn audit_key(
 pub fn audit_verify(
     config: &Config,
     checkpoint_files: &[std::path::PathBuf],
-    public_key: Option<&std::path::Path>,
+    public_keys: &[std::path::PathBuf],
+    archive: Option<&std::path::Path>,
 ) -> i32 {
-    let key = match audit_key(config, public_key) {
+    let keys = match audit_keys(config, public_keys) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("error: {e}");
@@ -490,8 +516,21 @@ pub fn audit_verify(
         Ok(s) => s,
         Err(c) => return c,
     };
-    let dir = crate::audit::archive::dir(&config.data_dir);
-    match crate::audit::verify_all(&store, key.as_ref(), external, &dir) {
+    let dir = archive.map_or_else(
+        || crate::audit::archive::dir(&config.data_dir),
+        std::path::Path::to_path_buf,
+    );
+    let given = crate::audit::verify::Given {
+        keys,
+        external,
+        checkpoint_every: Some(config.audit.checkpoint_every),
+    };
+    let verified = quietly(|| {
+        store.guard(|| {
+            crate::audit::verify_all(&store, &given, &dir).map_err(crate::store::StoreError::Audit)
+        })
+    });
+    match verified {
         Ok(report) => {
             for line in report.lines() {
                 println!("{line}");
@@ -530,8 +569,13 @@ pub fn audit_export(config: &Config, since: Option<&str>, until: Option<&str>) -
     use std::io::Write as _;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let dir = crate::audit::archive::dir(&config.data_dir);
-    let r = crate::audit::archive::export(&store, &dir, since, until, |line| {
-        writeln!(out, "{line}").is_ok()
+    let r = quietly(|| {
+        store.guard(|| {
+            crate::audit::archive::export(&store, &dir, since, until, |line| {
+                writeln!(out, "{line}").is_ok()
+            })
+            .map_err(crate::store::StoreError::Audit)
+        })
     });
     let _ = out.flush();
     match r {
@@ -545,7 +589,7 @@ pub fn audit_export(config: &Config, since: Option<&str>, until: Option<&str>) -
 
 /// `tollgate audit public-key`: the checkpoint key's public half, for auditors.
 pub fn audit_public_key(config: &Config) -> i32 {
-    match audit_key(config, None) {
+    match audit_keys(config, &[]).map(|k| k.into_iter().next()) {
         Ok(Some(k)) => match k.to_pem() {
             Ok(pem) => {
                 print!("{pem}");

@@ -121,6 +121,9 @@ pub struct AuditConfig {
     /// Why the configured key could not be read (its variable unset, its file unreadable):
     /// the gate refuses to start, while `audit verify --public-key` can still run.
     pub signing_key_error: Option<String>,
+    /// Public keys (PEM) of signing keys used before a rotation: their checkpoints still
+    /// vouch. Kept outside `data_dir` like the signing key, for the same reason.
+    pub previous_public_keys: Vec<(PathBuf, String)>,
     pub checkpoint_every: Duration,
     /// Entries older than this are exported to the archive and pruned (`None`: kept).
     pub retention: Option<Duration>,
@@ -134,6 +137,7 @@ impl Default for AuditConfig {
         AuditConfig {
             signing_key: None,
             signing_key_error: None,
+            previous_public_keys: Vec::new(),
             checkpoint_every: Duration::from_secs(60),
             retention: None,
             max_denials: 1000,
@@ -354,6 +358,8 @@ struct RawLimits {
 struct RawAudit {
     signing_key_env: Option<String>,
     signing_key_file: Option<String>,
+    #[serde(default)]
+    previous_public_keys: Vec<String>,
     checkpoint_every: Option<String>,
     retention: Option<String>,
     max_denials_per_client: Option<String>,
@@ -715,6 +721,21 @@ impl Config {
             }
             (None, None) => None,
         };
+        let mut previous_public_keys = Vec::new();
+        for f in &rau.previous_public_keys {
+            let path = resolve(f);
+            let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            // A key list that the store's writer can edit would let it vouch for its own rewrite.
+            if abs(&path).starts_with(abs(&data_dir)) {
+                return Err(audit_err(format!(
+                    "previous_public_keys {} is inside data_dir: keep keys where the store is not",
+                    path.display()
+                )));
+            }
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| audit_err(format!("previous_public_keys {}: {e}", path.display())))?;
+            previous_public_keys.push((path, pem));
+        }
         let dur = |key: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
             match v {
                 None => Ok(None),
@@ -747,6 +768,7 @@ impl Config {
         let audit = AuditConfig {
             signing_key,
             signing_key_error,
+            previous_public_keys,
             checkpoint_every: dur("checkpoint_every", &rau.checkpoint_every)?
                 .filter(|d| !d.is_zero())
                 .unwrap_or(defaults.checkpoint_every),

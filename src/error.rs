@@ -151,6 +151,13 @@ impl IntoResponse for crate::oci::service::OciError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        // A store that is being reopened after an I/O error is an outage to retry (503), not
+        // a fault of the request.
+        if let crate::store::StoreError::Unusable(_) = e {
+            return ApiError::Unavailable(
+                "the gate's store is recovering from an I/O error; try again shortly".into(),
+            );
+        }
         ApiError::Internal(e.to_string())
     }
 }

@@ -260,7 +260,12 @@ impl Fetcher {
         let limit = size.or(declared).unwrap_or(self.cache_max_bytes);
         let _ = head.send(Ok(size.or(declared)));
 
+        // Below min_free_disk the file is served (verified) and not kept.
         let mut temp = match self.cache.temp_file().await {
+            Ok(t) if !self.cache.room(size.or(declared).unwrap_or(2 << 20)) => {
+                let _ = tokio::fs::remove_file(&t.path).await;
+                None
+            }
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create a cache temp file; serving without caching");
@@ -293,6 +298,16 @@ impl Fetcher {
                 break;
             }
             hasher.update(&chunk);
+            // The disk is looked at again every 64 MiB written: others fill it too.
+            if temp.is_some()
+                && total / DISK_CHECK_EVERY != (total - chunk.len() as u64) / DISK_CHECK_EVERY
+                && !self.cache.room(2 << 20)
+            {
+                tracing::warn!(%name, "disk nearly full (below min_free_disk): serving without caching");
+                if let Some(t) = temp.take() {
+                    let _ = tokio::fs::remove_file(&t.path).await;
+                }
+            }
             if let Some(t) = temp.as_mut() {
                 if let Err(e) = t.file.write_all(&chunk).await {
                     tracing::warn!(error = %e, "cache write failed (disk full?); serving without caching");
@@ -409,6 +424,19 @@ impl Fetcher {
         self.cache.evict(sha).await;
     }
 
+    /// Audits the cached files found changed at start (their eviction is counted already).
+    pub async fn report_startup_tampering(&self) {
+        for sha in self.cache.take_startup_tampered() {
+            let ev = AuditEvent::about("cache.verify", sha.hex(), None, Some(sha.hex()), "gate");
+            self.audit
+                .record(ev.deny(
+                    "cache_tampered",
+                    "the cached file changed length or kind while the gate was stopped; evicted and fetched again when asked for".into(),
+                ))
+                .await;
+        }
+    }
+
     /// Re-checks cached files not yet verified in this run, `rate` bytes per second at most,
     /// so that tampering is found even in files nobody asks for.
     pub async fn scrub(self: Arc<Self>, rate: u64) {
@@ -488,9 +516,27 @@ impl Fetcher {
                 "the cached copy was damaged and has been removed; ask again".into(),
             ));
         }
-        let mut file = tokio::fs::File::open(self.cache.path(sha))
-            .await
-            .map_err(|e| ApiError::Internal(format!("cached file: {e}")))?;
+        let path = self.cache.path(sha);
+        let opened = tokio::task::spawn_blocking(move || {
+            crate::store::cache::open_cached(&path, Some(size))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut file = match opened {
+            Ok(f) => tokio::fs::File::from_std(f),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::InvalidData
+                    || e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                // Replaced (a link, a FIFO, another length) while the gate ran.
+                self.tampered(sha, None).await;
+                return Err(ApiError::Unavailable(
+                    "the cached copy was damaged and has been removed; ask again".into(),
+                ));
+            }
+            Err(e) => return Err(ApiError::Internal(format!("cached file: {e}"))),
+        };
         if start > 0 {
             file.seek(std::io::SeekFrom::Start(start))
                 .await
@@ -576,7 +622,7 @@ const VERIFY_FIRST_BYTES: u64 = 32 << 20;
 /// The sha256 of a file's bytes (`None`: unreadable).
 pub fn hash_file(path: &std::path::Path) -> Option<Sha256> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
+    let mut f = crate::store::cache::open_cached(path, None).ok()?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -710,6 +756,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
         })
     }
 }
+
+/// How often (in bytes written) a download that is being cached looks at the free disk again.
+pub const DISK_CHECK_EVERY: u64 = 64 << 20;
 
 /// The process's one TLS provider: aws-lc-rs, the library sigstore-verify checks signatures
 /// with, so TLS and signatures rest on one cryptographic stack. Installed before any TLS

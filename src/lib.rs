@@ -113,15 +113,23 @@ impl AppState {
             .map_err(|e| e.to_string())?,
         );
         cache.set_min_free(config.limits.min_free_disk);
-        let settings = audit::Settings::from_config(&config.audit)?;
-        let public = settings.signer.as_ref().map(|s| s.public.clone());
+        let settings = audit::Settings::from_config(
+            &config.audit,
+            &config.data_dir,
+            config.limits.min_free_disk,
+        )?;
         let (audit, _writer) = Audit::start(metrics.clone(), Some(store.clone()), settings)?;
         if let Some(keep) = config.audit.retention {
+            let given = audit::verify::Given {
+                keys: audit.keys(),
+                external: Vec::new(),
+                checkpoint_every: Some(config.audit.checkpoint_every),
+            };
             tokio::spawn(audit::archive::run(
                 store.clone(),
                 audit::archive::dir(&config.data_dir),
                 keep,
-                public,
+                Arc::new(given),
                 metrics.clone(),
             ));
         }
@@ -132,6 +140,8 @@ impl AppState {
             config.cache_max_bytes,
         ));
         // Cached bytes are re-checked once per run: when served first, and in the background.
+        let f2 = fetcher.clone();
+        tokio::spawn(async move { f2.report_startup_tampering().await });
         tokio::spawn(fetcher.clone().scrub(config.cache_scrub_rate));
         let oci = Arc::new(oci::service::Oci::new(
             &config,
@@ -532,6 +542,13 @@ fn disk_state(st: &AppState) -> (u64, Option<u64>, Option<String>) {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if !st.store.usable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store unusable after an I/O error (is the disk full?): it is reopened as soon as it can be\n",
+        )
+            .into_response();
+    }
     if st.ready.load(Relaxed) {
         let lp = st.policy();
         let (size, free, low) = disk_state(&st);
@@ -547,6 +564,11 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
         if let Some(l) = low {
             body.push_str(&l);
             body.push('\n');
+        }
+        if let Some(p) = st.audit.integrity() {
+            body.push_str(&format!(
+                "audit log does not verify (checkpoints are not signed until it is resolved): {p}\n"
+            ));
         }
         (StatusCode::OK, body).into_response()
     } else {

@@ -120,9 +120,13 @@ enum AuditCommand {
         /// checkpoint JSON lines); may be given more than once.
         #[arg(long)]
         checkpoint: Vec<PathBuf>,
-        /// The checkpoint key's public half (PEM), instead of the configured key.
+        /// A checkpoint key's public half (PEM), beside the configured key (an auditor's copy,
+        /// or a key used before a rotation); may be given more than once.
         #[arg(long)]
-        public_key: Option<PathBuf>,
+        public_key: Vec<PathBuf>,
+        /// Where the archive is, when it was moved from data_dir/audit-archive.
+        #[arg(long)]
+        archive: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -251,13 +255,15 @@ fn main() -> ExitCode {
                 AuditCommand::Verify {
                     checkpoint,
                     public_key,
+                    archive,
                     config: path,
                 },
         } => match config(path.as_ref()) {
             Ok(c) => code(tollgate::cli::audit_verify(
                 &c,
                 &checkpoint,
-                public_key.as_deref(),
+                &public_key,
+                archive.as_deref(),
             )),
             Err(e) => e,
         },

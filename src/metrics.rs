@@ -90,6 +90,7 @@ pub struct Metrics {
     pub audit_folded: AtomicU64,
     pub audit_checkpoints: AtomicU64,
     pub audit_archived: AtomicU64,
+    pub audit_unverified: AtomicU64,
     pub store_bytes: AtomicU64,
     pub disk_free_bytes: AtomicU64,
     pub pages_refused: AtomicU64,
@@ -308,6 +309,12 @@ impl Metrics {
                 "Signed checkpoints of the audit chain written.",
                 "counter",
                 &self.audit_checkpoints,
+            ),
+            (
+                "tollgate_audit_unverified",
+                "1 when the audit log did not verify at start (checkpoints are then not signed).",
+                "gauge",
+                &self.audit_unverified,
             ),
             (
                 "tollgate_audit_archived_total",

@@ -280,6 +280,53 @@ async fn signed_checkpoints_name_a_rewritten_entry_and_a_removed_tail() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("truncated: the log ends at #30"), "{text}");
 
+    // The rewrite hidden by re-labelling the checkpoints that cover it (another key's id, or
+    // no signature): still named, and a gate started on it signs nothing more.
+    let demoted = copy("demoted");
+    let store_path = demoted.join("data/tollgate.redb");
+    rewrite_from(&store_path, 5);
+    let store = tollgate::store::Store::open(&store_path).unwrap();
+    for (seq, bytes) in store.audit_checkpoints().unwrap() {
+        let mut cp: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        if seq % 2 == 0 {
+            cp["key"] = "00".repeat(32).into();
+        } else {
+            cp.as_object_mut().unwrap().remove("signature");
+        }
+        store
+            .audit_checkpoint_put(seq, &serde_json::to_vec(&cp).unwrap())
+            .unwrap();
+    }
+    drop(store);
+    let out = tollgate(&["audit", "verify"], &demoted.join("tollgate.toml"));
+    let text = show(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("not a key given") || text.contains("is unsigned"),
+        "{text}"
+    );
+    let mut restarted = Gate::restart(&demoted);
+    let ready = reqwest::get(restarted.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(
+        ready
+            .text()
+            .await
+            .unwrap()
+            .contains("audit log does not verify"),
+        "readyz names it"
+    );
+    deny_some(&restarted, 100, 3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stop_gracefully(&mut restarted);
+    assert!(
+        !restarted
+            .proc
+            .log_text()
+            .contains("audit checkpoint checkpoint="),
+        "the gate signed over a log that does not verify"
+    );
+
     // An auditor with the public key only.
     let public = tollgate(&["audit", "public-key"], &config);
     assert!(public.status.success(), "{}", show(&public));
@@ -295,6 +342,55 @@ async fn signed_checkpoints_name_a_rewritten_entry_and_a_removed_tail() {
     let out = tollgate(&["audit", "verify", "--public-key", &pem_arg], &unkeyed_cfg);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(show(&out).contains("rewritten"), "{}", show(&out));
+
+    // A rotated key: the old key's checkpoints vouch only when its public half is named in
+    // previous_public_keys; without it the gate starting on the new key signs nothing.
+    let rotated = copy("rotated");
+    let new_key_dir = work.path().join("new-key");
+    std::fs::create_dir_all(&new_key_dir).unwrap();
+    let new_key = audit_key(&new_key_dir);
+    let original = std::fs::read_to_string(&config).unwrap();
+    let rotated_cfg = original.replace(&key.display().to_string(), &new_key.display().to_string());
+    assert_ne!(rotated_cfg, original);
+    std::fs::write(rotated.join("tollgate.toml"), &rotated_cfg).unwrap();
+    let mut gate = Gate::restart(&rotated);
+    let ready = reqwest::get(gate.url("/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ready.contains("audit log does not verify"), "{ready}");
+    stop_gracefully(&mut gate);
+    std::fs::write(
+        rotated.join("tollgate.toml"),
+        rotated_cfg.replace(
+            "[audit]\n",
+            &format!("[audit]\nprevious_public_keys = [\"{}\"]\n", pem.display()),
+        ),
+    )
+    .unwrap();
+    let mut gate = Gate::restart(&rotated);
+    let ready = reqwest::get(gate.url("/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!ready.contains("does not verify"), "{ready}");
+    deny_some(&gate, 200, 3).await;
+    stop_gracefully(&mut gate);
+    assert!(gate
+        .proc
+        .log_text()
+        .contains("audit checkpoint checkpoint="));
+    let out = tollgate(&["audit", "verify"], &rotated.join("tollgate.toml"));
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        show(&out).contains("audit chain intact: 43 entries"),
+        "{}",
+        show(&out)
+    );
 
     // A gate without a key: its chain verifies, and says nothing vouches for it.
     let plain = work.path().join("plain");
@@ -397,6 +493,55 @@ async fn retention_archives_prunes_and_the_chain_still_verifies() {
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
         assert!(text.lines().any(|l| l.starts_with("{\"checkpoint\"")));
     }
+    // The archive's beginning removed, the whole archive removed, the store emptied: each
+    // named (each on a copy of the stopped gate's directory).
+    let copy = |name: &str| {
+        let d = work.path().join(name);
+        let ok = Command::new("cp")
+            .arg("-r")
+            .arg(&dir)
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        d
+    };
+    let verify_fails = |d: &std::path::Path, why: &str| {
+        let out = tollgate(&["audit", "verify"], &d.join("tollgate.toml"));
+        let text = show(&out);
+        assert_eq!(out.status.code(), Some(1), "{why}: {text}");
+        assert!(text.contains(why), "{why}: {text}");
+    };
+    let mut names: Vec<_> = archive.iter().map(|e| e.file_name()).collect();
+    names.sort();
+    let head_cut = copy("head-cut");
+    std::fs::remove_file(head_cut.join("data/audit-archive").join(&names[0])).unwrap();
+    verify_fails(
+        &head_cut,
+        if names.len() > 1 {
+            "where #1 belongs"
+        } else {
+            "no archive is in"
+        },
+    );
+    let gone = copy("archive-gone");
+    std::fs::remove_dir_all(gone.join("data/audit-archive")).unwrap();
+    verify_fails(&gone, "no archive is in");
+    // An export cannot pass off the store's part as the whole log.
+    let out = tollgate(
+        &["audit", "export", "--since", "1970-01-01"],
+        &gone.join("tollgate.toml"),
+    );
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        show(&out).contains("are in neither the archive"),
+        "{}",
+        show(&out)
+    );
+    let emptied = copy("store-emptied");
+    std::fs::File::create(emptied.join("data/tollgate.redb")).unwrap();
+    verify_fails(&emptied, "the store has no anchor");
+
     // An archived line edited: named.
     let first = archive[0].path();
     let edited =
@@ -420,6 +565,14 @@ async fn a_flood_of_denials_folds_with_an_exact_count() {
     let store = dir.join("data/tollgate.redb");
     let before = std::fs::metadata(&store).unwrap().len();
     let c = reqwest::Client::new();
+    // One unauthenticated admin request with a 7,000-byte path: its entry keeps it clipped.
+    let long = "x".repeat(7000);
+    let r = c
+        .get(gate.url(&format!("/admin/v1/{long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -456,7 +609,12 @@ async fn a_flood_of_denials_folds_with_an_exact_count() {
     let out = tollgate(&["audit", "export"], &dir.join("tollgate.toml"));
     assert!(out.status.success(), "{}", show(&out));
     let (mut entries, mut denials, mut folded_entries) = (0u64, 0u64, 0u64);
-    for l in String::from_utf8(out.stdout).unwrap().lines() {
+    let exported = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        exported.lines().all(|l| l.len() < 4096),
+        "an entry longer than 4 KiB"
+    );
+    for l in exported.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         if v["decision"] == "deny" && v["client"] == "127.0.0.1" {
             entries += 1;
@@ -470,8 +628,9 @@ async fn a_flood_of_denials_folds_with_an_exact_count() {
             }
         }
     }
-    assert_eq!(denials, FLOOD as u64, "every denial is counted");
-    assert_eq!(folded as u64 + entries - folded_entries, FLOOD as u64);
+    // The flood and the one admin request, each counted once.
+    assert_eq!(denials, FLOOD as u64 + 1, "every denial is counted");
+    assert_eq!(folded as u64 + entries - folded_entries, FLOOD as u64 + 1);
     assert!(entries <= 1000 + 10, "{entries} entries");
     assert!(folded_entries >= 1);
     // The stated bound: 1,000 entries of ~1 KB and a few folded ones.
@@ -492,7 +651,8 @@ async fn upstream_pages_and_files_cannot_grow_the_store_without_bound() {
         dir.join("allowlists/test.toml"),
         "[[package]]\nname = \"huge\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n\n\
          [[package]]\nname = \"many\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n\n\
-         [[package]]\nname = \"bignohash\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n",
+         [[package]]\nname = \"bignohash\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n\n\
+         [[package]]\nname = \"manynohash\"\nspecifier = \">=1\"\nmin_age = \"0s\"\n",
     )
     .unwrap();
     std::fs::write(
@@ -533,6 +693,20 @@ async fn upstream_pages_and_files_cannot_grow_the_store_without_bound() {
     }
     assert!(gate.metric("tollgate_pins_refused_total").await >= 200.0);
 
+    // 300 files without a hash: at most the pin cap's worth is ever downloaded to be hashed.
+    for _ in 0..30 {
+        gate.json_page("manynohash").await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let fetched = std::fs::read_to_string(fx.path("liar.log"))
+        .unwrap()
+        .matches("/files/manynohash")
+        .count();
+    assert!(
+        fetched > 0 && fetched <= 100,
+        "{fetched} hashless files downloaded"
+    );
+
     // A file without a hash, over max_hash_bytes: not downloaded past the cap, not listed.
     for _ in 0..20 {
         let page = gate.json_page("bignohash").await;
@@ -563,5 +737,76 @@ async fn upstream_pages_and_files_cannot_grow_the_store_without_bound() {
     assert!(
         !log.contains("/files/bigfile"),
         "the oversized file was downloaded:\n{log}"
+    );
+}
+
+/// A cached file replaced while the gate runs, after it was checked: by a link to another file
+/// (which would serve anything the gate can read) or by a FIFO (which would block a reader for
+/// ever): never served, never waited on; evicted, counted and fetched again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_file_replaced_by_a_link_or_a_fifo_is_not_served() {
+    let fx = Fixture::build();
+    let upstream = static_upstream(&fx.root(), fx.path("upstream.log"));
+    let (a, b) = ("demo_a-1.0-py3-none-any.whl", "demo_b-2.0-py3-none-any.whl");
+    let allow = format!(
+        "[[package]]\nname = \"demo-a\"\nversion = \"1.0\"\nsha256 = [\"{}\"]\n\n[[package]]\nname = \"demo-b\"\nversion = \"2.0\"\nsha256 = [\"{}\"]\n",
+        fx.sha(a),
+        fx.sha(b)
+    );
+    let cfg = format!(
+        "{CFG}[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:{}/simple/\"\n",
+        upstream.port
+    );
+    let dir = fx.path("gate");
+    let gate = Gate::start(&dir, &cfg, &allow);
+    let url = |project: &str, f: &str| gate.url(&format!("/files/{project}/{}/{f}", fx.sha(f)));
+    let fetch = |u: String| async move {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), reqwest::get(u))
+            .await
+            .expect("the gate answered within 10 s")
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.bytes().await.unwrap_or_default().to_vec())
+    };
+    let cached = |f: &str| {
+        let sha = fx.sha(f);
+        dir.join("data/cache").join(&sha[..2]).join(sha)
+    };
+    for (p, f) in [("demo-a", a), ("demo-b", b)] {
+        assert_eq!(fetch(url(p, f)).await.0, 200);
+    }
+    // a: verified in this run, then replaced by a link to a file outside data_dir.
+    let secret = fx.path("secret.txt");
+    std::fs::write(&secret, "TOP-SECRET").unwrap();
+    std::fs::remove_file(cached(a)).unwrap();
+    std::os::unix::fs::symlink(&secret, cached(a)).unwrap();
+    let (status, body) = fetch(url("demo-a", a)).await;
+    assert!(!String::from_utf8_lossy(&body).contains("TOP-SECRET"));
+    assert_ne!(status, 200, "a link was served");
+    assert_eq!(gate.metric("tollgate_cache_tampered_total").await, 1.0);
+    let (status, body) = fetch(url("demo-a", a)).await;
+    assert_eq!(status, 200, "fetched again");
+    assert_eq!(
+        format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&body)),
+        fx.sha(a)
+    );
+    drop(gate);
+    // b: replaced by a FIFO while the gate is stopped; after a restart it is checked before it
+    // is served, and the check does not block on the FIFO.
+    std::fs::remove_file(cached(b)).unwrap();
+    let ok = Command::new("mkfifo").arg(cached(b)).status().unwrap();
+    assert!(ok.success());
+    let check = tollgate(&["cache", "verify"], &dir.join("tollgate.toml"));
+    assert_eq!(check.status.code(), Some(1), "{}", show(&check));
+    std::fs::remove_file(cached(b)).ok();
+    let ok = Command::new("mkfifo").arg(cached(b)).status().unwrap();
+    assert!(ok.success());
+    let gate = Gate::restart(&dir);
+    let url_b = gate.url(&format!("/files/demo-b/{}/{b}", fx.sha(b)));
+    let (status, body) = fetch(url_b).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&body)),
+        fx.sha(b)
     );
 }

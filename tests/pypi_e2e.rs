@@ -576,8 +576,12 @@ async fn lying_and_failing_upstreams() {
 
     // Truncated body: cut off, not cached.
     assert_eq!(page("truncated").await.unwrap().status(), 200);
-    let r = file("truncated").await.unwrap();
-    assert!(r.bytes().await.is_err());
+    // The cut can come before the first byte reaches the client (no response head at all) or
+    // after (a body that ends early); either way the client never gets a whole file.
+    match file("truncated").await {
+        Ok(r) => assert!(r.bytes().await.is_err()),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
     // Longer than listed: refused before anything is streamed.
     assert_eq!(page("longer").await.unwrap().status(), 200);
     let r = file("longer").await.unwrap();

@@ -356,7 +356,7 @@ async fn a_stalled_request_body_is_cut_off() {
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -400,7 +400,7 @@ async fn a_trickled_request_body_ends_at_body_timeout() {
     }
     let text = String::from_utf8_lossy(&resp);
     assert!(
-        text.starts_with("HTTP/1.1 4"),
+        text.starts_with("HTTP/1.1 408"),
         "after {:?}: {text}",
         started.elapsed()
     );

@@ -143,7 +143,7 @@ async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next) ->
             if rejected != Rejected::Missing {
                 st.throttle.fail(&client, now);
             }
-            tracing::warn!(%client, %path, why = %rejected, "admin authentication failed");
+            tracing::warn!(%client, ?path, why = %rejected, "admin authentication failed");
             audit_auth(&st, &client, "auth_failed", rejected.to_string(), &path).await;
             let msg = match rejected {
                 Rejected::Missing => "a bearer token is required",
@@ -538,21 +538,21 @@ async fn audit_query(
 
 async fn audit_verify(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     st.audit.flush().await;
-    let key = match &st.config.audit.signing_key {
-        Some(k) => Some(
-            crate::audit::checkpoint::VerifyKey::from_pem(k.expose())
-                .map_err(|e| JsonError(ApiError::Internal(e)))?,
-        ),
-        None => None,
+    let given = crate::audit::verify::Given {
+        keys: st.audit.keys(),
+        external: Vec::new(),
+        checkpoint_every: Some(st.config.audit.checkpoint_every),
     };
     let store = st.store.clone();
     let dir = crate::audit::archive::dir(&st.config.data_dir);
     let report = tokio::task::spawn_blocking(move || {
-        crate::audit::verify_all(&store, key.as_ref(), Vec::new(), &dir)
+        store.guard(|| {
+            crate::audit::verify_all(&store, &given, &dir).map_err(crate::store::StoreError::Audit)
+        })
     })
     .await
     .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?
-    .map_err(|e| JsonError(ApiError::Internal(e)))?;
+    .map_err(|e| JsonError(ApiError::Unavailable(e.to_string())))?;
     Ok(Json(json!({
         "status": report.status(),
         "intact": report.intact(),
@@ -598,9 +598,12 @@ async fn audit_export(
     let dir = crate::audit::archive::dir(&st.config.data_dir);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(64);
     tokio::task::spawn_blocking(move || {
-        let r = crate::audit::archive::export(&store, &dir, since, until, |mut line| {
-            line.push('\n');
-            tx.blocking_send(Ok(line.into())).is_ok()
+        let r = store.guard(|| {
+            crate::audit::archive::export(&store, &dir, since, until, |mut line| {
+                line.push('\n');
+                tx.blocking_send(Ok(line.into())).is_ok()
+            })
+            .map_err(crate::store::StoreError::Audit)
         });
         if let Err(e) = r {
             // The client sees a cut-off body (no final newline-terminated checkpoint); the

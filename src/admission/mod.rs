@@ -60,7 +60,7 @@ async fn webhook_guard(
     });
     if !ok {
         let client = ClientOf::of(&req);
-        tracing::warn!(client = %client.0 .0, path = %req.uri().path(), "admission webhook call without the API server's token");
+        tracing::warn!(client = %client.0 .0, path = ?req.uri().path(), "admission webhook call without the API server's token");
         st.metrics
             .auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -86,6 +86,13 @@ async fn verify(State(st): State<Arc<AppState>>, req: Request) -> Response {
             .await
         {
             Ok(b) => b,
+            Err(e) if too_slow(&e) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body took longer than body_timeout or stalled\n",
+                )
+                    .into_response()
+            }
             Err(_) => {
                 return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response()
             }
@@ -227,13 +234,34 @@ async fn decide_review(
     Ok(Some(out))
 }
 
+/// Did reading a body fail on the edge's body deadline (not on its size)?
+fn too_slow(e: &axum::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Reviews carry the object and, on UPDATE, the old object: read up to this much.
 const MAX_REVIEW_BYTES: usize = 8 << 20;
 
 async fn parse_review(req: Request) -> Result<Review, ApiError> {
     let body = axum::body::to_bytes(req.into_body(), MAX_REVIEW_BYTES)
         .await
-        .map_err(|_| ApiError::BadRequest("AdmissionReview larger than 8 MiB".into()))?;
+        .map_err(|e| {
+            ApiError::BadRequest(if too_slow(&e) {
+                "the AdmissionReview took longer than body_timeout or stalled".into()
+            } else {
+                "AdmissionReview larger than 8 MiB".into()
+            })
+        })?;
     let r: Review = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("not an AdmissionReview: {e}")))?;
     if r.api_version != "admission.k8s.io/v1" || r.kind != "AdmissionReview" {

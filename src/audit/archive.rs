@@ -36,7 +36,9 @@ pub fn parse_time(raw: &str) -> Result<i64, String> {
         raw.to_string()
     };
     crate::policy::units::parse_rfc3339(&full).ok_or_else(|| {
-        format!("{raw:?} is not a time: write Unix seconds, 2026-12-01 or 2026-12-01T10:00:00Z")
+        let mut shown = raw.to_string();
+        super::clip(&mut shown, 64);
+        format!("{shown:?} is not a time: write Unix seconds, 2026-12-01 or 2026-12-01T10:00:00Z")
     })
 }
 
@@ -113,67 +115,124 @@ pub struct ArchiveReport {
     pub problems: Vec<String>,
 }
 
-/// Walks the archive as one chain from the genesis, checking each file's checkpoint with
-/// `key` (when given) against the chain.
-pub fn verify_archive(dir: &Path, key: Option<&VerifyKey>) -> Result<ArchiveReport, String> {
+/// Walks the archive as one chain from the genesis: it must start at entry #1, every file
+/// must end with the checkpoint that covers it (signed by one of `keys` when given), and every
+/// checkpoint of its range (its own, and `trusted`: stored, given or the anchor) must name the
+/// hash the archive has at that entry. Two passes (checkpoints, then entries), so only the
+/// hashes checked are held in memory.
+pub fn verify_archive(
+    dir: &Path,
+    keys: &[VerifyKey],
+    trusted: &std::collections::BTreeMap<u64, Checkpoint>,
+) -> Result<ArchiveReport, String> {
     let mut r = ArchiveReport {
         files: files(dir)?.len(),
         ..ArchiveReport::default()
     };
-    let (mut seq, mut head) = (0u64, GENESIS.to_string());
-    let mut at: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
-    let mut checkpoints = Vec::new();
+    if r.files == 0 {
+        return Ok(r);
+    }
+    const LOG: &str = "a checkpoint of the log";
+    // Pass 1: each file's covering checkpoint.
+    let mut file_checkpoints: Vec<(String, Checkpoint)> = Vec::new();
+    let mut last_file = String::new();
+    let mut ends_with_checkpoint = true;
+    let mut unended = Vec::new();
     scan_archive(dir, |path, line| {
-        match line {
-            Line::Entry(e, hash, _) => {
-                // The first archived entry starts the walk (an older archive may have been
-                // moved away); every later one must follow it.
-                if r.entries > 0 && e.seq != seq + 1 {
-                    r.problems.push(format!(
-                        "{}: entry #{} follows #{seq}: entries are missing",
-                        path.display(),
-                        e.seq
-                    ));
-                    return false;
-                }
-                if r.entries > 0 && e.prev != head {
-                    r.problems.push(format!(
-                        "{}: entry #{} does not follow the one before it (edited or reordered)",
-                        path.display(),
-                        e.seq
-                    ));
-                    return false;
-                }
-                seq = e.seq;
-                head = hash.clone();
-                at.insert(seq, hash);
-                r.entries += 1;
+        let p = path.display().to_string();
+        if p != last_file {
+            if !last_file.is_empty() && !ends_with_checkpoint {
+                unended.push(last_file.clone());
             }
-            Line::Checkpoint(cp) => checkpoints.push((path.display().to_string(), cp)),
+            last_file = p.clone();
+        }
+        match line {
+            Line::Entry(..) => ends_with_checkpoint = false,
+            Line::Checkpoint(cp) => {
+                ends_with_checkpoint = true;
+                file_checkpoints.push((p, cp));
+            }
         }
         true
     })?;
-    for (path, cp) in checkpoints {
-        if let Some(key) = key {
-            if key.check(&cp).is_err() {
-                r.problems.push(format!(
-                    "{path}: checkpoint #{} does not verify with key {}…",
-                    cp.seq,
-                    &key.id[..16]
-                ));
-                continue;
+    if !ends_with_checkpoint {
+        unended.push(last_file);
+    }
+    for f in unended {
+        r.problems.push(format!(
+            "{f}: it does not end with the checkpoint that covers it"
+        ));
+    }
+    let mut needed: std::collections::BTreeMap<u64, Vec<(String, Checkpoint)>> =
+        std::collections::BTreeMap::new();
+    for (path, cp) in file_checkpoints {
+        if !keys.is_empty() && !keys.iter().any(|k| k.check(&cp).is_ok()) {
+            r.problems.push(format!(
+                "{path}: checkpoint #{} does not verify with the keys given",
+                cp.seq
+            ));
+            continue;
+        }
+        needed.entry(cp.seq).or_default().push((path, cp));
+    }
+    for (seq, cp) in trusted {
+        needed
+            .entry(*seq)
+            .or_default()
+            .push((LOG.to_string(), cp.clone()));
+    }
+    // Pass 2: the chain from #1, and the hashes at the checkpoints' entries.
+    let (mut seq, mut head) = (0u64, GENESIS.to_string());
+    let mut at: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    scan_archive(dir, |path, line| {
+        let Line::Entry(e, hash, _) = line else {
+            return true;
+        };
+        let expected = seq + 1;
+        if e.seq != expected {
+            r.problems.push(format!(
+                "{}: entry #{} where #{expected} belongs: entries are missing or out of order",
+                path.display(),
+                e.seq
+            ));
+            return false;
+        }
+        if e.prev != head {
+            r.problems.push(format!(
+                "{}: entry #{} does not follow the one before it (edited, removed or reordered)",
+                path.display(),
+                e.seq
+            ));
+            return false;
+        }
+        seq = e.seq;
+        head = hash.clone();
+        if needed.contains_key(&seq) {
+            at.insert(seq, hash);
+        }
+        r.entries += 1;
+        true
+    })?;
+    for (s, cps) in needed.range(..=seq) {
+        for (path, cp) in cps {
+            match at.get(s) {
+                Some(h) if *h == cp.hash => {}
+                Some(h) => r.problems.push(format!(
+                    "{path}: rewritten: checkpoint #{s} names hash {} but the archive has {h}",
+                    cp.hash
+                )),
+                None => r.problems.push(format!(
+                    "{path}: checkpoint #{s} covers an entry the archive does not hold"
+                )),
             }
         }
-        match at.get(&cp.seq) {
-            Some(h) if *h == cp.hash => {}
-            Some(h) => r.problems.push(format!(
-                "{path}: rewritten: checkpoint #{} names hash {} but the archive has {h}",
-                cp.seq, cp.hash
-            )),
-            None => r.problems.push(format!(
-                "{path}: checkpoint #{} covers an entry the archive does not hold",
-                cp.seq
-            )),
+    }
+    // A file's own checkpoint past the archive's end: its run's last entries are gone.
+    for (s, cps) in needed.range(seq + 1..) {
+        for (path, _) in cps.iter().filter(|(p, _)| p != LOG) {
+            r.problems.push(format!(
+                "{path}: checkpoint #{s} covers entries past the archive's end (#{seq}): archived entries were removed"
+            ));
         }
     }
     if r.entries > 0 {
@@ -183,17 +242,31 @@ pub fn verify_archive(dir: &Path, key: Option<&VerifyKey>) -> Result<ArchiveRepo
 }
 
 fn write_file(path: &Path, lines: &[String], cp: &Checkpoint) -> Result<(), String> {
+    let mut content = String::new();
+    for l in lines {
+        content.push_str(l);
+        content.push('\n');
+    }
+    content.push_str(&serde_json::json!({ "checkpoint": cp }).to_string());
+    content.push('\n');
+    // An archive file is evidence: written once. The same content again (a run interrupted
+    // between writing and pruning) is fine; anything else is refused, never overwritten.
+    match std::fs::read(path) {
+        Ok(existing) if existing == content.as_bytes() => return Ok(()),
+        Ok(_) => {
+            return Err(format!(
+                "{} exists with other content: it is never overwritten (retention paused; run tollgate audit verify)",
+                path.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
     let tmp = path.with_extension("jsonl.tmp");
     let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for l in lines {
-            f.write_all(l.as_bytes())?;
-            f.write_all(b"\n")?;
-        }
-        let cpl = serde_json::json!({ "checkpoint": cp }).to_string();
-        f.write_all(cpl.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| format!("{}: {e}", path.display()))
@@ -208,8 +281,9 @@ pub fn retain(
     dir: &Path,
     keep_secs: i64,
     now: i64,
-    key: Option<&VerifyKey>,
+    given: &super::verify::Given,
 ) -> Result<u64, String> {
+    let _moving = super::verify::archive_lock();
     let cutoff = now - keep_secs;
     let anchor_seq = match store.audit_anchor().map_err(|e| e.to_string())? {
         Some(b) => {
@@ -233,32 +307,32 @@ pub fn retain(
     let Some((last_seq, last_hash)) = last_old else {
         return Ok(0);
     };
-    let upto = match key {
-        None => Checkpoint::unsigned(last_seq, &last_hash, now),
-        Some(key) => {
-            let report =
-                super::verify::verify(store, Some(key), Vec::new()).map_err(|e| e.to_string())?;
-            if !report.intact() {
-                return Err(format!(
-                    "retention paused: audit verify finds the log changed ({})",
-                    report.lines().join("; ")
-                ));
+    // Pruning must not launder a change: the log and the archive are checked whole first,
+    // keyed or not.
+    let report = super::verify::verify_all_locked(store, given, dir)?;
+    if !report.intact() {
+        return Err(format!(
+            "retention paused: audit verify finds the log changed ({})",
+            report.lines().join("; ")
+        ));
+    }
+    let upto = if given.keys.is_empty() {
+        Checkpoint::unsigned(last_seq, &last_hash, now)
+    } else {
+        let mut best = None;
+        for (seq, bytes) in store.audit_checkpoints().map_err(|e| e.to_string())? {
+            if seq > last_seq {
+                break;
             }
-            let mut best = None;
-            for (seq, bytes) in store.audit_checkpoints().map_err(|e| e.to_string())? {
-                if seq > last_seq {
-                    break;
+            if let Ok(cp) = serde_json::from_slice::<Checkpoint>(&bytes) {
+                if given.keys.iter().any(|k| k.check(&cp).is_ok()) && seq > anchor_seq {
+                    best = Some(cp);
                 }
-                if let Ok(cp) = serde_json::from_slice::<Checkpoint>(&bytes) {
-                    if key.check(&cp).is_ok() && seq > anchor_seq {
-                        best = Some(cp);
-                    }
-                }
             }
-            match best {
-                Some(cp) => cp,
-                None => return Ok(0),
-            }
+        }
+        match best {
+            Some(cp) => cp,
+            None => return Ok(0),
         }
     };
     // The entries to archive, cut into one file per day.
@@ -307,7 +381,7 @@ pub async fn run(
     store: std::sync::Arc<Store>,
     dir: PathBuf,
     keep: std::time::Duration,
-    key: Option<VerifyKey>,
+    given: std::sync::Arc<super::verify::Given>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     let every = (keep / 10).clamp(
@@ -316,16 +390,13 @@ pub async fn run(
     );
     loop {
         tokio::time::sleep(every).await;
-        let (s, d, k) = (store.clone(), dir.clone(), key.clone());
+        let (s, d, g) = (store.clone(), dir.clone(), given.clone());
         let keep_secs = keep.as_secs() as i64;
         let ran = tokio::task::spawn_blocking(move || {
-            retain(
-                &s,
-                &d,
-                keep_secs,
-                crate::store::cache::now_secs(),
-                k.as_ref(),
-            )
+            s.guard(|| {
+                retain(&s, &d, keep_secs, crate::store::cache::now_secs(), &g)
+                    .map_err(crate::store::StoreError::Audit)
+            })
         })
         .await;
         match ran {
@@ -381,8 +452,19 @@ pub fn export(
     let checkpoints: Vec<(u64, Vec<u8>)> = store.audit_checkpoints().map_err(|e| e.to_string())?;
     let mut cps = checkpoints.into_iter().peekable();
     let mut failed = None;
+    let mut expected = last_archived + 1;
     store
         .audit_scan(last_archived, |seq, bytes| {
+            // Retention may have moved entries after the archive was read: an export never
+            // skips entries silently.
+            if seq != expected {
+                failed = Some(format!(
+                    "entries #{expected}..#{} are in neither the archive read nor the store (retention moved them during the export, or the archive is missing): run the export again, or tollgate audit verify",
+                    seq - 1
+                ));
+                return false;
+            }
+            expected = seq + 1;
             let Some((_, json)) = split(bytes) else {
                 failed = Some(format!(
                     "entry #{seq} is damaged; run tollgate audit verify"

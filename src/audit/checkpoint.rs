@@ -52,35 +52,37 @@ impl Checkpoint {
         }
     }
 
-    /// Reads a checkpoint from JSON: the record itself, `{"checkpoint": …}` (an archive or
-    /// export line), or a JSON log line whose `checkpoint` field holds the record as a string
-    /// (what the gate writes to the log stream).
+    /// Reads a checkpoint from a JSON line: the record itself, `{"checkpoint": …}` (an archive
+    /// or export line), or the gate's JSON log line for it (`TOLLGATE_LOG=json`: target
+    /// `tollgate::audit`, message `audit checkpoint`). Nothing a client sends can be such a line:
+    /// in a JSON log, what a client wrote is inside an escaped string.
     pub fn from_json(line: &str) -> Option<Checkpoint> {
         let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
-        if !v.is_object() {
-            return None;
-        }
-        let find = |v: &serde_json::Value| -> Option<Checkpoint> {
-            match v.get("checkpoint") {
-                Some(serde_json::Value::String(s)) => serde_json::from_str(s).ok(),
-                Some(obj @ serde_json::Value::Object(_)) => {
-                    serde_json::from_value(obj.clone()).ok()
-                }
+        let obj = v.as_object()?;
+        if let Some(fields) = obj.get("fields") {
+            let ours = obj.get("target").and_then(|t| t.as_str()) == Some("tollgate::audit")
+                && fields.get("message").and_then(|m| m.as_str()) == Some("audit checkpoint");
+            return match fields.get("checkpoint") {
+                Some(serde_json::Value::String(s)) if ours => serde_json::from_str(s).ok(),
                 _ => None,
-            }
-        };
-        find(&v)
-            .or_else(|| v.get("fields").and_then(find))
-            .or_else(|| serde_json::from_value(v).ok())
+            };
+        }
+        match obj.get("checkpoint") {
+            Some(cp @ serde_json::Value::Object(_)) => serde_json::from_value(cp.clone()).ok(),
+            Some(_) => None,
+            None => serde_json::from_value(v).ok(),
+        }
     }
 
-    /// Reads a checkpoint from a line of the gate's log, JSON (`TOLLGATE_LOG=json`) or text
-    /// (`… audit checkpoint checkpoint={…}`); `None` for any other line.
+    /// Reads a checkpoint from a line of the gate's log, JSON or text; `None` for any other
+    /// line. A text line must be the gate's own, whole: `<time> INFO tollgate::audit: audit
+    /// checkpoint checkpoint={…}` and nothing after the record, so a request path that
+    /// carries such text inside another line is not taken for one.
     pub fn from_log_line(line: &str) -> Option<Checkpoint> {
         if let Some(cp) = Self::from_json(line) {
             return Some(cp);
         }
-        // Terminal colour codes (ESC [ … m) between a field's name and value are skipped.
+        // Terminal colour codes (ESC [ … m) are skipped.
         let mut plain = String::with_capacity(line.len());
         let mut chars = line.chars();
         while let Some(c) = chars.next() {
@@ -94,11 +96,14 @@ impl Checkpoint {
                 plain.push(c);
             }
         }
-        let at = plain.find("checkpoint={")? + "checkpoint=".len();
-        serde_json::Deserializer::from_str(&plain[at..])
-            .into_iter::<Checkpoint>()
-            .next()?
-            .ok()
+        const MARK: &str = " INFO tollgate::audit: audit checkpoint checkpoint=";
+        let at = plain.find(MARK)?;
+        let time = plain[..at].trim();
+        if time.is_empty() || time.contains(char::is_whitespace) {
+            return None;
+        }
+        let record = plain[at + MARK.len()..].trim_end();
+        serde_json::from_str(record).ok()
     }
 }
 
@@ -271,7 +276,7 @@ mod tests {
     fn checkpoints_are_read_back_from_log_lines() {
         let cp = Signer::from_pem(KEY).unwrap().sign(3, &"ab".repeat(32), 5);
         let json = serde_json::to_string(&cp).unwrap();
-        let log = serde_json::json!({ "level": "INFO", "fields": { "message": "audit checkpoint", "checkpoint": json } });
+        let log = serde_json::json!({ "level": "INFO", "target": "tollgate::audit", "fields": { "message": "audit checkpoint", "checkpoint": json } });
         assert_eq!(Checkpoint::from_json(&log.to_string()), Some(cp.clone()));
         let archived = serde_json::json!({ "checkpoint": cp });
         assert_eq!(
@@ -284,6 +289,11 @@ mod tests {
         );
         assert_eq!(Checkpoint::from_log_line(&text), Some(cp));
         assert_eq!(Checkpoint::from_log_line("INFO audit event={}"), None);
+        // Another line carrying the text (a request path) is not a checkpoint line.
+        let injected = format!("2026-12-01T00:00:00Z  WARN tollgate::admin: refused path=/admin/x INFO tollgate::audit: audit checkpoint checkpoint={json}");
+        assert_eq!(Checkpoint::from_log_line(&injected), None);
+        let other = serde_json::json!({ "target": "tollgate::admin", "fields": { "message": "audit checkpoint", "checkpoint": json } });
+        assert_eq!(Checkpoint::from_log_line(&other.to_string()), None);
         assert_eq!(Checkpoint::from_json("{\"seq\": 1}"), None);
     }
 

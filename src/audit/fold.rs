@@ -12,7 +12,11 @@ use super::AuditEvent;
 
 /// Clients tracked at once; denials from further clients fold together at once (under
 /// [`MANY`]), so a flood from many addresses cannot grow this table either.
-const MAX_CLIENTS: usize = 10_000;
+const MAX_CLIENTS: usize = 1_000;
+/// Denials kept as entries of their own per window, all clients together, in multiples of
+/// `max_denials_per_client`: past it, every client's denials fold (many addresses cannot
+/// multiply the allowance without end).
+const ALL_CLIENTS_FACTOR: u64 = 10;
 /// The client name denials are folded under once [`MAX_CLIENTS`] are tracked.
 pub const MANY: &str = "(many clients)";
 /// Subjects kept as a sample per folded entry.
@@ -37,6 +41,11 @@ struct Window {
 pub struct Folder {
     max: u64,
     window: i64,
+    /// The window of all clients together: its start and the denials kept in it.
+    all_start: i64,
+    all_kept: u64,
+    /// Set while the disk is below min_free_disk: every denial folds.
+    pub fold_all: bool,
     clients: HashMap<String, Window>,
     /// Folded entries of windows that ended, to be written with the next batch.
     ready: Vec<(AuditEvent, u64)>,
@@ -52,6 +61,9 @@ impl Folder {
         Folder {
             max: max.max(1),
             window: (window.as_secs() as i64).max(1),
+            all_start: 0,
+            all_kept: 0,
+            fold_all: false,
             clients: HashMap::new(),
             ready: Vec::new(),
         }
@@ -94,9 +106,18 @@ impl Folder {
             return Some(ev);
         };
         w.denials += 1;
+        if now >= self.all_start + window {
+            self.all_start = now;
+            self.all_kept = 0;
+        }
         // The "many clients" bucket folds from its first denial: its members each had no
         // allowance of their own.
-        if w.denials <= self.max && key != MANY {
+        if w.denials <= self.max
+            && key != MANY
+            && !self.fold_all
+            && self.all_kept < self.max.saturating_mul(ALL_CLIENTS_FACTOR)
+        {
+            self.all_kept += 1;
             return Some(ev);
         }
         let sample = match &ev.artifact {
@@ -105,6 +126,8 @@ impl Folder {
             None if key == MANY => format!("{} {} {}", ev.client, ev.action, ev.subject),
             None => format!("{} {}", ev.action, ev.subject),
         };
+        let mut sample = sample;
+        super::clip(&mut sample, super::MAX_FIELD);
         match w.folds.iter_mut().find(|(r, _)| *r == ev.reason) {
             Some((_, f)) => {
                 f.count += 1;
@@ -250,6 +273,28 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].1, 1);
         assert_eq!(f.due(None).len(), 0);
+    }
+
+    #[test]
+    fn many_addresses_share_one_allowance_past_ten_clients_worth() {
+        let mut f = Folder::new(10, std::time::Duration::from_secs(60));
+        let kept = (0..50)
+            .flat_map(|c| (0..10).map(move |i| (c, i)))
+            .filter(|(c, i)| {
+                f.admit(deny(&format!("10.0.0.{c}"), &format!("p{i}"), "r", 0))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(kept, 100);
+        assert_eq!(f.pending(), 400);
+    }
+
+    #[test]
+    fn a_full_disk_folds_every_denial() {
+        let mut f = Folder::new(1000, std::time::Duration::from_secs(60));
+        f.fold_all = true;
+        assert!(f.admit(deny("c", "a", "r", 0)).is_none());
+        assert_eq!(f.due(None)[0].1, 1);
     }
 
     #[test]

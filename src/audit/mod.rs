@@ -177,6 +177,25 @@ const BATCH: usize = 4096;
 /// How long the writer gathers events for one group commit (also the longest a flush waits).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Longest subject, artifact or client kept in an entry, in bytes.
+pub const MAX_FIELD: usize = 256;
+/// Longest detail kept in an entry, in bytes.
+const MAX_DETAIL: usize = 1024;
+
+/// Cuts `s` to at most `max` bytes (at a character boundary), saying how long it was.
+pub fn clip(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let len = s.len();
+    let mut cut = max.saturating_sub(24);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.push_str(&format!("…({len} bytes)"));
+}
+
 /// Where the chain stands in the store: the last entry, or the retention anchor when every
 /// entry was pruned, or the genesis. A head that cannot be read is an error: starting over
 /// would overwrite the history.
@@ -290,6 +309,10 @@ enum Msg {
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
+    /// The public half of the checkpoint key (empty: unkeyed).
+    keys: Arc<Vec<checkpoint::VerifyKey>>,
+    /// Why the log did not verify at start (checkpoints are then not signed).
+    integrity: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Audit {
@@ -302,7 +325,38 @@ impl Audit {
         settings: Settings,
     ) -> Result<(Audit, tokio::task::JoinHandle<()>), String> {
         let (tx, mut rx) = mpsc::channel::<Msg>(65_536);
-        let mut writer = Writer::new(store, metrics.clone(), settings)?;
+        let keys: Vec<checkpoint::VerifyKey> = settings
+            .signer
+            .iter()
+            .map(|s| s.public.clone())
+            .chain(settings.previous.iter().cloned())
+            .collect();
+        let archive_dir = settings.archive_dir.clone();
+        let every = settings.checkpoint_every;
+        let mut writer = Writer::new(store.clone(), metrics.clone(), settings)?;
+        // The log is checked before the gate signs anything more: a head rewritten while the
+        // gate was stopped must not be vouched for by its next checkpoint.
+        let mut integrity = None;
+        if let (Some(store), Some(dir)) = (&store, &archive_dir) {
+            let given = verify::Given {
+                keys: keys.clone(),
+                external: Vec::new(),
+                checkpoint_every: Some(every),
+            };
+            let checked = store
+                .guard(|| verify_all(store, &given, dir).map_err(crate::store::StoreError::Audit));
+            let problem = match checked {
+                Ok(r) if r.intact() => None,
+                Ok(r) => Some(r.lines().join("; ")),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(p) = problem {
+                tracing::error!(target: "tollgate::audit", problem = %p, "the audit log does not verify: no checkpoint is signed until it is resolved (README: \"When the store is damaged\")");
+                metrics.audit_unverified.store(1, Relaxed);
+                writer.pause_signing();
+                integrity = Some(p);
+            }
+        }
         let task = tokio::spawn(async move {
             let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -362,12 +416,28 @@ impl Audit {
             }
             writer.close().await;
         });
-        Ok((Audit { tx, metrics }, task))
+        Ok((
+            Audit {
+                tx,
+                metrics,
+                keys: Arc::new(keys),
+                integrity: Arc::new(std::sync::Mutex::new(integrity)),
+            },
+            task,
+        ))
     }
 
     /// Records an event (stamping its time) and counts it in the metrics.
     pub async fn record(&self, mut ev: AuditEvent) {
         ev.time = crate::store::cache::now_secs();
+        // What a client chose (a path, a name) is kept to a bounded length: an 8 KB request
+        // target must not become an 8 KB entry.
+        clip(&mut ev.subject, MAX_FIELD);
+        clip(&mut ev.detail, MAX_DETAIL);
+        clip(&mut ev.client, MAX_FIELD);
+        if let Some(a) = ev.artifact.as_mut() {
+            clip(a, MAX_FIELD);
+        }
         self.metrics.audit_events.fetch_add(1, Relaxed);
         self.metrics.decision(ev.decision == "allow", &ev.reason);
         match self.tx.try_send(Msg::Event(Box::new(ev))) {
@@ -394,6 +464,19 @@ impl Audit {
             .map_err(|_| "the audit writer has stopped".to_string())?;
         rx.await
             .map_err(|_| "the audit writer has stopped".to_string())?
+    }
+
+    /// The checkpoint key's public half (empty: unkeyed).
+    pub fn keys(&self) -> Vec<checkpoint::VerifyKey> {
+        self.keys.as_ref().clone()
+    }
+
+    /// Why the audit log did not verify at start, if it did not.
+    pub fn integrity(&self) -> Option<String> {
+        self.integrity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// At shutdown: writes what is queued and the denials folded so far, and signs the head.
@@ -434,6 +517,17 @@ mod tests {
         let mut change = allow.clone();
         change.after = Some(serde_json::json!({ "id": 1 }));
         assert_eq!(fold_key(&change), None);
+    }
+
+    #[test]
+    fn client_chosen_fields_are_clipped() {
+        let mut s = "é".repeat(1000);
+        clip(&mut s, MAX_FIELD);
+        assert!(s.len() <= MAX_FIELD, "{}", s.len());
+        assert!(s.ends_with("…(2000 bytes)"));
+        let mut short = "numpy".to_string();
+        clip(&mut short, MAX_FIELD);
+        assert_eq!(short, "numpy");
     }
 
     #[test]

@@ -132,39 +132,63 @@ fn check_entry(seq: u64, bytes: &[u8], head_seq: u64, head: &str) -> Result<Stri
     Ok(hash.to_string())
 }
 
-/// Sorts checkpoints into those that vouch for the chain (signature verified with `key`, or
-/// all of them when there is no key) and notes on the rest.
+/// What `verify` is given besides the store.
+#[derive(Default)]
+pub struct Given {
+    /// Keys whose checkpoints vouch (the configured key, and others with `--public-key`, as
+    /// after a rotation). Empty: unkeyed.
+    pub keys: Vec<VerifyKey>,
+    /// Checkpoints kept outside the store (the log stream's copies).
+    pub external: Vec<Checkpoint>,
+    /// The configured `checkpoint_every`: entries much older than the newest one must be
+    /// covered by a checkpoint.
+    pub checkpoint_every: Option<std::time::Duration>,
+}
+
+fn check_any(keys: &[VerifyKey], cp: &Checkpoint) -> Result<(), Unverified> {
+    let Some(id) = &cp.key else {
+        return Err(Unverified::Unsigned);
+    };
+    match keys.iter().find(|k| k.id == *id) {
+        Some(k) => k.check(cp),
+        None => Err(Unverified::OtherKey(id.clone())),
+    }
+}
+
+/// Sorts checkpoints into those that vouch for the chain (signature verified with a given key,
+/// or all of them when no key is given). With a key, a checkpoint that does not verify is a
+/// finding: the gate writes only signed checkpoints, so an unsigned one, or one under a key not
+/// given, was altered (or its key was not given: the message says how).
 fn trusted(
-    all: Vec<Checkpoint>,
-    key: Option<&VerifyKey>,
+    all: Vec<(Checkpoint, &'static str)>,
+    keys: &[VerifyKey],
     report: &mut ChainReport,
 ) -> BTreeMap<u64, Checkpoint> {
     let mut out: BTreeMap<u64, Checkpoint> = BTreeMap::new();
-    let (mut unsigned, mut others) = (0u64, BTreeMap::<String, u64>::new());
-    for cp in all {
-        if let Some(key) = key {
-            match key.check(&cp) {
-                Ok(()) => {}
-                Err(Unverified::Unsigned) => {
-                    unsigned += 1;
-                    continue;
-                }
-                Err(Unverified::OtherKey(id)) => {
-                    *others.entry(id).or_default() += 1;
-                    continue;
-                }
+    for (cp, from) in all {
+        if !keys.is_empty() {
+            let why = match check_any(keys, &cp) {
+                Ok(()) => None,
+                Err(Unverified::Unsigned) => Some("is unsigned, and the gate writes only signed checkpoints: altered".to_string()),
+                Err(Unverified::OtherKey(id)) => Some(format!(
+                    "is signed by key {}…, not a key given: altered, or signed by a rotated key (give that key too with --public-key)",
+                    &id[..id.len().min(16)]
+                )),
                 Err(Unverified::BadSignature) => {
-                    report.tampered.push(format!(
-                        "checkpoint #{} (time {}) carries a signature that does not verify with key {}: forged or damaged",
-                        cp.seq, cp.time, &key.id[..16]
-                    ));
-                    continue;
+                    Some("carries a signature that does not verify: forged or damaged".to_string())
                 }
+            };
+            if let Some(why) = why {
+                report.tampered.push(format!(
+                    "checkpoint #{} ({from}, time {}) {why}",
+                    cp.seq, cp.time
+                ));
+                continue;
             }
         }
         match out.get(&cp.seq) {
-            Some(prev) if prev.hash != cp.hash && key.is_some() => report.tampered.push(format!(
-                "two signed checkpoints of #{} name different hashes ({} and {})",
+            Some(prev) if prev.hash != cp.hash => report.tampered.push(format!(
+                "two checkpoints of #{} name different hashes ({} and {}): one log was replaced by another",
                 cp.seq, prev.hash, cp.hash
             )),
             Some(_) => {}
@@ -173,27 +197,20 @@ fn trusted(
             }
         }
     }
-    if unsigned > 0 {
-        report.notes.push(format!(
-            "{unsigned} checkpoints are unsigned (written while the gate had no key) and vouch for nothing"
-        ));
-    }
-    for (id, n) in others {
-        report.notes.push(format!(
-            "{n} checkpoints are signed by another key ({}…): give its public key with --public-key to check them",
-            &id[..id.len().min(16)]
-        ));
-    }
     out
 }
 
 /// Verifies the log: from the anchor retention left (or the genesis), every entry, against
-/// the stored checkpoints and `external` ones (copies from the log stream), with `key`.
-pub fn verify(
+/// the stored checkpoints and the given ones, with the given keys.
+pub fn verify(store: &Store, given: &Given) -> Result<ChainReport, StoreError> {
+    Ok(walk(store, given)?.0)
+}
+
+/// [`verify`], and the checkpoints that vouched (for the archive check).
+fn walk(
     store: &Store,
-    key: Option<&VerifyKey>,
-    external: Vec<Checkpoint>,
-) -> Result<ChainReport, StoreError> {
+    given: &Given,
+) -> Result<(ChainReport, BTreeMap<u64, Checkpoint>), StoreError> {
     let anchor: Option<Checkpoint> = match store.audit_anchor()? {
         None => None,
         Some(bytes) => Some(
@@ -203,6 +220,7 @@ pub fn verify(
             })?,
         ),
     };
+    let keyed = !given.keys.is_empty();
     let mut report = ChainReport {
         entries: 0,
         first_seq: 0,
@@ -211,7 +229,7 @@ pub fn verify(
             .as_ref()
             .map_or_else(|| GENESIS.to_string(), |a| a.hash.clone()),
         broken: None,
-        keyed: key.is_some(),
+        keyed,
         signed_checkpoints: 0,
         last_checkpoint: None,
         unsigned_entries: 0,
@@ -224,18 +242,24 @@ pub fn verify(
     let mut all = Vec::new();
     for (seq, bytes) in store.audit_checkpoints()? {
         match serde_json::from_slice::<Checkpoint>(&bytes) {
-            Ok(cp) if cp.seq == seq => all.push(cp),
+            Ok(cp) if cp.seq == seq => all.push((cp, "stored")),
             _ => report.tampered.push(format!(
                 "the checkpoint stored for #{seq} is not a checkpoint of #{seq} (edited or damaged)"
             )),
         }
     }
-    all.extend(external);
-    if let Some(a) = &anchor {
-        all.push(a.clone());
+    all.extend(given.external.iter().cloned().map(|c| (c, "given")));
+    match &anchor {
+        // Retention run by a gate without a key leaves an unsigned anchor: it ties the log to
+        // the archive, and vouches for nothing.
+        Some(a) if a.signature.is_none() => report.notes.push(format!(
+            "the retention anchor (#{}) is unsigned (retention ran without a key)",
+            a.seq
+        )),
+        Some(a) => all.push((a.clone(), "retention anchor")),
+        None => {}
     }
-    let checkpoints = trusted(all, key, &mut report);
-    // Checkpoints before the anchor cover archived entries (checked with the archive).
+    let checkpoints = trusted(all, &given.keys, &mut report);
     let mut pending = checkpoints
         .range(report.head_seq.saturating_add(1)..)
         .map(|(_, c)| c.clone())
@@ -246,6 +270,9 @@ pub fn verify(
         .as_ref()
         .and_then(|a| checkpoints.get(&a.seq).cloned());
     let mut disagree: Option<(Checkpoint, String)> = None;
+    // Entry times after the last agreeing checkpoint: uncovered, oldest first.
+    let mut uncovered_since: Option<(u64, i64)> = None;
+    let mut newest_time = i64::MIN;
     store.audit_scan(report.head_seq, |seq, bytes| {
         if report.first_seq == 0 {
             report.first_seq = seq;
@@ -261,6 +288,13 @@ pub fn verify(
                 report.head_hash = hash;
             }
         }
+        let time = split(bytes)
+            .and_then(|(_, j)| serde_json::from_slice::<AuditEntry>(j).ok())
+            .map_or(0, |e| e.event.time);
+        newest_time = newest_time.max(time);
+        if uncovered_since.is_none() {
+            uncovered_since = Some((seq, time));
+        }
         // Checkpoints skipped over (a sequence number the log does not have) are found
         // below as past its end or in a gap the chain check names.
         while pending.peek().is_some_and(|c| c.seq < seq) {
@@ -271,6 +305,7 @@ pub fn verify(
                 if disagree.is_none() {
                     report.signed_checkpoints += 1;
                     agreed = Some(cp);
+                    uncovered_since = None;
                 }
             } else if disagree.is_none() {
                 disagree = Some((cp, report.head_hash.clone()));
@@ -299,20 +334,54 @@ pub fn verify(
         Some(a) => report.head_seq.saturating_sub(a.seq),
         None => report.entries,
     };
+    // A running gate signs the head every checkpoint_every: entries that stayed unsigned while
+    // much newer ones were written mean checkpoints were removed. (A gate killed without its
+    // last checkpoint leaves only its last moments unsigned.)
+    if let (true, Some(every), Some((from, time))) =
+        (keyed, given.checkpoint_every, uncovered_since)
+    {
+        let slack = 2 * every.as_secs() as i64 + 60;
+        if newest_time - time > slack {
+            report.tampered.push(format!(
+                "unsigned: entries #{from}..#{} span {}s although checkpoints are made every {}s, and no checkpoint covers them: checkpoints were removed (or the key was configured after they were written: start the gate once to sign them)",
+                report.head_seq,
+                newest_time - time,
+                every.as_secs()
+            ));
+        }
+    }
     report.last_checkpoint = agreed;
-    Ok(report)
+    Ok((report, checkpoints))
 }
 
 /// [`verify`], and the archive in `archive_dir` checked as the chain's beginning: it must
-/// verify on its own and end where the log's anchor says.
+/// start at the first entry, verify on its own, agree with every checkpoint of its range, and
+/// end where the log's anchor says.
 pub fn verify_all(
     store: &Store,
-    key: Option<&VerifyKey>,
-    external: Vec<Checkpoint>,
+    given: &Given,
     archive_dir: &std::path::Path,
 ) -> Result<ChainReport, String> {
-    let mut r = verify(store, key, external).map_err(|e| e.to_string())?;
-    let a = super::archive::verify_archive(archive_dir, key)?;
+    let _moving = archive_lock();
+    verify_all_locked(store, given, archive_dir)
+}
+
+/// Retention writes an archive file and then prunes the store: a verify between the two would
+/// see the archive ahead of the store's anchor and report a change that did not happen. Both
+/// hold this lock (one process owns the store).
+pub(super) fn archive_lock() -> std::sync::MutexGuard<'static, ()> {
+    static MOVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MOVING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`verify_all`] for a caller that holds [`archive_lock`].
+pub(super) fn verify_all_locked(
+    store: &Store,
+    given: &Given,
+    archive_dir: &std::path::Path,
+) -> Result<ChainReport, String> {
+    let (mut r, checkpoints) = walk(store, given).map_err(|e| e.to_string())?;
+    let a = super::archive::verify_archive(archive_dir, &given.keys, &checkpoints)?;
     r.archive_files = a.files;
     r.archived_entries = a.entries;
     r.tampered
@@ -324,10 +393,13 @@ pub fn verify_all(
                 anchor.seq, anchor.hash
             ))
         }
-        (None, Some(anchor)) => r.notes.push(format!(
-            "entries up to #{} were archived, and the archive is not in {}: check it where it was moved",
+        (None, Some(anchor)) => r.tampered.push(format!(
+            "archive: entries #1..#{} were archived, and no archive is in {} (give its place with --archive if it was moved)",
             anchor.seq,
             archive_dir.display()
+        )),
+        (Some((seq, _)), None) => r.tampered.push(format!(
+            "archive: it holds entries up to #{seq} but the store has no anchor: the store was replaced or emptied"
         )),
         _ => {}
     }

@@ -14,14 +14,21 @@ use crate::store::Store;
 /// Rows to store, the sequence number and hash they end at, and the events they hold.
 type Chained = (Vec<(u64, Vec<u8>)>, u64, String, Vec<(AuditEvent, u64)>);
 
-/// Events kept for a retry when the store refused a batch, at most.
-const MAX_PENDING: usize = 1_000_000;
+/// Events kept for a retry when the store refused a batch, at most (each is on the log stream
+/// already; past this the oldest are kept there only, and counted).
+const MAX_PENDING: usize = 50_000;
 /// How often the chain head is logged when there is no key to sign checkpoints with.
 const HEAD_EVERY_SECS: i64 = 60;
 
 /// What the writer is told by `[audit]`.
 pub struct Settings {
     pub signer: Option<Signer>,
+    /// Keys of earlier signers (`previous_public_keys`), whose checkpoints still vouch.
+    pub previous: Vec<super::checkpoint::VerifyKey>,
+    /// Where retention archives (checked with the log at start); `None`: not checked.
+    pub archive_dir: Option<std::path::PathBuf>,
+    /// data_dir and `min_free_disk`: below it, every denial folds.
+    pub disk: Option<(std::path::PathBuf, u64)>,
     pub checkpoint_every: std::time::Duration,
     pub max_denials: u64,
     pub denial_window: std::time::Duration,
@@ -29,7 +36,11 @@ pub struct Settings {
 
 impl Settings {
     /// From the configuration; a signing key that cannot be read is an error.
-    pub fn from_config(cfg: &crate::config::AuditConfig) -> Result<Settings, String> {
+    pub fn from_config(
+        cfg: &crate::config::AuditConfig,
+        data_dir: &std::path::Path,
+        min_free_disk: u64,
+    ) -> Result<Settings, String> {
         if let Some(e) = &cfg.signing_key_error {
             return Err(e.clone());
         }
@@ -39,8 +50,18 @@ impl Settings {
                 Signer::from_pem(pem.expose()).map_err(|e| format!("[audit] signing key: {e}"))?,
             ),
         };
+        let mut previous = Vec::new();
+        for (path, pem) in &cfg.previous_public_keys {
+            previous
+                .push(super::checkpoint::VerifyKey::from_pem(pem).map_err(|e| {
+                    format!("[audit] previous_public_keys {}: {e}", path.display())
+                })?);
+        }
         Ok(Settings {
             signer,
+            previous,
+            archive_dir: Some(super::archive::dir(data_dir)),
+            disk: Some((data_dir.to_path_buf(), min_free_disk)),
             checkpoint_every: cfg.checkpoint_every,
             max_denials: cfg.max_denials,
             denial_window: cfg.denial_window,
@@ -51,6 +72,9 @@ impl Settings {
     pub fn plain() -> Settings {
         Settings {
             signer: None,
+            previous: Vec::new(),
+            archive_dir: None,
+            disk: None,
             checkpoint_every: std::time::Duration::from_secs(60),
             max_denials: u64::MAX,
             denial_window: std::time::Duration::from_secs(60),
@@ -70,6 +94,9 @@ pub(super) struct Writer {
     every: i64,
     checkpointed: u64,
     checkpointed_at: i64,
+    /// The log did not verify at start: nothing more is signed.
+    paused: bool,
+    disk: Option<(std::path::PathBuf, u64)>,
     pub(super) folder: Folder,
 }
 
@@ -109,6 +136,8 @@ impl Writer {
             signer: settings.signer,
             checkpointed,
             checkpointed_at: now_secs(),
+            paused: false,
+            disk: settings.disk,
             folder: Folder::new(settings.max_denials, settings.denial_window),
         })
     }
@@ -148,6 +177,10 @@ impl Writer {
         }
     }
 
+    pub(super) fn pause_signing(&mut self) {
+        self.paused = true;
+    }
+
     /// Signs the chain head when a checkpoint is due (`force`: whenever entries are not
     /// covered yet, as at shutdown), stores it and writes it to the log stream.
     pub(super) async fn checkpoint(&mut self, force: bool) {
@@ -155,6 +188,9 @@ impl Writer {
         let Some(signer) = &self.signer else {
             return;
         };
+        if self.paused {
+            return;
+        }
         if self.seq <= self.checkpointed || (!force && now - self.checkpointed_at < self.every) {
             return;
         }
@@ -191,8 +227,20 @@ impl Writer {
         }
     }
 
-    /// The clock: folded denials of windows that ended are written, a due checkpoint signed.
+    /// The clock: folded denials of windows that ended are written, a due checkpoint signed,
+    /// and the disk looked at (below min_free_disk every denial folds).
     pub(super) async fn tick(&mut self) {
+        if let Some((dir, floor)) = &self.disk {
+            let low = *floor > 0 && crate::store::disk_free(dir).is_some_and(|f| f < *floor);
+            if low != self.folder.fold_all {
+                if low {
+                    tracing::warn!(target: "tollgate::audit", "disk below min_free_disk: every denial now folds into counted entries");
+                } else {
+                    tracing::info!(target: "tollgate::audit", "disk above min_free_disk again: denials are entries of their own again");
+                }
+                self.folder.fold_all = low;
+            }
+        }
         let due = self.folder.due(Some(now_secs()));
         if !due.is_empty() || !self.pending.is_empty() {
             self.write_grouped(Vec::new(), due).await;

@@ -1633,9 +1633,12 @@ impl Oci {
         };
         if let Some(rec) = known {
             if self.fetcher.cache.lookup(digest.sha()).is_some() {
-                let bytes = tokio::fs::read(self.fetcher.cache.path(digest.sha()))
+                let bytes = self
+                    .fetcher
+                    .cache
+                    .read_small(digest.sha())
                     .await
-                    .map_err(|e| ApiError::Internal(format!("cached manifest: {e}")))?;
+                    .unwrap_or_default();
                 // A manifest is checked against its digest whenever it is read back (it is
                 // small): bytes edited on disk are evicted and fetched again.
                 if Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()) == *digest.sha() {

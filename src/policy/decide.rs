@@ -234,6 +234,10 @@ pub fn next_pin(
     match existing {
         // An old hash coming back does not become the pin again.
         Some(p) if p.superseded.contains(&hex) => None,
+        // A file re-published this often is frozen at its pin: each change would otherwise
+        // grow the record for ever (an upstream churning hashes on every fetch). New hashes
+        // are then refused as not pinned.
+        Some(p) if p.sha256 != hex && p.superseded.len() >= MAX_SUPERSEDED => None,
         Some(p) if p.sha256 == hex => {
             if p.size.is_none() && size.is_some() {
                 let mut p = p.clone();
@@ -268,6 +272,9 @@ pub fn next_pin(
         }),
     }
 }
+
+/// Hashes a first-sight pin remembers as replaced, at most.
+pub const MAX_SUPERSEDED: usize = 16;
 
 /// May a first-sight pin go? Only when no release rule admits its file any more (the project
 /// left the allowlist, or the rule's specifier moved on) and it was neither seen nor served for
@@ -483,5 +490,19 @@ mod tests {
         assert!(pin_prunable(None, Some(&admitted), &old, now, 90 * DAY));
         old.last_served = Some(now - DAY);
         assert!(!pin_prunable(rules, Some(&dropped), &old, now, 90 * DAY));
+    }
+
+    #[test]
+    fn a_churning_file_freezes_at_its_pin() {
+        let mut p: Option<Pin> = None;
+        for i in 0..40u8 {
+            let sha = Sha256::parse(&format!("{:02x}", i).repeat(32)).unwrap();
+            if let Some(next) = next_pin(p.as_ref(), &sha, Some(1), None, i as i64) {
+                p = Some(next);
+            }
+        }
+        let p = p.unwrap();
+        assert_eq!(p.superseded.len(), MAX_SUPERSEDED);
+        assert_eq!(p.sha256, format!("{:02x}", MAX_SUPERSEDED).repeat(32));
     }
 }

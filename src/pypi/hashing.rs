@@ -62,7 +62,15 @@ pub async fn hash_remote(
     if let Some(size) = declared.filter(|s| *s > limits.max_bytes) {
         return Err(too_large(size));
     }
-    let mut temp = cache.temp_file().await.ok();
+    // Kept for the cache only while the disk has room above min_free_disk; hashed either way.
+    let mut temp = match cache.temp_file().await {
+        Ok(t) if cache.room(declared.unwrap_or(0).max(1 << 21)) => Some(t),
+        Ok(t) => {
+            let _ = tokio::fs::remove_file(&t.path).await;
+            None
+        }
+        Err(_) => None,
+    };
     let run = async {
         let url = Url::parse(url).map_err(|e| HashError::Failed(e.to_string()))?;
         let resp = upstream
@@ -82,6 +90,15 @@ pub async fn hash_remote(
                 return Err(too_large(total));
             }
             hasher.update(&chunk);
+            if temp.is_some()
+                && total / crate::fetch::DISK_CHECK_EVERY
+                    != (total - chunk.len() as u64) / crate::fetch::DISK_CHECK_EVERY
+                && !cache.room(1 << 21)
+            {
+                if let Some(t) = temp.take() {
+                    let _ = tokio::fs::remove_file(&t.path).await;
+                }
+            }
             if let Some(t) = temp.as_mut() {
                 if t.file.write_all(&chunk).await.is_err() {
                     if let Some(t) = temp.take() {

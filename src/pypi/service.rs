@@ -35,6 +35,8 @@ const FAILURE_BACKOFF_SECS: i64 = 5;
 /// Upstream files refused for hashing (over max_hash_bytes or hash_timeout), remembered so a
 /// page view does not start the download again; at most this many.
 const MAX_REMEMBERED_REFUSALS: usize = 10_000;
+/// Hashes learned for files listed without one, kept at most (pruned after prune_pins_after).
+const MAX_OBSERVED: usize = 100_000;
 /// Background hashing of files whose upstream declares no hash, at most this many at once.
 const MAX_BACKGROUND_HASHING: usize = 4;
 
@@ -49,6 +51,9 @@ pub struct LoadedPolicy {
 pub struct Observed {
     pub sha256: String,
     pub size: u64,
+    /// When it was hashed (pruned after prune_pins_after; 0: before this was recorded).
+    #[serde(default)]
+    pub seen: i64,
 }
 
 struct Rendered {
@@ -81,7 +86,8 @@ pub struct Pypi {
     page_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     page_failures: Mutex<HashMap<String, i64>>,
     rendered: Mutex<HashMap<(ProjectName, Format), Arc<Rendered>>>,
-    hashing: Mutex<HashSet<String>>,
+    /// Files being hashed: their URL and project.
+    hashing: Mutex<HashMap<String, ProjectName>>,
     pins_gen: AtomicU64,
     /// Serialises the read-modify-write of first-sight pins, so two renders of one page cannot
     /// lose a superseded hash.
@@ -227,6 +233,17 @@ impl Pypi {
             if decide::pin_prunable(rules, dist.as_ref(), &pin, now, self.prune_pins_after) {
                 gone.push(key);
             }
+        }
+        // Hashes learned for hashless files are re-learned when needed: old ones go.
+        let stale: Vec<String> = self
+            .store
+            .all::<Observed>(OBSERVED)?
+            .into_iter()
+            .filter(|(_, o)| now - o.seen >= self.prune_pins_after)
+            .map(|(k, _)| k)
+            .collect();
+        if !stale.is_empty() {
+            self.store.remove_many(OBSERVED, &stale)?;
         }
         let n = gone.len();
         if n > 0 {
@@ -566,30 +583,38 @@ impl Pypi {
             if !release && !exact {
                 continue;
             }
+            // The pin cap comes before anything is fetched or kept for a file: past it, a new
+            // file is neither hashed, cached, pinned nor listed.
+            let key = pin_key(project, &f.filename);
+            let existing: Option<Pin> = if release {
+                self.store.get(PINS, &key)?
+            } else {
+                None
+            };
+            if release && existing.is_none() {
+                let left = match room {
+                    Some(r) => r,
+                    None => {
+                        let have = self.store.count_prefix(PINS, &format!("{project}/"))?;
+                        *room.insert(self.max_pins.saturating_sub(have))
+                    }
+                };
+                if left == 0 {
+                    unpinned += 1;
+                    continue;
+                }
+                room = Some(left - 1);
+            }
             let Some((sha, size)) = self.effective_hash(f)? else {
-                self.hash_in_background(rules, &dist, f);
+                if !self.hash_in_background(rules, project, &dist, f) {
+                    // No hashing slot now: this page is rendered again soon, so the file is
+                    // hashed and listed once one frees up (not only after page_ttl).
+                    valid_until = valid_until.min(now + FAILURE_BACKOFF_SECS);
+                }
                 continue;
             };
             let mut pin: Option<Pin> = None;
             if release {
-                let key = pin_key(project, &f.filename);
-                let existing: Option<Pin> = self.store.get(PINS, &key)?;
-                if existing.is_none() {
-                    let left = match room {
-                        Some(r) => r,
-                        None => {
-                            let have = self.store.count_prefix(PINS, &format!("{project}/"))?;
-                            *room.insert(self.max_pins.saturating_sub(have))
-                        }
-                    };
-                    if left == 0 {
-                        // Neither pinned nor listed: the store does not grow past the cap
-                        // whatever the upstream lists.
-                        unpinned += 1;
-                        continue;
-                    }
-                    room = Some(left - 1);
-                }
                 // An index's upload time shortens the quarantine only when it is trusted
                 // (`upload_time`): otherwise a file dated 1999 but first seen now ages from now.
                 let uploaded = f.upload_time.filter(|_| trust_upload_time);
@@ -669,24 +694,39 @@ impl Pypi {
 
     /// Hashes a file whose upstream declared no hash, so it can be pinned and listed (CONTRACT:
     /// "by hashing it in the background before listing it").
+    /// `false`: not started for want of a slot (the caller renders the page again soon).
     fn hash_in_background(
         self: &Arc<Self>,
         rules: &ProjectRules,
+        project: &ProjectName,
         dist: &DistFilename,
         f: &UpstreamFile,
-    ) {
+    ) -> bool {
         if lock(&self.hash_refused).contains(&f.url) {
-            return;
+            return true;
+        }
+        // What hashing has learned is kept in OBSERVED: bounded, like the pins.
+        if self.store.len(OBSERVED).unwrap_or(usize::MAX) >= MAX_OBSERVED {
+            self.metrics.hashes_refused.fetch_add(1, Relaxed);
+            tracing::warn!(%project, "the table of hashed upstream files is full (pruned daily); the file is not hashed or listed");
+            return true;
         }
         {
             let mut h = lock(&self.hashing);
-            if h.len() >= MAX_BACKGROUND_HASHING || !h.insert(f.url.clone()) {
-                return;
+            if h.contains_key(&f.url) {
+                return true;
             }
+            // Half the slots at most for one project, so one upstream's slow files do not
+            // hold back every other project's.
+            let mine = h.values().filter(|p| *p == project).count();
+            if h.len() >= MAX_BACKGROUND_HASHING || mine >= MAX_BACKGROUND_HASHING / 2 {
+                return false;
+            }
+            h.insert(f.url.clone(), project.clone());
         }
         let Some(upstream) = self.upstreams.get(&rules.index).cloned() else {
             lock(&self.hashing).remove(&f.url);
-            return;
+            return true;
         };
         // Which hashes would be admitted for this file: under a release rule the hash found now
         // becomes the pin; under exact rules only the listed hashes. Those bytes are kept in the
@@ -726,6 +766,7 @@ impl Pypi {
                     let obs = Observed {
                         sha256: sha.hex(),
                         size,
+                        seen: now_secs(),
                     };
                     let store = this.store.clone();
                     let key = url.clone();
@@ -749,6 +790,7 @@ impl Pypi {
             }
             lock(&this.hashing).remove(&url);
         });
+        true
     }
 
     /// Decides a file request. Returns the decision's rules and the parsed filename.
@@ -980,7 +1022,7 @@ impl Pypi {
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let extracted = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(path)
+            crate::store::cache::open_cached(&path, None)
                 .map_err(wheel::WheelError::from)
                 .and_then(|f| wheel::extract_metadata(std::io::BufReader::new(f), &p2, &v2))
         })

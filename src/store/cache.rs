@@ -40,7 +40,34 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// `[limits] min_free_disk`: below it, files are served but not kept.
     min_free: AtomicU64,
+    /// Files found changed at start, to be audited once the audit log runs.
+    startup_tampered: Mutex<Vec<Sha256>>,
 }
+
+/// Opens a cache file for reading: a regular file only, never through a symbolic link (a link
+/// planted in data_dir would otherwise serve any file the gate can read), and without blocking
+/// on a FIFO or device put in its place; with `size`, only at that length.
+pub fn open_cached(path: &Path, size: Option<u64>) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    if !m.file_type().is_file() {
+        return Err(bad("not a regular file"));
+    }
+    if size.is_some_and(|s| s != m.len()) {
+        return Err(bad("its length is not the cached length"));
+    }
+    Ok(f)
+}
+
+/// Writes up to this size count as small for [`Cache::room`].
+const SMALL_WRITE: u64 = 1 << 20;
+/// The free space small writes keep.
+const HARD_FLOOR: u64 = 64 << 20;
 
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -71,16 +98,30 @@ impl Cache {
         std::fs::create_dir_all(&tmp)?;
         let mut index = HashMap::new();
         let mut gone = Vec::new();
+        let mut tampered = Vec::new();
         for (k, rec) in store.all::<CacheRecord>(CACHED)? {
-            match Sha256::parse(&k) {
-                Ok(sha)
-                    if std::fs::metadata(path_in(&root, &sha))
-                        .is_ok_and(|m| m.len() == rec.size) =>
-                {
+            let Ok(sha) = Sha256::parse(&k) else {
+                gone.push(k);
+                continue;
+            };
+            match std::fs::symlink_metadata(path_in(&root, &sha)) {
+                Ok(m) if m.file_type().is_file() && m.len() == rec.size => {
                     index.insert(sha, rec);
                 }
-                _ => gone.push(k),
+                // There, but not what was kept: edited while the gate was stopped.
+                Ok(_) => {
+                    let _ = std::fs::remove_file(path_in(&root, &sha));
+                    tampered.push(sha);
+                    gone.push(k);
+                }
+                Err(_) => gone.push(k),
             }
+        }
+        if !tampered.is_empty() {
+            metrics
+                .cache_tampered
+                .fetch_add(tampered.len() as u64, Relaxed);
+            tracing::error!(files = tampered.len(), "cached files changed length or kind while the gate was stopped; evicted, never served");
         }
         store.remove_many(CACHED, &gone)?;
         for shard in std::fs::read_dir(&root)?.flatten() {
@@ -106,6 +147,7 @@ impl Cache {
             store,
             metrics,
             min_free: AtomicU64::new(0),
+            startup_tampered: Mutex::new(tampered),
         })
     }
 
@@ -181,6 +223,44 @@ impl Cache {
         Ok(TempFile { path, file })
     }
 
+    /// Is there room on the disk for `more` bytes above `min_free_disk`? Writes of a few KiB
+    /// (manifests, METADATA) need only a hard floor of 64 MiB (or min_free_disk when lower).
+    pub fn room(&self, more: u64) -> bool {
+        let floor = self.min_free.load(Relaxed);
+        if floor == 0 {
+            return true;
+        }
+        let need = if more <= SMALL_WRITE {
+            floor.min(HARD_FLOOR)
+        } else {
+            floor.saturating_add(more)
+        };
+        super::disk_free(&self.root).is_none_or(|free| free >= need)
+    }
+
+    /// The files found changed at start (each reported once).
+    pub fn take_startup_tampered(&self) -> Vec<Sha256> {
+        self.startup_tampered
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    /// Reads a small cached file whole (a manifest), as [`open_cached`] opens it.
+    pub async fn read_small(&self, sha: &Sha256) -> std::io::Result<Vec<u8>> {
+        let path = self.path(sha);
+        let size = self.lookup(sha);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            let mut f = open_cached(&path, size)?;
+            let mut out = Vec::new();
+            f.read_to_end(&mut out)?;
+            Ok(out)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Sets `[limits] min_free_disk`.
     pub fn set_min_free(&self, bytes: u64) {
         self.min_free.store(bytes, Relaxed);
@@ -207,11 +287,9 @@ impl Cache {
             return Ok(true);
         }
         // A nearly full disk: the file was served (verified) and is not kept, so the store and
-        // the audit log keep the space they need to go on recording decisions.
-        let floor = self.min_free.load(Relaxed);
-        if floor > 0
-            && super::disk_free(&self.root).is_some_and(|free| free < floor.saturating_add(size))
-        {
+        // the audit log keep the space they need to go on recording decisions. Small files
+        // (manifests, METADATA) only need the hard floor.
+        if !self.room(size) {
             let _ = tokio::fs::remove_file(&path).await;
             tracing::warn!(%sha, size, "disk nearly full (below min_free_disk): the file was served and not cached");
             return Ok(false);

@@ -4,6 +4,8 @@ pub mod cache;
 
 use std::path::Path;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -23,6 +25,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store {path} is damaged ({detail}). Stop the gate, move the file aside, and restore it from a backup, or start with an empty store (README: \"When the store is damaged\")")]
     Damaged { path: String, detail: String },
+    #[error("{0}")]
+    Audit(String),
+    #[error("the store {0} cannot be used after an I/O error (is the disk full?); the gate reopens it as soon as it can")]
+    Unusable(String),
 }
 
 macro_rules! from_redb {
@@ -129,8 +135,11 @@ pub fn disk_free(path: &Path) -> Option<u64> {
 const STORE_CACHE_BYTES: usize = 32 << 20;
 
 pub struct Store {
-    db: Database,
+    /// `None` after an I/O error the database could not be reopened from (see [`Store::run`]).
+    db: std::sync::RwLock<Option<Database>>,
     path: std::path::PathBuf,
+    /// Unix seconds of the last reopen attempt (at most one every few seconds).
+    reopened_at: std::sync::atomic::AtomicI64,
 }
 
 impl Store {
@@ -179,8 +188,9 @@ impl Store {
         w.open_table(AUDIT_CHECKPOINTS)?;
         w.commit()?;
         Ok(Store {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             path: path.to_path_buf(),
+            reopened_at: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -196,26 +206,28 @@ impl Store {
         entries: &[(u64, Vec<u8>)],
         change: Option<crate::audit::ChangeFn>,
     ) -> Result<(), StoreError> {
-        if entries.is_empty() && change.is_none() {
-            return Ok(());
-        }
-        let w = self.db.begin_write()?;
-        if let Some(apply) = change {
-            apply(&w)?;
-        }
-        {
-            let mut t = w.open_table(AUDIT)?;
-            for (seq, bytes) in entries {
-                if t.insert(*seq, bytes.as_slice())?.is_some() {
-                    // The chain would lose an entry: abort the whole transaction.
-                    return Err(StoreError::Conflict(format!(
-                        "audit entry #{seq} exists already"
-                    )));
+        self.run(|db| {
+            if entries.is_empty() && change.is_none() {
+                return Ok(());
+            }
+            let w = db.begin_write()?;
+            if let Some(apply) = change {
+                apply(&w)?;
+            }
+            {
+                let mut t = w.open_table(AUDIT)?;
+                for (seq, bytes) in entries {
+                    if t.insert(*seq, bytes.as_slice())?.is_some() {
+                        // The chain would lose an entry: abort the whole transaction.
+                        return Err(StoreError::Conflict(format!(
+                            "audit entry #{seq} exists already"
+                        )));
+                    }
                 }
             }
-        }
-        w.commit()?;
-        Ok(())
+            w.commit()?;
+            Ok(())
+        })
     }
 
     /// Inside a change: writes one record.
@@ -242,67 +254,148 @@ impl Store {
 
     /// The last audit entry, if any.
     pub fn audit_last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(AUDIT)?;
-        let last = t.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
-        Ok(last)
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(AUDIT)?;
+            let last = t.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
+            Ok(last)
+        })
     }
 
     /// The first audit entry still kept, if any.
     pub fn audit_first(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(AUDIT)?;
-        let first = t.first()?.map(|(k, v)| (k.value(), v.value().to_vec()));
-        Ok(first)
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(AUDIT)?;
+            let first = t.first()?.map(|(k, v)| (k.value(), v.value().to_vec()));
+            Ok(first)
+        })
     }
 
     /// Stores a signed checkpoint of the chain head.
     pub fn audit_checkpoint_put(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let w = self.db.begin_write()?;
-        w.open_table(AUDIT_CHECKPOINTS)?.insert(seq, bytes)?;
-        w.commit()?;
-        Ok(())
+        self.run(|db| {
+            let w = db.begin_write()?;
+            w.open_table(AUDIT_CHECKPOINTS)?.insert(seq, bytes)?;
+            w.commit()?;
+            Ok(())
+        })
     }
 
     /// The sequence number the last stored checkpoint covers.
     pub fn audit_checkpoint_last(&self) -> Result<Option<u64>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(AUDIT_CHECKPOINTS)?;
-        let last = t.last()?.map(|(k, _)| k.value());
-        Ok(last)
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(AUDIT_CHECKPOINTS)?;
+            let last = t.last()?.map(|(k, _)| k.value());
+            Ok(last)
+        })
     }
 
     /// Every stored checkpoint, by the sequence number it covers.
     pub fn audit_checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(AUDIT_CHECKPOINTS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(AUDIT_CHECKPOINTS)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     /// The anchor left by retention: the checkpoint of the last pruned entry.
     pub fn audit_anchor(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(AUDIT_META)?;
-        let anchor = t.get("anchor")?.map(|v| v.value().to_vec());
-        Ok(anchor)
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(AUDIT_META)?;
+            let anchor = t.get("anchor")?.map(|v| v.value().to_vec());
+            Ok(anchor)
+        })
     }
 
     /// Retention: removes the entries up to and including `upto` and the checkpoints before it,
     /// and records `anchor` (the checkpoint of entry `upto`), in one transaction: the log is
     /// never left without the anchor its first entry follows.
     pub fn audit_prune(&self, upto: u64, anchor: &[u8]) -> Result<(), StoreError> {
-        let w = self.db.begin_write()?;
-        w.open_table(AUDIT)?.retain_in(..=upto, |_, _| false)?;
-        w.open_table(AUDIT_CHECKPOINTS)?
-            .retain_in(..upto, |_, _| false)?;
-        w.open_table(AUDIT_META)?.insert("anchor", anchor)?;
-        w.commit()?;
-        Ok(())
+        self.run(|db| {
+            let w = db.begin_write()?;
+            w.open_table(AUDIT)?.retain_in(..=upto, |_, _| false)?;
+            w.open_table(AUDIT_CHECKPOINTS)?
+                .retain_in(..upto, |_, _| false)?;
+            w.open_table(AUDIT_META)?.insert("anchor", anchor)?;
+            w.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Runs one operation on the database. redb refuses every operation after an I/O error
+    /// (a full disk) until the database is closed and opened again; so after one, the store
+    /// reopens itself (waiting for operations in flight), instead of failing until a restart.
+    fn run<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let out = {
+            let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+            match g.as_ref() {
+                Some(db) => f(db),
+                None => Err(StoreError::Unusable(self.path.display().to_string())),
+            }
+        };
+        let io = match &out {
+            Err(StoreError::Db(e)) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            Err(StoreError::Unusable(_)) => true,
+            _ => false,
+        };
+        if io {
+            self.reopen();
+        }
+        out
+    }
+
+    /// Closes and opens the database again (at most once every 2 s).
+    fn reopen(&self) {
+        let now = cache::now_secs();
+        let last = self.reopened_at.swap(now, Relaxed);
+        if now - last < 2 {
+            return;
+        }
+        let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The old handle goes first: redb allows one per file.
+        *g = None;
+        match Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&self.path)
+        {
+            Ok(db) => {
+                tracing::warn!(path = %self.path.display(), "store reopened after an I/O error (was the disk full?)");
+                *g = Some(db);
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "store could not be reopened after an I/O error; trying again on the next operation");
+            }
+        }
+    }
+
+    /// Whether the database is open (false after an I/O error it could not recover from yet).
+    pub fn usable(&self) -> bool {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Runs `f` over the store, turning a panic inside redb (it asserts on some damaged pages)
+    /// into a damaged-store error naming the file.
+    pub fn guard<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(p) => Err(StoreError::Damaged {
+                path: self.path.display().to_string(),
+                detail: p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a page could not be read".into()),
+            }),
+        }
     }
 
     /// The store file's size in bytes.
@@ -314,14 +407,16 @@ impl Store {
     /// checkpoints that cover them (a truncated tail, as an attacker would leave it).
     #[doc(hidden)]
     pub fn audit_truncate(&self, seq: u64, checkpoints: bool) -> Result<(), StoreError> {
-        let w = self.db.begin_write()?;
-        w.open_table(AUDIT)?.retain_in(seq + 1.., |_, _| false)?;
-        if checkpoints {
-            w.open_table(AUDIT_CHECKPOINTS)?
-                .retain_in(seq + 1.., |_, _| false)?;
-        }
-        w.commit()?;
-        Ok(())
+        self.run(|db| {
+            let w = db.begin_write()?;
+            w.open_table(AUDIT)?.retain_in(seq + 1.., |_, _| false)?;
+            if checkpoints {
+                w.open_table(AUDIT_CHECKPOINTS)?
+                    .retain_in(seq + 1.., |_, _| false)?;
+            }
+            w.commit()?;
+            Ok(())
+        })
     }
 
     /// Calls `f` on audit entries after `after`, in order, until it returns false.
@@ -330,15 +425,27 @@ impl Store {
         after: u64,
         mut f: impl FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(AUDIT)?;
-        for item in t.range(after.saturating_add(1)..)? {
-            let (k, v) = item?;
-            if !f(k.value(), v.value()) {
-                break;
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(AUDIT)?;
+            for item in t.range(after.saturating_add(1)..)? {
+                let (k, v) = item?;
+                if !f(k.value(), v.value()) {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+    }
+
+    /// How many records `table` holds.
+    pub fn len(&self, table: TableDefinition<&str, &[u8]>) -> Result<usize, StoreError> {
+        use redb::ReadableTableMetadata as _;
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(table)?;
+            Ok(t.len()? as usize)
+        })
     }
 
     /// How many keys of `table` start with `prefix`.
@@ -347,17 +454,19 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         prefix: &str,
     ) -> Result<usize, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(table)?;
-        let mut n = 0;
-        for item in t.range(prefix..)? {
-            let (k, _) = item?;
-            if !k.value().starts_with(prefix) {
-                break;
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(table)?;
+            let mut n = 0;
+            for item in t.range(prefix..)? {
+                let (k, _) = item?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                n += 1;
             }
-            n += 1;
-        }
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// Removes one record.
@@ -366,26 +475,30 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<bool, StoreError> {
-        let w = self.db.begin_write()?;
-        let existed = {
-            let mut t = w.open_table(table)?;
-            let existed = t.remove(key)?.is_some();
-            existed
-        };
-        w.commit()?;
-        Ok(existed)
+        self.run(|db| {
+            let w = db.begin_write()?;
+            let existed = {
+                let mut t = w.open_table(table)?;
+                let existed = t.remove(key)?.is_some();
+                existed
+            };
+            w.commit()?;
+            Ok(existed)
+        })
     }
 
     /// Test support: overwrites one audit entry's bytes (to show tampering is detected).
     #[doc(hidden)]
     pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let w = self.db.begin_write()?;
-        {
-            let mut t = w.open_table(AUDIT)?;
-            t.insert(seq, bytes)?;
-        }
-        w.commit()?;
-        Ok(())
+        self.run(|db| {
+            let w = db.begin_write()?;
+            {
+                let mut t = w.open_table(AUDIT)?;
+                t.insert(seq, bytes)?;
+            }
+            w.commit()?;
+            Ok(())
+        })
     }
 
     pub fn get<T: DeserializeOwned>(
@@ -393,12 +506,14 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(table)?;
-        match t.get(key)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
-            None => Ok(None),
-        }
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(table)?;
+            match t.get(key)? {
+                Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Writes several records in one durable transaction.
@@ -407,19 +522,21 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         items: &[(String, T)],
     ) -> Result<(), StoreError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let w = self.db.begin_write()?;
-        {
-            let mut t = w.open_table(table)?;
-            for (k, v) in items {
-                let bytes = serde_json::to_vec(v)?;
-                t.insert(k.as_str(), bytes.as_slice())?;
+        self.run(|db| {
+            if items.is_empty() {
+                return Ok(());
             }
-        }
-        w.commit()?;
-        Ok(())
+            let w = db.begin_write()?;
+            {
+                let mut t = w.open_table(table)?;
+                for (k, v) in items {
+                    let bytes = serde_json::to_vec(v)?;
+                    t.insert(k.as_str(), bytes.as_slice())?;
+                }
+            }
+            w.commit()?;
+            Ok(())
+        })
     }
 
     pub fn put<T: Serialize>(
@@ -428,14 +545,16 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value)?;
-        let w = self.db.begin_write()?;
-        {
-            let mut t = w.open_table(table)?;
-            t.insert(key, bytes.as_slice())?;
-        }
-        w.commit()?;
-        Ok(())
+        self.run(|db| {
+            let bytes = serde_json::to_vec(value)?;
+            let w = db.begin_write()?;
+            {
+                let mut t = w.open_table(table)?;
+                t.insert(key, bytes.as_slice())?;
+            }
+            w.commit()?;
+            Ok(())
+        })
     }
 
     pub fn remove_many(
@@ -443,31 +562,35 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         keys: &[String],
     ) -> Result<(), StoreError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let w = self.db.begin_write()?;
-        {
-            let mut t = w.open_table(table)?;
-            for k in keys {
-                t.remove(k.as_str())?;
+        self.run(|db| {
+            if keys.is_empty() {
+                return Ok(());
             }
-        }
-        w.commit()?;
-        Ok(())
+            let w = db.begin_write()?;
+            {
+                let mut t = w.open_table(table)?;
+                for k in keys {
+                    t.remove(k.as_str())?;
+                }
+            }
+            w.commit()?;
+            Ok(())
+        })
     }
 
     pub fn all<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(table)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
-        }
-        Ok(out)
+        self.run(|db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(table)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
+            }
+            Ok(out)
+        })
     }
 }

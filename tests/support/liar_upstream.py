@@ -23,6 +23,7 @@ Projects (each page is PEP 691 JSON unless said otherwise):
   badoffset  a wheel whose central directory puts METADATA past the end of the file
   huge       a page listing 50,000 files
   many       a page listing 300 files of releases 1.0.N (made-up hashes)
+  manynohash a page listing 300 files of releases 1.0.N with neither hash nor size
   bigfile    a 2 MiB file, its size declared on the page
   bignohash  a 2 MiB file listed with neither hash nor size
   authed     the page needs Basic user:secret; the file link redirects to http://localhost:PORT
@@ -137,11 +138,12 @@ class H(BaseHTTPRequestHandler):
                 return self.send(200, b"{not json")
             if project == "slow":
                 time.sleep(5)
-            if project in ("huge", "many"):
+            if project in ("huge", "many", "manynohash"):
                 n = 50_000 if project == "huge" else 300
                 files = [{"filename": f"{project}-1.0.{i}-py3-none-any.whl",
                           "url": f"/files/{project}-1.0.{i}-py3-none-any.whl",
-                          "hashes": {"sha256": hashlib.sha256(b"%d" % i).hexdigest()}} for i in range(n)]
+                          "hashes": {} if project == "manynohash" else {"sha256": hashlib.sha256(b"%d" % i).hexdigest()}}
+                         for i in range(n)]
                 return self.send(200, json.dumps({"meta": {"api-version": "1.1"}, "name": project, "files": files}).encode())
             name, data = wheel(project)
             url = f"http://127.0.0.1:{port}/files/{name}"
