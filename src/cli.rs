@@ -9,7 +9,7 @@ use crate::policy::Policy;
 
 /// `tollgate check`: 0 when config and every allowlist load, else 1 with one line per error.
 pub fn check(config: &Config) -> i32 {
-    let files = match crate::allowlist_files(&config.allowlist_dir) {
+    let files = match crate::loader::allowlist_files(&config.allowlist_dir) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");
@@ -32,7 +32,7 @@ pub fn check(config: &Config) -> i32 {
             if config.admission.listen.is_some() { " (listen is set: make sure a NetworkPolicy admits only the API server)" } else { "" }
         );
     }
-    match crate::load_policy(config) {
+    match crate::loader::load(config).map(|lp| lp.policy) {
         Ok(p) => {
             println!(
                 "ok: {} allowlist file(s), {} project(s), {} exact release rule(s), {} release rule(s), {} revocation(s); index(es): {}",
@@ -180,8 +180,8 @@ pub fn verdict(
 
 /// `tollgate allowlist check FILE`: one line per requirement; exit 1 if any would fail.
 pub fn allowlist_check(config: &Config, path: &Path) -> i32 {
-    let policy = match crate::load_policy(config) {
-        Ok(p) => p,
+    let policy = match crate::loader::load(config) {
+        Ok(lp) => lp.policy,
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
@@ -233,8 +233,8 @@ pub fn allowlist_check(config: &Config, path: &Path) -> i32 {
 /// decision with every reason; exit 1 on deny (or when it cannot be decided). It uses a scratch
 /// store of its own, so it works beside a running gate and leaves nothing behind.
 pub fn image_verify(config: &Config, image: &str) -> i32 {
-    let policy = match crate::load_policy(config) {
-        Ok(p) => p,
+    let lp = match crate::loader::load(config) {
+        Ok(lp) => lp,
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
@@ -302,9 +302,8 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
                 return 1;
             }
         };
-        let lp = crate::pypi::service::LoadedPolicy { policy, version: 1 };
         match oci
-            .verify_reference(&lp, image, &crate::pypi::service::Client("cli".into()))
+            .verify_reference(&lp, image, &crate::conn::Client("cli".into()))
             .await
         {
             Ok(v) => {
@@ -325,10 +324,7 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
                 }
             }
             Err(e) => {
-                eprintln!(
-                    "{image}: cannot be decided now: {}",
-                    crate::oci::service::public_message(&e)
-                );
+                eprintln!("{image}: cannot be decided now: {}", e.public_message());
                 1
             }
         }

@@ -389,6 +389,36 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
+/// Who asked, as audit records and throttles name it: the TCP peer, or the forwarded client
+/// when the peer is a trusted proxy (see [`client_ip`]). The one client extractor of every
+/// listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client(pub String);
+
+impl Client {
+    pub fn of<B>(req: &axum::http::Request<B>) -> Client {
+        Client(client_in(req.extensions()))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Client(client_in(&parts.extensions)))
+    }
+}
+
+/// Whether the TCP peer itself is on this machine (credentials in clear are accepted only
+/// from there).
+pub fn peer_is_loopback(ext: &axum::http::Extensions) -> bool {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback())
+}
+
 /// The client of a request, as audit records and throttles name it.
 pub fn client_in(ext: &axum::http::Extensions) -> String {
     if let Some(c) = ext.get::<ClientIp>() {

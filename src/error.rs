@@ -82,10 +82,7 @@ fn finish(mut resp: Response, status: StatusCode, content_type: &'static str) ->
         h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(crate::admin::auth::THROTTLE_WINDOW_SECS),
-        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from(THROTTLE_WINDOW_SECS));
     }
     if status == StatusCode::UNAUTHORIZED {
         h.insert(
@@ -134,13 +131,95 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// How long a client that failed admin authentication too often waits (`Retry-After`).
+pub const THROTTLE_WINDOW_SECS: u64 = 60;
+
+/// The distribution spec's error codes the pull gate answers with (OCI distribution spec,
+/// "Error Codes"; `UNAVAILABLE` and `UNSUPPORTED` as registries use them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OciCode {
+    BlobUnknown,
+    Denied,
+    DigestInvalid,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    TagInvalid,
+    Unavailable,
+    Unsupported,
+    Unknown,
+}
+
+impl OciCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OciCode::BlobUnknown => "BLOB_UNKNOWN",
+            OciCode::Denied => "DENIED",
+            OciCode::DigestInvalid => "DIGEST_INVALID",
+            OciCode::ManifestInvalid => "MANIFEST_INVALID",
+            OciCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            OciCode::NameInvalid => "NAME_INVALID",
+            OciCode::NameUnknown => "NAME_UNKNOWN",
+            OciCode::TagInvalid => "TAG_INVALID",
+            OciCode::Unavailable => "UNAVAILABLE",
+            OciCode::Unsupported => "UNSUPPORTED",
+            OciCode::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// What was not found, for `*_UNKNOWN` codes ("blob", "manifest", "name").
+    pub fn noun(self) -> &'static str {
+        match self {
+            OciCode::BlobUnknown => "blob",
+            OciCode::ManifestUnknown => "manifest",
+            _ => "name",
+        }
+    }
+}
+
+/// An error of the pull gate: the spec's code and the gate's error (status and sentence).
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{1}")]
+    Coded(OciCode, ApiError),
+}
+
+impl OciError {
+    /// The sentence a client may see (internal causes are not in it).
+    pub fn public_message(&self) -> String {
+        let OciError::Coded(_, err) = self;
+        err.public().1
+    }
+}
+
+impl From<ApiError> for OciError {
+    fn from(e: ApiError) -> Self {
+        let code = match &e {
+            ApiError::Denied(_) => OciCode::Denied,
+            ApiError::BadRequest(_) => OciCode::NameInvalid,
+            ApiError::NotFound(_) => OciCode::NameUnknown,
+            ApiError::Unavailable(_) => OciCode::Unavailable,
+            ApiError::BadUpstream(_) => OciCode::ManifestInvalid,
+            _ => OciCode::Unknown,
+        };
+        OciError::Coded(code, e)
+    }
+}
+
+impl From<crate::store::StoreError> for OciError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
 /// The distribution spec's error body (`{"errors":[{"code","message"}]}`) for `/v2/` routes,
 /// with the same statuses and sentences as every other route.
-impl IntoResponse for crate::oci::service::OciError {
+impl IntoResponse for OciError {
     fn into_response(self) -> Response {
-        let crate::oci::service::OciError::Coded(code, err) = self;
+        let OciError::Coded(code, err) = self;
         let (status, message) = err.public();
-        let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
+        let json = serde_json::json!({ "errors": [{ "code": code.as_str(), "message": message }] });
         finish(
             (status, json.to_string()).into_response(),
             status,

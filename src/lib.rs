@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod fetch;
+pub mod loader;
 pub mod metrics;
 pub mod oci;
 pub mod policy;
@@ -16,9 +17,8 @@ pub mod server;
 pub mod store;
 pub mod verify;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -30,9 +30,10 @@ use axum::Router;
 use audit::Audit;
 use config::Config;
 use error::ApiError;
+use loader::{InForce, LoadedPolicy};
 use metrics::{Metrics, Route};
 use policy::allowlist::LoadError;
-use pypi::service::{LoadedPolicy, Pypi};
+use pypi::service::Pypi;
 use store::{Cache, Store};
 
 /// Longest request target accepted; longer ones get 414.
@@ -40,8 +41,8 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 pub struct AppState {
     pub config: Config,
-    policy: RwLock<Arc<LoadedPolicy>>,
-    policy_version: AtomicU64,
+    /// The policy in force, and the files' policy API writes build on.
+    in_force: InForce,
     pub pypi: Arc<Pypi>,
     pub oci: Arc<oci::service::Oci>,
     pub metrics: Arc<Metrics>,
@@ -56,9 +57,6 @@ pub struct AppState {
     pub admin_writes: tokio::sync::Mutex<()>,
     /// `[admin.oidc]`: JWTs as admin credentials.
     pub oidc: Option<admin::oidc::Oidc>,
-    /// The allowlist files' policy as last loaded (start-up, SIGHUP, `POST /admin/v1/reload`):
-    /// API writes build on it and never read the files themselves.
-    files_policy: RwLock<Arc<policy::Policy>>,
     /// The admin listener's handle, when `[admin] listen` runs one (to stop it with the gate).
     pub admin_handle: std::sync::Mutex<Option<axum_server::Handle>>,
 }
@@ -78,19 +76,12 @@ impl AppState {
             .clone()
             .map(admin::oidc::Oidc::new)
             .transpose()?;
-        let api_rules = admin::rules::rules(&store).map_err(|e| e.to_string())?;
-        let api_revoked = admin::rules::revocations(&store).map_err(|e| e.to_string())?;
-        let joined = |errs: Vec<LoadError>| {
+        let in_force = InForce::load(&config, &store).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("\n")
-        };
-        let files_policy = read_files_policy(&config)
-            .and_then(|p| finish_policy(&config, p))
-            .map_err(joined)?;
-        let policy =
-            with_api(&config, files_policy.clone(), &api_rules, &api_revoked).map_err(joined)?;
+        })?;
         let bootstrap_sha256 =
             match std::env::var("TOLLGATE_BOOTSTRAP_TOKEN_SHA256") {
                 Err(_) => None,
@@ -160,8 +151,7 @@ impl AppState {
         )?);
         Ok(Arc::new(AppState {
             config,
-            policy: RwLock::new(Arc::new(LoadedPolicy { policy, version: 1 })),
-            policy_version: AtomicU64::new(1),
+            in_force,
             pypi,
             oci,
             metrics,
@@ -172,38 +162,27 @@ impl AppState {
             bootstrap_sha256,
             admin_writes: tokio::sync::Mutex::new(()),
             oidc,
-            files_policy: RwLock::new(Arc::new(files_policy)),
             admin_handle: std::sync::Mutex::new(None),
         }))
     }
 
     /// The policy in force now; every request decides against the one it took here.
     pub fn policy(&self) -> Arc<LoadedPolicy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.in_force.get()
     }
 
     /// Builds the policy from the files and the API rules in the store, without applying it.
     pub fn build_policy(
         &self,
-        api_rules: &[admin::rules::ApiRule],
-        revoked: &[admin::rules::ApiRevocation],
-    ) -> Result<policy::Policy, Vec<LoadError>> {
-        let files = self
-            .files_policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        with_api(&self.config, (*files).clone(), api_rules, revoked)
+        api_rules: &[loader::ApiRule],
+        revoked: &[loader::ApiRevocation],
+    ) -> Result<loader::Built, Vec<LoadError>> {
+        self.in_force.build(&self.config, api_rules, revoked)
     }
 
     /// Puts a built policy in force (every request after this decides against it).
-    pub fn apply(&self, policy: policy::Policy) -> u64 {
-        let version = self.policy_version.fetch_add(1, Relaxed) + 1;
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(LoadedPolicy { policy, version });
+    pub fn apply(&self, built: loader::Built) -> u64 {
+        let version = self.in_force.apply(built);
         self.pypi.invalidate();
         version
     }
@@ -211,26 +190,10 @@ impl AppState {
     /// Reloads every allowlist file (with the API rules). All or nothing: on any error the
     /// policy in force stays.
     pub fn reload(&self) -> Result<(usize, usize), Vec<LoadError>> {
-        let store_err = |e: store::StoreError| {
-            vec![LoadError {
-                file: "store".into(),
-                line: 0,
-                message: e.to_string(),
-            }]
-        };
-        let built = (|| {
-            let files =
-                read_files_policy(&self.config).and_then(|p| finish_policy(&self.config, p))?;
-            let rules = admin::rules::rules(&self.store).map_err(store_err)?;
-            let revoked = admin::rules::revocations(&self.store).map_err(store_err)?;
-            let policy = with_api(&self.config, files.clone(), &rules, &revoked)?;
-            Ok::<_, Vec<LoadError>>((files, policy))
-        })();
-        match built {
-            Ok((files, policy)) => {
-                *self.files_policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(files);
-                let counts = (policy.exact_count(), policy.release_count());
-                self.apply(policy);
+        match self.in_force.reread(&self.config, &self.store) {
+            Ok(built) => {
+                let counts = (built.policy.exact_count(), built.policy.release_count());
+                self.apply(built);
                 self.metrics.reloads_ok.fetch_add(1, Relaxed);
                 Ok(counts)
             }
@@ -239,237 +202,6 @@ impl AppState {
                 Err(e)
             }
         }
-    }
-}
-
-/// Every `*.toml` below `dir`, sorted, so the policy does not depend on directory order.
-pub fn allowlist_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p.extension().is_some_and(|x| x == "toml") {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out).map_err(|e| format!("allowlist_dir {}: {e}", dir.display()))?;
-    out.sort();
-    Ok(out)
-}
-
-/// Reads the allowlist files and builds the policy (the I/O half of `policy::allowlist::load`).
-pub fn load_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
-    load_policy_with(config, &[], &[])
-}
-
-/// As [`load_policy`], with the rules and revocations made through the admin API (see
-/// [`with_api`]).
-pub fn load_policy_with(
-    config: &Config,
-    api_rules: &[admin::rules::ApiRule],
-    api_revocations: &[admin::rules::ApiRevocation],
-) -> Result<policy::Policy, Vec<LoadError>> {
-    let files = read_files_policy(config)?;
-    with_api(config, files, api_rules, api_revocations)
-}
-
-/// The allowlist files' rules alone, without their keys (see [`finish_policy`]).
-fn read_files_policy(config: &Config) -> Result<policy::Policy, Vec<LoadError>> {
-    let one = |message: String| {
-        vec![LoadError {
-            file: config.allowlist_dir.display().to_string(),
-            line: 0,
-            message,
-        }]
-    };
-    let paths = allowlist_files(&config.allowlist_dir).map_err(one)?;
-    let mut files = Vec::new();
-    for p in paths {
-        let text = std::fs::read_to_string(&p).map_err(|e| one(format!("{}: {e}", p.display())))?;
-        files.push((p.display().to_string(), text));
-    }
-    policy::allowlist::load_with_registries(&files, &config.index_names(), &config.registry_hosts())
-}
-
-/// Adds the admin API's rules and revocations to the files' policy: each API rule is validated
-/// by the same loader as a file (named `api:<id>`) and merged (an identical git rule makes it
-/// one rule; a conflicting one is an error at the API rule); then keys and the trusted root are
-/// read for whatever the rules name.
-pub fn with_api(
-    config: &Config,
-    mut policy: policy::Policy,
-    api_rules: &[admin::rules::ApiRule],
-    api_revocations: &[admin::rules::ApiRevocation],
-) -> Result<policy::Policy, Vec<LoadError>> {
-    let mut api_errors = Vec::new();
-    for r in api_rules {
-        let name = format!("api:{}", r.id);
-        match policy::allowlist::load_with_registries(
-            &[(name.clone(), r.toml.clone())],
-            &config.index_names(),
-            &config.registry_hosts(),
-        ) {
-            Ok(p) => {
-                if let Err(message) = policy.merge(p) {
-                    api_errors.push(LoadError {
-                        file: name,
-                        line: 1,
-                        message,
-                    });
-                }
-            }
-            Err(es) => api_errors.extend(es),
-        }
-    }
-    for rv in api_revocations {
-        // A revocation that cannot be read must not quietly stop applying: refuse the policy.
-        let Ok(sha) = policy::Sha256::parse(&rv.sha256) else {
-            api_errors.push(LoadError {
-                file: "api:revocations".into(),
-                line: 1,
-                message: format!("stored revocation {:?} is not a sha256", rv.sha256),
-            });
-            continue;
-        };
-        policy
-            .revoked
-            .entry(sha)
-            .or_insert(policy::allowlist::Revocation {
-                reason: rv.reason.clone(),
-                source: policy::Source {
-                    file: format!("api:revoked by {}", rv.by),
-                    line: 1,
-                },
-            });
-    }
-    if !api_errors.is_empty() {
-        return Err(api_errors);
-    }
-    finish_policy(config, policy)
-}
-
-/// Reads the keys and the trusted root the rules name (those not read yet), and checks that no
-/// threshold counts one key twice.
-fn finish_policy(
-    config: &Config,
-    mut policy: policy::Policy,
-) -> Result<policy::Policy, Vec<LoadError>> {
-    // Keys named by signature and attestation rules, from allowlist_dir/keys/; a missing or
-    // unreadable key is a load error at the rule that names it, never a rule that silently
-    // admits nothing.
-    let mut errors = Vec::new();
-    let keys_dir = config.allowlist_dir.join("keys");
-    for rule in &policy.images {
-        let names = rule
-            .signature
-            .iter()
-            .flat_map(|s| s.keys.iter())
-            .chain(rule.attestations.iter().flat_map(|a| a.keys.iter()));
-        for name in names {
-            if policy.keys.contains_key(name) {
-                continue;
-            }
-            let path = keys_dir.join(name);
-            let parsed = std::fs::read_to_string(&path)
-                .map_err(|e| format!("key {}: {e}", path.display()))
-                .and_then(|pem| {
-                    verify::cosign::TrustedKey::from_pem(name, &pem)
-                        .map_err(|e| format!("key {}: {e}", path.display()))
-                });
-            match parsed {
-                Ok(key) => {
-                    policy.keys.insert(name.clone(), Arc::new(key));
-                }
-                Err(message) => errors.push(LoadError {
-                    file: rule.source.file.clone(),
-                    line: rule.source.line,
-                    message,
-                }),
-            }
-        }
-    }
-    // The operator's trusted root is read with the policy (so SIGHUP reloads it too) whenever
-    // one is configured: keyless identities need it, and log entries on key signatures are
-    // checked against it. A keyless rule without a readable root is refused, never left to
-    // admit nothing.
-    if policy.trust_root.is_none() {
-        if let Some(path) = &config.trusted_root {
-            match std::fs::read(path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| verify::trust::TrustRoot::from_json(&b))
-            {
-                Ok(root) => policy.trust_root = Some(Arc::new(root)),
-                Err(e) => errors.push(LoadError {
-                    file: path.display().to_string(),
-                    line: 0,
-                    message: format!("not a usable Sigstore trusted root: {e}"),
-                }),
-            }
-        }
-    }
-    let keyless_rule = policy.images.iter().find(|r| {
-        r.signature.as_ref().is_some_and(|s| !s.keyless.is_empty())
-            || r.attestations.iter().any(|a| !a.keyless.is_empty())
-    });
-    // require_tlog asks for a log entry checked against the root: without a root that lists
-    // a log, the rule could admit nothing.
-    let tlog_rule = policy.images.iter().find(|r| {
-        r.signature.as_ref().is_some_and(|s| s.require_tlog)
-            || r.attestations.iter().any(|a| a.require_tlog)
-    });
-    if let Some(rule) = tlog_rule {
-        let usable = match (&config.trusted_root, &policy.trust_root) {
-            (None, _) => Some("trusted_root is not configured"),
-            (Some(_), Some(root)) if !root.has_logs() => {
-                Some("the trusted root lists no transparency log")
-            }
-            _ => None,
-        };
-        if let Some(why) = usable {
-            errors.push(LoadError {
-                file: rule.source.file.clone(),
-                line: rule.source.line,
-                message: format!("{}: require_tlog, but {why}", rule.pattern),
-            });
-        }
-    }
-    if let (Some(rule), None) = (keyless_rule, &config.trusted_root) {
-        errors.push(LoadError {
-            file: rule.source.file.clone(),
-            line: rule.source.line,
-            message: format!(
-                "{}: keyless identities need trusted_root (a Sigstore trusted_root.json)",
-                rule.pattern
-            ),
-        });
-    }
-    // A threshold counts distinct keys: one key saved under two names must not count twice.
-    for rule in &policy.images {
-        let Some(sig) = &rule.signature else { continue };
-        let mut seen: std::collections::HashMap<[u8; 32], &str> = std::collections::HashMap::new();
-        for name in &sig.keys {
-            if let Some(k) = policy.keys.get(name) {
-                if let Some(first) = seen.insert(k.fingerprint, name) {
-                    errors.push(LoadError {
-                        file: rule.source.file.clone(),
-                        line: rule.source.line,
-                        message: format!(
-                            "{}: keys {first} and {name} are the same key",
-                            rule.pattern
-                        ),
-                    });
-                }
-            }
-        }
-    }
-    if errors.is_empty() {
-        Ok(policy)
-    } else {
-        Err(errors)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::store::{Store, StoreError, TOKENS};
 /// Wrong credentials a client may present in one window before it gets 429 (a request with
 /// no credential guesses nothing and does not count).
 pub const MAX_FAILURES: u32 = 20;
-pub const THROTTLE_WINDOW_SECS: u64 = 60;
+pub use crate::error::THROTTLE_WINDOW_SECS;
 
 /// Roles rise puller < reader < approver < admin (CONTRACT.md); each may do what the ones
 /// below it may.

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::audit::{AuditEntry, AuditEvent};
+use crate::conn::Client;
 use crate::error::{ApiError, JsonError};
 use crate::policy::allowlist::Source;
 use crate::policy::oci::{ImageRule, RepoPattern, Require, SubjectMatch};
@@ -83,11 +84,10 @@ fn required(method: &Method, path: &str) -> Option<Role> {
 /// The client (forwarded through a trusted proxy, see `conn::client_ip`), and whether the TCP
 /// peer itself is on this machine (credentials in clear are accepted only from there).
 fn client_of(req: &Request) -> (String, bool) {
-    let loopback = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .is_some_and(|c| c.0.ip().is_loopback());
-    (crate::conn::client_in(req.extensions()), loopback)
+    (
+        crate::conn::Client::of(req).0,
+        crate::conn::peer_is_loopback(req.extensions()),
+    )
 }
 
 async fn audit_auth(st: &AppState, client: &str, reason: &str, detail: String, path: &str) {
@@ -168,14 +168,10 @@ async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next) ->
         }
         _ => {
             req.extensions_mut().insert(actor);
-            req.extensions_mut().insert(ClientAddr(client));
             next.run(req).await
         }
     }
 }
-
-#[derive(Clone)]
-struct ClientAddr(String);
 
 /// Resolves a credential: a token of the store or the bootstrap hash, else (when configured)
 /// an OIDC JWT.
@@ -227,7 +223,7 @@ pub async fn pull_guard(State(st): State<Arc<AppState>>, req: Request, next: Nex
         if status == StatusCode::TOO_MANY_REQUESTS {
             r.headers_mut().insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(auth::THROTTLE_WINDOW_SECS),
+                HeaderValue::from(crate::error::THROTTLE_WINDOW_SECS),
             );
         }
         r
@@ -316,7 +312,7 @@ async fn not_here(method: Method, uri: axum::http::Uri) -> JsonError {
 async fn commit(
     st: &AppState,
     actor: &Actor,
-    client: &ClientAddr,
+    client: &Client,
     action: &str,
     subject: String,
     before: Option<Value>,
@@ -370,7 +366,7 @@ struct NewToken {
 async fn token_create(
     State(st): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
+    client: Client,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let req: NewToken = parse_body(&body)?;
@@ -422,7 +418,7 @@ fn valid_id(id: &str) -> Result<(), JsonError> {
 async fn token_delete(
     State(st): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
+    client: Client,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     valid_id(&id)?;
@@ -628,7 +624,7 @@ async fn audit_export(
 async fn reload(
     State(st): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
+    client: Client,
 ) -> ApiResult<Response> {
     let _writing = st.admin_writes.lock().await;
     let before = st.policy().version;
@@ -878,7 +874,7 @@ enum Write {
 async fn write_rule(
     st: Arc<AppState>,
     actor: Actor,
-    client: ClientAddr,
+    client: Client,
     kind: rules::Kind,
     op: Write,
     approval: Option<Value>,
@@ -889,7 +885,7 @@ async fn write_rule(
 async fn write_rule_now(
     st: Arc<AppState>,
     actor: Actor,
-    client: ClientAddr,
+    client: Client,
     kind: rules::Kind,
     op: Write,
     approval: Option<Value>,
@@ -1042,7 +1038,7 @@ async fn rule_create(
     kind: rules::Kind,
     st: Arc<AppState>,
     actor: Actor,
-    client: ClientAddr,
+    client: Client,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let body: Value = parse_body(&body)?;
@@ -1054,7 +1050,7 @@ async fn rule_update(
     kind: rules::Kind,
     st: Arc<AppState>,
     actor: Actor,
-    client: ClientAddr,
+    client: Client,
     id: String,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
@@ -1069,7 +1065,7 @@ async fn rule_delete(
     kind: rules::Kind,
     st: Arc<AppState>,
     actor: Actor,
-    client: ClientAddr,
+    client: Client,
     id: String,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
@@ -1087,13 +1083,13 @@ fn rule_writes(
     let create = post(
         move |State(st): State<Arc<AppState>>,
               Extension(actor): Extension<Actor>,
-              Extension(client): Extension<ClientAddr>,
+              client: Client,
               body: axum::body::Bytes| rule_create(kind, st, actor, client, body),
     );
     let one = axum::routing::put(
         move |State(st): State<Arc<AppState>>,
               Extension(actor): Extension<Actor>,
-              Extension(client): Extension<ClientAddr>,
+              client: Client,
               Path(id): Path<String>,
               headers: axum::http::HeaderMap,
               body: axum::body::Bytes| {
@@ -1103,7 +1099,7 @@ fn rule_writes(
     .delete(
         move |State(st): State<Arc<AppState>>,
               Extension(actor): Extension<Actor>,
-              Extension(client): Extension<ClientAddr>,
+              client: Client,
               Path(id): Path<String>,
               headers: axum::http::HeaderMap| {
             rule_delete(kind, st, actor, client, id, headers)
@@ -1127,7 +1123,7 @@ struct Approval {
 async fn approve(
     State(st): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
+    client: Client,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let req: Approval = parse_body(&body)?;
@@ -1234,7 +1230,7 @@ struct Revoke {
 async fn revoke(
     State(st): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
-    Extension(client): Extension<ClientAddr>,
+    client: Client,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
@@ -1365,7 +1361,7 @@ struct ExplainQuery {
 /// yet is "not yet seen").
 async fn explain(
     State(st): State<Arc<AppState>>,
-    Extension(client): Extension<ClientAddr>,
+    client: Client,
     q: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     use crate::policy::decide::{decide_file, decide_project, Decision};
@@ -1416,9 +1412,9 @@ async fn explain(
         (None, Some(image)) => {
             let v = st
                 .oci
-                .verify_reference(&lp, image, &crate::pypi::service::Client(client.0))
+                .verify_reference(&lp, image, &client)
                 .await
-                .map_err(|crate::oci::service::OciError::Coded(_, e)| JsonError(e))?;
+                .map_err(|crate::error::OciError::Coded(_, e)| JsonError(e))?;
             Ok(Json(json!(v)))
         }
         _ => Err(JsonError(ApiError::BadRequest(

@@ -2,68 +2,11 @@
 //! as the allowlist TOML it stands for, so it is validated by exactly the code that validates
 //! the files and exports as the text one would commit to git.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::{Store, StoreError, API_RULES, REVOKED};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Package,
-    Image,
-}
-
-impl Kind {
-    /// The allowlist table name (`[[package]]`, `[[image]]`).
-    pub fn table(self) -> &'static str {
-        match self {
-            Kind::Package => "package",
-            Kind::Image => "image",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApiRule {
-    pub id: String,
-    pub kind: Kind,
-    /// The rule as one allowlist table (`[[package]]` or `[[image]]`).
-    pub toml: String,
-    /// Bumped by every change; the ETag.
-    pub revision: u64,
-    pub created: i64,
-    pub created_by: String,
-    pub updated: i64,
-    pub updated_by: String,
-    /// Set when an approval made the rule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<Value>,
-}
-
-impl ApiRule {
-    pub fn etag(&self) -> String {
-        format!("\"{}-{}\"", self.id, self.revision)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApiRevocation {
-    pub sha256: String,
-    pub reason: String,
-    pub by: String,
-    pub time: i64,
-}
-
-pub fn rules(store: &Store) -> Result<Vec<ApiRule>, StoreError> {
-    let mut all: Vec<ApiRule> = store.all(API_RULES)?.into_iter().map(|(_, r)| r).collect();
-    all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-    Ok(all)
-}
-
-pub fn revocations(store: &Store) -> Result<Vec<ApiRevocation>, StoreError> {
-    Ok(store.all(REVOKED)?.into_iter().map(|(_, r)| r).collect())
-}
+pub use crate::loader::{
+    api_revocations as revocations, api_rules as rules, ApiRevocation, ApiRule, Kind,
+};
 
 /// The JSON body of a rule as allowlist TOML: `{"name": …}` → `[[package]]\nname = …`. JSON
 /// `null` has no TOML form: leave the field out instead.

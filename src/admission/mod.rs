@@ -12,6 +12,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::conn::Client;
 use crate::error::ApiError;
 use crate::oci::service::Verification;
 use crate::AppState;
@@ -59,8 +60,8 @@ async fn webhook_guard(
             == 0
     });
     if !ok {
-        let client = ClientOf::of(&req);
-        tracing::warn!(client = %client.0 .0, path = ?req.uri().path(), "admission webhook call without the API server's token");
+        let client = Client::of(&req);
+        tracing::warn!(client = %client.0, path = ?req.uri().path(), "admission webhook call without the API server's token");
         st.metrics
             .auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -80,7 +81,7 @@ struct VerifyRequest {
 
 /// `POST /api/v1/verify` `{"image": "REF"}` → the decision, the digest and every reason.
 async fn verify(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    let client = crate::pypi::client_of(&req);
+    let client = Client::of(&req);
     let body =
         match axum::body::to_bytes(req.into_body(), st.config.limits.admin_body_bytes as usize)
             .await
@@ -176,7 +177,7 @@ fn pod_images(object: &Value) -> Vec<(String, String)> {
 async fn decide_review(
     st: &Arc<AppState>,
     review: &Review,
-    client: &crate::pypi::service::Client,
+    client: &Client,
 ) -> Result<Option<Vec<(String, String, Verification)>>, ApiError> {
     if review.request.kind.kind != "Pod"
         || !matches!(review.request.operation.as_str(), "CREATE" | "UPDATE")
@@ -223,10 +224,7 @@ async fn decide_review(
                 allowed: false,
                 repository: None,
                 digest: None,
-                reasons: vec![format!(
-                    "could not be decided now: {}",
-                    crate::oci::service::public_message(&e)
-                )],
+                reasons: vec![format!("could not be decided now: {}", e.public_message())],
             },
         };
         out.push((pointer, image, v));
@@ -299,12 +297,12 @@ fn refusal(decisions: &[(String, String, Verification)]) -> Option<String> {
 }
 
 /// `POST /k8s/admission`: the validating webhook.
-async fn admission(State(st): State<Arc<AppState>>, client: ClientOf, req: Request) -> Response {
+async fn admission(State(st): State<Arc<AppState>>, client: Client, req: Request) -> Response {
     let review = match parse_review(req).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match decide_review(&st, &review, &client.0).await {
+    match decide_review(&st, &review, &client).await {
         Ok(None) => review_response(&review.request.uid, true, None, None),
         Ok(Some(d)) => {
             let message = refusal(&d);
@@ -316,12 +314,12 @@ async fn admission(State(st): State<Arc<AppState>>, client: ClientOf, req: Reque
 
 /// `POST /k8s/mutate`: the mutating webhook. Admitted images are rewritten to the digest that
 /// was verified (`name@sha256:…`), so the node pulls exactly what was decided.
-async fn mutate(State(st): State<Arc<AppState>>, client: ClientOf, req: Request) -> Response {
+async fn mutate(State(st): State<Arc<AppState>>, client: Client, req: Request) -> Response {
     let review = match parse_review(req).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match decide_review(&st, &review, &client.0).await {
+    match decide_review(&st, &review, &client).await {
         Ok(None) => review_response(&review.request.uid, true, None, None),
         Ok(Some(d)) => {
             if let Some(message) = refusal(&d) {
@@ -344,28 +342,6 @@ async fn mutate(State(st): State<Arc<AppState>>, client: ClientOf, req: Request)
             review_response(&review.request.uid, true, None, patch)
         }
         Err(e) => e.into_response(),
-    }
-}
-
-/// The requesting address, for the audit record.
-struct ClientOf(crate::pypi::service::Client);
-
-impl ClientOf {
-    fn of(req: &Request) -> ClientOf {
-        ClientOf(crate::pypi::client_of(req))
-    }
-}
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientOf {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(ClientOf(crate::pypi::service::Client(
-            crate::conn::client_in(&parts.extensions),
-        )))
     }
 }
 

@@ -288,10 +288,7 @@ pub fn append_many_blocking(store: &Store, events: Vec<AuditEvent>) -> Result<()
     store.audit_append(&rows).map_err(|e| e.to_string())
 }
 
-/// A change of the admin API's state, written in the same transaction as its audit entry: the
-/// change happens if and only if its entry is stored.
-pub type ChangeFn =
-    Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), crate::store::StoreError> + Send>;
+pub use crate::store::ChangeFn;
 
 enum Msg {
     Event(Box<AuditEvent>),

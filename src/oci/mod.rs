@@ -13,9 +13,10 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::error::ApiError;
+use crate::error::{OciCode, OciError};
 use crate::policy::oci::{Digest, Tag};
 use crate::AppState;
-use service::{OciError, Reference};
+use service::Reference;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -71,7 +72,7 @@ async fn dispatch(
     Query(q): Query<NsQuery>,
     req: Request,
 ) -> Response {
-    let client = crate::pypi::client_of(&req);
+    let client = crate::conn::Client::of(&req);
     let (parts, _) = req.into_parts();
     let result = handle(&st, &path, &q, &parts, client).await;
     api_version(match result {
@@ -85,11 +86,11 @@ async fn handle(
     path: &str,
     q: &NsQuery,
     req: &axum::http::request::Parts,
-    client: crate::pypi::service::Client,
+    client: crate::conn::Client,
 ) -> Result<Response, OciError> {
     let Some((name, kind, reference)) = split(path) else {
         return Err(OciError::Coded(
-            "UNSUPPORTED",
+            OciCode::Unsupported,
             ApiError::NotFound("not a pull endpoint of the distribution API".into()),
         ));
     };
@@ -100,11 +101,11 @@ async fn handle(
         "manifests" => {
             let reference = if reference.starts_with("sha256:") || reference.contains(':') {
                 Reference::Digest(Digest::parse(reference).map_err(|e| {
-                    OciError::Coded("DIGEST_INVALID", ApiError::BadRequest(e.to_string()))
+                    OciError::Coded(OciCode::DigestInvalid, ApiError::BadRequest(e.to_string()))
                 })?)
             } else {
                 Reference::Tag(Tag::parse(reference).map_err(|e| {
-                    OciError::Coded("TAG_INVALID", ApiError::BadRequest(e.to_string()))
+                    OciError::Coded(OciCode::TagInvalid, ApiError::BadRequest(e.to_string()))
                 })?)
             };
             st.oci
@@ -113,7 +114,7 @@ async fn handle(
         }
         "blobs" => {
             let digest = Digest::parse(reference).map_err(|e| {
-                OciError::Coded("DIGEST_INVALID", ApiError::BadRequest(e.to_string()))
+                OciError::Coded(OciCode::DigestInvalid, ApiError::BadRequest(e.to_string()))
             })?;
             st.oci
                 .blob(&lp, &reg, &repo, digest, head, &req.headers, &client)
@@ -121,14 +122,14 @@ async fn handle(
         }
         "referrers" => {
             let digest = Digest::parse(reference).map_err(|e| {
-                OciError::Coded("DIGEST_INVALID", ApiError::BadRequest(e.to_string()))
+                OciError::Coded(OciCode::DigestInvalid, ApiError::BadRequest(e.to_string()))
             })?;
             st.oci.referrers(&lp, &reg, &repo, digest, &client).await
         }
         _ => {
             let last = match &q.last {
                 Some(l) => Some(Tag::parse(l).map_err(|e| {
-                    OciError::Coded("TAG_INVALID", ApiError::BadRequest(e.to_string()))
+                    OciError::Coded(OciCode::TagInvalid, ApiError::BadRequest(e.to_string()))
                 })?),
                 None => None,
             };

@@ -16,15 +16,16 @@ use tokio::io::AsyncWriteExt;
 use super::client::{RegistryClient, RegistryError, MANIFEST_TYPES};
 use crate::audit::{Audit, AuditEvent};
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::conn::Client;
+use crate::error::{ApiError, OciCode, OciError};
 use crate::fetch::{Failure, Fetcher, Job};
+use crate::loader::LoadedPolicy;
 use crate::metrics::Metrics;
 use crate::policy::oci::{
     check_tag, decide_image, rule_for, Digest, Evidence, ImageDeny, ImageRule, Repository, Require,
     Tag,
 };
 use crate::policy::Sha256;
-use crate::pypi::service::{Client, LoadedPolicy};
 use crate::store::cache::now_secs;
 use crate::store::{Store, ARTIFACTS, ARTIFACT_BLOBS, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
 use crate::verify::cosign::{
@@ -238,61 +239,28 @@ pub struct Oci {
     sig_fetches: tokio::sync::Semaphore,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum OciError {
-    #[error("{1}")]
-    Coded(&'static str, ApiError),
+/// A refusal by the policy, as the pull gate answers it.
+fn denied(reason: &ImageDeny) -> OciError {
+    OciError::Coded(OciCode::Denied, ApiError::Denied(reason.to_string()))
 }
 
-impl OciError {
-    fn denied(reason: &ImageDeny) -> OciError {
-        OciError::Coded("DENIED", ApiError::Denied(reason.to_string()))
-    }
-}
-
-/// The sentence a client may see for an error (internal causes are not in it).
-pub fn public_message(e: &OciError) -> String {
-    let OciError::Coded(_, err) = e;
-    match err {
-        ApiError::Internal(_) => "internal error".into(),
-        other => other.to_string(),
-    }
-}
-
-impl From<ApiError> for OciError {
-    fn from(e: ApiError) -> Self {
-        let code = match &e {
-            ApiError::Denied(_) => "DENIED",
-            ApiError::BadRequest(_) => "NAME_INVALID",
-            ApiError::NotFound(_) => "NAME_UNKNOWN",
-            ApiError::Unavailable(_) => "UNAVAILABLE",
-            ApiError::BadUpstream(_) => "MANIFEST_INVALID",
-            _ => "UNKNOWN",
-        };
-        OciError::Coded(code, e)
-    }
-}
-
-fn registry_error(e: RegistryError, what: &'static str) -> OciError {
+fn registry_error(e: RegistryError, what: OciCode) -> OciError {
     match e {
         RegistryError::NotFound => OciError::Coded(
             what,
-            ApiError::NotFound(format!(
-                "{} unknown to the upstream registry",
-                what.split('_').next().unwrap_or("").to_lowercase()
-            )),
+            ApiError::NotFound(format!("{} unknown to the upstream registry", what.noun())),
         ),
         // The detail (which host, which endpoint) is logged, not told to the client.
         RegistryError::Refused(registry, detail) => {
             tracing::warn!(%registry, %detail, "registry answer refused");
             OciError::Coded(
-                "UNAVAILABLE",
+                OciCode::Unavailable,
                 ApiError::BadUpstream(format!(
                     "the upstream registry {registry} answered in a way the gate does not accept"
                 )),
             )
         }
-        e => OciError::Coded("UNAVAILABLE", ApiError::Unavailable(e.to_string())),
+        e => OciError::Coded(OciCode::Unavailable, ApiError::Unavailable(e.to_string())),
     }
 }
 
@@ -315,11 +283,11 @@ async fn read_upstream(
         .await
         .map_err(|e| match e {
             crate::fetch::ReadError::TooLarge => OciError::Coded(
-                "MANIFEST_INVALID",
+                OciCode::ManifestInvalid,
                 ApiError::BadUpstream(format!("the upstream {what} is larger than the gate reads")),
             ),
             crate::fetch::ReadError::Broken => OciError::Coded(
-                "UNAVAILABLE",
+                OciCode::Unavailable,
                 ApiError::Unavailable(format!("the upstream {what} broke off")),
             ),
         })
@@ -577,10 +545,11 @@ impl Oci {
         name: &str,
         ns: Option<&str>,
     ) -> Result<(Arc<RegistryClient>, Repository), OciError> {
-        let unknown = |what: String| OciError::Coded("NAME_UNKNOWN", ApiError::NotFound(what));
+        let unknown =
+            |what: String| OciError::Coded(OciCode::NameUnknown, ApiError::NotFound(what));
         let by_host = |host: &str| -> Result<Arc<RegistryClient>, OciError> {
             let host = crate::policy::oci::normalize_host(host).map_err(|e| {
-                OciError::Coded("NAME_INVALID", ApiError::BadRequest(e.to_string()))
+                OciError::Coded(OciCode::NameInvalid, ApiError::BadRequest(e.to_string()))
             })?;
             self.registries
                 .iter()
@@ -600,8 +569,9 @@ impl Oci {
         } else {
             (by_host(&self.default_registry)?, name)
         };
-        let repo = Repository::new(&reg.cfg.host, path)
-            .map_err(|e| OciError::Coded("NAME_INVALID", ApiError::BadRequest(e.to_string())))?;
+        let repo = Repository::new(&reg.cfg.host, path).map_err(|e| {
+            OciError::Coded(OciCode::NameInvalid, ApiError::BadRequest(e.to_string()))
+        })?;
         Ok((reg, repo))
     }
 
@@ -639,7 +609,7 @@ impl Oci {
     ) -> OciError {
         self.audit(action, repo, artifact, digest, Err(&reason), client)
             .await;
-        OciError::denied(&reason)
+        denied(&reason)
     }
 
     fn rule<'p>(lp: &'p LoadedPolicy, repo: &Repository) -> Result<&'p ImageRule, ImageDeny> {
@@ -791,7 +761,7 @@ impl Oci {
         let keys_of = |names: &[String]| -> Vec<&TrustedKey> {
             names
                 .iter()
-                .filter_map(|k| lp.policy.keys.get(k))
+                .filter_map(|k| lp.material.keys.get(k))
                 .map(|k| k.as_ref())
                 .collect()
         };
@@ -809,9 +779,9 @@ impl Oci {
         all_names.dedup();
         let all_keys: Vec<Arc<TrustedKey>> = all_names
             .iter()
-            .filter_map(|k| lp.policy.keys.get(k).cloned())
+            .filter_map(|k| lp.material.keys.get(k).cloned())
             .collect();
-        let root = lp.policy.trust_root.clone();
+        let root = lp.material.trust_root.clone();
         let wanted = rule.signed_identity.as_ref().unwrap_or(repo);
         // The cryptography runs on a blocking thread: a bundle that is expensive to check
         // must not stall the gate's other requests (health checks, the index) meanwhile.
@@ -925,7 +895,7 @@ impl Oci {
                     .await
                     .map_err(|_| {
                         OciError::Coded(
-                            "UNAVAILABLE",
+                            OciCode::Unavailable,
                             ApiError::Unavailable(format!(
                                 "the registry did not deliver the signature artifacts of {digest} within {} s",
                                 SIGNATURE_FETCH_DEADLINE.as_secs()
@@ -986,7 +956,7 @@ impl Oci {
         let resp = match reg.open_blob(&repo.path, digest).await {
             Ok(r) => r,
             Err(RegistryError::NotFound) => return Ok(Err("absent from the registry".into())),
-            Err(e) => return Err(registry_error(e, "BLOB_UNKNOWN")),
+            Err(e) => return Err(registry_error(e, OciCode::BlobUnknown)),
         };
         let bytes = match crate::fetch::read_limited(resp, size).await {
             Ok(p) => p,
@@ -995,7 +965,7 @@ impl Oci {
             }
             Err(crate::fetch::ReadError::Broken) => {
                 return Err(OciError::Coded(
-                    "UNAVAILABLE",
+                    OciCode::Unavailable,
                     ApiError::Unavailable("a signature artifact could not be read".into()),
                 ))
             }
@@ -1016,7 +986,7 @@ impl Oci {
     ) -> Result<Option<Vec<u8>>, OciError> {
         match reg.manifest(&repo.path, reference, false).await {
             Err(RegistryError::NotFound) => Ok(None),
-            Err(e) => Err(registry_error(e, "MANIFEST_UNKNOWN")),
+            Err(e) => Err(registry_error(e, OciCode::ManifestUnknown)),
             Ok(resp) => {
                 let bytes = read_upstream(resp, self.manifest_bytes, "signature artifact").await?;
                 // Read as cosign (Go) reads it, or refused (see `strict`).
@@ -1065,7 +1035,7 @@ impl Oci {
         };
         let m: SigManifest = serde_json::from_slice(&body).map_err(|_| {
             OciError::Coded(
-                "MANIFEST_INVALID",
+                OciCode::ManifestInvalid,
                 ApiError::BadUpstream(format!(
                     "the {suffix} artifact of {digest} is not a manifest"
                 )),
@@ -1131,7 +1101,7 @@ impl Oci {
             Ok(resp) => Some(read_upstream(resp, self.manifest_bytes, "referrers index").await?),
             // No referrers API: the spec's answer is 404; some registries say 400 or 405.
             Err(RegistryError::NotFound) | Err(RegistryError::Status(_, 400 | 405)) => None,
-            Err(e) => return Err(registry_error(e, "NAME_UNKNOWN")),
+            Err(e) => return Err(registry_error(e, OciCode::NameUnknown)),
         };
         let index = match index {
             Some(i) => i,
@@ -1150,7 +1120,7 @@ impl Oci {
             .filter(|d| d.schema_version == Some(2))
             .ok_or_else(|| {
                 OciError::Coded(
-                    "MANIFEST_INVALID",
+                    OciCode::ManifestInvalid,
                     ApiError::BadUpstream(format!(
                         "the referrers of {digest} are not an image index"
                     )),
@@ -1276,7 +1246,7 @@ impl Oci {
             Ok(x) => x,
             Err(e) => {
                 return Err(OciError::Coded(
-                    "NAME_INVALID",
+                    OciCode::NameInvalid,
                     ApiError::BadRequest(e.to_string()),
                 ))
             }
@@ -1320,7 +1290,7 @@ impl Oci {
             }
             (None, None) => {
                 return Err(OciError::Coded(
-                    "NAME_INVALID",
+                    OciCode::NameInvalid,
                     ApiError::BadRequest("no tag or digest".into()),
                 ))
             }
@@ -1451,7 +1421,7 @@ impl Oci {
                 Ok(d)
             }
             Err(RegistryError::NotFound) => Err(OciError::Coded(
-                "MANIFEST_UNKNOWN",
+                OciCode::ManifestUnknown,
                 ApiError::NotFound(format!("{repo}:{tag} is unknown to the upstream registry")),
             )),
             Err(e) => match cached.and_then(|c| Digest::parse(&c.digest).ok()) {
@@ -1459,7 +1429,7 @@ impl Oci {
                     tracing::warn!(%repo, %tag, error = %e, "upstream down; using the last resolution of the tag");
                     Ok(d)
                 }
-                None => Err(registry_error(e, "MANIFEST_UNKNOWN")),
+                None => Err(registry_error(e, OciCode::ManifestUnknown)),
             },
         }
     }
@@ -1651,14 +1621,14 @@ impl Oci {
         let resp = reg
             .manifest(&repo.path, &digest.to_string(), false)
             .await
-            .map_err(|e| registry_error(e, "MANIFEST_UNKNOWN"))?;
+            .map_err(|e| registry_error(e, OciCode::ManifestUnknown))?;
         let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
-        let bad = |m: String| OciError::Coded("MANIFEST_INVALID", ApiError::BadUpstream(m));
+        let bad = |m: String| OciError::Coded(OciCode::ManifestInvalid, ApiError::BadUpstream(m));
         let bytes = read_upstream(resp, self.manifest_bytes, &format!("manifest {digest}")).await?;
         let actual = Digest(Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()));
         if actual != *digest {
@@ -1863,7 +1833,7 @@ impl Oci {
             Ok(r) => r,
             // Absent or not a manifest the gate accepts: the refusal stands. Only an
             // unreachable registry is an error.
-            Err(OciError::Coded(code, _)) if code != "UNAVAILABLE" => return Ok(None),
+            Err(OciError::Coded(code, _)) if code != OciCode::Unavailable => return Ok(None),
             Err(e) => return Err(e),
         };
         if is_index(&rec.media_type) {
@@ -2166,7 +2136,7 @@ impl Oci {
                     Some(v) => v.to_string(),
                     None => {
                         return Err(OciError::Coded(
-                            "MANIFEST_INVALID",
+                            OciCode::ManifestInvalid,
                             ApiError::BadUpstream(format!(
                                 "the upstream's referrers of {subject} are not an image index"
                             )),
@@ -2180,14 +2150,14 @@ impl Oci {
             // through the gate. An empty 200 would tell them there are no signatures at all.
             Err(RegistryError::NotFound) | Err(RegistryError::Status(_, 400 | 405)) => {
                 return Err(OciError::Coded(
-                    "NAME_UNKNOWN",
+                    OciCode::NameUnknown,
                     ApiError::NotFound(format!(
                         "the upstream registry has no referrers API; the referrers of {subject} are listed under the tag sha256-{}",
                         subject.sha()
                     )),
                 ));
             }
-            Err(e) => return Err(registry_error(e, "NAME_UNKNOWN")),
+            Err(e) => return Err(registry_error(e, OciCode::NameUnknown)),
         };
         Response::builder()
             .status(StatusCode::OK)
@@ -2229,7 +2199,7 @@ impl Oci {
         let resp = reg
             .tags(&repo.path, page.n, page.last.map(Tag::as_str))
             .await
-            .map_err(|e| registry_error(e, "NAME_UNKNOWN"))?;
+            .map_err(|e| registry_error(e, OciCode::NameUnknown))?;
         // The upstream's next page, re-addressed to this gate (its Link names the upstream path).
         let next_last = resp
             .headers()
@@ -2239,7 +2209,7 @@ impl Oci {
         let body = read_upstream(resp, self.manifest_bytes, "tag list").await?;
         let list: TagList = serde_json::from_slice(&body).map_err(|_| {
             OciError::Coded(
-                "UNAVAILABLE",
+                OciCode::Unavailable,
                 ApiError::BadUpstream("tag list is not JSON".into()),
             )
         })?;

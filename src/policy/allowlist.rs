@@ -85,11 +85,6 @@ pub struct Policy {
     pub projects: BTreeMap<ProjectName, ProjectRules>,
     pub revoked: HashMap<Sha256, Revocation>,
     pub images: Vec<ImageRule>,
-    /// The keys `[image.signature]` and `[[image.attestation]]` rules name, read from
-    /// `allowlist_dir/keys/` by the caller.
-    pub keys: HashMap<String, std::sync::Arc<crate::verify::cosign::TrustedKey>>,
-    /// The Sigstore trusted root, read by the caller when a rule names a keyless identity.
-    pub trust_root: Option<std::sync::Arc<crate::verify::trust::TrustRoot>>,
     pub files: usize,
 }
 

@@ -437,9 +437,9 @@ pub struct Evidence {
     /// The digest is pinned (itself, or through an index that is admitted).
     pub pinned: bool,
     /// The signature check's outcome; `None` when the rule asks for no signature.
-    pub signature: Option<Result<Vec<String>, crate::verify::cosign::SignatureDeny>>,
+    pub signature: Option<Result<Vec<String>, SignatureDeny>>,
     /// The first attestation requirement that failed, if any.
-    pub attestations: Result<(), crate::verify::cosign::SignatureDeny>,
+    pub attestations: Result<(), SignatureDeny>,
 }
 
 /// The decision for a manifest digest from its evidence, as CONTRACT.md's `require` says: with
@@ -492,7 +492,7 @@ pub enum ImageDeny {
         repo: Repository,
         digest: Digest,
     },
-    Signature(crate::verify::cosign::SignatureDeny),
+    Signature(SignatureDeny),
 }
 
 impl ImageDeny {
@@ -537,6 +537,86 @@ pub fn check_tag(rule: &ImageRule, repo: &Repository, tag: &Tag) -> Result<(), I
             tag: tag.clone(),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Why signatures or attestations did not admit an image. Each renders to one sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureDeny {
+    Unsigned,
+    /// Signatures exist, but none by a signer of the rule; `found` names who did sign, as far
+    /// as that is known (certificate identities; keys are only "an unknown key").
+    Untrusted {
+        found: Vec<String>,
+    },
+    OtherRepository {
+        signed: String,
+        wanted: String,
+    },
+    OtherDigest {
+        signed: String,
+    },
+    Threshold {
+        signers: Vec<String>,
+        need: usize,
+    },
+    AttestationMissing {
+        predicate_type: String,
+    },
+    AttestationUntrusted {
+        predicate_type: String,
+        found: Vec<String>,
+    },
+}
+
+impl SignatureDeny {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignatureDeny::Unsigned => "unsigned",
+            SignatureDeny::Untrusted { .. } => "untrusted_signer",
+            SignatureDeny::OtherRepository { .. } => "signature_other_repository",
+            SignatureDeny::OtherDigest { .. } => "signature_other_digest",
+            SignatureDeny::Threshold { .. } => "signature_threshold",
+            SignatureDeny::AttestationMissing { .. } => "attestation_missing",
+            SignatureDeny::AttestationUntrusted { .. } => "attestation_untrusted",
+        }
+    }
+}
+
+impl fmt::Display for SignatureDeny {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SignatureDeny::Unsigned => write!(f, "unsigned"),
+            SignatureDeny::Untrusted { found } => write!(
+                f,
+                "signed, but by no trusted signer (found: {})",
+                found.join("; ")
+            ),
+            SignatureDeny::OtherRepository { signed, wanted } => write!(
+                f,
+                "signature names another repository ({signed}, not {wanted})"
+            ),
+            SignatureDeny::OtherDigest { signed } => {
+                write!(f, "signature is for another image ({signed})")
+            }
+            SignatureDeny::Threshold { signers, need } => write!(
+                f,
+                "signed by {} trusted signer(s) ({}), {need} required",
+                signers.len(),
+                signers.join(", ")
+            ),
+            SignatureDeny::AttestationMissing { predicate_type } => {
+                write!(f, "attestation {predicate_type} missing")
+            }
+            SignatureDeny::AttestationUntrusted {
+                predicate_type,
+                found,
+            } => write!(
+                f,
+                "attestation {predicate_type} present, but by no trusted signer (found: {})",
+                found.join("; ")
+            ),
+        }
     }
 }
 
@@ -717,7 +797,6 @@ mod tests {
     /// `require` with pins and signatures, every combination.
     #[test]
     fn pins_and_signatures_combine() {
-        use crate::verify::cosign::SignatureDeny;
         let repo = Repository::parse("nvcr.io/nvidia/cuda").unwrap();
         let d = Digest::parse(D1).unwrap();
         let signed = Some(Ok(vec!["k.pub".to_string()]));

@@ -41,10 +41,6 @@ fn redirect(location: &str) -> Response {
     r
 }
 
-pub fn client_of(req: &Request) -> Client {
-    Client(crate::conn::client_in(req.extensions()))
-}
-
 #[derive(serde::Deserialize)]
 struct FormatQuery {
     format: Option<String>,
@@ -118,7 +114,7 @@ async fn project(
     let lp = st.policy();
     let (body, etag) = st
         .pypi
-        .project_page(&lp, &name, format, &client_of(&req))
+        .project_page(&lp, &name, format, &Client::of(&req))
         .await?;
     Ok(page_response(format, body, etag, req.headers()))
 }
@@ -135,7 +131,7 @@ async fn file(
     }
     let head = req.method() == Method::HEAD;
     let lp = st.policy();
-    let client = client_of(&req);
+    let client = Client::of(&req);
     if let Some(wheel) = filename.strip_suffix(".metadata") {
         return st
             .pypi

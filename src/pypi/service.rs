@@ -40,11 +40,7 @@ const MAX_OBSERVED: usize = 100_000;
 /// Background hashing of files whose upstream declares no hash, at most this many at once.
 const MAX_BACKGROUND_HASHING: usize = 4;
 
-/// The policy in force and its version (bumped on every reload).
-pub struct LoadedPolicy {
-    pub policy: Policy,
-    pub version: u64,
-}
+pub use crate::loader::LoadedPolicy;
 
 /// A hash the gate computed itself for a file whose upstream declared none.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -64,9 +60,7 @@ struct Rendered {
     valid_until: i64,
 }
 
-/// Who asked, for the audit record.
-#[derive(Debug, Clone)]
-pub struct Client(pub String);
+pub use crate::conn::Client;
 
 /// METADATA extractions run at once.
 const MAX_EXTRACTIONS: usize = 4;

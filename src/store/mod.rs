@@ -134,6 +134,10 @@ pub fn disk_free(path: &Path) -> Option<u64> {
 /// The store's page cache in memory.
 const STORE_CACHE_BYTES: usize = 32 << 20;
 
+/// A change of the admin API's state, written in the same transaction as its audit entry: the
+/// change happens if and only if its entry is stored.
+pub type ChangeFn = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), StoreError> + Send>;
+
 pub struct Store {
     /// `None` after an I/O error the database could not be reopened from (see [`Store::run`]).
     db: std::sync::RwLock<Option<Database>>,
@@ -204,7 +208,7 @@ impl Store {
     pub fn audit_commit(
         &self,
         entries: &[(u64, Vec<u8>)],
-        change: Option<crate::audit::ChangeFn>,
+        change: Option<ChangeFn>,
     ) -> Result<(), StoreError> {
         self.run(|db| {
             if entries.is_empty() && change.is_none() {

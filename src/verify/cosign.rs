@@ -7,7 +7,6 @@
 //! certificate, its chain and the Rekor entry as annotations.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -80,85 +79,7 @@ impl TrustedKey {
     }
 }
 
-/// Why signatures or attestations did not admit an image. Each renders to one sentence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignatureDeny {
-    Unsigned,
-    /// Signatures exist, but none by a signer of the rule; `found` names who did sign, as far
-    /// as that is known (certificate identities; keys are only "an unknown key").
-    Untrusted {
-        found: Vec<String>,
-    },
-    OtherRepository {
-        signed: String,
-        wanted: String,
-    },
-    OtherDigest {
-        signed: String,
-    },
-    Threshold {
-        signers: Vec<String>,
-        need: usize,
-    },
-    AttestationMissing {
-        predicate_type: String,
-    },
-    AttestationUntrusted {
-        predicate_type: String,
-        found: Vec<String>,
-    },
-}
-
-impl SignatureDeny {
-    pub fn code(&self) -> &'static str {
-        match self {
-            SignatureDeny::Unsigned => "unsigned",
-            SignatureDeny::Untrusted { .. } => "untrusted_signer",
-            SignatureDeny::OtherRepository { .. } => "signature_other_repository",
-            SignatureDeny::OtherDigest { .. } => "signature_other_digest",
-            SignatureDeny::Threshold { .. } => "signature_threshold",
-            SignatureDeny::AttestationMissing { .. } => "attestation_missing",
-            SignatureDeny::AttestationUntrusted { .. } => "attestation_untrusted",
-        }
-    }
-}
-
-impl fmt::Display for SignatureDeny {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SignatureDeny::Unsigned => write!(f, "unsigned"),
-            SignatureDeny::Untrusted { found } => write!(
-                f,
-                "signed, but by no trusted signer (found: {})",
-                found.join("; ")
-            ),
-            SignatureDeny::OtherRepository { signed, wanted } => write!(
-                f,
-                "signature names another repository ({signed}, not {wanted})"
-            ),
-            SignatureDeny::OtherDigest { signed } => {
-                write!(f, "signature is for another image ({signed})")
-            }
-            SignatureDeny::Threshold { signers, need } => write!(
-                f,
-                "signed by {} trusted signer(s) ({}), {need} required",
-                signers.len(),
-                signers.join(", ")
-            ),
-            SignatureDeny::AttestationMissing { predicate_type } => {
-                write!(f, "attestation {predicate_type} missing")
-            }
-            SignatureDeny::AttestationUntrusted {
-                predicate_type,
-                found,
-            } => write!(
-                f,
-                "attestation {predicate_type} present, but by no trusted signer (found: {})",
-                found.join("; ")
-            ),
-        }
-    }
-}
+pub use crate::policy::oci::SignatureDeny;
 
 #[derive(Deserialize)]
 pub(crate) struct Payload {

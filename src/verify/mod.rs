@@ -9,3 +9,15 @@ pub mod keys;
 pub mod legacy;
 pub mod sigstore;
 pub mod trust;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The key material the image rules name, carried beside the policy (the policy names keys;
+/// verification holds them): the keys read from `allowlist_dir/keys/` and the operator's
+/// Sigstore trusted root.
+#[derive(Debug, Clone, Default)]
+pub struct Material {
+    pub keys: HashMap<String, Arc<cosign::TrustedKey>>,
+    pub trust_root: Option<Arc<trust::TrustRoot>>,
+}
