@@ -422,7 +422,9 @@ pub fn token_create(config: &Config, role: &str, name: Option<&str>, expires: Op
     )
     .map(|s| s.signer)
     {
-        if let Err(e) = crate::audit::checkpoint_blocking(&store, &signer) {
+        if let Err(e) =
+            crate::audit::checkpoint_blocking(&store, &signer, config.audit.witness_file.as_deref())
+        {
             eprintln!("warning: the audit checkpoint could not be written: {e}");
         }
     }
@@ -516,9 +518,18 @@ pub fn audit_verify(
         || crate::audit::archive::dir(&config.data_dir),
         std::path::Path::to_path_buf,
     );
+    let retired = config
+        .audit
+        .previous_public_keys
+        .iter()
+        .filter_map(|(_, pem)| crate::audit::checkpoint::VerifyKey::from_pem(pem).ok())
+        .map(|k| k.id)
+        .collect();
     let given = crate::audit::verify::Given {
         keys,
         external,
+        retired,
+        witness: config.audit.witness_file.clone(),
         checkpoint_every: Some(config.audit.checkpoint_every),
     };
     let verified = quietly(|| {

@@ -124,6 +124,9 @@ pub struct AuditConfig {
     /// Public keys (PEM) of signing keys used before a rotation: their checkpoints still
     /// vouch. Kept outside `data_dir` like the signing key, for the same reason.
     pub previous_public_keys: Vec<(PathBuf, String)>,
+    /// A file outside `data_dir` the gate keeps its latest signed checkpoint in: a log
+    /// rewritten or cut together with its stored checkpoints disagrees with it.
+    pub witness_file: Option<PathBuf>,
     pub checkpoint_every: Duration,
     /// Entries older than this are exported to the archive and pruned (`None`: kept).
     pub retention: Option<Duration>,
@@ -138,6 +141,7 @@ impl Default for AuditConfig {
             signing_key: None,
             signing_key_error: None,
             previous_public_keys: Vec::new(),
+            witness_file: None,
             checkpoint_every: Duration::from_secs(60),
             retention: None,
             max_denials: 1000,
@@ -360,6 +364,7 @@ struct RawAudit {
     signing_key_file: Option<String>,
     #[serde(default)]
     previous_public_keys: Vec<String>,
+    witness_file: Option<String>,
     checkpoint_every: Option<String>,
     retention: Option<String>,
     max_denials_per_client: Option<String>,
@@ -736,6 +741,27 @@ impl Config {
                 .map_err(|e| audit_err(format!("previous_public_keys {}: {e}", path.display())))?;
             previous_public_keys.push((path, pem));
         }
+        let witness_file = match &rau.witness_file {
+            None => None,
+            Some(f) => {
+                let path = resolve(f);
+                let parent = path.parent().unwrap_or(Path::new("."));
+                let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                // Whoever can rewrite the log must not be able to rewrite its witness.
+                if abs(parent).starts_with(abs(&data_dir)) {
+                    return Err(audit_err(format!(
+                        "witness_file {} is inside data_dir: keep it where the store is not",
+                        path.display()
+                    )));
+                }
+                if signing_key.is_none() && signing_key_error.is_none() {
+                    return Err(audit_err(
+                        "witness_file keeps signed checkpoints: give signing_key_file or signing_key_env".into(),
+                    ));
+                }
+                Some(path)
+            }
+        };
         let dur = |key: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
             match v {
                 None => Ok(None),
@@ -769,6 +795,7 @@ impl Config {
             signing_key,
             signing_key_error,
             previous_public_keys,
+            witness_file,
             checkpoint_every: dur("checkpoint_every", &rau.checkpoint_every)?
                 .filter(|d| !d.is_zero())
                 .unwrap_or(defaults.checkpoint_every),

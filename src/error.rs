@@ -232,11 +232,15 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         // A store that is being reopened after an I/O error is an outage to retry (503), not
         // a fault of the request.
-        if let crate::store::StoreError::Unusable(_) = e {
-            return ApiError::Unavailable(
+        match e {
+            crate::store::StoreError::Unusable(_) => ApiError::Unavailable(
                 "the gate's store is recovering from an I/O error; try again shortly".into(),
-            );
+            ),
+            // Logged where it was found; the client learns only that the gate cannot decide.
+            crate::store::StoreError::Lost(_) => ApiError::Unavailable(
+                "the gate's store is unavailable; the operator has been told".into(),
+            ),
+            e => ApiError::Internal(e.to_string()),
         }
-        ApiError::Internal(e.to_string())
     }
 }

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod error;
 pub mod fetch;
 pub mod loader;
+pub mod logs;
 pub mod metrics;
 pub mod oci;
 pub mod policy;
@@ -94,6 +95,15 @@ impl AppState {
                 ),
             };
         let metrics = Arc::new(Metrics::default());
+        // A store file removed or replaced while the gate runs is noticed within seconds (the
+        // open handle would go on writing to a file no one will read again).
+        let watched = store.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+            while watched.check_file().is_ok() {
+                every.tick().await;
+            }
+        });
         let cache = Arc::new(
             Cache::open(
                 &config.data_dir,
@@ -111,11 +121,7 @@ impl AppState {
         )?;
         let (audit, _writer) = Audit::start(metrics.clone(), Some(store.clone()), settings)?;
         if let Some(keep) = config.audit.retention {
-            let given = audit::verify::Given {
-                keys: audit.keys(),
-                external: Vec::new(),
-                checkpoint_every: Some(config.audit.checkpoint_every),
-            };
+            let given = audit.given();
             tokio::spawn(audit::archive::run(
                 store.clone(),
                 audit::archive::dir(&config.data_dir),
@@ -274,6 +280,9 @@ fn disk_state(st: &AppState) -> (u64, Option<u64>, Option<String>) {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if let Err(why) = st.store.check_file() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    }
     if !st.store.usable() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -334,7 +334,7 @@ fn init_tracing() {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(|| tollgate::logs::OneLine(std::io::stderr()));
     if std::env::var("TOLLGATE_LOG").is_ok_and(|v| v == "json") {
         b.json().init();
     } else {

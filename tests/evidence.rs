@@ -379,6 +379,8 @@ async fn signed_checkpoints_name_a_rewritten_entry_and_a_removed_tail() {
         .unwrap();
     assert!(!ready.contains("does not verify"), "{ready}");
     deny_some(&gate, 200, 3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    deny_some(&gate, 203, 2).await;
     stop_gracefully(&mut gate);
     assert!(gate
         .proc
@@ -387,7 +389,28 @@ async fn signed_checkpoints_name_a_rewritten_entry_and_a_removed_tail() {
     let out = tollgate(&["audit", "verify"], &rotated.join("tollgate.toml"));
     assert!(out.status.success(), "{}", show(&out));
     assert!(
-        show(&out).contains("audit chain intact: 43 entries"),
+        show(&out).contains("audit chain intact: 45 entries"),
+        "{}",
+        show(&out)
+    );
+    // The retired key (leaked: why keys are rotated) signs the head after the rotation: not
+    // the gate's doing, and named.
+    let store_path = rotated.join("data/tollgate.redb");
+    let store = tollgate::store::Store::open(&store_path).unwrap();
+    let (seq, bytes) = store.audit_checkpoints().unwrap().pop().unwrap();
+    let real: tollgate::audit::checkpoint::Checkpoint = serde_json::from_slice(&bytes).unwrap();
+    let old =
+        tollgate::audit::checkpoint::Signer::from_pem(&std::fs::read_to_string(&key).unwrap())
+            .unwrap();
+    let forged = old.sign(seq, &real.hash, real.time);
+    store
+        .audit_checkpoint_put(seq, &serde_json::to_vec(&forged).unwrap())
+        .unwrap();
+    drop(store);
+    let out = tollgate(&["audit", "verify"], &rotated.join("tollgate.toml"));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        show(&out).contains("signed by a retired key"),
         "{}",
         show(&out)
     );
@@ -431,14 +454,18 @@ async fn retention_archives_prunes_and_the_chain_still_verifies() {
     deny_some(&gate, 0, 30).await;
     // The first retention run comes 10 s after start (a tenth of retention, at least 10 s).
     let mut archived = 0.0;
-    for _ in 0..40 {
+    for _ in 0..80 {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         archived = gate.metric("tollgate_audit_archived_total").await;
         if archived > 0.0 {
             break;
         }
     }
-    assert!(archived >= 30.0, "archived {archived}");
+    assert!(
+        archived >= 30.0,
+        "archived {archived}; the gate's log:\n{}",
+        gate.proc.log_text()
+    );
     deny_some(&gate, 30, 5).await;
     let c = reqwest::Client::new();
     let v: serde_json::Value = c
@@ -541,6 +568,14 @@ async fn retention_archives_prunes_and_the_chain_still_verifies() {
     let emptied = copy("store-emptied");
     std::fs::File::create(emptied.join("data/tollgate.redb")).unwrap();
     verify_fails(&emptied, "the store has no anchor");
+    // A FIFO planted among the archive files is named, not waited on.
+    let fifo = copy("archive-fifo");
+    let ok = Command::new("mkfifo")
+        .arg(fifo.join("data/audit-archive/2026-12-09_000000000777.jsonl"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    verify_fails(&fifo, "not a regular file");
 
     // An archived line edited: named.
     let first = archive[0].path();
@@ -552,6 +587,128 @@ async fn retention_archives_prunes_and_the_chain_still_verifies() {
     let out = tollgate(&["audit", "verify"], &config);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(show(&out).contains("archive:"), "{}", show(&out));
+}
+
+/// With `witness_file` outside data_dir, a log rewritten from its start with every stored
+/// checkpoint removed (and the times made to agree), or cut with its checkpoints, is named by
+/// plain `audit verify` and a gate started on it signs nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_witness_outside_data_dir_names_what_the_store_alone_cannot() {
+    let work = tempfile::tempdir().unwrap();
+    let key = audit_key(work.path());
+    std::fs::create_dir_all(work.path().join("witness")).unwrap();
+    let witness = work.path().join("witness/checkpoint.json");
+    let cfg = format!(
+        "[audit]\nsigning_key_file = \"{}\"\nwitness_file = \"{}\"\ncheckpoint_every = \"1s\"\n",
+        key.display(),
+        witness.display()
+    );
+    let dir = work.path().join("gate");
+    let mut gate = Gate::start(&dir, &cfg, "");
+    deny_some(&gate, 0, 20).await;
+    stop_gracefully(&mut gate);
+    let kept: tollgate::audit::checkpoint::Checkpoint =
+        serde_json::from_str(std::fs::read_to_string(&witness).unwrap().trim()).unwrap();
+    assert_eq!(kept.seq, 20);
+    let config = dir.join("tollgate.toml");
+    let out = tollgate(&["audit", "verify"], &config);
+    assert!(out.status.success(), "{}", show(&out));
+
+    let copy = |name: &str| {
+        let d = work.path().join(name);
+        let ok = Command::new("cp")
+            .arg("-r")
+            .arg(&dir)
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        d
+    };
+    // Rewritten from #5 on, every stored checkpoint removed.
+    let rewritten = copy("rewritten");
+    let store_path = rewritten.join("data/tollgate.redb");
+    rewrite_from(&store_path, 5);
+    let store = tollgate::store::Store::open(&store_path).unwrap();
+    for (seq, _) in store.audit_checkpoints().unwrap() {
+        store.audit_checkpoint_remove(seq).unwrap();
+    }
+    drop(store);
+    let out = tollgate(&["audit", "verify"], &rewritten.join("tollgate.toml"));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(show(&out).contains("rewritten"), "{}", show(&out));
+    let mut restarted = Gate::restart(&rewritten);
+    let ready = reqwest::get(restarted.url("/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ready.contains("audit log does not verify"), "{ready}");
+    stop_gracefully(&mut restarted);
+    assert!(!restarted
+        .proc
+        .log_text()
+        .contains("audit checkpoint checkpoint="));
+    // The tail cut with its checkpoints.
+    let cut = copy("cut");
+    let store = tollgate::store::Store::open(&cut.join("data/tollgate.redb")).unwrap();
+    store.audit_truncate(12, true).unwrap();
+    drop(store);
+    let out = tollgate(&["audit", "verify"], &cut.join("tollgate.toml"));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        show(&out).contains("truncated: the log ends at #12"),
+        "{}",
+        show(&out)
+    );
+    // A witness the store's writer could reach is refused.
+    let inside = copy("inside");
+    let text = std::fs::read_to_string(inside.join("tollgate.toml")).unwrap();
+    std::fs::write(
+        inside.join("tollgate.toml"),
+        text.replace(
+            &witness.display().to_string(),
+            &inside.join("data/w.json").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = tollgate(&["audit", "verify"], &inside.join("tollgate.toml"));
+    assert!(!out.status.success());
+    assert!(show(&out).contains("inside data_dir"), "{}", show(&out));
+}
+
+/// The store file removed while the gate runs: noticed within seconds, `/readyz` 503 naming
+/// it, nothing written to a file no one will read again, and no empty store made in its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_file_removed_while_running_fails_closed() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("gate");
+    let mut gate = Gate::start(&dir, "", "");
+    deny_some(&gate, 0, 3).await;
+    std::fs::remove_file(dir.join("data/tollgate.redb")).unwrap();
+    let mut ready = (0, String::new());
+    for _ in 0..50 {
+        let r = reqwest::get(gate.url("/readyz")).await.unwrap();
+        ready = (r.status().as_u16(), r.text().await.unwrap());
+        if ready.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert!(
+        ready.1.contains("was removed while the gate runs"),
+        "{}",
+        ready.1
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    stop_gracefully(&mut gate);
+    assert!(gate.proc.log_text().contains("store file lost"));
+    assert!(
+        !dir.join("data/tollgate.redb").exists(),
+        "an empty store was made in place of the removed one"
+    );
 }
 
 /// One client's flood of distinct denials: the first max_denials_per_client are entries, the

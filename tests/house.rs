@@ -48,7 +48,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("loader", &["config", "policy", "store", "verify"]),
-    ("main", &["cli", "config", "lib", "server"]),
+    ("logs", &[]),
+    ("main", &["cli", "config", "lib", "logs", "server"]),
     ("metrics", &[]),
     (
         "oci",

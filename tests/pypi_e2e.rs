@@ -573,6 +573,13 @@ async fn lying_and_failing_upstreams() {
         0,
         "links to other hosts are dropped"
     );
+    // A line break in what an upstream names does not start a log line of its own.
+    let log = gate.proc.log_text();
+    assert!(log.contains("FORGED"), "the dropped link is logged");
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "an upstream wrote a line of the gate's log:\n{log}"
+    );
 
     // Truncated body: cut off, not cached.
     assert_eq!(page("truncated").await.unwrap().status(), 200);

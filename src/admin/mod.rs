@@ -534,11 +534,7 @@ async fn audit_query(
 
 async fn audit_verify(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     st.audit.flush().await;
-    let given = crate::audit::verify::Given {
-        keys: st.audit.keys(),
-        external: Vec::new(),
-        checkpoint_every: Some(st.config.audit.checkpoint_every),
-    };
+    let given = st.audit.given();
     let store = st.store.clone();
     let dir = crate::audit::archive::dir(&st.config.data_dir);
     let report = tokio::task::spawn_blocking(move || {

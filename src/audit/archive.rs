@@ -84,7 +84,10 @@ fn parse_line(line: &str) -> Option<Line> {
 /// checkpoint is an error naming the file and line.
 fn scan_archive(dir: &Path, mut f: impl FnMut(&Path, Line) -> bool) -> Result<(), String> {
     for (_, path) in files(dir)? {
-        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Opened as the cache opens its files: a FIFO or a link planted here must not hang
+        // verify (and with it the gate's start) or lead elsewhere.
+        let file = crate::store::cache::open_cached(&path, None)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
             let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
             if line.is_empty() {
@@ -251,7 +254,11 @@ fn write_file(path: &Path, lines: &[String], cp: &Checkpoint) -> Result<(), Stri
     content.push('\n');
     // An archive file is evidence: written once. The same content again (a run interrupted
     // between writing and pruning) is fine; anything else is refused, never overwritten.
-    match std::fs::read(path) {
+    let existing = crate::store::cache::open_cached(path, None).and_then(|mut f| {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut b).map(|_| b)
+    });
+    match existing {
         Ok(existing) if existing == content.as_bytes() => return Ok(()),
         Ok(_) => {
             return Err(format!(

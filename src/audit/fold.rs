@@ -13,10 +13,14 @@ use super::AuditEvent;
 /// Clients tracked at once; denials from further clients fold together at once (under
 /// [`MANY`]), so a flood from many addresses cannot grow this table either.
 const MAX_CLIENTS: usize = 1_000;
-/// Denials kept as entries of their own per window, all clients together, in multiples of
-/// `max_denials_per_client`: past it, every client's denials fold (many addresses cannot
-/// multiply the allowance without end).
+/// Denials kept as entries of their own per hour (or per window, when longer), all clients
+/// together, in multiples of `max_denials_per_client`: past it, every denial folds under
+/// [`MANY`], one entry per reason per window. Many addresses cannot multiply the allowance,
+/// and the allowance is not renewed every window: the log grows by at most this many
+/// denial entries an hour, whatever the flood.
 const ALL_CLIENTS_FACTOR: u64 = 10;
+/// The period of the all-clients allowance, at least.
+const ALL_CLIENTS_PERIOD: i64 = 3600;
 /// The client name denials are folded under once [`MAX_CLIENTS`] are tracked.
 pub const MANY: &str = "(many clients)";
 /// Subjects kept as a sample per folded entry.
@@ -76,7 +80,14 @@ impl Folder {
             return Some(ev);
         }
         let now = ev.time;
-        let key = if self.clients.contains_key(&ev.client) || self.clients.len() < MAX_CLIENTS {
+        if now >= self.all_start + self.window.max(ALL_CLIENTS_PERIOD) {
+            self.all_start = now;
+            self.all_kept = 0;
+        }
+        let spent = self.all_kept >= self.max.saturating_mul(ALL_CLIENTS_FACTOR);
+        let key = if !spent
+            && (self.clients.contains_key(&ev.client) || self.clients.len() < MAX_CLIENTS)
+        {
             ev.client.clone()
         } else {
             MANY.to_string()
@@ -106,17 +117,9 @@ impl Folder {
             return Some(ev);
         };
         w.denials += 1;
-        if now >= self.all_start + window {
-            self.all_start = now;
-            self.all_kept = 0;
-        }
         // The "many clients" bucket folds from its first denial: its members each had no
         // allowance of their own.
-        if w.denials <= self.max
-            && key != MANY
-            && !self.fold_all
-            && self.all_kept < self.max.saturating_mul(ALL_CLIENTS_FACTOR)
-        {
+        if w.denials <= self.max && key != MANY && !self.fold_all {
             self.all_kept += 1;
             return Some(ev);
         }
@@ -287,6 +290,20 @@ mod tests {
             .count();
         assert_eq!(kept, 100);
         assert_eq!(f.pending(), 400);
+        // The next windows of the hour renew no allowance: everything folds, and past the
+        // spent allowance it folds into one bucket, one entry per reason per window.
+        for minute in 1..60 {
+            for c in 0..50 {
+                let ev = deny(&format!("10.0.0.{c}"), "q", "r", minute * 60);
+                assert!(f.admit(ev).is_none());
+            }
+        }
+        let written = f.due(None);
+        // The first window's folds per client, then one bucket per window (not 50 a window).
+        assert!(written.len() <= 50 + 59, "{}", written.len());
+        assert_eq!(written.iter().map(|(_, n)| n).sum::<u64>(), 400 + 59 * 50);
+        // An hour on, a new allowance.
+        assert!(f.admit(deny("10.0.0.1", "z", "r", 3600)).is_some());
     }
 
     #[test]

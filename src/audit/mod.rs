@@ -16,6 +16,7 @@ pub mod archive;
 pub mod checkpoint;
 pub mod fold;
 pub mod verify;
+pub mod witness;
 mod writer;
 
 pub use verify::{verify, verify_all, ChainReport};
@@ -222,7 +223,11 @@ pub fn chain_head(store: &Store) -> Result<(u64, String), String> {
 
 /// Signs a checkpoint of the head and stores it (one-shot commands that appended entries
 /// while the gate was stopped); nothing when the head is covered already.
-pub fn checkpoint_blocking(store: &Store, signer: &checkpoint::Signer) -> Result<(), String> {
+pub fn checkpoint_blocking(
+    store: &Store,
+    signer: &checkpoint::Signer,
+    witness: Option<&std::path::Path>,
+) -> Result<(), String> {
     let (seq, hash) = chain_head(store)?;
     if seq == 0 || store.audit_checkpoint_last().map_err(|e| e.to_string())? >= Some(seq) {
         return Ok(());
@@ -233,6 +238,9 @@ pub fn checkpoint_blocking(store: &Store, signer: &checkpoint::Signer) -> Result
         .audit_checkpoint_put(seq, json.as_bytes())
         .map_err(|e| e.to_string())?;
     tracing::info!(target: "tollgate::audit", checkpoint = %json, "audit checkpoint");
+    if let Some(w) = witness {
+        witness::write(w, &cp)?;
+    }
     Ok(())
 }
 
@@ -308,6 +316,10 @@ pub struct Audit {
     metrics: Arc<Metrics>,
     /// The public half of the checkpoint key (empty: unkeyed).
     keys: Arc<Vec<checkpoint::VerifyKey>>,
+    /// Ids of the retired keys among them, the witness file, checkpoint_every.
+    retired: Arc<Vec<String>>,
+    witness: Option<std::path::PathBuf>,
+    every: std::time::Duration,
     /// Why the log did not verify at start (checkpoints are then not signed).
     integrity: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -330,6 +342,8 @@ impl Audit {
             .collect();
         let archive_dir = settings.archive_dir.clone();
         let every = settings.checkpoint_every;
+        let retired: Vec<String> = settings.previous.iter().map(|k| k.id.clone()).collect();
+        let witness = settings.witness.clone();
         let mut writer = Writer::new(store.clone(), metrics.clone(), settings)?;
         // The log is checked before the gate signs anything more: a head rewritten while the
         // gate was stopped must not be vouched for by its next checkpoint.
@@ -338,6 +352,8 @@ impl Audit {
             let given = verify::Given {
                 keys: keys.clone(),
                 external: Vec::new(),
+                retired: retired.clone(),
+                witness: witness.clone(),
                 checkpoint_every: Some(every),
             };
             let checked = store
@@ -418,6 +434,9 @@ impl Audit {
                 tx,
                 metrics,
                 keys: Arc::new(keys),
+                retired: Arc::new(retired),
+                witness,
+                every,
                 integrity: Arc::new(std::sync::Mutex::new(integrity)),
             },
             task,
@@ -466,6 +485,18 @@ impl Audit {
     /// The checkpoint key's public half (empty: unkeyed).
     pub fn keys(&self) -> Vec<checkpoint::VerifyKey> {
         self.keys.as_ref().clone()
+    }
+
+    /// What verifying this gate's log is given: its keys (retired ones named), its witness
+    /// file and checkpoint_every.
+    pub fn given(&self) -> verify::Given {
+        verify::Given {
+            keys: self.keys(),
+            external: Vec::new(),
+            retired: self.retired.as_ref().clone(),
+            witness: self.witness.clone(),
+            checkpoint_every: Some(self.every),
+        }
     }
 
     /// Why the audit log did not verify at start, if it did not.

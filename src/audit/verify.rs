@@ -140,6 +140,12 @@ pub struct Given {
     pub keys: Vec<VerifyKey>,
     /// Checkpoints kept outside the store (the log stream's copies).
     pub external: Vec<Checkpoint>,
+    /// Ids of keys retired by a rotation (`previous_public_keys`): a checkpoint of theirs past
+    /// the first one by a current key was not made by the gate.
+    pub retired: Vec<String>,
+    /// `[audit] witness_file`: the latest checkpoint, kept where the store's writer cannot
+    /// reach; checked like a copy from the log stream.
+    pub witness: Option<std::path::PathBuf>,
     /// The configured `checkpoint_every`: entries much older than the newest one must be
     /// covered by a checkpoint.
     pub checkpoint_every: Option<std::time::Duration>,
@@ -198,6 +204,31 @@ fn trusted(
         }
     }
     out
+}
+
+/// A key retired by a rotation signs nothing after the current key's first checkpoint: one
+/// that does was made with the old key (leaked, which is why keys are rotated), not by the gate.
+fn retired_after_rotation(
+    checkpoints: &BTreeMap<u64, Checkpoint>,
+    retired: &[String],
+    report: &mut ChainReport,
+) {
+    let is_retired = |cp: &Checkpoint| cp.key.as_ref().is_some_and(|k| retired.contains(k));
+    let Some(first_current) = checkpoints
+        .values()
+        .find(|cp| cp.key.is_some() && !is_retired(cp))
+        .map(|cp| cp.seq)
+    else {
+        return;
+    };
+    for cp in checkpoints.range(first_current + 1..).map(|(_, c)| c) {
+        if is_retired(cp) {
+            report.tampered.push(format!(
+                "checkpoint #{} is signed by a retired key after the current key's first checkpoint #{first_current}: made with the old key, not by the gate",
+                cp.seq
+            ));
+        }
+    }
 }
 
 /// Verifies the log: from the anchor retention left (or the genesis), every entry, against
@@ -259,7 +290,18 @@ fn walk(
         Some(a) => all.push((a.clone(), "retention anchor")),
         None => {}
     }
+    if let Some(path) = &given.witness {
+        match super::witness::read(path) {
+            Ok(Some(cp)) => all.push((cp, "witness")),
+            Ok(None) => report.notes.push(format!(
+                "the witness file {} is not written yet (the first checkpoint writes it)",
+                path.display()
+            )),
+            Err(e) => report.tampered.push(format!("witness: {e}")),
+        }
+    }
     let checkpoints = trusted(all, &given.keys, &mut report);
+    retired_after_rotation(&checkpoints, &given.retired, &mut report);
     let mut pending = checkpoints
         .range(report.head_seq.saturating_add(1)..)
         .map(|(_, c)| c.clone())

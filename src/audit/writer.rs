@@ -25,6 +25,8 @@ pub struct Settings {
     pub signer: Option<Signer>,
     /// Keys of earlier signers (`previous_public_keys`), whose checkpoints still vouch.
     pub previous: Vec<super::checkpoint::VerifyKey>,
+    /// `[audit] witness_file`: written after every checkpoint.
+    pub witness: Option<std::path::PathBuf>,
     /// Where retention archives (checked with the log at start); `None`: not checked.
     pub archive_dir: Option<std::path::PathBuf>,
     /// data_dir and `min_free_disk`: below it, every denial folds.
@@ -60,6 +62,7 @@ impl Settings {
         Ok(Settings {
             signer,
             previous,
+            witness: cfg.witness_file.clone(),
             archive_dir: Some(super::archive::dir(data_dir)),
             disk: Some((data_dir.to_path_buf(), min_free_disk)),
             checkpoint_every: cfg.checkpoint_every,
@@ -73,6 +76,7 @@ impl Settings {
         Settings {
             signer: None,
             previous: Vec::new(),
+            witness: None,
             archive_dir: None,
             disk: None,
             checkpoint_every: std::time::Duration::from_secs(60),
@@ -90,6 +94,7 @@ pub(super) struct Writer {
     head: String,
     head_logged: i64,
     pub(super) pending: Vec<(AuditEvent, u64)>,
+    witness: Option<std::path::PathBuf>,
     signer: Option<Signer>,
     every: i64,
     checkpointed: u64,
@@ -133,6 +138,7 @@ impl Writer {
             head_logged: 0,
             pending: Vec::new(),
             every: (settings.checkpoint_every.as_secs() as i64).max(1),
+            witness: settings.witness,
             signer: settings.signer,
             checkpointed,
             checkpointed_at: now_secs(),
@@ -207,7 +213,20 @@ impl Writer {
         };
         let bytes = json.clone().into_bytes();
         let seq = self.seq;
-        match tokio::task::spawn_blocking(move || store.audit_checkpoint_put(seq, &bytes)).await {
+        let witness = self.witness.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            store.audit_checkpoint_put(seq, &bytes)?;
+            // The witness follows the store: a checkpoint that is in the witness and not in
+            // the store would read as a removed tail.
+            if let Some(w) = witness {
+                if let Err(e) = super::witness::write(&w, &cp) {
+                    tracing::error!(target: "tollgate::audit", error = %e, "audit witness could not be written");
+                }
+            }
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .await;
+        match stored {
             Ok(Ok(())) => {
                 self.checkpointed = seq;
                 self.checkpointed_at = now;

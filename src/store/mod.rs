@@ -29,6 +29,9 @@ pub enum StoreError {
     Audit(String),
     #[error("the store {0} cannot be used after an I/O error (is the disk full?); the gate reopens it as soon as it can")]
     Unusable(String),
+    /// The store's file was removed or replaced while the gate runs.
+    #[error("{0}")]
+    Lost(String),
 }
 
 macro_rules! from_redb {
@@ -144,6 +147,18 @@ pub struct Store {
     path: std::path::PathBuf,
     /// Unix seconds of the last reopen attempt (at most one every few seconds).
     reopened_at: std::sync::atomic::AtomicI64,
+    /// The file opened (device, inode): the path must go on naming it.
+    file_id: (u64, u64),
+    /// Set when the path no longer names the opened file (removed or replaced while the gate
+    /// runs): everything written would go to a file no one will read again, so the store
+    /// refuses from then on (fail closed) until the gate is restarted on a store.
+    lost: std::sync::Mutex<Option<String>>,
+}
+
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 impl Store {
@@ -191,10 +206,13 @@ impl Store {
         w.open_table(AUDIT)?;
         w.open_table(AUDIT_CHECKPOINTS)?;
         w.commit()?;
+        let file_id = file_id(path).map_err(|e| damaged(e.to_string()))?;
         Ok(Store {
             db: std::sync::RwLock::new(Some(db)),
             path: path.to_path_buf(),
             reopened_at: std::sync::atomic::AtomicI64::new(0),
+            file_id,
+            lost: std::sync::Mutex::new(None),
         })
     }
 
@@ -339,6 +357,9 @@ impl Store {
     /// (a full disk) until the database is closed and opened again; so after one, the store
     /// reopens itself (waiting for operations in flight), instead of failing until a restart.
     fn run<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Some(why) = self.lost() {
+            return Err(StoreError::Lost(why));
+        }
         let out = {
             let g = self.db.read().unwrap_or_else(|p| p.into_inner());
             match g.as_ref() {
@@ -367,9 +388,13 @@ impl Store {
         let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
         // The old handle goes first: redb allows one per file.
         *g = None;
+        // Opened, never created: a store file that is gone is not replaced by an empty one.
+        if self.check_file().is_err() {
+            return;
+        }
         match Database::builder()
             .set_cache_size(STORE_CACHE_BYTES)
-            .create(&self.path)
+            .open(&self.path)
         {
             Ok(db) => {
                 tracing::warn!(path = %self.path.display(), "store reopened after an I/O error (was the disk full?)");
@@ -381,9 +406,38 @@ impl Store {
         }
     }
 
-    /// Whether the database is open (false after an I/O error it could not recover from yet).
+    /// Whether the database is open (false after an I/O error it could not recover from yet,
+    /// or once its file was removed or replaced).
     pub fn usable(&self) -> bool {
-        self.db.read().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.check_file().is_ok() && self.db.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Checks that the store's path still names the file the gate opened; once it does not
+    /// (removed, or another file put in its place while the gate runs), says why from then on.
+    pub fn check_file(&self) -> Result<(), String> {
+        if let Some(why) = self.lost() {
+            return Err(why);
+        }
+        let why = match file_id(&self.path) {
+            Ok(id) if id == self.file_id => return Ok(()),
+            Ok(_) => format!(
+                "{} was replaced by another file while the gate runs: the store refuses until the gate is restarted (README: \"When the store is damaged\")",
+                self.path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "{} was removed while the gate runs: nothing more is written to it; restore it and restart the gate (README: \"When the store is damaged\")",
+                self.path.display()
+            ),
+            // Cannot be asked (a permission changed): not proof of a swap.
+            Err(_) => return Ok(()),
+        };
+        tracing::error!(path = %self.path.display(), problem = %why, "store file lost");
+        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        Err(why)
     }
 
     /// Runs `f` over the store, turning a panic inside redb (it asserts on some damaged pages)
@@ -418,6 +472,17 @@ impl Store {
                 w.open_table(AUDIT_CHECKPOINTS)?
                     .retain_in(seq + 1.., |_, _| false)?;
             }
+            w.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Test support: removes the stored checkpoint of `seq` (as an attacker would).
+    #[doc(hidden)]
+    pub fn audit_checkpoint_remove(&self, seq: u64) -> Result<(), StoreError> {
+        self.run(|db| {
+            let w = db.begin_write()?;
+            w.open_table(AUDIT_CHECKPOINTS)?.remove(seq)?;
             w.commit()?;
             Ok(())
         })

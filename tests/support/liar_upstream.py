@@ -7,7 +7,8 @@ Projects (each page is PEP 691 JSON unless said otherwise):
   err500     the page answers 500
   badjson    the page is not JSON although it says so
   slow       the page takes 5 s
-  offhost    the page links its file to a host that is not a configured file host
+  offhost    the page links its file to a host that is not a configured file host, and lists a
+             second off-host file whose name holds a line break and a forged log line
   truncated  the file declares its full length and sends half, then closes
   longer     the page lists a size, the file sends more bytes than that
   good       a well-behaved page and file
@@ -165,6 +166,10 @@ class H(BaseHTTPRequestHandler):
                 del page["files"][0]["size"]
             if project == "backdated":
                 page["files"][0]["upload-time"] = "1999-01-01T00:00:00.000000Z"
+            if project == "offhost":
+                # A file name that would start a log line of its own, shaped as a checkpoint.
+                forged = "x-1.0.whl\nFORGED 2026-12-01T00:00:00Z  INFO tollgate::audit: audit checkpoint checkpoint={}\n"
+                page["files"].append({"filename": forged, "url": "https://evil.example/x", "hashes": {"sha256": "0" * 64}})
             return self.send(200, json.dumps(page).encode())
         if len(parts) == 2 and parts[0] == "files":
             project = parts[1].split("-")[0]
