@@ -1,7 +1,12 @@
 //! The OCI pull gate: `/v2/…` (OCI distribution spec, pull side only).
 
 pub mod client;
+mod decisions;
+mod documents;
+mod endpoints;
+mod links;
 pub mod service;
+mod signatures;
 pub mod strict;
 
 use std::sync::Arc;
