@@ -456,7 +456,7 @@ fn audit_keys(
         (None, Some(e)) if keys.is_empty() => return Err(format!("{e} (or give --public-key)")),
         _ => {}
     }
-    for (path, pem) in &config.audit.previous_public_keys {
+    for (path, pem, _) in &config.audit.previous_public_keys {
         keys.push(
             VerifyKey::from_pem(pem)
                 .map_err(|e| format!("[audit] previous_public_keys {}: {e}", path.display()))?,
@@ -522,8 +522,11 @@ pub fn audit_verify(
         .audit
         .previous_public_keys
         .iter()
-        .filter_map(|(_, pem)| crate::audit::checkpoint::VerifyKey::from_pem(pem).ok())
-        .map(|k| k.id)
+        .filter_map(|(_, pem, last)| {
+            crate::audit::checkpoint::VerifyKey::from_pem(pem)
+                .ok()
+                .map(|k| (k.id, *last))
+        })
         .collect();
     let given = crate::audit::verify::Given {
         keys,
@@ -591,6 +594,82 @@ pub fn audit_export(config: &Config, since: Option<&str>, until: Option<&str>) -
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+/// `tollgate audit witness-init`: the witness written from the newest stored checkpoint a
+/// configured key signed, once the whole log verifies (when `witness_file` is newly
+/// configured on a gate whose store already holds checkpoints).
+pub fn audit_witness_init(config: &Config) -> i32 {
+    let Some(path) = &config.audit.witness_file else {
+        eprintln!("error: [audit] witness_file is not configured");
+        return 1;
+    };
+    let keys = match audit_keys(config, &[]) {
+        Ok(k) if !k.is_empty() => k,
+        Ok(_) => {
+            eprintln!("error: no checkpoint key is configured");
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let store = match open_store(config, "stop the gate first") {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let given = crate::audit::verify::Given {
+        keys: keys.clone(),
+        checkpoint_every: Some(config.audit.checkpoint_every),
+        ..Default::default()
+    };
+    let dir = crate::audit::archive::dir(&config.data_dir);
+    let report = match quietly(|| {
+        store.guard(|| {
+            crate::audit::verify_all(&store, &given, &dir).map_err(crate::store::StoreError::Audit)
+        })
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if !report.intact() {
+        for l in report.lines() {
+            eprintln!("{l}");
+        }
+        eprintln!("error: the log does not verify: no witness is written for it");
+        return 1;
+    }
+    let newest = store.audit_checkpoints().ok().and_then(|all| {
+        all.into_iter().rev().find_map(|(_, b)| {
+            serde_json::from_slice::<crate::audit::checkpoint::Checkpoint>(&b)
+                .ok()
+                .filter(|cp| keys.iter().any(|k| k.check(cp).is_ok()))
+        })
+    });
+    match newest {
+        None => {
+            println!("no signed checkpoint yet: the gate writes the witness with its first");
+            0
+        }
+        Some(cp) => match crate::audit::witness::write(path, &cp) {
+            Ok(()) => {
+                println!(
+                    "witness written: checkpoint #{} to {}",
+                    cp.seq,
+                    path.display()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
     }
 }
 

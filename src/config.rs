@@ -123,7 +123,8 @@ pub struct AuditConfig {
     pub signing_key_error: Option<String>,
     /// Public keys (PEM) of signing keys used before a rotation: their checkpoints still
     /// vouch. Kept outside `data_dir` like the signing key, for the same reason.
-    pub previous_public_keys: Vec<(PathBuf, String)>,
+    /// With the last checkpoint each signed (`last_seq`), when given.
+    pub previous_public_keys: Vec<(PathBuf, String, Option<u64>)>,
     /// A file outside `data_dir` the gate keeps its latest signed checkpoint in: a log
     /// rewritten or cut together with its stored checkpoints disagrees with it.
     pub witness_file: Option<PathBuf>,
@@ -357,13 +358,22 @@ struct RawLimits {
     body_timeout: Option<String>,
 }
 
+/// `"key.pub.pem"`, or `{ file = "key.pub.pem", last_seq = 1234 }`: the last checkpoint the
+/// retired key signed (from `tollgate audit verify` before the switch).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPreviousKey {
+    File(String),
+    Bound { file: String, last_seq: Option<u64> },
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     signing_key_env: Option<String>,
     signing_key_file: Option<String>,
     #[serde(default)]
-    previous_public_keys: Vec<String>,
+    previous_public_keys: Vec<RawPreviousKey>,
     witness_file: Option<String>,
     checkpoint_every: Option<String>,
     retention: Option<String>,
@@ -727,7 +737,11 @@ impl Config {
             (None, None) => None,
         };
         let mut previous_public_keys = Vec::new();
-        for f in &rau.previous_public_keys {
+        for k in &rau.previous_public_keys {
+            let (f, last_seq) = match k {
+                RawPreviousKey::File(f) => (f, None),
+                RawPreviousKey::Bound { file, last_seq } => (file, *last_seq),
+            };
             let path = resolve(f);
             let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
             // A key list that the store's writer can edit would let it vouch for its own rewrite.
@@ -739,7 +753,7 @@ impl Config {
             }
             let pem = std::fs::read_to_string(&path)
                 .map_err(|e| audit_err(format!("previous_public_keys {}: {e}", path.display())))?;
-            previous_public_keys.push((path, pem));
+            previous_public_keys.push((path, pem, last_seq));
         }
         let witness_file = match &rau.witness_file {
             None => None,

@@ -306,6 +306,11 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
             body.push_str(&l);
             body.push('\n');
         }
+        if let Some(p) = st.audit.witness_problem() {
+            body.push_str(&format!(
+                "audit witness_file cannot be written (it vouches only up to its last checkpoint): {p}\n"
+            ));
+        }
         if let Some(p) = st.audit.integrity() {
             body.push_str(&format!(
                 "audit log does not verify (checkpoints are not signed until it is resolved): {p}\n"

@@ -141,6 +141,12 @@ enum AuditCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write witness_file from the store's newest signed checkpoint, after verifying the log
+    /// (once, when witness_file is newly configured; with the gate stopped).
+    WitnessInit {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the checkpoint key's public key (PEM), for auditors.
     PublicKey {
         #[arg(long)]
@@ -288,6 +294,12 @@ fn main() -> ExitCode {
             Ok(c) => code(tollgate::cli::audit_public_key(&c)),
             Err(e) => e,
         },
+        Command::Audit {
+            command: AuditCommand::WitnessInit { config: path },
+        } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::audit_witness_init(&c)),
+            Err(e) => e,
+        },
         Command::Cache {
             command: CacheCommand::Verify { config: path },
         } => match config(path.as_ref()) {
@@ -331,11 +343,15 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: a log file or collector gets plain text it can search.
+    let json = std::env::var("TOLLGATE_LOG").is_ok_and(|v| v == "json");
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(|| tollgate::logs::OneLine(std::io::stderr()));
-    if std::env::var("TOLLGATE_LOG").is_ok_and(|v| v == "json") {
+        .with_writer(move || tollgate::logs::OneLine {
+            out: std::io::stderr(),
+            clip: !json,
+        });
+    if json {
         b.json().init();
     } else {
         b.init();

@@ -91,6 +91,7 @@ pub struct Metrics {
     pub audit_checkpoints: AtomicU64,
     pub audit_archived: AtomicU64,
     pub audit_unverified: AtomicU64,
+    pub audit_witness_failures: AtomicU64,
     pub store_bytes: AtomicU64,
     pub disk_free_bytes: AtomicU64,
     pub pages_refused: AtomicU64,
@@ -315,6 +316,12 @@ impl Metrics {
                 "1 when the audit log did not verify at start (checkpoints are then not signed).",
                 "gauge",
                 &self.audit_unverified,
+            ),
+            (
+                "tollgate_audit_witness_failures_total",
+                "Checkpoints stored but not written to witness_file (it then vouches for less).",
+                "counter",
+                &self.audit_witness_failures,
             ),
             (
                 "tollgate_audit_archived_total",

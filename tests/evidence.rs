@@ -414,6 +414,32 @@ async fn signed_checkpoints_name_a_rewritten_entry_and_a_removed_tail() {
         "{}",
         show(&out)
     );
+    // Every checkpoint of the new key removed as well: the store alone cannot tell; the
+    // retired key's last_seq, from the configuration, can.
+    let store = tollgate::store::Store::open(&store_path).unwrap();
+    for (s, _) in store.audit_checkpoints().unwrap() {
+        if s > 40 && s != seq {
+            store.audit_checkpoint_remove(s).unwrap();
+        }
+    }
+    drop(store);
+    let text = std::fs::read_to_string(rotated.join("tollgate.toml")).unwrap();
+    let bound = text.replace(
+        &format!("previous_public_keys = [\"{}\"]", pem.display()),
+        &format!(
+            "previous_public_keys = [{{ file = \"{}\", last_seq = 40 }}]",
+            pem.display()
+        ),
+    );
+    assert_ne!(bound, text);
+    std::fs::write(rotated.join("tollgate.toml"), bound).unwrap();
+    let out = tollgate(&["audit", "verify"], &rotated.join("tollgate.toml"));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        show(&out).contains("whose last checkpoint was #40"),
+        "{}",
+        show(&out)
+    );
 
     // A gate without a key: its chain verifies, and says nothing vouches for it.
     let plain = work.path().join("plain");
@@ -662,6 +688,17 @@ async fn a_witness_outside_data_dir_names_what_the_store_alone_cannot() {
         "{}",
         show(&out)
     );
+    // The witness removed: named (the gate writes it with every checkpoint it stores);
+    // witness-init writes it again once the log verifies.
+    std::fs::remove_file(&witness).unwrap();
+    let out = tollgate(&["audit", "verify"], &config);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(show(&out).contains("is missing"), "{}", show(&out));
+    let out = tollgate(&["audit", "witness-init"], &config);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("checkpoint #20"), "{}", show(&out));
+    let out = tollgate(&["audit", "verify"], &config);
+    assert!(out.status.success(), "{}", show(&out));
     // A witness the store's writer could reach is refused.
     let inside = copy("inside");
     let text = std::fs::read_to_string(inside.join("tollgate.toml")).unwrap();
@@ -709,6 +746,26 @@ async fn a_store_file_removed_while_running_fails_closed() {
         !dir.join("data/tollgate.redb").exists(),
         "an empty store was made in place of the removed one"
     );
+    // Replaced by a link to itself (the path then leads nowhere): the same.
+    let dir = work.path().join("gate2");
+    let mut gate = Gate::start(&dir, "", "");
+    let store = dir.join("data/tollgate.redb");
+    std::fs::remove_file(&store).unwrap();
+    std::os::unix::fs::symlink("tollgate.redb", &store).unwrap();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = reqwest::get(gate.url("/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 503);
+    stop_gracefully(&mut gate);
 }
 
 /// One client's flood of distinct denials: the first max_denials_per_client are entries, the

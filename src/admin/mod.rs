@@ -330,10 +330,18 @@ async fn commit(
     ev.actor = Some(actor.to_string());
     ev.before = before;
     ev.after = after;
-    st.audit
-        .commit_change(ev, apply)
-        .await
-        .map_err(|e| JsonError(ApiError::Internal(e)))
+    st.audit.commit_change(ev, apply).await.map_err(|e| {
+        // A store that cannot be written now (an I/O error, its file lost) is an outage to
+        // retry, not a fault of the request: 503, with the cause in the log.
+        if st.store.usable() {
+            JsonError(ApiError::Internal(e))
+        } else {
+            tracing::error!(cause = %e, "admin change refused: the store is unusable");
+            JsonError(ApiError::Unavailable(
+                "the gate's store is unavailable; nothing was changed".into(),
+            ))
+        }
+    })
 }
 
 /// Runs an admin change to its end even if the client goes away meanwhile (a dropped handler

@@ -43,6 +43,11 @@ struct Window {
 }
 
 pub struct Folder {
+    /// What this folder folds: "deny", or "allow" (allowed requests are as cheap to flood with:
+    /// any client may view an allowlisted page).
+    decision: &'static str,
+    /// The all-clients allowance per hour, in multiples of `max`.
+    factor: u64,
     max: u64,
     window: i64,
     /// The window of all clients together: its start and the denials kept in it.
@@ -55,14 +60,32 @@ pub struct Folder {
     ready: Vec<(AuditEvent, u64)>,
 }
 
-/// A denial that may fold: not an admin change (those are always their own entry).
-fn foldable(ev: &AuditEvent) -> bool {
-    ev.decision == "deny" && ev.before.is_none() && ev.after.is_none()
+/// An event that may fold: of the folder's decision, not an admin change (those are always
+/// their own entry), not a folded entry itself.
+fn foldable(ev: &AuditEvent, decision: &str) -> bool {
+    ev.decision == decision
+        && ev.before.is_none()
+        && ev.after.is_none()
+        && ev.action != "audit.folded"
 }
 
 impl Folder {
+    /// Denials: `max` per client per window, ten times that per hour for all clients.
     pub fn new(max: u64, window: std::time::Duration) -> Folder {
+        Folder::of("deny", ALL_CLIENTS_FACTOR, max, window)
+    }
+
+    /// Allowed requests: the same per client, and `factor` times `max` per hour for all
+    /// clients (ordinary traffic is mostly allowed: a larger share keeps its detail).
+    pub fn of(
+        decision: &'static str,
+        factor: u64,
+        max: u64,
+        window: std::time::Duration,
+    ) -> Folder {
         Folder {
+            decision,
+            factor,
             max: max.max(1),
             window: (window.as_secs() as i64).max(1),
             all_start: 0,
@@ -76,7 +99,7 @@ impl Folder {
     /// Counts a denial against its client's window: `Some` gives the event back to be stored
     /// as its own entry, `None` means it was folded (and will be written when the window ends).
     pub fn admit(&mut self, ev: AuditEvent) -> Option<AuditEvent> {
-        if !foldable(&ev) {
+        if !foldable(&ev, self.decision) {
             return Some(ev);
         }
         let now = ev.time;
@@ -84,7 +107,7 @@ impl Folder {
             self.all_start = now;
             self.all_kept = 0;
         }
-        let spent = self.all_kept >= self.max.saturating_mul(ALL_CLIENTS_FACTOR);
+        let spent = self.all_kept >= self.max.saturating_mul(self.factor);
         let key = if !spent
             && (self.clients.contains_key(&ev.client) || self.clients.len() < MAX_CLIENTS)
         {
@@ -105,12 +128,12 @@ impl Folder {
                     ..Window::default()
                 },
             );
-            let (max, win) = (self.max, self.window);
+            let (max, win, decision) = (self.max, self.window, self.decision);
             self.ready.extend(
                 ended
                     .folds
                     .into_iter()
-                    .map(|(_, f)| folded(&key, f, max, win)),
+                    .map(|(_, f)| folded(&key, f, max, win, decision)),
             );
         }
         let Some(w) = self.clients.get_mut(&key) else {
@@ -157,14 +180,14 @@ impl Folder {
     /// shutdown). Ended windows without folds are forgotten.
     pub fn due(&mut self, now: Option<i64>) -> Vec<(AuditEvent, u64)> {
         let mut out = std::mem::take(&mut self.ready);
-        let (max, win) = (self.max, self.window);
+        let (max, win, decision) = (self.max, self.window, self.decision);
         self.clients.retain(|client, w| {
             let ended = now.is_none_or(|n| n >= w.start + win);
             if ended {
                 out.extend(
                     std::mem::take(&mut w.folds)
                         .into_iter()
-                        .map(|(_, f)| folded(client, f, max, win)),
+                        .map(|(_, f)| folded(client, f, max, win, decision)),
                 );
             }
             !ended
@@ -188,8 +211,8 @@ impl Folder {
     }
 }
 
-/// The entry that stands for `f.count` folded denials.
-fn folded(client: &str, f: Fold, max: u64, window: i64) -> (AuditEvent, u64) {
+/// The entry that stands for `f.count` folded events.
+fn folded(client: &str, f: Fold, max: u64, window: i64, decision: &str) -> (AuditEvent, u64) {
     let per = match window {
         1 => "s".to_string(),
         60 => "m".to_string(),
@@ -200,10 +223,13 @@ fn folded(client: &str, f: Fold, max: u64, window: i64) -> (AuditEvent, u64) {
     let ev = AuditEvent {
         time: f.last,
         action: "audit.folded".into(),
-        decision: "deny".into(),
+        decision: decision.into(),
         detail: format!(
-            "{} further denials ({reason}) for client {client} between {} and {} (unix seconds), above max_denials_per_client {max}/{per}; the first {max} of the window are entries of their own",
-            f.count, f.first, f.last
+            "{} further {} ({reason}) for client {client} between {} and {} (unix seconds), above max_denials_per_client {max}/{per} or the all-clients allowance; the first of the window are entries of their own",
+            f.count,
+            if decision == "deny" { "denials" } else { "allowed requests" },
+            f.first,
+            f.last
         ),
         subject: client.to_string(),
         artifact: None,
@@ -304,6 +330,28 @@ mod tests {
         assert_eq!(written.iter().map(|(_, n)| n).sum::<u64>(), 400 + 59 * 50);
         // An hour on, a new allowance.
         assert!(f.admit(deny("10.0.0.1", "z", "r", 3600)).is_some());
+    }
+
+    #[test]
+    fn allowed_requests_from_many_addresses_fold_too() {
+        let mut f = Folder::of("allow", 100, 10, std::time::Duration::from_secs(60));
+        let allow = |client: &str, i: usize| {
+            let mut ev = AuditEvent::about("pypi.page", format!("p{i}"), None, None, client)
+                .allow("allowlisted", String::new());
+            ev.time = 0;
+            ev
+        };
+        let mut kept = 0;
+        for c in 0..200 {
+            for i in 0..20 {
+                kept += f.admit(allow(&format!("10.1.0.{c}"), i)).is_some() as usize;
+            }
+        }
+        // Ten a client until the all-clients allowance (100 × 10) is spent.
+        assert_eq!(kept, 1000);
+        assert_eq!(f.pending(), 200 * 20 - 1000);
+        // Denials are not this folder's to fold.
+        assert!(f.admit(deny("10.1.0.1", "x", "r", 0)).is_some());
     }
 
     #[test]

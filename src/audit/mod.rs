@@ -317,8 +317,9 @@ pub struct Audit {
     /// The public half of the checkpoint key (empty: unkeyed).
     keys: Arc<Vec<checkpoint::VerifyKey>>,
     /// Ids of the retired keys among them, the witness file, checkpoint_every.
-    retired: Arc<Vec<String>>,
+    retired: Arc<Vec<(String, Option<u64>)>>,
     witness: Option<std::path::PathBuf>,
+    witness_problem: Arc<std::sync::Mutex<Option<String>>>,
     every: std::time::Duration,
     /// Why the log did not verify at start (checkpoints are then not signed).
     integrity: Arc<std::sync::Mutex<Option<String>>>,
@@ -338,13 +339,18 @@ impl Audit {
             .signer
             .iter()
             .map(|s| s.public.clone())
-            .chain(settings.previous.iter().cloned())
+            .chain(settings.previous.iter().map(|(k, _)| k.clone()))
             .collect();
         let archive_dir = settings.archive_dir.clone();
         let every = settings.checkpoint_every;
-        let retired: Vec<String> = settings.previous.iter().map(|k| k.id.clone()).collect();
+        let retired: Vec<(String, Option<u64>)> = settings
+            .previous
+            .iter()
+            .map(|(k, last)| (k.id.clone(), *last))
+            .collect();
         let witness = settings.witness.clone();
         let mut writer = Writer::new(store.clone(), metrics.clone(), settings)?;
+        let witness_problem = writer.witness_problem.clone();
         // The log is checked before the gate signs anything more: a head rewritten while the
         // gate was stopped must not be vouched for by its next checkpoint.
         let mut integrity = None;
@@ -436,6 +442,7 @@ impl Audit {
                 keys: Arc::new(keys),
                 retired: Arc::new(retired),
                 witness,
+                witness_problem,
                 every,
                 integrity: Arc::new(std::sync::Mutex::new(integrity)),
             },
@@ -497,6 +504,14 @@ impl Audit {
             witness: self.witness.clone(),
             checkpoint_every: Some(self.every),
         }
+    }
+
+    /// Why the last checkpoint could not be written to `witness_file`, if it could not.
+    pub fn witness_problem(&self) -> Option<String> {
+        self.witness_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Why the audit log did not verify at start, if it did not.

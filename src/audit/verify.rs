@@ -142,7 +142,9 @@ pub struct Given {
     pub external: Vec<Checkpoint>,
     /// Ids of keys retired by a rotation (`previous_public_keys`): a checkpoint of theirs past
     /// the first one by a current key was not made by the gate.
-    pub retired: Vec<String>,
+    /// With the last sequence number each signed, when the configuration says
+    /// (`previous_public_keys = [{ file, last_seq }]`).
+    pub retired: Vec<(String, Option<u64>)>,
     /// `[audit] witness_file`: the latest checkpoint, kept where the store's writer cannot
     /// reach; checked like a copy from the log stream.
     pub witness: Option<std::path::PathBuf>,
@@ -210,10 +212,27 @@ fn trusted(
 /// that does was made with the old key (leaked, which is why keys are rotated), not by the gate.
 fn retired_after_rotation(
     checkpoints: &BTreeMap<u64, Checkpoint>,
-    retired: &[String],
+    retired: &[(String, Option<u64>)],
     report: &mut ChainReport,
 ) {
-    let is_retired = |cp: &Checkpoint| cp.key.as_ref().is_some_and(|k| retired.contains(k));
+    let retired_of = |cp: &Checkpoint| {
+        cp.key
+            .as_ref()
+            .and_then(|k| retired.iter().find(|(id, _)| id == k))
+    };
+    let is_retired = |cp: &Checkpoint| retired_of(cp).is_some();
+    // The bound from the configuration holds whatever the store says: a data_dir writer
+    // who removed every checkpoint of the current key cannot lift it.
+    for cp in checkpoints.values() {
+        if let Some((_, Some(last))) = retired_of(cp) {
+            if cp.seq > *last {
+                report.tampered.push(format!(
+                    "checkpoint #{} is signed by a retired key whose last checkpoint was #{last}: made with the old key, not by the gate",
+                    cp.seq
+                ));
+            }
+        }
+    }
     let Some(first_current) = checkpoints
         .values()
         .find(|cp| cp.key.is_some() && !is_retired(cp))
@@ -291,13 +310,34 @@ fn walk(
         None => {}
     }
     if let Some(path) = &given.witness {
-        match super::witness::read(path) {
-            Ok(Some(cp)) => all.push((cp, "witness")),
-            Ok(None) => report.notes.push(format!(
+        let newest_stored = all
+            .iter()
+            .filter(|(c, from)| *from == "stored" && c.signature.is_some())
+            .map(|(c, _)| c.seq)
+            .max();
+        match (super::witness::read(path), newest_stored) {
+            (Ok(Some(cp)), newest) => {
+                if let Some(n) = newest.filter(|n| *n > cp.seq) {
+                    report.notes.push(format!(
+                        "the witness file {} holds checkpoint #{} but the store's newest is #{n}: witness writes failed, or it was put back from an older copy (it vouches up to #{} only)",
+                        path.display(),
+                        cp.seq,
+                        cp.seq
+                    ));
+                }
+                all.push((cp, "witness"));
+            }
+            (Ok(None), None) => report.notes.push(format!(
                 "the witness file {} is not written yet (the first checkpoint writes it)",
                 path.display()
             )),
-            Err(e) => report.tampered.push(format!("witness: {e}")),
+            // The gate writes the witness with every checkpoint it stores: signed checkpoints
+            // and no witness means it was removed (or witness_file was only now configured).
+            (Ok(None), Some(n)) => report.tampered.push(format!(
+                "witness: {} is missing, and the store holds signed checkpoints up to #{n}: it was removed (if witness_file was only now configured, run tollgate audit witness-init once, with the gate stopped)",
+                path.display()
+            )),
+            (Err(e), _) => report.tampered.push(format!("witness: {e}")),
         }
     }
     let checkpoints = trusted(all, &given.keys, &mut report);

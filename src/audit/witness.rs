@@ -12,9 +12,18 @@ use super::checkpoint::Checkpoint;
 /// Replaces the witness with `cp` (temp file, fsync, rename: never half written).
 pub fn write(path: &Path, cp: &Checkpoint) -> Result<(), String> {
     let json = serde_json::to_string(cp).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
     let done = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A fresh file of our own, never one planted in its place (a link is not followed).
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
         f.write_all(json.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;

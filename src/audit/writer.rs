@@ -21,10 +21,14 @@ const MAX_PENDING: usize = 50_000;
 const HEAD_EVERY_SECS: i64 = 60;
 
 /// What the writer is told by `[audit]`.
+/// The all-clients allowance of allowed requests kept as entries of their own, per hour, in
+/// multiples of `max_denials_per_client` (denials: ten).
+const ALLOWS_FACTOR: u64 = 100;
+
 pub struct Settings {
     pub signer: Option<Signer>,
     /// Keys of earlier signers (`previous_public_keys`), whose checkpoints still vouch.
-    pub previous: Vec<super::checkpoint::VerifyKey>,
+    pub previous: Vec<(super::checkpoint::VerifyKey, Option<u64>)>,
     /// `[audit] witness_file`: written after every checkpoint.
     pub witness: Option<std::path::PathBuf>,
     /// Where retention archives (checked with the log at start); `None`: not checked.
@@ -53,11 +57,10 @@ impl Settings {
             ),
         };
         let mut previous = Vec::new();
-        for (path, pem) in &cfg.previous_public_keys {
-            previous
-                .push(super::checkpoint::VerifyKey::from_pem(pem).map_err(|e| {
-                    format!("[audit] previous_public_keys {}: {e}", path.display())
-                })?);
+        for (path, pem, last_seq) in &cfg.previous_public_keys {
+            let key = super::checkpoint::VerifyKey::from_pem(pem)
+                .map_err(|e| format!("[audit] previous_public_keys {}: {e}", path.display()))?;
+            previous.push((key, *last_seq));
         }
         Ok(Settings {
             signer,
@@ -95,6 +98,8 @@ pub(super) struct Writer {
     head_logged: i64,
     pub(super) pending: Vec<(AuditEvent, u64)>,
     witness: Option<std::path::PathBuf>,
+    /// The last witness write failure, for `/readyz` (cleared by the next success).
+    pub(super) witness_problem: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     signer: Option<Signer>,
     every: i64,
     checkpointed: u64,
@@ -103,6 +108,8 @@ pub(super) struct Writer {
     paused: bool,
     disk: Option<(std::path::PathBuf, u64)>,
     pub(super) folder: Folder,
+    /// Allowed requests fold the same way, with a larger all-clients allowance.
+    allows: Folder,
 }
 
 impl Writer {
@@ -139,12 +146,19 @@ impl Writer {
             pending: Vec::new(),
             every: (settings.checkpoint_every.as_secs() as i64).max(1),
             witness: settings.witness,
+            witness_problem: Default::default(),
             signer: settings.signer,
             checkpointed,
             checkpointed_at: now_secs(),
             paused: false,
             disk: settings.disk,
             folder: Folder::new(settings.max_denials, settings.denial_window),
+            allows: Folder::of(
+                "allow",
+                ALLOWS_FACTOR,
+                settings.max_denials,
+                settings.denial_window,
+            ),
         })
     }
 
@@ -218,14 +232,33 @@ impl Writer {
             store.audit_checkpoint_put(seq, &bytes)?;
             // The witness follows the store: a checkpoint that is in the witness and not in
             // the store would read as a removed tail.
-            if let Some(w) = witness {
-                if let Err(e) = super::witness::write(&w, &cp) {
-                    tracing::error!(target: "tollgate::audit", error = %e, "audit witness could not be written");
-                }
-            }
-            Ok::<_, crate::store::StoreError>(())
+            let witnessed = match witness {
+                Some(w) => super::witness::write(&w, &cp).map_err(Some),
+                None => Ok(()),
+            };
+            Ok::<_, crate::store::StoreError>(witnessed)
         })
         .await;
+        let stored = match stored {
+            Ok(Ok(Err(Some(e)))) => {
+                self.metrics.audit_witness_failures.fetch_add(1, Relaxed);
+                tracing::error!(target: "tollgate::audit", error = %e, "audit witness could not be written: it vouches only up to its last checkpoint");
+                *self
+                    .witness_problem
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Ok(Ok(()))
+            }
+            Ok(Ok(_)) => {
+                *self
+                    .witness_problem
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(Ok(()))
+            }
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(e) => Err(e),
+        };
         match stored {
             Ok(Ok(())) => {
                 self.checkpointed = seq;
@@ -258,9 +291,12 @@ impl Writer {
                     tracing::info!(target: "tollgate::audit", "disk above min_free_disk again: denials are entries of their own again");
                 }
                 self.folder.fold_all = low;
+                self.allows.fold_all = low;
             }
         }
-        let due = self.folder.due(Some(now_secs()));
+        let now = now_secs();
+        let mut due = self.folder.due(Some(now));
+        due.extend(self.allows.due(Some(now)));
         if !due.is_empty() || !self.pending.is_empty() {
             self.write_grouped(Vec::new(), due).await;
         }
@@ -269,7 +305,8 @@ impl Writer {
 
     /// At shutdown: every folded denial written, and the head signed.
     pub(super) async fn close(&mut self) {
-        let due = self.folder.due(None);
+        let mut due = self.folder.due(None);
+        due.extend(self.allows.due(None));
         if !due.is_empty() || !self.pending.is_empty() {
             self.write_grouped(Vec::new(), due).await;
         }
@@ -281,14 +318,15 @@ impl Writer {
     pub(super) async fn write(&mut self, events: Vec<AuditEvent>) {
         let mut kept = Vec::with_capacity(events.len());
         for ev in events {
-            match self.folder.admit(ev) {
+            match self.folder.admit(ev).and_then(|ev| self.allows.admit(ev)) {
                 Some(ev) => kept.push(ev),
                 None => {
                     self.metrics.audit_folded.fetch_add(1, Relaxed);
                 }
             }
         }
-        let ready = self.folder.due_ready();
+        let mut ready = self.folder.due_ready();
+        ready.extend(self.allows.due_ready());
         self.write_grouped(kept, ready).await;
     }
 
@@ -363,9 +401,8 @@ impl Writer {
         event: AuditEvent,
         apply: ChangeFn,
     ) -> Result<(), String> {
-        if let Ok(json) = serde_json::to_string(&event) {
-            tracing::info!(target: "tollgate::audit", event = %json, "audit");
-        }
+        // Logged once stored: the log stream must not show a change that did not happen.
+        let logged = serde_json::to_string(&event).ok();
         let Some(store) = self.store.clone() else {
             return Err("no audit log to record the change in".into());
         };
@@ -377,6 +414,9 @@ impl Writer {
             tokio::task::spawn_blocking(move || store.audit_commit(&rows, Some(apply))).await;
         match written {
             Ok(Ok(())) => {
+                if let Some(json) = logged {
+                    tracing::info!(target: "tollgate::audit", event = %json, "audit");
+                }
                 self.seq = seq;
                 self.head = head;
                 self.log_head();

@@ -149,6 +149,9 @@ pub struct Store {
     reopened_at: std::sync::atomic::AtomicI64,
     /// The file opened (device, inode): the path must go on naming it.
     file_id: (u64, u64),
+    /// A handle of our own on that file: its link count says whether it was unlinked,
+    /// whatever the path now holds.
+    handle: std::fs::File,
     /// Set when the path no longer names the opened file (removed or replaced while the gate
     /// runs): everything written would go to a file no one will read again, so the store
     /// refuses from then on (fail closed) until the gate is restarted on a store.
@@ -207,11 +210,13 @@ impl Store {
         w.open_table(AUDIT_CHECKPOINTS)?;
         w.commit()?;
         let file_id = file_id(path).map_err(|e| damaged(e.to_string()))?;
+        let handle = std::fs::File::open(path).map_err(|e| damaged(e.to_string()))?;
         Ok(Store {
             db: std::sync::RwLock::new(Some(db)),
             path: path.to_path_buf(),
             reopened_at: std::sync::atomic::AtomicI64::new(0),
             file_id,
+            handle,
             lost: std::sync::Mutex::new(None),
         })
     }
@@ -422,8 +427,14 @@ impl Store {
         if let Some(why) = self.lost() {
             return Err(why);
         }
+        use std::os::unix::fs::MetadataExt as _;
+        let unlinked = self.handle.metadata().is_ok_and(|m| m.nlink() == 0);
         let why = match file_id(&self.path) {
-            Ok(id) if id == self.file_id => return Ok(()),
+            Ok(id) if id == self.file_id && !unlinked => return Ok(()),
+            _ if unlinked => format!(
+                "{} was removed while the gate runs (the file the gate writes has no name any more): nothing more is written to it; restore it and restart the gate (README: \"When the store is damaged\")",
+                self.path.display()
+            ),
             Ok(_) => format!(
                 "{} was replaced by another file while the gate runs: the store refuses until the gate is restarted (README: \"When the store is damaged\")",
                 self.path.display()
@@ -432,8 +443,13 @@ impl Store {
                 "{} was removed while the gate runs: nothing more is written to it; restore it and restart the gate (README: \"When the store is damaged\")",
                 self.path.display()
             ),
-            // Cannot be asked (a permission changed): not proof of a swap.
-            Err(_) => return Ok(()),
+            // Cannot be asked because a permission changed: not proof of a swap.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(()),
+            // A link loop, a file where data_dir was, …: the path no longer leads to the store.
+            Err(e) => format!(
+                "{} no longer leads to the store ({e}) while the gate runs: nothing more is written; restore it and restart the gate (README: \"When the store is damaged\")",
+                self.path.display()
+            ),
         };
         tracing::error!(path = %self.path.display(), problem = %why, "store file lost");
         *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
