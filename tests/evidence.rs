@@ -699,6 +699,12 @@ async fn a_witness_outside_data_dir_names_what_the_store_alone_cannot() {
     assert!(show(&out).contains("checkpoint #20"), "{}", show(&out));
     let out = tollgate(&["audit", "verify"], &config);
     assert!(out.status.success(), "{}", show(&out));
+    // witness-init never replaces a genuine witness with a checkpoint it disagrees with.
+    let forged_cfg = rewritten.join("tollgate.toml");
+    let before = std::fs::read(&witness).unwrap();
+    let out = tollgate(&["audit", "witness-init"], &forged_cfg);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(std::fs::read(&witness).unwrap(), before);
     // A witness the store's writer could reach is refused.
     let inside = copy("inside");
     let text = std::fs::read_to_string(inside.join("tollgate.toml")).unwrap();
@@ -816,6 +822,17 @@ async fn a_flood_of_denials_folds_with_an_exact_count() {
         folded = now;
     }
     stop_gracefully(&mut gate);
+    // Each folded denial is still in the log stream whole, with its client.
+    let logged = gate
+        .proc
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("audit folded") && l.contains("flood-"))
+        .count();
+    assert_eq!(
+        logged as f64, folded,
+        "folded denials written to the log stream"
+    );
     let grown = std::fs::metadata(&store)
         .unwrap()
         .len()

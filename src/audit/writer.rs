@@ -318,10 +318,17 @@ impl Writer {
     pub(super) async fn write(&mut self, events: Vec<AuditEvent>) {
         let mut kept = Vec::with_capacity(events.len());
         for ev in events {
+            // A folded event is counted in the store and still written to the log stream whole:
+            // the store stays bounded, and who asked for what stays attributable off the box
+            // (a flood cannot hide a client's request among counts).
+            let json = serde_json::to_string(&ev).ok();
             match self.folder.admit(ev).and_then(|ev| self.allows.admit(ev)) {
                 Some(ev) => kept.push(ev),
                 None => {
                     self.metrics.audit_folded.fetch_add(1, Relaxed);
+                    if let Some(json) = json {
+                        tracing::info!(target: "tollgate::audit", event = %json, "audit folded");
+                    }
                 }
             }
         }

@@ -1,7 +1,10 @@
 //! The PyPI-compatible simple index (PEP 503, PEP 691) and its file routes.
 
+mod files;
 pub mod hashing;
+mod listing;
 pub mod page;
+mod pins;
 pub mod render;
 pub mod service;
 pub mod upstream;

@@ -1,14 +1,21 @@
 //! Configuration: the TOML file CONTRACT.md describes, validated into typed settings. No network.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::Url;
-use serde::Deserialize;
 
 use crate::policy::units::{parse_duration, parse_size};
+use net::host_ports;
+use raw::{RawConfig, RawIndex};
+
+mod audit;
+pub use audit::AuditConfig;
+mod net;
+mod raw;
+pub use net::{is_loopback_host, origin_listed, HostPort, IpNet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,88 +74,6 @@ pub struct Limits {
     /// Below this much free space on data_dir's file system, new files are not cached (and
     /// `/readyz` says so); decisions are still served.
     pub min_free_disk: u64,
-}
-
-/// An address block (`10.0.0.0/8`, `fd00::/8`) or one address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    pub fn parse(s: &str) -> Result<IpNet, String> {
-        let bad = || format!("{s:?} is not an address or address/prefix");
-        let (a, p) = match s.trim().split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s.trim(), None),
-        };
-        let addr: IpAddr = a.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
-        };
-        Ok(IpNet { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4 peer seen as an IPv4-mapped IPv6 address is the same peer.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// `[audit]`: signed checkpoints of the chain, retention, and how many denials a client may
-/// add before they fold into counted entries.
-#[derive(Debug, Clone)]
-pub struct AuditConfig {
-    /// The Ed25519 private key (PEM PKCS#8) that signs checkpoints; kept outside `data_dir`.
-    pub signing_key: Option<Secret>,
-    /// Why the configured key could not be read (its variable unset, its file unreadable):
-    /// the gate refuses to start, while `audit verify --public-key` can still run.
-    pub signing_key_error: Option<String>,
-    /// Public keys (PEM) of signing keys used before a rotation: their checkpoints still
-    /// vouch. Kept outside `data_dir` like the signing key, for the same reason.
-    /// With the last checkpoint each signed (`last_seq`), when given.
-    pub previous_public_keys: Vec<(PathBuf, String, Option<u64>)>,
-    /// A file outside `data_dir` the gate keeps its latest signed checkpoint in: a log
-    /// rewritten or cut together with its stored checkpoints disagrees with it.
-    pub witness_file: Option<PathBuf>,
-    pub checkpoint_every: Duration,
-    /// Entries older than this are exported to the archive and pruned (`None`: kept).
-    pub retention: Option<Duration>,
-    /// At most this many denials per client per `denial_window` are separate entries.
-    pub max_denials: u64,
-    pub denial_window: Duration,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        AuditConfig {
-            signing_key: None,
-            signing_key_error: None,
-            previous_public_keys: Vec::new(),
-            witness_file: None,
-            checkpoint_every: Duration::from_secs(60),
-            retention: None,
-            max_denials: 1000,
-            denial_window: Duration::from_secs(60),
-        }
-    }
 }
 
 /// `[admission]`: the Kubernetes webhooks on a listener of their own, and what the API server
@@ -279,222 +204,6 @@ pub struct Config {
     pub pypi: PypiConfig,
     pub oci: OciConfig,
     pub admin: AdminConfig,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<String>,
-    oidc: Option<RawOidc>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOidc {
-    issuer: String,
-    audience: String,
-    jwks: String,
-    role_claim: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    listen: Option<String>,
-    data_dir: Option<String>,
-    allowlist_dir: Option<String>,
-    public_url: Option<String>,
-    cache_max_bytes: Option<String>,
-    cache_scrub_rate: Option<String>,
-    limits: Option<RawLimits>,
-    tls: Option<RawTls>,
-    admission: Option<RawAdmission>,
-    audit: Option<RawAudit>,
-    trusted_root: Option<String>,
-    pypi: Option<RawPypi>,
-    oci: Option<RawOci>,
-    admin: Option<RawAdmin>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawOci {
-    trusted_root: Option<String>,
-    tag_ttl: Option<String>,
-    default_registry: Option<String>,
-    require_auth: Option<bool>,
-    #[serde(default)]
-    registry: Vec<RawRegistry>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRegistry {
-    host: String,
-    prefix: Option<String>,
-    url: String,
-    auth_hosts: Option<Vec<String>>,
-    redirect_hosts: Option<Vec<String>>,
-    username: Option<String>,
-    password_env: Option<String>,
-    ca_file: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    page_bytes: Option<String>,
-    manifest_bytes: Option<String>,
-    signatures: Option<u32>,
-    header_bytes: Option<String>,
-    admin_body_bytes: Option<String>,
-    head_timeout: Option<String>,
-    idle_timeout: Option<String>,
-    max_connections: Option<u32>,
-    per_client_connections: Option<u32>,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    min_free_disk: Option<String>,
-    body_timeout: Option<String>,
-}
-
-/// `"key.pub.pem"`, or `{ file = "key.pub.pem", last_seq = 1234 }`: the last checkpoint the
-/// retired key signed (from `tollgate audit verify` before the switch).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawPreviousKey {
-    File(String),
-    Bound { file: String, last_seq: Option<u64> },
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAudit {
-    signing_key_env: Option<String>,
-    signing_key_file: Option<String>,
-    #[serde(default)]
-    previous_public_keys: Vec<RawPreviousKey>,
-    witness_file: Option<String>,
-    checkpoint_every: Option<String>,
-    retention: Option<String>,
-    max_denials_per_client: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAdmission {
-    listen: Option<String>,
-    client_ca: Option<String>,
-    token_sha256_env: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: String,
-    key: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawPypi {
-    wheels_only: Option<bool>,
-    page_ttl: Option<String>,
-    upstream_timeout: Option<String>,
-    max_files_per_page: Option<u32>,
-    max_pins_per_project: Option<u32>,
-    prune_pins_after: Option<String>,
-    max_hash_bytes: Option<String>,
-    hash_timeout: Option<String>,
-    #[serde(default)]
-    index: Vec<RawIndex>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIndex {
-    name: String,
-    url: String,
-    file_hosts: Option<Vec<String>>,
-    username: Option<String>,
-    password_env: Option<String>,
-    ca_file: Option<String>,
-    upload_time: Option<String>,
-}
-
-/// A host an upstream's links, redirects or token realm may go to, and the port: compared as
-/// an origin (host and port; the scheme is checked beside it), so another service on another
-/// port of the same host is another place. Written `host` (the scheme's default port, 443 or
-/// 80) or `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    /// `None`: the default port of the URL's scheme.
-    pub port: Option<u16>,
-}
-
-impl HostPort {
-    pub fn parse(s: &str) -> Result<HostPort, String> {
-        // A scheme without a default port, so an explicit `:443` or `:80` is kept as written.
-        let u = Url::parse(&format!("x-tollgate://{}", s.trim()))
-            .map_err(|_| format!("{s:?} is not a host or host:port"))?;
-        let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
-        if host.is_empty() || u.path() != "" && u.path() != "/" || u.query().is_some() {
-            return Err(format!("{s:?} is not a host or host:port"));
-        }
-        if !u.username().is_empty() || u.password().is_some() {
-            return Err(format!("{s:?} carries credentials"));
-        }
-        Ok(HostPort {
-            host,
-            port: u.port(),
-        })
-    }
-
-    /// A URL's own host and port (no port when it is the scheme's default).
-    pub fn of_url(url: &Url) -> HostPort {
-        HostPort {
-            host: url.host_str().unwrap_or_default().to_ascii_lowercase(),
-            port: url.port(),
-        }
-    }
-
-    /// Is `url` on this host and port?
-    pub fn matches(&self, url: &Url) -> bool {
-        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-        let default = match url.scheme() {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
-        };
-        host == self.host && self.port.or(default) == url.port_or_known_default()
-    }
-}
-
-impl std::fmt::Display for HostPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.port {
-            Some(p) => write!(f, "{}:{p}", self.host),
-            None => f.write_str(&self.host),
-        }
-    }
-}
-
-/// Is `url` on one of these hosts and ports?
-pub fn origin_listed(list: &[HostPort], url: &Url) -> bool {
-    list.iter().any(|h| h.matches(url))
-}
-
-fn host_ports(list: Vec<String>, what: &str) -> Result<Vec<HostPort>, String> {
-    list.iter()
-        .map(|h| HostPort::parse(h).map_err(|e| format!("{what}: {e}")))
-        .collect()
-}
-
-/// Is this host name or address one of the machine's own (loopback)?
-pub fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Config {
@@ -695,128 +404,13 @@ impl Config {
             },
         };
         let data_dir = resolve(raw.data_dir.as_deref().unwrap_or("data"));
-        let rau = raw.audit.unwrap_or_default();
-        let at = line_of("[audit]");
-        let audit_err = |m: String| invalid(at, format!("[audit] {m}"));
-        let mut signing_key_error = None;
-        let signing_key = match (&rau.signing_key_env, &rau.signing_key_file) {
-            (Some(_), Some(_)) => {
-                return Err(audit_err(
-                    "signing_key_env and signing_key_file: give one".into(),
-                ))
-            }
-            (Some(var), None) => match std::env::var(var) {
-                Ok(v) => Some(Secret(v)),
-                Err(_) => {
-                    signing_key_error = Some(format!(
-                        "[audit] signing_key_env: environment variable {var} is not set"
-                    ));
-                    None
-                }
-            },
-            (None, Some(f)) => {
-                let path = resolve(f);
-                // The key must not sit beside what it vouches for: whoever can rewrite the
-                // audit log in data_dir could then sign the rewrite too.
-                let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-                if abs(&path).starts_with(abs(&data_dir)) {
-                    return Err(audit_err(format!(
-                        "signing_key_file {} is inside data_dir: keep the key where the store is not",
-                        path.display()
-                    )));
-                }
-                match std::fs::read_to_string(&path) {
-                    Ok(v) => Some(Secret(v)),
-                    Err(e) => {
-                        signing_key_error =
-                            Some(format!("[audit] signing_key_file {}: {e}", path.display()));
-                        None
-                    }
-                }
-            }
-            (None, None) => None,
-        };
-        let mut previous_public_keys = Vec::new();
-        for k in &rau.previous_public_keys {
-            let (f, last_seq) = match k {
-                RawPreviousKey::File(f) => (f, None),
-                RawPreviousKey::Bound { file, last_seq } => (file, *last_seq),
-            };
-            let path = resolve(f);
-            let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            // A key list that the store's writer can edit would let it vouch for its own rewrite.
-            if abs(&path).starts_with(abs(&data_dir)) {
-                return Err(audit_err(format!(
-                    "previous_public_keys {} is inside data_dir: keep keys where the store is not",
-                    path.display()
-                )));
-            }
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| audit_err(format!("previous_public_keys {}: {e}", path.display())))?;
-            previous_public_keys.push((path, pem, last_seq));
-        }
-        let witness_file = match &rau.witness_file {
-            None => None,
-            Some(f) => {
-                let path = resolve(f);
-                let parent = path.parent().unwrap_or(Path::new("."));
-                let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-                // Whoever can rewrite the log must not be able to rewrite its witness.
-                if abs(parent).starts_with(abs(&data_dir)) {
-                    return Err(audit_err(format!(
-                        "witness_file {} is inside data_dir: keep it where the store is not",
-                        path.display()
-                    )));
-                }
-                if signing_key.is_none() && signing_key_error.is_none() {
-                    return Err(audit_err(
-                        "witness_file keeps signed checkpoints: give signing_key_file or signing_key_env".into(),
-                    ));
-                }
-                Some(path)
-            }
-        };
-        let dur = |key: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
-            match v {
-                None => Ok(None),
-                Some(s) => parse_duration(s)
-                    .map(Some)
-                    .map_err(|e| invalid(line_of(key), format!("[audit] {key}: {e}"))),
-            }
-        };
-        let defaults = AuditConfig::default();
-        let (max_denials, denial_window) = match &rau.max_denials_per_client {
-            None => (defaults.max_denials, defaults.denial_window),
-            Some(s) => {
-                let bad = || {
-                    invalid(
-                        line_of("max_denials_per_client"),
-                        format!("[audit] max_denials_per_client {s:?}: write N/s, N/m or N/h"),
-                    )
-                };
-                let (n, per) = s.split_once('/').ok_or_else(bad)?;
-                let n: u64 = n.trim().parse().map_err(|_| bad())?;
-                let window = match per.trim() {
-                    "s" => 1,
-                    "m" => 60,
-                    "h" => 3600,
-                    _ => return Err(bad()),
-                };
-                (n.max(1), Duration::from_secs(window))
-            }
-        };
-        let audit = AuditConfig {
-            signing_key,
-            signing_key_error,
-            previous_public_keys,
-            witness_file,
-            checkpoint_every: dur("checkpoint_every", &rau.checkpoint_every)?
-                .filter(|d| !d.is_zero())
-                .unwrap_or(defaults.checkpoint_every),
-            retention: dur("retention", &rau.retention)?,
-            max_denials,
-            denial_window,
-        };
+        let audit = audit::section(
+            raw.audit.unwrap_or_default(),
+            &data_dir,
+            &invalid,
+            &line_of,
+            &resolve,
+        )?;
 
         // A client certificate is part of a TLS handshake: mTLS needs the gate to serve TLS.
         if admission.client_ca.is_some() && tls.is_none() {

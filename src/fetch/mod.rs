@@ -24,6 +24,9 @@ use crate::metrics::Metrics;
 use crate::policy::Sha256;
 use crate::store::Cache;
 
+mod http;
+pub use http::{http_client, install_crypto_provider, ip_is_private};
+
 /// How long the shared download waits for the first client to take a chunk.
 const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -676,122 +679,8 @@ fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok(r))
 }
 
-/// Addresses an upstream connection may not reach unless the host is configured: private,
-/// loopback, link-local, shared (CGNAT), reserved and multicast ranges, and IPv6 forms that embed
-/// such an IPv4 address (mapped, compatible, NAT64, 6to4).
-pub fn ip_is_private(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || o[0] >= 240
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-        }
-        IpAddr::V6(v6) => {
-            let seg = v6.segments();
-            let embedded = |hi: u16, lo: u16| {
-                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
-            };
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-                || (seg[0] & 0xffc0) == 0xfec0
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| ip_is_private(IpAddr::V4(v4)))
-                // IPv4-translated (RFC 2765, ::ffff:0:a.b.c.d).
-                || (seg[..4] == [0; 4]
-                    && seg[4] == 0xffff
-                    && seg[5] == 0
-                    && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
-                // Local-use NAT64 (RFC 8215, 64:ff9b:1::/48): local by definition, whatever
-                // IPv4 address it embeds.
-                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1)
-                // Teredo (RFC 4380, 2001::/32, the IPv4 address obfuscated) and documentation
-                // (RFC 3849, 2001:db8::/32).
-                || (seg[0] == 0x2001 && (seg[1] == 0 || seg[1] == 0xdb8))
-                || (seg[..6] == [0; 6] && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
-                || (seg[0] == 0x64
-                    && seg[1] == 0xff9b
-                    && ip_is_private(IpAddr::V4(embedded(seg[6], seg[7]))))
-                || (seg[0] == 0x2002 && ip_is_private(IpAddr::V4(embedded(seg[1], seg[2]))))
-        }
-    }
-}
-
-/// Resolves names for an upstream client, at connect time: a host the operator configured may
-/// resolve to any address; any other keeps only its public addresses, and fails when it has
-/// none. The address connected to is the one checked (no second lookup a rebinding DNS server
-/// could answer differently). IP literals are not looked up (the URL checks see them), and
-/// through an HTTPS proxy the proxy resolves names, so address checks are then the proxy's.
-struct GuardedResolver {
-    private_ok: Vec<String>,
-}
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_ascii_lowercase();
-        let any = self.private_ok.contains(&host);
-        Box::pin(async move {
-            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| any || !ip_is_private(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(
-                    format!("{host} resolves to no address the gate may connect to").into(),
-                );
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 /// How often (in bytes written) a download that is being cached looks at the free disk again.
 pub const DISK_CHECK_EVERY: u64 = 64 << 20;
-
-/// The process's one TLS provider: aws-lc-rs, the library sigstore-verify checks signatures
-/// with, so TLS and signatures rest on one cryptographic stack. Installed before any TLS
-/// configuration is built (reqwest and rustls look it up then); later calls change nothing.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// The HTTP client for one upstream: no automatic redirects (each caller checks where a
-/// redirect goes and strips credentials itself), bounded connect and read times, and an
-/// optional private CA.
-pub fn http_client(
-    label: &str,
-    ca_file: Option<&std::path::Path>,
-    timeout: Duration,
-    private_ok: Vec<String>,
-) -> Result<reqwest::Client, String> {
-    install_crypto_provider();
-    let mut b = reqwest::Client::builder()
-        .dns_resolver(std::sync::Arc::new(GuardedResolver { private_ok }))
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .read_timeout(timeout)
-        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca) = ca_file {
-        let pem =
-            std::fs::read(ca).map_err(|e| format!("{label}: ca_file {}: {e}", ca.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("{label}: ca_file {}: {e}", ca.display()))?;
-        b = b.add_root_certificate(cert);
-    }
-    b.build().map_err(|e| format!("{label}: {e}"))
-}
 
 pub enum ReadError {
     TooLarge,
@@ -882,10 +771,10 @@ mod tests {
     #[tokio::test]
     async fn names_resolving_to_private_addresses_need_to_be_configured() {
         use reqwest::dns::Resolve;
-        let closed = super::GuardedResolver { private_ok: vec![] };
+        let closed = super::http::GuardedResolver { private_ok: vec![] };
         let name = |s: &str| s.parse::<reqwest::dns::Name>().unwrap();
         assert!(closed.resolve(name("localhost")).await.is_err());
-        let open = super::GuardedResolver {
+        let open = super::http::GuardedResolver {
             private_ok: vec!["localhost".into()],
         };
         let addrs: Vec<_> = open.resolve(name("localhost")).await.unwrap().collect();
