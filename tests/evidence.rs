@@ -828,7 +828,14 @@ async fn a_flood_of_denials_folds_with_an_exact_count() {
         .log_text()
         .lines()
         .filter(|l| l.contains("audit folded") && l.contains("flood-"))
-        .count();
+        .map(|l| {
+            l.split(" count=")
+                .nth(1)
+                .and_then(|c| c.split_whitespace().next())
+                .and_then(|c| c.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum::<u64>();
     assert_eq!(
         logged as f64, folded,
         "folded denials written to the log stream"

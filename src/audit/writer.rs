@@ -24,6 +24,8 @@ const HEAD_EVERY_SECS: i64 = 60;
 /// The all-clients allowance of allowed requests kept as entries of their own, per hour, in
 /// multiples of `max_denials_per_client` (denials: ten).
 const ALLOWS_FACTOR: u64 = 100;
+/// Distinct folded decisions grouped per batch for the log stream (a linear search each).
+const MAX_FOLDED_LINES: usize = 64;
 
 pub struct Settings {
     pub signer: Option<Signer>,
@@ -317,19 +319,36 @@ impl Writer {
     /// entry with a count. A batch the store refuses is kept and tried again with the next.
     pub(super) async fn write(&mut self, events: Vec<AuditEvent>) {
         let mut kept = Vec::with_capacity(events.len());
+        let mut folded_lines: Vec<(AuditEvent, u64)> = Vec::new();
         for ev in events {
             // A folded event is counted in the store and still written to the log stream whole:
             // the store stays bounded, and who asked for what stays attributable off the box
-            // (a flood cannot hide a client's request among counts).
-            let json = serde_json::to_string(&ev).ok();
+            // (a flood cannot hide a client's request among counts). Repeats of one decision
+            // in the batch are one line with their count.
+            let copy = ev.clone();
             match self.folder.admit(ev).and_then(|ev| self.allows.admit(ev)) {
                 Some(ev) => kept.push(ev),
                 None => {
                     self.metrics.audit_folded.fetch_add(1, Relaxed);
-                    if let Some(json) = json {
-                        tracing::info!(target: "tollgate::audit", event = %json, "audit folded");
+                    let full = folded_lines.len() >= MAX_FOLDED_LINES;
+                    match folded_lines
+                        .iter_mut()
+                        .find(|(e, _): &&mut (AuditEvent, u64)| same_decision(e, &copy))
+                    {
+                        Some((_, n)) => *n += 1,
+                        None if !full => folded_lines.push((copy, 1)),
+                        None => {
+                            if let Ok(json) = serde_json::to_string(&copy) {
+                                tracing::info!(target: "tollgate::audit", event = %json, count = 1, "audit folded");
+                            }
+                        }
                     }
                 }
+            }
+        }
+        for (ev, count) in folded_lines {
+            if let Ok(json) = serde_json::to_string(&ev) {
+                tracing::info!(target: "tollgate::audit", event = %json, count, "audit folded");
             }
         }
         let mut ready = self.folder.due_ready();
