@@ -16,6 +16,7 @@ pub mod policy;
 pub mod pypi;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod verify;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -26,7 +26,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["policy"]),
     ("conn", &["config", "metrics"]),
     ("error", &["store"]),
-    ("fetch", &["audit", "error", "metrics", "policy", "store"]),
+    (
+        "fetch",
+        &["audit", "error", "metrics", "policy", "store", "sync"],
+    ),
     (
         "lib",
         &[
@@ -44,6 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "pypi",
             "server",
             "store",
+            "sync",
             "verify",
         ],
     ),
@@ -55,7 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "oci",
         &[
             "audit", "config", "conn", "error", "fetch", "lib", "loader", "metrics", "policy",
-            "store", "verify",
+            "store", "sync", "verify",
         ],
     ),
     ("policy", &[]),
@@ -63,11 +67,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "pypi",
         &[
             "audit", "config", "conn", "error", "fetch", "lib", "loader", "metrics", "policy",
-            "store",
+            "store", "sync",
         ],
     ),
     ("server", &["config", "conn", "fetch", "lib"]),
     ("store", &["metrics", "policy"]),
+    ("sync", &[]),
     ("verify", &["policy"]),
 ];
 

@@ -83,9 +83,7 @@ pub struct Fetcher {
     downloads: Mutex<HashMap<Sha256, watch::Receiver<Download>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 impl Fetcher {
     pub fn new(
@@ -717,7 +715,7 @@ mod tests {
         use http_body_util::BodyExt;
         let dir = tempfile::tempdir().unwrap();
         let data = vec![7u8; (VERIFY_FIRST_BYTES + (3 << 20)) as usize];
-        let sha = Sha256::from_bytes(sha2::Sha256::digest(&data).into());
+        let sha = Sha256::of(&data);
         let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb")).unwrap());
         let metrics = Arc::new(Metrics::default());
         {

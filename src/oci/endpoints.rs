@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
-use sha2::Digest as _;
 
 use super::client::{RegistryClient, RegistryError};
 use super::documents::{artifact_subject, is_cosign_artifact, manifest_media_type, next_page_last};
@@ -219,7 +218,7 @@ impl Oci {
                     .unwrap_or_default();
                 // A manifest is checked against its digest whenever it is read back (it is
                 // small): bytes edited on disk are evicted and fetched again.
-                if Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()) == *digest.sha() {
+                if Sha256::of(&bytes) == *digest.sha() {
                     return Ok((rec, bytes));
                 }
                 self.fetcher.check_cached(digest.sha()).await;
@@ -238,7 +237,7 @@ impl Oci {
             .unwrap_or_default();
         let bad = |m: String| OciError::Coded(OciCode::ManifestInvalid, ApiError::BadUpstream(m));
         let bytes = read_upstream(resp, self.manifest_bytes, &format!("manifest {digest}")).await?;
-        let actual = Digest(Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()));
+        let actual = Digest(Sha256::of(&bytes));
         if actual != *digest {
             tracing::error!(%repo, expected = %digest, %actual, "upstream manifest does not match its digest");
             let detail = format!("the upstream sent a manifest with digest {actual} for {digest}");

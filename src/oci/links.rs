@@ -48,7 +48,7 @@ impl BlobRef {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct TagRecord {
-    pub(super) digest: String,
+    pub(super) digest: Digest,
     pub(super) resolved_at: i64,
 }
 
@@ -92,9 +92,7 @@ impl Oci {
         let now = now_secs();
         if let Some(c) = &cached {
             if now - c.resolved_at < self.tag_ttl {
-                if let Ok(d) = Digest::parse(&c.digest) {
-                    return Ok(d);
-                }
+                return Ok(c.digest);
             }
         }
         // HEAD first; a registry that answers HEAD without a digest, or refuses HEAD, is asked
@@ -129,7 +127,7 @@ impl Oci {
         match fresh {
             Ok(d) => {
                 let rec = TagRecord {
-                    digest: d.to_string(),
+                    digest: d,
                     resolved_at: now,
                 };
                 let store = self.store.clone();
@@ -140,7 +138,7 @@ impl Oci {
                 OciCode::ManifestUnknown,
                 ApiError::NotFound(format!("{repo}:{tag} is unknown to the upstream registry")),
             )),
-            Err(e) => match cached.and_then(|c| Digest::parse(&c.digest).ok()) {
+            Err(e) => match cached.map(|c| c.digest) {
                 Some(d) => {
                     tracing::warn!(%repo, %tag, error = %e, "upstream down; using the last resolution of the tag");
                     Ok(d)

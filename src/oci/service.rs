@@ -72,9 +72,7 @@ pub(super) fn registry_error(e: RegistryError, what: OciCode) -> OciError {
     }
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 pub(super) fn key(repo: &Repository, item: &str) -> String {
     format!("{repo}|{item}")

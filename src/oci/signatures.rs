@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sha2::Digest as _;
 
 use super::client::{RegistryClient, RegistryError};
 use super::documents::{
@@ -331,7 +330,7 @@ impl Oci {
                 ))
             }
         };
-        if Sha256::from_bytes(sha2::Sha256::digest(&bytes).into()) != *d.sha() {
+        if Sha256::of(&bytes) != *d.sha() {
             tracing::warn!(%repo, blob = %digest, "signature artifact does not match its digest; ignored");
             return Ok(Err("not the bytes its digest names".into()));
         }
@@ -514,7 +513,7 @@ impl Oci {
             let Some(body) = self.small_manifest(reg, repo, &d.digest).await? else {
                 continue;
             };
-            if Sha256::from_bytes(sha2::Sha256::digest(&body).into()) != *md.sha() {
+            if Sha256::of(&body) != *md.sha() {
                 tracing::warn!(%repo, manifest = %d.digest, "bundle manifest does not match its digest; ignored");
                 continue;
             }

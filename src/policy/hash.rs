@@ -36,12 +36,33 @@ impl Sha256 {
         Sha256(bytes)
     }
 
+    /// The SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Sha256(sha2::Sha256::digest(bytes).into())
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
     pub fn hex(&self) -> String {
         hex::encode(self.0)
+    }
+}
+
+/// Stored and sent as its hex spelling, read back through [`Sha256::parse`]: a record holding
+/// one is the same bytes as one holding the string, and a bad value is an error, not dropped.
+impl serde::Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Sha256::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

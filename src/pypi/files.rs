@@ -19,7 +19,6 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use reqwest::Url;
-use sha2::Digest;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -293,7 +292,7 @@ impl Pypi {
                 return Err(ApiError::BadUpstream(format!("{wheel_name}: {e}")));
             }
         };
-        let md_sha = Sha256::from_bytes(sha2::Sha256::digest(&bytes).into());
+        let md_sha = Sha256::of(&bytes);
         let mut temp = self
             .cache
             .temp_file()

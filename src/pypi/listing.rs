@@ -166,7 +166,7 @@ impl Pypi {
             return Ok(Some((h, f.size)));
         }
         let obs: Option<Observed> = self.store.get(OBSERVED, &f.url)?;
-        Ok(obs.and_then(|o| Sha256::parse(&o.sha256).ok().map(|h| (h, Some(o.size)))))
+        Ok(obs.map(|o| (o.sha256, Some(o.size))))
     }
 
     /// `/simple/{project}/`: the listing, from the rendered cache when nothing it depends on

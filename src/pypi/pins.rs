@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// A hash the gate computed itself for a file whose upstream declared none.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Observed {
-    pub sha256: String,
+    pub sha256: Sha256,
     pub size: u64,
     /// When it was hashed (pruned after prune_pins_after; 0: before this was recorded).
     #[serde(default)]
@@ -261,7 +261,7 @@ impl Pypi {
                         }
                     }
                     let obs = Observed {
-                        sha256: sha.hex(),
+                        sha256: sha,
                         size,
                         seen: now_secs(),
                     };

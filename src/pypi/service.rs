@@ -59,10 +59,7 @@ pub struct Pypi {
     pub(super) audit: Audit,
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves only caches behind; keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 impl Pypi {
     pub fn new(
