@@ -15,28 +15,16 @@ use common::*;
 const BOOTSTRAP: &str = "tg_bootstrap-secret-for-tests";
 const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
-fn bootstrap_sha() -> String {
-    hex::encode(sha2::Sha256::digest(BOOTSTRAP.as_bytes()))
-}
-
 fn allowlist() -> String {
     format!("[[package]]\nname = \"demo\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\n")
 }
 
 fn start(dir: &std::path::Path) -> Gate {
-    Gate::start_env(
-        dir,
-        "",
-        &allowlist(),
-        &[("TOLLGATE_BOOTSTRAP_TOKEN_SHA256", &bootstrap_sha())],
-    )
+    Gate::start_admin(dir, "", &allowlist(), BOOTSTRAP)
 }
 
 fn restart(dir: &std::path::Path) -> Gate {
-    Gate::restart_env(
-        dir,
-        &[("TOLLGATE_BOOTSTRAP_TOKEN_SHA256", &bootstrap_sha())],
-    )
+    Gate::restart_admin(dir, BOOTSTRAP)
 }
 
 /// SIGTERM and wait: the gate flushes its audit queue on the way out.
@@ -64,21 +52,8 @@ async fn call_from(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let c = reqwest::Client::builder()
-        .local_address(from.parse::<std::net::IpAddr>().unwrap())
-        .build()
-        .unwrap();
-    let mut r = c.request(method.parse().unwrap(), gate.url(path));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.text().await.unwrap())
+    let r = admin_request(gate, from, method, path, token, None, body).await;
+    (r.status, r.headers, r.text)
 }
 
 async fn make_token(gate: &Gate, role: &str, extra: Value) -> (String, String) {

@@ -8,20 +8,12 @@ mod common;
 use std::process::Command;
 
 use serde_json::json;
-use sha2::Digest as _;
 
 use common::*;
 
 const BOOTSTRAP: &str = "tg_bootstrap-for-identity";
 const ISSUER: &str = "https://login.example.test/tenant/v2.0";
 const AUDIENCE: &str = "00000000-0000-0000-0000-0000000000aa";
-
-fn bootstrap_env() -> (&'static str, String) {
-    (
-        "TOLLGATE_BOOTSTRAP_TOKEN_SHA256",
-        hex::encode(sha2::Sha256::digest(BOOTSTRAP.as_bytes())),
-    )
-}
 
 fn jwt(dir: &std::path::Path, kid: &str, alg: &str, claims: serde_json::Value) -> String {
     let out = Command::new("python3")
@@ -59,7 +51,7 @@ async fn oidc_tokens_and_a_separate_admin_listener() {
         "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[admin.oidc]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks = \"{}\"\nrole_claim = \"roles\"\n",
         issuer.join("jwks.json").display()
     );
-    let (k, v) = bootstrap_env();
+    let (k, v) = bootstrap_env(BOOTSTRAP);
     let gate = Gate::start_env(&dir.path().join("gate"), &cfg, "", &[(k, &v)]);
     let admin = |path: &str| format!("http://127.0.0.1:{admin_port}{path}");
 
@@ -174,7 +166,7 @@ async fn require_auth_guards_pulls_and_verification() {
         "[[image]]\nrepository = \"registry.test/demo/app\"\ndigests = [\"{}\"]\n",
         digests["v1"]
     );
-    let (k, v) = bootstrap_env();
+    let (k, v) = bootstrap_env(BOOTSTRAP);
     let gate = Gate::start_env(&dir.path().join("gate"), &cfg, &rule, &[(k, &v)]);
     let mk = |role: &str| {
         let gate_url = gate.url("/admin/v1/tokens");
@@ -267,7 +259,7 @@ async fn credentials_in_clear_from_the_network_are_refused() {
     let addr = non_loopback_address();
     let admin_port = free_port();
     let cfg = format!("[admin]\nlisten = \"0.0.0.0:{admin_port}\"\n");
-    let (k, v) = bootstrap_env();
+    let (k, v) = bootstrap_env(BOOTSTRAP);
     let _gate = Gate::start_env(&dir.path().join("gate"), &cfg, "", &[(k, &v)]);
     // The same valid credential: accepted from loopback, refused over plain HTTP from the
     // network (it has crossed the wire in clear), and the refusal is audited.

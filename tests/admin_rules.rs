@@ -13,33 +13,15 @@ use common::*;
 
 const BOOTSTRAP: &str = "tg_bootstrap-for-rules";
 
-fn env_vars() -> Vec<(&'static str, String)> {
-    vec![(
-        "TOLLGATE_BOOTSTRAP_TOKEN_SHA256",
-        hex::encode(sha2::Sha256::digest(BOOTSTRAP.as_bytes())),
-    )]
-}
-
 fn start(dir: &std::path::Path, port: u16, allow: &str) -> Gate {
     let cfg = format!(
         "[limits]\nadmin_body_bytes = \"4KiB\"\n[pypi]\npage_ttl = \"1s\"\n[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:{port}/simple/\"\n"
     );
-    let vars = env_vars();
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Gate::start_env(dir, &cfg, allow, &vars)
+    Gate::start_admin(dir, &cfg, allow, BOOTSTRAP)
 }
 
 fn restart(dir: &std::path::Path) -> Gate {
-    let vars = env_vars();
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Gate::restart_env(dir, &vars)
-}
-
-struct Reply {
-    status: u16,
-    etag: Option<String>,
-    body: Value,
-    text: String,
+    Gate::restart_admin(dir, BOOTSTRAP)
 }
 
 async fn call(
@@ -49,28 +31,16 @@ async fn call(
     if_match: Option<&str>,
     body: Option<Value>,
 ) -> Reply {
-    let mut r = reqwest::Client::new()
-        .request(method.parse().unwrap(), gate.url(path))
-        .bearer_auth(BOOTSTRAP);
-    if let Some(m) = if_match {
-        r = r.header("If-Match", m);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let etag = resp
-        .headers()
-        .get("etag")
-        .map(|v| v.to_str().unwrap().to_string());
-    let text = resp.text().await.unwrap();
-    Reply {
-        status,
-        etag,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-    }
+    admin_request(
+        gate,
+        "127.0.0.1",
+        method,
+        path,
+        Some(BOOTSTRAP),
+        if_match,
+        body,
+    )
+    .await
 }
 
 async fn raw(gate: &Gate, method: &str, path: &str, body: &str) -> (u16, String) {

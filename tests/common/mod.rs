@@ -438,3 +438,76 @@ pub fn refused(out: &std::process::Output, why: &str) {
         show(out)
     );
 }
+
+/// The admin API's bootstrap credential for a test: the environment a gate needs to accept
+/// `secret` as an admin token (its SHA-256 in `TOLLGATE_BOOTSTRAP_TOKEN_SHA256`).
+pub fn bootstrap_env(secret: &str) -> (&'static str, String) {
+    use sha2::Digest as _;
+    (
+        "TOLLGATE_BOOTSTRAP_TOKEN_SHA256",
+        hex::encode(sha2::Sha256::digest(secret.as_bytes())),
+    )
+}
+
+impl Gate {
+    /// [`Gate::start`] with `secret` accepted as the bootstrap admin token.
+    pub fn start_admin(dir: &Path, config: &str, allowlist: &str, secret: &str) -> Gate {
+        let (k, v) = bootstrap_env(secret);
+        Gate::start_env(dir, config, allowlist, &[(k, &v)])
+    }
+
+    /// [`Gate::restart`] with `secret` accepted as the bootstrap admin token.
+    pub fn restart_admin(dir: &Path, secret: &str) -> Gate {
+        let (k, v) = bootstrap_env(secret);
+        Gate::restart_env(dir, &[(k, &v)])
+    }
+}
+
+/// An admin API answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub etag: Option<String>,
+    /// The body as JSON (`Null` when it is not JSON).
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+/// One admin API request from the loopback address `from` (the throttle counts per client),
+/// with an optional bearer token, `If-Match` and JSON body.
+pub async fn admin_request(
+    gate: &Gate,
+    from: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    if_match: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let c = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let mut r = c.request(method.parse().unwrap(), gate.url(path));
+    if let Some(t) = bearer {
+        r = r.bearer_auth(t);
+    }
+    if let Some(m) = if_match {
+        r = r.header("If-Match", m);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let etag = headers.get("etag").map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap();
+    Reply {
+        status,
+        headers,
+        etag,
+        body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        text,
+    }
+}
