@@ -95,6 +95,33 @@ fn client_of(req: &Request) -> (String, bool) {
     )
 }
 
+/// A credential that crossed the network in clear (no TLS, not from loopback): counted,
+/// throttled and audited as a failure; the caller refuses it and says so.
+async fn cleartext_credential(
+    st: &AppState,
+    client: &str,
+    loopback: bool,
+    now: i64,
+    path: &str,
+) -> bool {
+    if st.config.tls.is_some() || loopback {
+        return false;
+    }
+    st.metrics
+        .auth_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    st.throttle.fail(client, now);
+    audit_auth(
+        st,
+        client,
+        "auth_failed",
+        "credential sent over plain HTTP from a non-loopback address".into(),
+        path,
+    )
+    .await;
+    true
+}
+
 async fn audit_auth(st: &AppState, client: &str, reason: &str, detail: String, path: &str) {
     let ev = AuditEvent::about("auth", path.to_string(), None, None, client).deny(reason, detail);
     st.audit.record(ev).await;
@@ -119,20 +146,7 @@ async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    if header.is_some() && st.config.tls.is_none() && !loopback {
-        // The credential crossed the network in clear: refuse it and say so.
-        st.metrics
-            .auth_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        st.throttle.fail(&client, now);
-        audit_auth(
-            &st,
-            &client,
-            "auth_failed",
-            "credential sent over plain HTTP from a non-loopback address".into(),
-            &path,
-        )
-        .await;
+    if header.is_some() && cleartext_credential(&st, &client, loopback, now, &path).await {
         return JsonError(ApiError::Denied(
             "admin credentials are accepted over TLS, or over plain HTTP on loopback only".into(),
         ))
@@ -255,19 +269,7 @@ pub async fn pull_guard(State(st): State<Arc<AppState>>, req: Request, next: Nex
         }
         None => h.to_string(),
     });
-    if raw.is_some() && st.config.tls.is_none() && !loopback {
-        st.metrics
-            .auth_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        st.throttle.fail(&client, now);
-        audit_auth(
-            &st,
-            &client,
-            "auth_failed",
-            "credential sent over plain HTTP from a non-loopback address".into(),
-            &path,
-        )
-        .await;
+    if raw.is_some() && cleartext_credential(&st, &client, loopback, now, &path).await {
         return refuse(
             StatusCode::FORBIDDEN,
             "DENIED",

@@ -78,16 +78,7 @@ pub fn audit_verify(
         || crate::audit::archive::dir(&config.data_dir),
         std::path::Path::to_path_buf,
     );
-    let retired = config
-        .audit
-        .previous_public_keys
-        .iter()
-        .filter_map(|(_, pem, last)| {
-            crate::audit::checkpoint::VerifyKey::from_pem(pem)
-                .ok()
-                .map(|k| (k.id, *last))
-        })
-        .collect();
+    let retired = retired_keys(config);
     let given = crate::audit::verify::Given {
         keys,
         external,
@@ -182,16 +173,7 @@ pub fn audit_witness_init(config: &Config) -> i32 {
     };
     // Checked as verify checks it: retired keys' bounds, and the witness already there (a
     // genuine witness is never replaced by a checkpoint it disagrees with).
-    let retired = config
-        .audit
-        .previous_public_keys
-        .iter()
-        .filter_map(|(_, pem, last)| {
-            crate::audit::checkpoint::VerifyKey::from_pem(pem)
-                .ok()
-                .map(|k| (k.id, *last))
-        })
-        .collect();
+    let retired = retired_keys(config);
     let given = crate::audit::verify::Given {
         keys: keys.clone(),
         retired,
@@ -269,4 +251,18 @@ pub fn audit_public_key(config: &Config) -> i32 {
             1
         }
     }
+}
+
+/// The retired keys' ids and their `last_seq` bounds, from the configuration.
+fn retired_keys(config: &Config) -> Vec<(String, Option<u64>)> {
+    config
+        .audit
+        .previous_public_keys
+        .iter()
+        .filter_map(|(_, pem, last)| {
+            crate::audit::checkpoint::VerifyKey::from_pem(pem)
+                .ok()
+                .map(|k| (k.id, *last))
+        })
+        .collect()
 }

@@ -117,3 +117,19 @@ pub fn http_client(
     }
     b.build().map_err(|e| format!("{label}: {e}"))
 }
+
+/// Redirects followed per request, for every upstream (index pages, registries, blobs).
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Where a redirect answer points (its `Location` resolved against `from`), or why it cannot
+/// be followed. The caller checks the target against its origins before following it.
+pub fn redirect_target(
+    resp: &reqwest::Response,
+    from: &reqwest::Url,
+) -> Result<reqwest::Url, String> {
+    resp.headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| from.join(l).ok())
+        .ok_or_else(|| "redirect without a usable Location".to_string())
+}

@@ -25,7 +25,9 @@ use crate::policy::Sha256;
 use crate::store::Cache;
 
 mod http;
-pub use http::{http_client, install_crypto_provider, ip_is_private};
+pub use http::{
+    http_client, install_crypto_provider, ip_is_private, redirect_target, MAX_REDIRECTS,
+};
 
 /// How long the shared download waits for the first client to take a chunk.
 const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(30);

@@ -11,11 +11,11 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::config::{is_loopback_host, origin_listed, RegistryConfig};
-use crate::fetch::ip_is_private;
+use crate::fetch::{ip_is_private, redirect_target, MAX_REDIRECTS};
 
 /// Media types the gate accepts, in the order it asks for them.
 pub const MANIFEST_TYPES: [&str; 4] = [
@@ -24,7 +24,6 @@ pub const MANIFEST_TYPES: [&str; 4] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
-const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
@@ -341,17 +340,8 @@ impl RegistryClient {
             if !resp.status().is_redirection() {
                 return self.classify(resp);
             }
-            let next = resp
-                .headers()
-                .get(LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| resp.url().join(l).ok())
-                .ok_or_else(|| {
-                    RegistryError::Refused(
-                        name.clone(),
-                        "redirect without a usable Location".into(),
-                    )
-                })?;
+            let next = redirect_target(&resp, resp.url())
+                .map_err(|e| RegistryError::Refused(name.clone(), e))?;
             self.check_redirect(&next).await?;
             resp = self
                 .client

@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
-use tokio::io::AsyncWriteExt;
 
 use super::client::{RegistryClient, RegistryError};
 use super::documents::{is_index, ManifestDoc};
@@ -170,20 +169,10 @@ impl Oci {
 
     /// Bytes already checked against `digest`, into the content cache.
     pub(super) async fn cache_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<(), OciError> {
-        let mut temp = self
-            .fetcher
-            .cache
-            .temp_file()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        temp.file
-            .write_all(bytes)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let cached = self
             .fetcher
             .cache
-            .commit(temp, *digest.sha(), bytes.len() as u64, None)
+            .commit_bytes(*digest.sha(), bytes)
             .await
             .map_err(ApiError::from)?;
         if !cached {

@@ -21,7 +21,6 @@ use axum::response::Response;
 use reqwest::Url;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 /// METADATA extractions run at once.
 pub(super) const MAX_EXTRACTIONS: usize = 4;
@@ -293,19 +292,7 @@ impl Pypi {
             }
         };
         let md_sha = Sha256::of(&bytes);
-        let mut temp = self
-            .cache
-            .temp_file()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        temp.file
-            .write_all(&bytes)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let cached = self
-            .cache
-            .commit(temp, md_sha, bytes.len() as u64, None)
-            .await?;
+        let cached = self.cache.commit_bytes(md_sha, &bytes).await?;
         if cached {
             let store = self.store.clone();
             let (k, v) = (sha.hex(), md_sha.hex());

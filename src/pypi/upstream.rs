@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
 
 use super::page::{check_file_url, parse_html, parse_json, resolve_links, PageError, UpstreamFile};
@@ -17,7 +17,7 @@ use crate::policy::ProjectName;
 
 /// What the gate asks for: JSON first, HTML as the fallback (PEP 691).
 const PAGE_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1";
-const MAX_REDIRECTS: usize = 5;
+use crate::fetch::{redirect_target, MAX_REDIRECTS};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -117,17 +117,8 @@ impl Upstream {
                 status.is_success() || status == StatusCode::NOT_FOUND || status.is_redirection(),
             );
             if status.is_redirection() {
-                let next = resp
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .and_then(|l| url.join(l).ok())
-                    .ok_or_else(|| {
-                        UpstreamError::Redirect(
-                            name.clone(),
-                            "redirect without a usable Location".into(),
-                        )
-                    })?;
+                let next = redirect_target(&resp, &url)
+                    .map_err(|e| UpstreamError::Redirect(name.clone(), e))?;
                 allowed(&next).map_err(|e| UpstreamError::Redirect(name.clone(), e))?;
                 url = next;
                 continue;

@@ -266,6 +266,15 @@ impl Cache {
         self.min_free.store(bytes, Relaxed);
     }
 
+    /// Small bytes already checked against `sha` (a manifest, a METADATA file), into the
+    /// cache through a temp file; false when they were not kept (quota, disk floor).
+    pub async fn commit_bytes(&self, sha: Sha256, bytes: &[u8]) -> Result<bool, StoreError> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut temp = self.temp_file().await?;
+        temp.file.write_all(bytes).await?;
+        self.commit(temp, sha, bytes.len() as u64, None).await
+    }
+
     /// Moves a verified temp file into the cache. The caller has checked its hash. Makes room
     /// by evicting least-recently-used files; a file larger than the whole quota is not kept.
     pub async fn commit(
