@@ -137,15 +137,20 @@ fn a_damaged_store_is_a_clear_error_not_a_panic() {
 
 /// Stops the gate as an orchestrator does (SIGTERM) and waits for it to exit, so its last
 /// checkpoint and folded denials are written.
+/// SIGTERM, and wait for the gate to finish: up to its shutdown grace (20 s, for connections
+/// still open) and a margin.
 fn stop_gracefully(gate: &mut Gate) {
     gate.proc.signal("TERM");
-    for _ in 0..100 {
+    for _ in 0..300 {
         if gate.proc.child.try_wait().unwrap().is_some() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    panic!("the gate did not stop on SIGTERM");
+    panic!(
+        "the gate did not stop on SIGTERM; its log:\n{}",
+        gate.proc.log_text()
+    );
 }
 
 /// An Ed25519 key in `dir` (outside any data_dir), as `openssl genpkey` writes it.
@@ -518,6 +523,8 @@ async fn retention_archives_prunes_and_the_chain_still_verifies() {
         .text()
         .await
         .unwrap();
+    // No idle connection of ours for the shutdown to wait on.
+    drop(c);
     stop_gracefully(&mut gate);
     let archive: Vec<_> = std::fs::read_dir(dir.join("data/audit-archive"))
         .unwrap()

@@ -5,6 +5,7 @@
 use super::client::RegistryClient;
 use super::documents::{is_index, ManifestDoc};
 use super::service::{denied, key, Oci};
+use super::{ARTIFACTS, CHILDREN};
 use crate::audit::AuditEvent;
 use crate::conn::Client;
 use crate::error::{ApiError, OciCode, OciError};
@@ -12,7 +13,6 @@ use crate::loader::LoadedPolicy;
 use crate::policy::oci::{
     check_tag, decide_image, rule_for, Digest, Evidence, ImageDeny, ImageRule, Repository, Tag,
 };
-use crate::store::{ARTIFACTS, CHILDREN};
 
 /// The answer to "may this image run?" (`/api/v1/verify`, admission).
 #[derive(Debug, Clone, serde::Serialize)]

@@ -13,6 +13,7 @@ use super::client::{RegistryClient, RegistryError};
 use super::documents::{artifact_subject, is_cosign_artifact, manifest_media_type, next_page_last};
 use super::links::{BlobRef, ManifestRecord};
 use super::service::{key, lock, read_upstream, registry_error, Oci};
+use super::{ARTIFACT_BLOBS, BLOBREFS, MANIFESTS};
 use crate::audit::AuditEvent;
 use crate::conn::Client;
 use crate::error::{ApiError, OciCode, OciError};
@@ -20,7 +21,6 @@ use crate::fetch::{Failure, Job};
 use crate::loader::LoadedPolicy;
 use crate::policy::oci::{check_tag, Digest, ImageDeny, Repository, Tag};
 use crate::policy::Sha256;
-use crate::store::{ARTIFACT_BLOBS, BLOBREFS, MANIFESTS};
 
 pub(super) static DOCKER_CONTENT_DIGEST: HeaderName =
     HeaderName::from_static("docker-content-digest");

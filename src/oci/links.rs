@@ -9,11 +9,11 @@ use super::client::{RegistryClient, RegistryError};
 use super::documents::{is_index, ManifestDoc};
 use super::endpoints::DOCKER_CONTENT_DIGEST;
 use super::service::{key, lock, read_upstream, registry_error, Oci};
+use super::{ARTIFACTS, ARTIFACT_BLOBS, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
 use crate::error::{ApiError, OciCode, OciError};
 use crate::policy::oci::{Digest, ImageRule, Repository, Tag};
 use crate::policy::Sha256;
 use crate::store::cache::now_secs;
-use crate::store::{ARTIFACTS, ARTIFACT_BLOBS, BLOBREFS, CHILDREN, MANIFESTS, TAGS};
 
 /// What the gate knows of a verified manifest (its bytes are in the cache under its digest).
 #[derive(Debug, Clone, Serialize, Deserialize)]

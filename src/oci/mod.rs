@@ -149,6 +149,36 @@ async fn handle(
     }
 }
 
+/// The pull gate's tables in the store.
+use crate::store::Table;
+
+/// Verified manifests: digest → media type and size (bytes in the cache).
+pub const MANIFESTS: Table = Table::new("manifests");
+/// `{repository}|{child digest}` → the index digests that list it.
+pub const CHILDREN: Table = Table::new("children");
+/// `{repository}|{blob digest}` → size and the manifests that reference it.
+pub const BLOBREFS: Table = Table::new("blobrefs");
+/// `{repository}|{tag}` → the digest it last resolved to, and when.
+pub const TAGS: Table = Table::new("tags");
+
+/// `{repository}|{artifact digest}` → the image digest a `.sig`/`.att` artifact belongs to.
+pub const ARTIFACTS: Table = Table::new("artifacts");
+
+/// `{repository}|{blob digest}` → the signature-artifact manifests whose payload it is, with
+/// the size each declares: blobs read, parsed and cached as signatures, attestations or
+/// bundles, never as image layers.
+pub const ARTIFACT_BLOBS: Table = Table::new("artifact_blobs");
+
+/// Every table of this gate, created at its construction.
+pub const TABLES: [Table; 6] = [
+    MANIFESTS,
+    CHILDREN,
+    BLOBREFS,
+    TAGS,
+    ARTIFACTS,
+    ARTIFACT_BLOBS,
+];
+
 #[cfg(test)]
 mod tests {
     use super::split;

@@ -107,6 +107,7 @@ impl Oci {
         metrics: Arc<Metrics>,
         audit: Audit,
     ) -> Result<Oci, String> {
+        store.ensure(&super::TABLES).map_err(|e| e.to_string())?;
         let registries = config
             .oci
             .registries

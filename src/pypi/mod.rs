@@ -145,3 +145,18 @@ async fn file(
         .file(&lp, &name, sha, &filename, head, req.headers(), &client)
         .await
 }
+
+/// The index's tables in the store.
+use crate::store::Table;
+
+/// First-sight pins of release rules: `{project}/{filename}` → `Pin`.
+pub const PINS: Table = Table::new("pins");
+/// Hashes the gate computed for files whose upstream declared none: file URL → `Observed`.
+pub const OBSERVED: Table = Table::new("observed");
+/// The last good upstream page per `{index}/{project}`, served stale when the upstream is down.
+pub const PAGES: Table = Table::new("pages");
+/// Wheel sha256 → sha256 of its METADATA file (itself in the cache).
+pub const METADATA: Table = Table::new("metadata");
+
+/// Every table of this gate, created at its construction.
+pub const TABLES: [Table; 4] = [PINS, OBSERVED, PAGES, METADATA];

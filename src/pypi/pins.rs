@@ -5,11 +5,11 @@
 use super::hashing;
 use super::page::UpstreamFile;
 use super::service::{lock, Pypi, MAX_REMEMBERED_REFUSALS};
+use super::{OBSERVED, PINS};
 use crate::error::ApiError;
 use crate::policy::decide::{self, Pin};
 use crate::policy::{DistFilename, Policy, ProjectName, ProjectRules, Sha256};
 use crate::store::cache::now_secs;
-use crate::store::{OBSERVED, PINS};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 

@@ -70,6 +70,7 @@ impl Pypi {
         metrics: Arc<Metrics>,
         audit: Audit,
     ) -> Result<Pypi, String> {
+        store.ensure(&super::TABLES).map_err(|e| e.to_string())?;
         let mut upstreams = HashMap::new();
         for idx in &config.pypi.indexes {
             upstreams.insert(

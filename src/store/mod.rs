@@ -48,33 +48,8 @@ from_redb!(
     redb::CommitError
 );
 
-/// First-sight pins of release rules: `{project}/{filename}` → `Pin`.
-pub const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
-/// Hashes the gate computed for files whose upstream declared none: file URL → `Observed`.
-pub const OBSERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("observed");
-/// The last good upstream page per `{index}/{project}`, served stale when the upstream is down.
-pub const PAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("pages");
 /// Cache index: sha256 → `CacheRecord`.
 pub const CACHED: TableDefinition<&str, &[u8]> = TableDefinition::new("cached");
-/// Wheel sha256 → sha256 of its METADATA file (itself in the cache).
-pub const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
-
-/// Verified manifests: digest → media type and size (bytes in the cache).
-pub const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
-/// `{repository}|{child digest}` → the index digests that list it.
-pub const CHILDREN: TableDefinition<&str, &[u8]> = TableDefinition::new("children");
-/// `{repository}|{blob digest}` → size and the manifests that reference it.
-pub const BLOBREFS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobrefs");
-/// `{repository}|{tag}` → the digest it last resolved to, and when.
-pub const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
-
-/// `{repository}|{artifact digest}` → the image digest a `.sig`/`.att` artifact belongs to.
-pub const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
-
-/// `{repository}|{blob digest}` → the signature-artifact manifests whose payload it is, with
-/// the size each declares: blobs read, parsed and cached as signatures, attestations or
-/// bundles, never as image layers.
-pub const ARTIFACT_BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifact_blobs");
 
 /// Admin API tokens: id → `TokenRecord` (the secret only as its SHA-256).
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -96,23 +71,12 @@ pub const API_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("api_ru
 /// Pins revoked through the admin API: sha256 → `ApiRevocation`.
 pub const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 
-const TABLES: [TableDefinition<&str, &[u8]>; 15] = [
-    AUDIT_META,
-    ARTIFACTS,
-    ARTIFACT_BLOBS,
-    PINS,
-    OBSERVED,
-    PAGES,
-    CACHED,
-    METADATA,
-    MANIFESTS,
-    CHILDREN,
-    BLOBREFS,
-    TAGS,
-    TOKENS,
-    API_RULES,
-    REVOKED,
-];
+/// A table of string keys and byte values, as the gates declare theirs.
+pub type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// The store's own tables; each gate declares its tables and creates them with
+/// [`Store::ensure`] (the store names no gate).
+const TABLES: [Table; 5] = [AUDIT_META, CACHED, TOKENS, API_RULES, REVOKED];
 
 /// Free bytes (for an unprivileged writer) on the file system holding `path`; `None` when it
 /// cannot be asked.
@@ -409,6 +373,19 @@ impl Store {
                 tracing::error!(path = %self.path.display(), error = %e, "store could not be reopened after an I/O error; trying again on the next operation");
             }
         }
+    }
+
+    /// Creates `tables` if they are not there yet (a gate's tables, at its construction), so
+    /// that reading one before anything was written finds it empty.
+    pub fn ensure(&self, tables: &[Table]) -> Result<(), StoreError> {
+        self.run(|db| {
+            let w = db.begin_write()?;
+            for t in tables {
+                w.open_table(*t)?;
+            }
+            w.commit()?;
+            Ok(())
+        })
     }
 
     /// Whether the database is open (false after an I/O error it could not recover from yet,
