@@ -347,7 +347,7 @@ fn material(
         if let Some(path) = &config.trusted_root {
             match std::fs::read(path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| crate::verify::trust::TrustRoot::from_json(&b))
+                .and_then(|b| crate::verify::trust::TrustRoot::from_json(&b).map_err(String::from))
             {
                 Ok(root) => material.trust_root = Some(Arc::new(root)),
                 Err(e) => errors.push(LoadError {

@@ -6,6 +6,7 @@
 //! `sha256-<hex>.att` artifact whose layers are DSSE envelopes. Keyless ones add the Fulcio
 //! certificate, its chain and the Rekor entry as annotations.
 
+use super::VerifyError;
 use std::collections::BTreeMap;
 
 use base64::Engine;
@@ -34,27 +35,31 @@ pub struct SignatureLayer {
 impl SignatureLayer {
     /// The containers/image attachment format used in `dir:` layouts and the test vectors:
     /// `0x00 "sigstore-json\n"` then `{"mimeType","payload"(base64),"annotations"}`.
-    pub fn from_sigstore_json(bytes: &[u8]) -> Result<SignatureLayer, String> {
-        #[derive(Deserialize)]
-        struct Raw {
-            #[serde(rename = "mimeType")]
-            mime_type: String,
-            payload: String,
-            #[serde(default)]
-            annotations: BTreeMap<String, String>,
-        }
-        let json = bytes
-            .strip_prefix(b"\x00sigstore-json\n")
-            .ok_or("not a sigstore-json attachment")?;
-        let raw: Raw = serde_json::from_slice(json).map_err(|e| format!("attachment JSON: {e}"))?;
-        let payload = base64::engine::general_purpose::STANDARD
-            .decode(raw.payload)
-            .map_err(|_| "payload is not base64")?;
-        Ok(SignatureLayer {
-            media_type: raw.mime_type,
-            payload,
-            annotations: raw.annotations,
-        })
+    pub fn from_sigstore_json(bytes: &[u8]) -> Result<SignatureLayer, VerifyError> {
+        (|| -> Result<SignatureLayer, String> {
+            #[derive(Deserialize)]
+            struct Raw {
+                #[serde(rename = "mimeType")]
+                mime_type: String,
+                payload: String,
+                #[serde(default)]
+                annotations: BTreeMap<String, String>,
+            }
+            let json = bytes
+                .strip_prefix(b"\x00sigstore-json\n")
+                .ok_or("not a sigstore-json attachment")?;
+            let raw: Raw =
+                serde_json::from_slice(json).map_err(|e| format!("attachment JSON: {e}"))?;
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(raw.payload)
+                .map_err(|_| "payload is not base64")?;
+            Ok(SignatureLayer {
+                media_type: raw.mime_type,
+                payload,
+                annotations: raw.annotations,
+            })
+        })()
+        .map_err(VerifyError::Artifact)
     }
 }
 
@@ -68,14 +73,17 @@ pub struct TrustedKey {
 }
 
 impl TrustedKey {
-    pub fn from_pem(name: &str, pem: &str) -> Result<TrustedKey, String> {
-        let key = PublicKey::from_pem(pem)?;
-        let fingerprint = key.fingerprint();
-        Ok(TrustedKey {
-            name: name.to_string(),
-            key,
-            fingerprint,
-        })
+    pub fn from_pem(name: &str, pem: &str) -> Result<TrustedKey, VerifyError> {
+        (|| -> Result<TrustedKey, String> {
+            let key = PublicKey::from_pem(pem)?;
+            let fingerprint = key.fingerprint();
+            Ok(TrustedKey {
+                name: name.to_string(),
+                key,
+                fingerprint,
+            })
+        })()
+        .map_err(VerifyError::Key)
     }
 }
 

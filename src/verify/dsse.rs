@@ -2,6 +2,7 @@
 //! envelopes carry in cosign attestations and v3 bundles: the parts a rule reads. The
 //! envelope itself (and its pre-authentication encoding) is sigstore-verify's.
 
+use super::VerifyError;
 use serde::Deserialize;
 
 pub const IN_TOTO: &str = "application/vnd.in-toto+json";
@@ -16,37 +17,40 @@ pub struct Statement {
 
 /// Parses the statement of an envelope whose payload type is in-toto. A subject without a
 /// `name` is accepted (cosign v3 writes none for an image; the digest is what binds it).
-pub fn statement(payload_type: &str, payload: &[u8]) -> Result<Statement, String> {
-    #[derive(Deserialize)]
-    struct Raw {
-        #[serde(rename = "_type")]
-        kind: String,
-        #[serde(rename = "predicateType")]
-        predicate_type: String,
-        subject: Vec<Subject>,
-    }
-    #[derive(Deserialize)]
-    struct Subject {
-        digest: std::collections::BTreeMap<String, String>,
-    }
-    if payload_type != IN_TOTO {
-        return Err(format!(
-            "the envelope carries {payload_type:?}, not an in-toto statement"
-        ));
-    }
-    let raw: Raw =
-        serde_json::from_slice(payload).map_err(|e| format!("not an in-toto statement: {e}"))?;
-    if !raw.kind.starts_with("https://in-toto.io/Statement/") {
-        return Err(format!("unknown statement type {:?}", raw.kind));
-    }
-    Ok(Statement {
-        predicate_type: raw.predicate_type,
-        subjects: raw
-            .subject
-            .iter()
-            .filter_map(|s| s.digest.get("sha256").map(|h| h.to_ascii_lowercase()))
-            .collect(),
-    })
+pub fn statement(payload_type: &str, payload: &[u8]) -> Result<Statement, VerifyError> {
+    (|| -> Result<Statement, String> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(rename = "_type")]
+            kind: String,
+            #[serde(rename = "predicateType")]
+            predicate_type: String,
+            subject: Vec<Subject>,
+        }
+        #[derive(Deserialize)]
+        struct Subject {
+            digest: std::collections::BTreeMap<String, String>,
+        }
+        if payload_type != IN_TOTO {
+            return Err(format!(
+                "the envelope carries {payload_type:?}, not an in-toto statement"
+            ));
+        }
+        let raw: Raw = serde_json::from_slice(payload)
+            .map_err(|e| format!("not an in-toto statement: {e}"))?;
+        if !raw.kind.starts_with("https://in-toto.io/Statement/") {
+            return Err(format!("unknown statement type {:?}", raw.kind));
+        }
+        Ok(Statement {
+            predicate_type: raw.predicate_type,
+            subjects: raw
+                .subject
+                .iter()
+                .filter_map(|s| s.digest.get("sha256").map(|h| h.to_ascii_lowercase()))
+                .collect(),
+        })
+    })()
+    .map_err(VerifyError::Artifact)
 }
 
 #[cfg(test)]

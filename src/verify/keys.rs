@@ -2,6 +2,7 @@
 //! bits) and Ed25519, read from PEM `PUBLIC KEY` (SubjectPublicKeyInfo) and verified with
 //! sigstore-crypto, the cryptography sigstore-verify itself uses.
 
+use super::VerifyError;
 use sigstore_verify::crypto::{KeyAlgorithm, SigningScheme, VerificationKey};
 use sigstore_verify::types::{DerPublicKey, SignatureBytes};
 
@@ -29,45 +30,51 @@ impl std::fmt::Debug for PublicKey {
 
 impl PublicKey {
     /// Parses a PEM public key of one of the supported kinds.
-    pub fn from_pem(pem: &str) -> Result<PublicKey, String> {
+    pub fn from_pem(pem: &str) -> Result<PublicKey, VerifyError> {
         let der = DerPublicKey::from_pem(pem).map_err(|_| {
-            "not a PEM public key (-----BEGIN PUBLIC KEY-----, SubjectPublicKeyInfo)".to_string()
+            VerifyError::Key(
+                "not a PEM public key (-----BEGIN PUBLIC KEY-----, SubjectPublicKeyInfo)".into(),
+            )
         })?;
         Self::from_der(der.as_bytes())
     }
 
     /// Parses a DER SubjectPublicKeyInfo of one of the supported kinds.
-    pub fn from_der(der: &[u8]) -> Result<PublicKey, String> {
-        let der = DerPublicKey::new(der.to_vec());
-        let algorithm = KeyAlgorithm::from_spki(&der)
-            .map_err(|e| format!("not an ECDSA P-256/P-384, RSA or Ed25519 public key ({e})"))?;
-        if !matches!(
-            algorithm,
-            KeyAlgorithm::EcdsaP256
-                | KeyAlgorithm::EcdsaP384
-                | KeyAlgorithm::Rsa
-                | KeyAlgorithm::Ed25519
-        ) {
-            return Err(format!(
-                "{algorithm:?} keys are not accepted (ECDSA P-256/P-384, RSA or Ed25519)"
-            ));
-        }
-        let key = VerificationKey::from_spki(&der).map_err(|e| format!("unreadable key: {e}"))?;
-        // sigstore-crypto checks these when it verifies; checked here too, so a key that could
-        // never verify anything is a load error instead of a rule that silently admits nothing.
-        sigstore_verify::crypto::validate_raw_public_key(key.scheme(), key.as_bytes()).map_err(
-            |e| match algorithm {
-                KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => format!(
-                    "{e} (a compressed EC point: write the key uncompressed, as cosign does)"
-                ),
-                _ => e.to_string(),
-            },
-        )?;
-        Ok(PublicKey {
-            raw: key.as_bytes().to_vec(),
-            der,
-            algorithm,
-        })
+    pub fn from_der(der: &[u8]) -> Result<PublicKey, VerifyError> {
+        (|| -> Result<PublicKey, String> {
+            let der = DerPublicKey::new(der.to_vec());
+            let algorithm = KeyAlgorithm::from_spki(&der).map_err(|e| {
+                format!("not an ECDSA P-256/P-384, RSA or Ed25519 public key ({e})")
+            })?;
+            if !matches!(
+                algorithm,
+                KeyAlgorithm::EcdsaP256
+                    | KeyAlgorithm::EcdsaP384
+                    | KeyAlgorithm::Rsa
+                    | KeyAlgorithm::Ed25519
+            ) {
+                return Err(format!(
+                    "{algorithm:?} keys are not accepted (ECDSA P-256/P-384, RSA or Ed25519)"
+                ));
+            }
+            let key =
+                VerificationKey::from_spki(&der).map_err(|e| format!("unreadable key: {e}"))?;
+            // sigstore-crypto checks these when it verifies; checked here too, so a key that could
+            // never verify anything is a load error instead of a rule that silently admits nothing.
+            sigstore_verify::crypto::validate_raw_public_key(key.scheme(), key.as_bytes())
+                .map_err(|e| match algorithm {
+                    KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => format!(
+                        "{e} (a compressed EC point: write the key uncompressed, as cosign does)"
+                    ),
+                    _ => e.to_string(),
+                })?;
+            Ok(PublicKey {
+                raw: key.as_bytes().to_vec(),
+                der,
+                algorithm,
+            })
+        })()
+        .map_err(VerifyError::Key)
     }
 
     pub fn kind(&self) -> &'static str {
@@ -176,7 +183,8 @@ mod tests {
         compressed.push(if point[64] % 2 == 0 { 2 } else { 3 });
         compressed.extend_from_slice(&point[1..33]);
         let err = PublicKey::from_pem(&pem(&compressed)).unwrap_err();
-        assert!(err.contains("compressed"), "{err}");
+        assert!(err.to_string().contains("compressed"), "{err}");
+        assert!(matches!(err, crate::verify::VerifyError::Key(_)));
     }
 
     /// A P-384 key and its ECDSA signature over "payload" with SHA-256, made by

@@ -12,6 +12,7 @@
 //! - the signature (annotation `dev.cosignproject.cosign/signature` over the layer's bytes, or
 //!   the DSSE envelope that is the layer), becoming `messageSignature` or `dsseEnvelope`.
 
+use super::VerifyError;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -143,48 +144,51 @@ pub fn bundle(
     content: Content<'_>,
     annotations: &std::collections::BTreeMap<String, String>,
     material: Material,
-) -> Result<Bundle, String> {
-    let (mut material, hash) = match material {
-        Material::Certificate => {
-            let Some(chain) = certificates(annotations)? else {
-                return Err("the signature carries no certificate".into());
-            };
-            if !annotations.contains_key(BUNDLE_ANNOTATION) {
-                // cosign refuses these too (unless told to ignore the log): nothing dates the
-                // ten-minute certificate, so any signature made with its key would pass.
-                return Err("certificate-signed, but without a transparency-log entry".into());
+) -> Result<Bundle, VerifyError> {
+    (|| -> Result<Bundle, String> {
+        let (mut material, hash) = match material {
+            Material::Certificate => {
+                let Some(chain) = certificates(annotations)? else {
+                    return Err("the signature carries no certificate".into());
+                };
+                if !annotations.contains_key(BUNDLE_ANNOTATION) {
+                    // cosign refuses these too (unless told to ignore the log): nothing dates the
+                    // ten-minute certificate, so any signature made with its key would pass.
+                    return Err("certificate-signed, but without a transparency-log entry".into());
+                }
+                (
+                    json!({"x509CertificateChain": {"certificates":
+                        chain.iter().map(|d| json!({"rawBytes": b64(d)})).collect::<Vec<_>>()}}),
+                    Hash::Sha256,
+                )
             }
-            (
-                json!({"x509CertificateChain": {"certificates":
-                    chain.iter().map(|d| json!({"rawBytes": b64(d)})).collect::<Vec<_>>()}}),
-                Hash::Sha256,
-            )
+            Material::Key(hash) => (json!({"publicKey": {"hint": ""}}), hash),
+        };
+        let entries = match annotations.get(BUNDLE_ANNOTATION) {
+            Some(a) => vec![tlog_entry(a)?],
+            None => Vec::new(),
+        };
+        material["tlogEntries"] = Value::Array(entries);
+        let mut bundle = json!({"mediaType": BUNDLE_V01, "verificationMaterial": material});
+        match content {
+            Content::Message { payload, sig } => {
+                use sha2::Digest as _;
+                // The digest the signature was made over, so the library checks the same pairing
+                // (cosign: SHA-256 whatever the key; Sigstore's P-384: SHA-384).
+                let (algorithm, digest) = match hash {
+                    Hash::Sha256 => ("SHA2_256", sha2::Sha256::digest(payload).to_vec()),
+                    Hash::Sha384 => ("SHA2_384", sha2::Sha384::digest(payload).to_vec()),
+                };
+                bundle["messageSignature"] = json!({
+                    "messageDigest": {"algorithm": algorithm, "digest": b64(&digest)},
+                    "signature": b64(sig),
+                });
+            }
+            Content::Dsse(env) => bundle["dsseEnvelope"] = env.clone(),
         }
-        Material::Key(hash) => (json!({"publicKey": {"hint": ""}}), hash),
-    };
-    let entries = match annotations.get(BUNDLE_ANNOTATION) {
-        Some(a) => vec![tlog_entry(a)?],
-        None => Vec::new(),
-    };
-    material["tlogEntries"] = Value::Array(entries);
-    let mut bundle = json!({"mediaType": BUNDLE_V01, "verificationMaterial": material});
-    match content {
-        Content::Message { payload, sig } => {
-            use sha2::Digest as _;
-            // The digest the signature was made over, so the library checks the same pairing
-            // (cosign: SHA-256 whatever the key; Sigstore's P-384: SHA-384).
-            let (algorithm, digest) = match hash {
-                Hash::Sha256 => ("SHA2_256", sha2::Sha256::digest(payload).to_vec()),
-                Hash::Sha384 => ("SHA2_384", sha2::Sha384::digest(payload).to_vec()),
-            };
-            bundle["messageSignature"] = json!({
-                "messageDigest": {"algorithm": algorithm, "digest": b64(&digest)},
-                "signature": b64(sig),
-            });
-        }
-        Content::Dsse(env) => bundle["dsseEnvelope"] = env.clone(),
-    }
-    Bundle::from_json(&bundle.to_string()).map_err(|e| format!("the signature's material: {e}"))
+        Bundle::from_json(&bundle.to_string()).map_err(|e| format!("the signature's material: {e}"))
+    })()
+    .map_err(VerifyError::Artifact)
 }
 
 /// A DER certificate's e-mail and URI subject alternative names: Fulcio certifies exactly one

@@ -184,7 +184,8 @@ impl Signed<'_> {
                 content,
                 annotations,
             } => legacy::bundle(*content, annotations, legacy::Material::Certificate)
-                .map(std::borrow::Cow::Owned),
+                .map(std::borrow::Cow::Owned)
+                .map_err(String::from),
             Source::Bundle(b) => Ok(std::borrow::Cow::Borrowed(b)),
         }
     }
@@ -200,7 +201,8 @@ impl Signed<'_> {
                 content,
                 annotations,
             } => legacy::bundle(*content, annotations, legacy::Material::Key(hash))
-                .map(std::borrow::Cow::Owned),
+                .map(std::borrow::Cow::Owned)
+                .map_err(String::from),
             Source::Bundle(b) => Ok(std::borrow::Cow::Borrowed(b)),
         })
     }
@@ -392,7 +394,9 @@ impl Collector<'_> {
                     .map_err(|e| e.to_string())
             })
             .and_then(|(v, env)| {
-                statement(&env.payload_type, env.payload.as_bytes()).map(|st| (v, env, st))
+                statement(&env.payload_type, env.payload.as_bytes())
+                    .map(|st| (v, env, st))
+                    .map_err(String::from)
             });
         let (json, env, st) = match parsed {
             Ok(p) => p,
@@ -449,7 +453,7 @@ impl Collector<'_> {
                 self.out.unreadable_bundles += 1;
                 self.out
                     .problems
-                    .insert(format!("a bundle's envelope: {}", cut(&e)));
+                    .insert(format!("a bundle's envelope: {}", cut(&e.to_string())));
                 return;
             }
         };

@@ -4,6 +4,7 @@
 //! it was valid for. Read from a file, never fetched (the gate runs offline); sigstore-verify
 //! reads and validates it, once, when the policy is loaded.
 
+use super::VerifyError;
 use sigstore_verify::trust_root::{
     TrustedRoot, SIGSTORE_PRODUCTION_TRUSTED_ROOT, SIGSTORE_STAGING_TRUSTED_ROOT,
 };
@@ -30,38 +31,43 @@ impl std::fmt::Debug for TrustRoot {
 impl TrustRoot {
     /// Parses a trusted root. Anything unreadable in it is an error: a partly read root could
     /// silently drop the CA or log an operator relies on.
-    pub fn from_json(bytes: &[u8]) -> Result<TrustRoot, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 JSON".to_string())?;
-        // sigstore-verify takes any media type; a file that is something else entirely (a
-        // bundle, a TUF root) must not pass as an empty root.
-        let media_type = serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|e| format!("not JSON: {e}"))?
-            .get("mediaType")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string);
-        if !media_type
-            .as_deref()
-            .is_some_and(|m| m.starts_with("application/vnd.dev.sigstore.trustedroot"))
-        {
-            return Err("mediaType is not application/vnd.dev.sigstore.trustedroot+json".into());
-        }
-        let root = TrustedRoot::from_json(text).map_err(|e| e.to_string())?;
-        if root.certificate_authorities.is_empty() && root.tlogs.is_empty() {
-            return Err("it lists no certificate authority and no transparency log".into());
-        }
-        let verifier = Verifier::new(&root).map_err(|e| e.to_string())?;
-        Ok(TrustRoot {
-            verifier,
-            cas: root.certificate_authorities.len(),
-            tlogs: root.tlogs.len(),
-            ctlogs: root.ctlogs.len(),
-            tsas: root.timestamp_authorities.len(),
-        })
+    pub fn from_json(bytes: &[u8]) -> Result<TrustRoot, VerifyError> {
+        (|| -> Result<TrustRoot, String> {
+            let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 JSON".to_string())?;
+            // sigstore-verify takes any media type; a file that is something else entirely (a
+            // bundle, a TUF root) must not pass as an empty root.
+            let media_type = serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| format!("not JSON: {e}"))?
+                .get("mediaType")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string);
+            if !media_type
+                .as_deref()
+                .is_some_and(|m| m.starts_with("application/vnd.dev.sigstore.trustedroot"))
+            {
+                return Err(
+                    "mediaType is not application/vnd.dev.sigstore.trustedroot+json".into(),
+                );
+            }
+            let root = TrustedRoot::from_json(text).map_err(|e| e.to_string())?;
+            if root.certificate_authorities.is_empty() && root.tlogs.is_empty() {
+                return Err("it lists no certificate authority and no transparency log".into());
+            }
+            let verifier = Verifier::new(&root).map_err(|e| e.to_string())?;
+            Ok(TrustRoot {
+                verifier,
+                cas: root.certificate_authorities.len(),
+                tlogs: root.tlogs.len(),
+                ctlogs: root.ctlogs.len(),
+                tsas: root.timestamp_authorities.len(),
+            })
+        })()
+        .map_err(VerifyError::TrustRoot)
     }
 
     /// The Sigstore public-good root (or its staging instance) as sigstore-verify embedded it
     /// when tollgate was built: never fetched.
-    pub fn embedded(staging: bool) -> Result<TrustRoot, String> {
+    pub fn embedded(staging: bool) -> Result<TrustRoot, VerifyError> {
         let json = if staging {
             SIGSTORE_STAGING_TRUSTED_ROOT
         } else {
