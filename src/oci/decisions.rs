@@ -10,6 +10,7 @@ use crate::audit::AuditEvent;
 use crate::conn::Client;
 use crate::error::{ApiError, OciCode, OciError};
 use crate::loader::LoadedPolicy;
+use crate::policy::oci::ImageAllowed;
 use crate::policy::oci::{
     check_tag, decide_image, rule_for, Digest, Evidence, ImageDeny, ImageRule, Repository, Tag,
 };
@@ -85,7 +86,7 @@ impl Oci {
         repo: &Repository,
         digest: &Digest,
         tag: Option<&Tag>,
-    ) -> Result<Result<&'static str, ImageDeny>, OciError> {
+    ) -> Result<Result<ImageAllowed, ImageDeny>, OciError> {
         self.decide_with(lp, reg, rule, repo, digest, tag, true)
             .await
     }
@@ -103,9 +104,15 @@ impl Oci {
         digest: &Digest,
         tag: Option<&Tag>,
         artifacts: bool,
-    ) -> Result<Result<&'static str, ImageDeny>, OciError> {
+    ) -> Result<Result<ImageAllowed, ImageDeny>, OciError> {
         // The audit's allow reason: what admitted it.
-        let kind = |ev: &Evidence| if ev.pinned { "pinned_digest" } else { "signed" };
+        let kind = |ev: &Evidence| {
+            if ev.pinned {
+                ImageAllowed::PinnedDigest
+            } else {
+                ImageAllowed::Signed
+            }
+        };
         let own = self.evidence(lp, reg, rule, repo, digest).await?;
         let first = match decide_image(rule, repo, digest, tag, &own) {
             Ok(()) => return Ok(Ok(kind(&own))),
@@ -126,7 +133,7 @@ impl Oci {
                     match Box::pin(self.decide_with(lp, reg, rule, repo, &subject, None, false))
                         .await?
                     {
-                        Ok(_) => Ok("artifact_of_admitted"),
+                        Ok(_) => Ok(ImageAllowed::ArtifactOfAdmitted),
                         Err(d) => Err(d),
                     },
                 );
@@ -175,7 +182,7 @@ impl Oci {
         repo: &Repository,
         digest: &Digest,
         tag: Option<&Tag>,
-    ) -> Result<Result<&'static str, ImageDeny>, OciError> {
+    ) -> Result<Result<ImageAllowed, ImageDeny>, OciError> {
         let kind = match self
             .decide_with(lp, reg, rule, repo, digest, tag, false)
             .await?
@@ -297,7 +304,7 @@ impl Oci {
                     &repo,
                     artifact,
                     Some(&digest),
-                    Ok((kind, rule)),
+                    Ok((kind.reason(), rule)),
                     client,
                 )
                 .await;
@@ -306,7 +313,11 @@ impl Oci {
                     allowed: true,
                     repository: Some(repo.to_string()),
                     digest: Some(digest.to_string()),
-                    reasons: vec![format!("admitted by the rule at {} ({kind})", rule.source)],
+                    reasons: vec![format!(
+                        "admitted by the rule at {} ({})",
+                        rule.source,
+                        kind.reason()
+                    )],
                 })
             }
             Err(d) => {

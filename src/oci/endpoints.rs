@@ -19,6 +19,7 @@ use crate::conn::Client;
 use crate::error::{ApiError, OciCode, OciError};
 use crate::fetch::{Failure, Job};
 use crate::loader::LoadedPolicy;
+use crate::policy::oci::ImageAllowed;
 use crate::policy::oci::{check_tag, Digest, ImageDeny, Repository, Tag};
 use crate::policy::Sha256;
 
@@ -129,7 +130,7 @@ impl Oci {
         };
         // An image's manifest vouches for its blobs; an artifact's was admitted with its
         // payloads and vouches for nothing else.
-        let rec = if admitted_as == "artifact_of_admitted" {
+        let rec = if admitted_as == ImageAllowed::ArtifactOfAdmitted {
             self.fetch_manifest(reg, repo, &digest).await?.0
         } else {
             self.verified_manifest(reg, repo, &digest).await?
@@ -139,7 +140,7 @@ impl Oci {
             repo,
             artifact,
             Some(&digest),
-            Ok((admitted_as, rule)),
+            Ok((admitted_as.reason(), rule)),
             client,
         )
         .await;
@@ -302,7 +303,7 @@ impl Oci {
                     self.decide(lp, reg, rule, repo, &m, None)
                         .await?
                         .ok()
-                        .filter(|k| *k == "artifact_of_admitted")
+                        .filter(|k| *k == ImageAllowed::ArtifactOfAdmitted)
                 } else {
                     // An image manifest, decided as one (a signature-artifact link never
                     // admits the blobs it lists, whatever an older version recorded).
@@ -334,7 +335,7 @@ impl Oci {
             repo,
             None,
             Some(&digest),
-            Ok((admitted_as, rule)),
+            Ok((admitted_as.reason(), rule)),
             client,
         )
         .await;

@@ -16,6 +16,7 @@ use super::links::ManifestRecord;
 use super::service::{lock, read_upstream, registry_error, Oci};
 use crate::error::{ApiError, OciCode, OciError};
 use crate::loader::LoadedPolicy;
+use crate::policy::oci::ImageAllowed;
 use crate::policy::oci::{Digest, Evidence, ImageRule, Repository, Require};
 use crate::policy::Sha256;
 use crate::store::cache::now_secs;
@@ -633,7 +634,7 @@ impl Oci {
         repo: &Repository,
         digest: &Digest,
         by_digest: bool,
-    ) -> Result<Option<&'static str>, OciError> {
+    ) -> Result<Option<ImageAllowed>, OciError> {
         if !by_digest {
             return Ok(None);
         }
@@ -666,7 +667,7 @@ impl Oci {
                     return Ok(None);
                 }
                 self.record_artifact(repo, digest, &subject).await?;
-                Ok(Some("artifact_of_admitted"))
+                Ok(Some(ImageAllowed::ArtifactOfAdmitted))
             }
             Err(_) => Ok(None),
         }

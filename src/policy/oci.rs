@@ -431,6 +431,28 @@ pub enum Require {
     Any,
 }
 
+/// Why an image manifest was admitted (the audit entry's reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageAllowed {
+    /// Its digest is pinned by the rule.
+    PinnedDigest,
+    /// Its signatures (and attestations) satisfy the rule.
+    Signed,
+    /// A signature or attestation artifact of an admitted image, served so downstream
+    /// verifiers work through the gate.
+    ArtifactOfAdmitted,
+}
+
+impl ImageAllowed {
+    pub fn reason(self) -> &'static str {
+        match self {
+            ImageAllowed::PinnedDigest => "pinned_digest",
+            ImageAllowed::Signed => "signed",
+            ImageAllowed::ArtifactOfAdmitted => "artifact_of_admitted",
+        }
+    }
+}
+
 /// What the pull path found out about one manifest digest, for [`decide_image`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evidence {
