@@ -38,6 +38,15 @@ use policy::allowlist::LoadError;
 use pypi::service::Pypi;
 use store::{Cache, Store};
 
+/// One request as a gate decides and serves it: the policy it took when it arrived, who asked,
+/// whether it is a HEAD, and its headers (conditional and range requests).
+pub struct Ask<'a> {
+    pub policy: &'a LoadedPolicy,
+    pub client: &'a conn::Client,
+    pub head: bool,
+    pub headers: &'a axum::http::HeaderMap,
+}
+
 /// Longest request target accepted; longer ones get 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 

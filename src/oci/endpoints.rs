@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, HeaderName, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
@@ -45,13 +45,12 @@ impl Oci {
     /// `GET/HEAD /v2/<name>/manifests/<reference>`.
     pub async fn manifest(
         &self,
-        lp: &LoadedPolicy,
+        ask: &crate::Ask<'_>,
         reg: &RegistryClient,
         repo: &Repository,
         reference: Reference,
-        head: bool,
-        client: &Client,
     ) -> Result<Response, OciError> {
+        let (lp, head, client) = (ask.policy, ask.head, ask.client);
         let action = "oci.manifest";
         let rule = match Self::rule(lp, repo) {
             Ok(r) => r,
@@ -271,14 +270,12 @@ impl Oci {
     #[allow(clippy::too_many_arguments)]
     pub async fn blob(
         &self,
-        lp: &LoadedPolicy,
+        ask: &crate::Ask<'_>,
         reg: &Arc<RegistryClient>,
         repo: &Repository,
         digest: Digest,
-        head: bool,
-        headers: &HeaderMap,
-        client: &Client,
     ) -> Result<Response, OciError> {
+        let (lp, head, headers, client) = (ask.policy, ask.head, ask.headers, ask.client);
         let action = "oci.blob";
         let rule = match Self::rule(lp, repo) {
             Ok(r) => r,

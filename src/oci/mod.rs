@@ -102,6 +102,12 @@ async fn handle(
     let (reg, repo) = st.oci.resolve(name, q.ns.as_deref())?;
     let lp = st.policy();
     let head = req.method == Method::HEAD;
+    let ask = crate::Ask {
+        policy: &lp,
+        client: &client,
+        head,
+        headers: &req.headers,
+    };
     match kind {
         "manifests" => {
             let reference = if reference.starts_with("sha256:") || reference.contains(':') {
@@ -113,17 +119,13 @@ async fn handle(
                     OciError::Coded(OciCode::TagInvalid, ApiError::BadRequest(e.to_string()))
                 })?)
             };
-            st.oci
-                .manifest(&lp, &reg, &repo, reference, head, &client)
-                .await
+            st.oci.manifest(&ask, &reg, &repo, reference).await
         }
         "blobs" => {
             let digest = Digest::parse(reference).map_err(|e| {
                 OciError::Coded(OciCode::DigestInvalid, ApiError::BadRequest(e.to_string()))
             })?;
-            st.oci
-                .blob(&lp, &reg, &repo, digest, head, &req.headers, &client)
-                .await
+            st.oci.blob(&ask, &reg, &repo, digest).await
         }
         "referrers" => {
             let digest = Digest::parse(reference).map_err(|e| {

@@ -81,14 +81,12 @@ impl Pypi {
     #[allow(clippy::too_many_arguments)]
     pub async fn file(
         self: &Arc<Self>,
-        lp: &LoadedPolicy,
+        ask: &crate::Ask<'_>,
         project: &ProjectName,
         sha: Sha256,
         filename: &str,
-        head: bool,
-        headers: &HeaderMap,
-        client: &Client,
     ) -> Result<Response, ApiError> {
+        let (lp, head, headers, client) = (ask.policy, ask.head, ask.headers, ask.client);
         let (rules, _) = self
             .decide_file_request(lp, project, &sha, filename, "pypi.file", client)
             .await?;
@@ -206,13 +204,12 @@ impl Pypi {
     /// `….metadata` (PEP 658): the METADATA file of the verified wheel, never upstream bytes.
     pub async fn metadata(
         self: &Arc<Self>,
-        lp: &LoadedPolicy,
+        ask: &crate::Ask<'_>,
         project: &ProjectName,
         sha: Sha256,
         wheel_name: &str,
-        head: bool,
-        client: &Client,
     ) -> Result<Response, ApiError> {
+        let (lp, head, client) = (ask.policy, ask.head, ask.client);
         let (rules, dist) = self
             .decide_file_request(lp, project, &sha, wheel_name, "pypi.metadata", client)
             .await?;

@@ -135,15 +135,16 @@ async fn file(
     let head = req.method() == Method::HEAD;
     let lp = st.policy();
     let client = Client::of(&req);
+    let ask = crate::Ask {
+        policy: &lp,
+        client: &client,
+        head,
+        headers: req.headers(),
+    };
     if let Some(wheel) = filename.strip_suffix(".metadata") {
-        return st
-            .pypi
-            .metadata(&lp, &name, sha, wheel, head, &client)
-            .await;
+        return st.pypi.metadata(&ask, &name, sha, wheel).await;
     }
-    st.pypi
-        .file(&lp, &name, sha, &filename, head, req.headers(), &client)
-        .await
+    st.pypi.file(&ask, &name, sha, &filename).await
 }
 
 /// The index's tables in the store.
