@@ -20,22 +20,27 @@ fn tollgate(args: &[&str], config: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn edited_or_swapped_cache_files_are_never_served_and_are_fetched_again() {
-    let fx = Fixture::build();
-    let upstream = static_upstream(&fx.root(), fx.path("upstream.log"));
-    let (a, b) = ("demo_a-1.0-py3-none-any.whl", "demo_b-2.0-py3-none-any.whl");
+/// A gate on `upstream` with demo-a 1.0 and demo-b 2.0 pinned (one wheel each).
+fn two_pinned(fx: &Fixture, upstream: &Proc, dir: &std::path::Path) -> Gate {
     let allow = format!(
         "[[package]]\nname = \"demo-a\"\nversion = \"1.0\"\nsha256 = [\"{}\"]\n\n[[package]]\nname = \"demo-b\"\nversion = \"2.0\"\nsha256 = [\"{}\"]\n",
-        fx.sha(a),
-        fx.sha(b)
+        fx.sha("demo_a-1.0-py3-none-any.whl"),
+        fx.sha("demo_b-2.0-py3-none-any.whl")
     );
     let cfg = format!(
         "{CFG}[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:{}/simple/\"\n",
         upstream.port
     );
+    Gate::start(dir, &cfg, &allow)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edited_or_swapped_cache_files_are_never_served_and_are_fetched_again() {
+    let fx = Fixture::build();
+    let upstream = static_upstream(&fx.root(), fx.path("upstream.log"));
+    let (a, b) = ("demo_a-1.0-py3-none-any.whl", "demo_b-2.0-py3-none-any.whl");
     let dir = fx.path("gate");
-    let gate = Gate::start(&dir, &cfg, &allow);
+    let gate = two_pinned(&fx, &upstream, &dir);
     let req = requirements(
         fx.dir.path(),
         "r",
@@ -993,17 +998,8 @@ async fn a_cached_file_replaced_by_a_link_or_a_fifo_is_not_served() {
     let fx = Fixture::build();
     let upstream = static_upstream(&fx.root(), fx.path("upstream.log"));
     let (a, b) = ("demo_a-1.0-py3-none-any.whl", "demo_b-2.0-py3-none-any.whl");
-    let allow = format!(
-        "[[package]]\nname = \"demo-a\"\nversion = \"1.0\"\nsha256 = [\"{}\"]\n\n[[package]]\nname = \"demo-b\"\nversion = \"2.0\"\nsha256 = [\"{}\"]\n",
-        fx.sha(a),
-        fx.sha(b)
-    );
-    let cfg = format!(
-        "{CFG}[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:{}/simple/\"\n",
-        upstream.port
-    );
     let dir = fx.path("gate");
-    let gate = Gate::start(&dir, &cfg, &allow);
+    let gate = two_pinned(&fx, &upstream, &dir);
     let url = |project: &str, f: &str| gate.url(&format!("/files/{project}/{}/{f}", fx.sha(f)));
     let fetch = |u: String| async move {
         let r = tokio::time::timeout(std::time::Duration::from_secs(10), reqwest::get(u))

@@ -42,6 +42,14 @@ struct Window {
     folds: Vec<(String, Fold)>,
 }
 
+/// What [`Folder::sort`] did with an event.
+pub enum Sorted {
+    /// To be stored as an entry of its own.
+    Kept(AuditEvent),
+    /// Counted in a folded entry; given back to be logged.
+    Folded(AuditEvent),
+}
+
 pub struct Folder {
     /// What this folder folds: "deny", or "allow" (allowed requests are as cheap to flood with:
     /// any client may view an allowlisted page).
@@ -99,8 +107,17 @@ impl Folder {
     /// Counts a denial against its client's window: `Some` gives the event back to be stored
     /// as its own entry, `None` means it was folded (and will be written when the window ends).
     pub fn admit(&mut self, ev: AuditEvent) -> Option<AuditEvent> {
+        match self.sort(ev) {
+            Sorted::Kept(ev) => Some(ev),
+            Sorted::Folded(_) => None,
+        }
+    }
+
+    /// [`Folder::admit`], giving a folded event back for the log stream: the event is
+    /// copied only when it starts a new folded entry, not on every request.
+    pub fn sort(&mut self, ev: AuditEvent) -> Sorted {
         if !foldable(&ev, self.decision) {
-            return Some(ev);
+            return Sorted::Kept(ev);
         }
         let now = ev.time;
         if now >= self.all_start + self.window.max(ALL_CLIENTS_PERIOD) {
@@ -137,14 +154,14 @@ impl Folder {
             );
         }
         let Some(w) = self.clients.get_mut(&key) else {
-            return Some(ev);
+            return Sorted::Kept(ev);
         };
         w.denials += 1;
         // The "many clients" bucket folds from its first denial: its members each had no
         // allowance of their own.
         if w.denials <= self.max && key != MANY && !self.fold_all {
             self.all_kept += 1;
-            return Some(ev);
+            return Sorted::Kept(ev);
         }
         let sample = match &ev.artifact {
             Some(a) if key == MANY => format!("{} {} {}/{a}", ev.client, ev.action, ev.subject),
@@ -169,11 +186,11 @@ impl Folder {
                     first: now,
                     last: now,
                     samples: vec![sample],
-                    template: ev,
+                    template: ev.clone(),
                 },
             )),
         }
-        None
+        Sorted::Folded(ev)
     }
 
     /// The folded entries due at `now`: windows that ended, or every window (`None`, at

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::checkpoint::Signer;
-use super::fold::Folder;
+use super::fold::{Folder, Sorted};
 use super::{encode, fold_key, same_decision, AuditEntry, AuditEvent, ChangeFn, GENESIS};
 use crate::metrics::Metrics;
 use crate::store::cache::now_secs;
@@ -325,10 +325,13 @@ impl Writer {
             // the store stays bounded, and who asked for what stays attributable off the box
             // (a flood cannot hide a client's request among counts). Repeats of one decision
             // in the batch are one line with their count.
-            let copy = ev.clone();
-            match self.folder.admit(ev).and_then(|ev| self.allows.admit(ev)) {
-                Some(ev) => kept.push(ev),
-                None => {
+            let sorted = match self.folder.sort(ev) {
+                Sorted::Kept(ev) => self.allows.sort(ev),
+                folded => folded,
+            };
+            match sorted {
+                Sorted::Kept(ev) => kept.push(ev),
+                Sorted::Folded(copy) => {
                     self.metrics.audit_folded.fetch_add(1, Relaxed);
                     let full = folded_lines.len() >= MAX_FOLDED_LINES;
                     match folded_lines
