@@ -108,15 +108,42 @@ impl From<crate::store::StoreError> for JsonError {
     }
 }
 
+/// `{"error": "…"}`: the body of a refusal on the JSON routes (admin, admission, `/verify`).
+#[derive(serde::Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'a str,
+}
+
+/// The distribution spec's error body (`{"errors":[{"code","message"}]}`), one error.
+#[derive(serde::Serialize)]
+pub struct OciErrorBody<'a> {
+    errors: [OciErrorItem<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+struct OciErrorItem<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl<'a> OciErrorBody<'a> {
+    pub fn one(code: &'a str, message: &'a str) -> Self {
+        OciErrorBody {
+            errors: [OciErrorItem { code, message }],
+        }
+    }
+}
+
+/// A body for an error answer; these types cannot fail to serialize.
+fn json_text<T: serde::Serialize>(body: &T) -> String {
+    serde_json::to_string(body).unwrap_or_else(|_| "{}".into())
+}
+
 impl IntoResponse for JsonError {
     fn into_response(self) -> Response {
         let (status, message) = self.0.public();
-        let json = serde_json::json!({ "error": message });
-        finish(
-            (status, json.to_string()).into_response(),
-            status,
-            "application/json",
-        )
+        let json = json_text(&ErrorBody { error: &message });
+        finish((status, json).into_response(), status, "application/json")
     }
 }
 
@@ -219,12 +246,8 @@ impl IntoResponse for OciError {
     fn into_response(self) -> Response {
         let OciError::Coded(code, err) = self;
         let (status, message) = err.public();
-        let json = serde_json::json!({ "errors": [{ "code": code.as_str(), "message": message }] });
-        finish(
-            (status, json.to_string()).into_response(),
-            status,
-            "application/json",
-        )
+        let json = json_text(&OciErrorBody::one(code.as_str(), &message));
+        finish((status, json).into_response(), status, "application/json")
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::policy::allowlist::LoadError;
-use crate::policy::Policy;
+use crate::policy::{Policy, RuleId, Sha256};
 use crate::store::{Store, StoreError, API_RULES, REVOKED};
 use crate::verify::Material;
 
@@ -51,7 +51,7 @@ impl Kind {
 /// so it is validated by exactly the code that validates the files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiRule {
-    pub id: String,
+    pub id: RuleId,
     pub kind: Kind,
     /// The rule as one allowlist table (`[[package]]` or `[[image]]`).
     pub toml: String,
@@ -75,7 +75,7 @@ impl ApiRule {
 /// A pin revoked through the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiRevocation {
-    pub sha256: String,
+    pub sha256: Sha256,
     pub reason: String,
     pub by: String,
     pub time: i64,
@@ -252,7 +252,7 @@ fn with_api(
 ) -> Result<Policy, Vec<LoadError>> {
     let mut api_errors = Vec::new();
     for r in api_rules {
-        let name = format!("api:{}", r.id);
+        let name = r.id.source_file();
         match crate::policy::allowlist::load_with_registries(
             &[(name.clone(), r.toml.clone())],
             &config.index_names(),
@@ -271,18 +271,9 @@ fn with_api(
         }
     }
     for rv in api_revocations {
-        // A revocation that cannot be read must not quietly stop applying: refuse the policy.
-        let Ok(sha) = crate::policy::Sha256::parse(&rv.sha256) else {
-            api_errors.push(LoadError {
-                file: "api:revocations".into(),
-                line: 1,
-                message: format!("stored revocation {:?} is not a sha256", rv.sha256),
-            });
-            continue;
-        };
         policy
             .revoked
-            .entry(sha)
+            .entry(rv.sha256)
             .or_insert(crate::policy::allowlist::Revocation {
                 reason: rv.reason.clone(),
                 source: crate::policy::Source {

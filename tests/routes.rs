@@ -126,3 +126,51 @@ async fn the_admin_guard_checks_the_credential_its_role_and_the_peer() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(!r.body.contains("tg_wrong"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_are_found_by_their_typed_id_and_shown_in_their_view() {
+    let app = app().await;
+    let reader = app.reader.clone();
+    let r = call(&app, LOCAL, "GET", "/admin/v1/packages", Some(&reader)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let rule = &v["packages"][0];
+    // The rule as an allowlist table would write it, plus its id and where it is written.
+    assert_eq!(rule["name"], "demo");
+    assert_eq!(rule["version"], "1.0");
+    assert_eq!(rule["sha256"][0], "1".repeat(64));
+    assert!(rule.get("specifier").is_none(), "{rule}");
+    assert_eq!(rule["source"]["managed"], "git");
+    assert_eq!(rule["source"]["file"], "a.toml");
+    assert_eq!(rule["source"]["line"], 1);
+    let id = rule["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 16);
+    // The same rule by its id, whatever the case of its hex digits.
+    let one = call(
+        &app,
+        LOCAL,
+        "GET",
+        &format!("/admin/v1/packages/{}", id.to_uppercase()),
+        Some(&reader),
+    )
+    .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&one.body).unwrap(),
+        *rule
+    );
+    // A package rule's id is not an image rule's; an id of the right form names nothing: 404.
+    let r = call(
+        &app,
+        LOCAL,
+        "GET",
+        &format!("/admin/v1/images/{id}"),
+        Some(&reader),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    // Not an id at all: 400, saying what an id is.
+    let r = call(&app, LOCAL, "GET", "/admin/v1/packages/demo", Some(&reader)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("16 hexadecimal digits"), "{}", r.body);
+}

@@ -9,10 +9,9 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
+use super::views::{AuditLine, AuditVerified};
 use super::ApiResult;
-use crate::audit::AuditEntry;
 use crate::error::{ApiError, JsonError};
 use crate::AppState;
 
@@ -53,8 +52,7 @@ pub(super) async fn audit_query(
         let r = store.audit_scan(q.after.unwrap_or(0), |seq, bytes| {
             let Some((hash, e)) = crate::audit::decode(bytes) else {
                 // A damaged entry is shown as such (audit verify names it).
-                lines.push_str(&json!({ "seq": seq, "damaged": true }).to_string());
-                lines.push('\n');
+                push_line(&mut lines, &AuditLine::Damaged { seq, damaged: true });
                 n += 1;
                 last = seq;
                 return n < limit;
@@ -74,10 +72,13 @@ pub(super) async fn audit_query(
             }
             last = seq;
             if keep {
-                let mut v = json!(AuditEntry { ..e });
-                v["hash"] = Value::String(hash);
-                lines.push_str(&v.to_string());
-                lines.push('\n');
+                push_line(
+                    &mut lines,
+                    &AuditLine::Entry {
+                        entry: &e,
+                        hash: &hash,
+                    },
+                );
                 n += 1;
             }
             true
@@ -101,7 +102,18 @@ pub(super) async fn audit_query(
     Ok(resp)
 }
 
-pub(super) async fn audit_verify(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+/// One JSON line of an answer (the views cannot fail to serialize; a line that did would be
+/// left out rather than sent half-written).
+fn push_line(lines: &mut String, line: &AuditLine) {
+    if let Ok(text) = serde_json::to_string(line) {
+        lines.push_str(&text);
+        lines.push('\n');
+    }
+}
+
+pub(super) async fn audit_verify(
+    State(st): State<Arc<AppState>>,
+) -> ApiResult<Json<AuditVerified>> {
     st.audit.flush().await;
     let given = st.audit.given();
     let store = st.store.clone();
@@ -114,23 +126,7 @@ pub(super) async fn audit_verify(State(st): State<Arc<AppState>>) -> ApiResult<J
     .await
     .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?
     .map_err(|e| JsonError(ApiError::Unavailable(e.to_string())))?;
-    Ok(Json(json!({
-        "status": report.status(),
-        "intact": report.intact(),
-        "summary": report.lines(),
-        "entries": report.entries,
-        "first_seq": report.first_seq,
-        "head_seq": report.head_seq,
-        "head_hash": report.head_hash,
-        "first_broken": report.broken.as_ref().map(|(seq, why)| json!({ "seq": seq, "why": why })),
-        "keyed": report.keyed,
-        "signed_checkpoints": report.signed_checkpoints,
-        "last_checkpoint": report.last_checkpoint,
-        "unsigned_entries": report.unsigned_entries,
-        "tampered": report.tampered,
-        "notes": report.notes,
-        "archive": { "files": report.archive_files, "entries": report.archived_entries },
-    })))
+    Ok(Json(AuditVerified::from(report)))
 }
 
 #[derive(Deserialize)]

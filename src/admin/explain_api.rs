@@ -6,19 +6,32 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::rule_api::{api_rules, image_rules, package_rules};
 use super::rules;
+use super::views::{self, Explained, RuleSource};
 use super::ApiResult;
 use crate::conn::Client;
 use crate::error::{ApiError, JsonError};
-use crate::policy::ProjectName;
+use crate::policy::{ProjectName, RuleId};
 use crate::store::cache::now_secs;
 use crate::AppState;
+
+/// A `[[revoke]]` table of an allowlist file.
+#[derive(Serialize)]
+struct RevokeTable {
+    revoke: Vec<RevokeEntry>,
+}
+
+#[derive(Serialize)]
+struct RevokeEntry {
+    sha256: String,
+    reason: String,
+}
 
 /// `GET /admin/v1/export`: every rule in force as allowlist TOML (API rules ready to commit to
 /// git; a rule in both is one rule), plus the API's revocations.
@@ -27,46 +40,48 @@ pub(super) async fn export(State(st): State<Arc<AppState>>) -> ApiResult<Respons
     let mut out = String::from("# tollgate allowlist export: every rule in force\n");
     // Comment text is one line: nothing in a name can start a TOML table in the export.
     let one_line = |s: &str| s.replace(|c: char| c.is_control(), " ");
-    let strip = |mut v: Value| -> (String, Value) {
-        let src = v["source"].clone();
-        let from = if src["managed"] == "api" {
-            format!(
-                "# from the admin API, rule {} (revision {}, by {})",
-                v["id"].as_str().unwrap_or(""),
-                src["revision"],
-                one_line(src["updated_by"].as_str().unwrap_or(""))
-            )
-        } else {
-            format!(
-                "# from git: {}:{}",
-                one_line(src["file"].as_str().unwrap_or("")),
-                src["line"]
-            )
-        };
-        if let Value::Object(m) = &mut v {
+    let from = |id: &RuleId, source: &RuleSource| match source {
+        RuleSource::Api {
+            revision,
+            updated_by,
+            ..
+        } => format!(
+            "# from the admin API, rule {id} (revision {revision}, by {})",
+            one_line(updated_by)
+        ),
+        RuleSource::Git { file, line } => format!("# from git: {}:{line}", one_line(file)),
+    };
+    let mut section = |table: &str, head: String, view: Value| -> Result<(), JsonError> {
+        // The rule as its allowlist table: everything but the API's own `id` and `source`.
+        let mut body = view;
+        if let Value::Object(m) = &mut body {
             m.remove("id");
             m.remove("source");
         }
-        (from, v)
+        let doc = serde_json::Map::from_iter([(table.to_string(), Value::Array(vec![body]))]);
+        let text =
+            toml::to_string(&doc).map_err(|e| JsonError(ApiError::Internal(e.to_string())))?;
+        out.push('\n');
+        out.push_str(&head);
+        out.push('\n');
+        out.push_str(&text);
+        Ok(())
     };
-    for (table, list) in [
-        ("package", package_rules(&st, &api)),
-        ("image", image_rules(&st, &api)),
-    ] {
-        for r in list {
-            let (from, body) = strip(r);
-            let text = toml::to_string(&json!({ table: [body] }))
-                .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?;
-            out.push('\n');
-            out.push_str(&from);
-            out.push('\n');
-            out.push_str(&text);
-        }
+    for r in package_rules(&st, &api, None) {
+        section("package", from(&r.id, &r.source), views::value(&r)?)?;
+    }
+    for r in image_rules(&st, &api, None) {
+        section("image", from(&r.id, &r.source), views::value(&r)?)?;
     }
     for r in rules::revocations(&st.store)? {
-        let text =
-            toml::to_string(&json!({ "revoke": [{ "sha256": r.sha256, "reason": r.reason }] }))
-                .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?;
+        let entry = RevokeEntry {
+            sha256: r.sha256.to_string(),
+            reason: r.reason.clone(),
+        };
+        let text = toml::to_string(&RevokeTable {
+            revoke: vec![entry],
+        })
+        .map_err(|e| JsonError(ApiError::Internal(e.to_string())))?;
         out.push_str(&format!(
             "\n# revoked through the admin API by {}\n{text}",
             one_line(&r.by)
@@ -97,7 +112,7 @@ pub(super) async fn explain(
     State(st): State<Arc<AppState>>,
     client: Client,
     q: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     use crate::policy::decide::{decide_file, decide_project, Decision};
     let Query(q) = q.map_err(|e| JsonError(ApiError::BadRequest(e.body_text())))?;
     let lp = st.policy();
@@ -107,41 +122,60 @@ pub(super) async fn explain(
                 .map_err(|e| JsonError(ApiError::BadRequest(format!("package: {e}"))))?;
             let rules = match decide_project(&lp.policy, &name) {
                 Err(d) => {
-                    return Ok(Json(
-                        json!({ "package": name.to_string(), "allowed": false, "reason": d.code(), "explanation": d.to_string() }),
-                    ))
+                    let denied = Explained::Denied {
+                        package: name.to_string(),
+                        filename: None,
+                        allowed: false,
+                        reason: d.code(),
+                        explanation: d.to_string(),
+                    };
+                    return Ok(Json(denied).into_response());
                 }
                 Ok(r) => r,
             };
             let (Some(filename), Some(sha)) = (&q.filename, &q.sha256) else {
-                return Ok(Json(json!({
-                    "package": name.to_string(), "allowed": true, "index": rules.index,
-                    "explanation": format!("{name} is on the allowlist ({} exact and {} release rule(s)); name a filename and sha256 to decide a file", rules.exact.len(), rules.release.len()),
-                })));
+                let listed = Explained::Listed {
+                    package: name.to_string(),
+                    allowed: true,
+                    index: rules.index.clone(),
+                    explanation: format!(
+                        "{name} is on the allowlist ({} exact and {} release rule(s)); \
+                         name a filename and sha256 to decide a file",
+                        rules.exact.len(),
+                        rules.release.len()
+                    ),
+                };
+                return Ok(Json(listed).into_response());
             };
             let dist = crate::policy::filename::DistFilename::parse(filename, &name)
                 .map_err(|e| JsonError(ApiError::BadRequest(format!("filename: {e}"))))?;
             let sha = crate::policy::Sha256::parse(sha)
                 .map_err(|e| JsonError(ApiError::BadRequest(format!("sha256: {e}"))))?;
             let pin = st.pypi.pin_for(&name, filename)?;
-            Ok(Json(
-                match decide_file(
-                    &lp.policy,
-                    rules,
-                    st.pypi.wheels_only,
-                    &dist,
-                    &sha,
-                    pin.as_ref(),
-                    now_secs(),
-                ) {
-                    Decision::Allow(a) => {
-                        json!({ "package": name.to_string(), "filename": filename, "allowed": true, "rule": a.source().to_string() })
-                    }
-                    Decision::Deny(d) => {
-                        json!({ "package": name.to_string(), "filename": filename, "allowed": false, "reason": d.code(), "explanation": d.to_string() })
-                    }
+            let decided = match decide_file(
+                &lp.policy,
+                rules,
+                st.pypi.wheels_only,
+                &dist,
+                &sha,
+                pin.as_ref(),
+                now_secs(),
+            ) {
+                Decision::Allow(a) => Explained::Allowed {
+                    package: name.to_string(),
+                    filename: filename.clone(),
+                    allowed: true,
+                    rule: a.source().to_string(),
                 },
-            ))
+                Decision::Deny(d) => Explained::Denied {
+                    package: name.to_string(),
+                    filename: Some(filename.clone()),
+                    allowed: false,
+                    reason: d.code(),
+                    explanation: d.to_string(),
+                },
+            };
+            Ok(Json(decided).into_response())
         }
         (None, Some(image)) => {
             let v = st
@@ -149,7 +183,7 @@ pub(super) async fn explain(
                 .verify_reference(&lp, image, &client)
                 .await
                 .map_err(|crate::error::OciError::Coded(_, e)| JsonError(e))?;
-            Ok(Json(json!(v)))
+            Ok(Json(v).into_response())
         }
         _ => Err(JsonError(ApiError::BadRequest(
             "name exactly one of package= and image=".into(),

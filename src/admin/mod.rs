@@ -10,6 +10,7 @@ mod pin_api;
 mod rule_api;
 pub mod rules;
 mod token_api;
+mod views;
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::audit::AuditEvent;
 use crate::conn::Client;
@@ -227,12 +228,13 @@ pub async fn pull_guard(State(st): State<Arc<AppState>>, req: Request, next: Nex
     let now = now_secs();
     let (client, loopback) = client_of(&req);
     let refuse = |status: StatusCode, code: &str, message: &str| {
-        let body = if oci {
-            json!({ "errors": [{ "code": code, "message": message }] })
+        let mut r = if oci {
+            let e = crate::error::OciErrorBody::one(code, message);
+            (status, Json(e)).into_response()
         } else {
-            json!({ "error": message })
+            let e = crate::error::ErrorBody { error: message };
+            (status, Json(e)).into_response()
         };
-        let mut r = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -361,17 +363,3 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, JsonErro
     serde_json::from_slice(body)
         .map_err(|e| JsonError(ApiError::BadRequest(format!("request body: {e}"))))
 }
-
-// ---- tokens ---------------------------------------------------------------------------------
-
-// ---- audit ----------------------------------------------------------------------------------
-
-// ---- reload ---------------------------------------------------------------------------------
-
-// ---- rules ----------------------------------------------------------------------------------
-
-// ---- approvals and pins ---------------------------------------------------------------------
-
-// ---- export ---------------------------------------------------------------------------------
-
-// ---- explain --------------------------------------------------------------------------------

@@ -7,20 +7,38 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::auth::Actor;
 use super::rule_api::Write;
-use super::rule_api::{api_rules, source_json, write_rule};
+use super::rule_api::{api_rules, source_of, write_rule};
 use super::rules;
+use super::views::{self, PinView, Pins, RevokedView};
 use super::ApiResult;
 use super::{commit, detached, parse_body};
 use crate::conn::Client;
 use crate::error::{ApiError, JsonError};
-use crate::policy::ProjectName;
+use crate::policy::rule_id::API_SOURCE;
+use crate::policy::{ProjectName, Sha256};
 use crate::store::cache::now_secs;
 use crate::AppState;
+
+/// The exact rule an approval writes.
+#[derive(Serialize)]
+struct ApprovedRule {
+    name: String,
+    version: String,
+    sha256: Vec<String>,
+    index: String,
+}
+
+/// Who approved a release, when, and every file it pinned (kept with the rule it made).
+#[derive(Serialize)]
+struct ApprovalRecord<F> {
+    by: String,
+    time: i64,
+    files: Vec<F>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,13 +82,19 @@ pub(super) async fn approve(
             "{name} {version} has no files on index {index:?}"
         ))));
     }
-    let rule = json!({
-        "name": name.to_string(),
-        "version": version.to_string(),
-        "sha256": files.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>(),
-        "index": index,
-    });
-    let approval = json!({ "by": actor.to_string(), "time": now_secs(), "files": files });
+    // The approval becomes an API rule, written as its JSON body would be.
+    let rule = ApprovedRule {
+        name: name.to_string(),
+        version: version.to_string(),
+        sha256: files.iter().map(|f| f.sha256.clone()).collect(),
+        index,
+    };
+    let approval = ApprovalRecord {
+        by: actor.to_string(),
+        time: now_secs(),
+        files,
+    };
+    let (rule, approval) = (views::value(&rule)?, views::value(&approval)?);
     let resp = write_rule(
         st,
         actor,
@@ -83,8 +107,8 @@ pub(super) async fn approve(
     Ok(resp)
 }
 
-pub(super) fn valid_sha(id: &str) -> Result<crate::policy::Sha256, JsonError> {
-    crate::policy::Sha256::parse(id).map_err(|_| {
+pub(super) fn valid_sha(id: &str) -> Result<Sha256, JsonError> {
+    Sha256::parse(id).map_err(|_| {
         JsonError(ApiError::BadRequest(format!(
             "{id:?} is not a pin id (a sha256)"
         )))
@@ -93,42 +117,51 @@ pub(super) fn valid_sha(id: &str) -> Result<crate::policy::Sha256, JsonError> {
 
 /// `GET /admin/v1/pins`: every pinned file hash and where the pin came from: a file's exact rule,
 /// an API rule or approval, or first sight under a release rule.
-pub(super) async fn pins(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn pins(State(st): State<Arc<AppState>>) -> ApiResult<Json<Pins>> {
     let lp = st.policy();
     let api = api_rules(&st)?;
-    let revoked = |sha: &str| {
-        crate::policy::Sha256::parse(sha)
-            .ok()
-            .and_then(|h| lp.policy.revoked.get(&h))
-            .map(|r| json!({ "reason": r.reason, "by": r.source.file.strip_prefix("api:").unwrap_or(&r.source.to_string()) }))
+    let revoked = |sha: &Sha256| {
+        lp.policy.revoked.get(sha).map(|r| RevokedView {
+            reason: r.reason.clone(),
+            by: match r.source.file.strip_prefix(API_SOURCE) {
+                Some(by) => by.to_string(),
+                None => r.source.to_string(),
+            },
+        })
     };
     let mut out = Vec::new();
     for (name, rules) in &lp.policy.projects {
         for r in &rules.exact {
-            let (rule, source) = source_json("package", &r.source, &api);
+            let (rule, source) = source_of("package", &r.source, &api);
             for h in &r.sha256 {
-                let sha = h.to_string();
-                let origin = if source["managed"] == "api" {
-                    if source["approval"].is_null() {
-                        "api"
-                    } else {
-                        "approval"
-                    }
-                } else {
-                    "file"
-                };
-                out.push(json!({ "id": sha, "sha256": sha, "project": name.to_string(), "version": r.version.to_string(),
-                                 "origin": origin, "rule": rule, "source": source, "revoked": revoked(&sha) }));
+                out.push(PinView::Rule {
+                    id: *h,
+                    sha256: *h,
+                    project: name.to_string(),
+                    version: r.version.to_string(),
+                    origin: source.origin(),
+                    rule: rule.clone(),
+                    source: source.clone(),
+                    revoked: revoked(h),
+                });
             }
         }
     }
     for (key, pin) in st.pypi.first_sight_pins()? {
         let (project, filename) = key.split_once('/').unwrap_or((key.as_str(), ""));
-        out.push(json!({ "id": pin.sha256, "sha256": pin.sha256, "project": project, "filename": filename,
-                         "size": pin.size, "origin": "first_sight", "first_seen": pin.first_seen,
-                         "superseded": pin.superseded, "revoked": revoked(&pin.sha256) }));
+        out.push(PinView::FirstSight {
+            id: pin.sha256,
+            sha256: pin.sha256,
+            project: project.to_string(),
+            filename: filename.to_string(),
+            size: pin.size,
+            origin: "first_sight",
+            first_seen: pin.first_seen,
+            superseded: pin.superseded,
+            revoked: revoked(&pin.sha256),
+        });
     }
-    Ok(Json(json!({ "pins": out })))
+    Ok(Json(Pins { pins: out }))
 }
 
 #[derive(Deserialize)]
@@ -157,11 +190,11 @@ pub(super) async fn revoke(
     detached(async move {
         let _writing = st.admin_writes.lock().await;
         let mut revoked = rules::revocations(&st.store)?;
-        if let Some(e) = revoked.iter().find(|r| r.sha256 == sha.to_string()) {
-            return Ok((StatusCode::OK, Json(json!(e))).into_response());
+        if let Some(e) = revoked.iter().find(|r| r.sha256 == sha) {
+            return Ok((StatusCode::OK, Json(e.clone())).into_response());
         }
         let rec = rules::ApiRevocation {
-            sha256: sha.to_string(),
+            sha256: sha,
             reason,
             by: actor.to_string(),
             time: now_secs(),
@@ -180,16 +213,17 @@ pub(super) async fn revoke(
             &actor,
             &client,
             "pins.revoke",
-            rec.sha256.clone(),
+            rec.sha256.to_string(),
             None,
-            Some(json!(rec)),
+            Some(views::value(&rec)?),
             Box::new(move |w| {
-                crate::store::Store::tx_put(w, crate::store::REVOKED, &write.sha256, &write)
+                let key = write.sha256.to_string();
+                crate::store::Store::tx_put(w, crate::store::REVOKED, &key, &write)
             }),
         )
         .await?;
         st.apply(policy);
-        Ok((StatusCode::CREATED, Json(json!(rec))).into_response())
+        Ok((StatusCode::CREATED, Json(rec)).into_response())
     })
     .await
 }

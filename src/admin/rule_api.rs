@@ -9,19 +9,25 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::auth;
 use super::auth::Actor;
 use super::rules;
-use super::token_api::valid_id;
+use super::views::{
+    self, AttestationView, AuditedRule, ImageRuleView, ImageRules, KeylessView, PackagePins,
+    PackageRuleView, PackageRules, PolicyVersion, ReloadRefused, Reloaded, RuleSource,
+    SignatureView, SignersView, WrittenRule,
+};
 use super::ApiResult;
 use super::{commit, detached, parse_body};
 use crate::audit::AuditEvent;
 use crate::conn::Client;
 use crate::error::{ApiError, JsonError};
 use crate::policy::allowlist::Source;
-use crate::policy::oci::{ImageRule, RepoPattern, Require, SubjectMatch};
+use crate::policy::oci::{ImageRule, KeylessIdentity, RepoPattern, Require, SubjectMatch};
+use crate::policy::rule_id::API_SOURCE;
+use crate::policy::RuleId;
 use crate::store::cache::now_secs;
 use crate::AppState;
 
@@ -35,13 +41,19 @@ pub(super) async fn reload(
     let result = tokio::task::block_in_place(|| st.reload());
     match result {
         Ok((exact, release)) => {
-            let after = json!({ "policy_version": st.policy().version, "exact": exact, "release": release });
+            let after = Reloaded {
+                policy_version: st.policy().version,
+                exact,
+                release,
+            };
             let mut ev = AuditEvent::about("admin", "allowlists".into(), None, None, &client.0)
                 .allow("admin_change", "reload".into());
             ev.action = "admin.reload".into();
             ev.actor = Some(actor.to_string());
-            ev.before = Some(json!({ "policy_version": before }));
-            ev.after = Some(after.clone());
+            ev.before = Some(views::value(&PolicyVersion {
+                policy_version: before,
+            })?);
+            ev.after = Some(views::value(&after)?);
             st.audit.record(ev).await;
             st.audit.flush().await;
             Ok(Json(after).into_response())
@@ -58,7 +70,10 @@ pub(super) async fn reload(
             st.audit.record(ev).await;
             Ok((
                 StatusCode::BAD_REQUEST,
-                Json(json!({ "error": "the allowlists have errors; the policy in force is unchanged", "errors": list })),
+                Json(ReloadRefused {
+                    error: "the allowlists have errors; the policy in force is unchanged",
+                    errors: list,
+                }),
             )
                 .into_response())
         }
@@ -71,29 +86,24 @@ pub(super) fn shown_path(st: &AppState, text: &str) -> String {
     text.replace(&dir, "")
 }
 
-/// A git rule's id: stable for as long as the rule stays at the same place in the same file.
-pub(super) fn rule_id(kind: &str, source: &Source) -> String {
-    use sha2::Digest as _;
-    let h = sha2::Sha256::digest(format!("{kind}|{}|{}", source.file, source.line).as_bytes());
-    hex::encode(&h[..8])
-}
-
 /// Where a rule in force came from: a file (git) or the admin API (`api:<id>`).
-pub(super) fn source_json(kind: &str, source: &Source, api: &[rules::ApiRule]) -> (String, Value) {
-    if let Some(id) = source.file.strip_prefix("api:") {
+pub(super) fn source_of(
+    kind: &str,
+    source: &Source,
+    api: &[rules::ApiRule],
+) -> (RuleId, RuleSource) {
+    let id = RuleId::of(kind, source);
+    if source.file.starts_with(API_SOURCE) {
         if let Some(r) = api.iter().find(|r| r.id == id) {
-            return (
-                r.id.clone(),
-                json!({ "managed": "api", "revision": r.revision, "created_by": r.created_by,
-                        "updated_by": r.updated_by, "created": r.created, "updated": r.updated,
-                        "approval": r.approval }),
-            );
+            return (id, RuleSource::api(r));
         }
     }
-    (
-        rule_id(kind, source),
-        json!({ "managed": "git", "file": source.file.rsplit('/').next().unwrap_or(&source.file), "line": source.line }),
-    )
+    let file = source.file.rsplit('/').next().unwrap_or(&source.file);
+    let git = RuleSource::Git {
+        file: file.to_string(),
+        line: source.line,
+    };
+    (id, git)
 }
 
 /// A duration as allowlists write it, in the largest unit that divides it.
@@ -106,108 +116,121 @@ pub(super) fn duration_text(secs: u64) -> String {
     format!("{secs}s")
 }
 
-/// Package rules in force, in the shape the API accepts (plus `id`, `source`).
-pub(super) fn package_rules(st: &AppState, api: &[rules::ApiRule]) -> Vec<Value> {
+/// Package rules in force (all of them, or those of the rule `only`), in the shape the API
+/// accepts (plus `id`, `source`).
+pub(super) fn package_rules(
+    st: &AppState,
+    api: &[rules::ApiRule],
+    only: Option<&RuleId>,
+) -> Vec<PackageRuleView> {
     let lp = st.policy();
+    let wanted = |source: &Source| only.is_none_or(|id| RuleId::of("package", source) == *id);
     let mut out = Vec::new();
     for (name, rules) in &lp.policy.projects {
-        for r in &rules.exact {
-            let (id, source) = source_json("package", &r.source, api);
-            out.push(json!({
-                "id": id,
-                "name": name.to_string(),
-                "version": r.version.to_string(),
-                "sha256": r.sha256.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-                "index": rules.index,
-                "source": source,
-            }));
-        }
-        for r in &rules.release {
-            let (id, source) = source_json("package", &r.source, api);
-            out.push(json!({
-                "id": id,
-                "name": name.to_string(),
-                "specifier": r.specifiers.to_string(),
-                "min_age": duration_text(r.min_age.as_secs()),
-                "index": rules.index,
-                "source": source,
-            }));
+        let exact = rules.exact.iter().filter(|r| wanted(&r.source)).map(|r| {
+            let pins = PackagePins::Exact {
+                version: r.version.to_string(),
+                sha256: r.sha256.iter().map(|h| h.to_string()).collect(),
+            };
+            (&r.source, pins)
+        });
+        let release = rules.release.iter().filter(|r| wanted(&r.source)).map(|r| {
+            let pins = PackagePins::Release {
+                specifier: r.specifiers.to_string(),
+                min_age: duration_text(r.min_age.as_secs()),
+            };
+            (&r.source, pins)
+        });
+        for (source, pins) in exact.chain(release) {
+            let (id, source) = source_of("package", source, api);
+            out.push(PackageRuleView {
+                id,
+                name: name.to_string(),
+                pins,
+                index: rules.index.clone(),
+                source,
+            });
         }
     }
     out
 }
 
-pub(super) fn image_rules(st: &AppState, api: &[rules::ApiRule]) -> Vec<Value> {
-    let keyless = |ids: &[crate::policy::oci::KeylessIdentity]| -> Vec<Value> {
-        ids.iter()
-            .map(|k| match &k.subject {
-                SubjectMatch::Exact(s) => json!({ "issuer": k.issuer, "subject": s }),
-                SubjectMatch::Regex(re) => {
-                    // Shown as written: the anchoring wrapper is the gate's, not the rule's.
-                    let shown = re
-                        .as_str()
-                        .strip_prefix("^(?:")
-                        .and_then(|x| x.strip_suffix(")$"))
-                        .unwrap_or(re.as_str());
-                    json!({ "issuer": k.issuer, "subject_regex": shown })
+fn signers(require_tlog: bool, keys: &[String], ids: &[KeylessIdentity]) -> SignersView {
+    let keyless = ids
+        .iter()
+        .map(|k| match &k.subject {
+            SubjectMatch::Exact(s) => KeylessView {
+                issuer: k.issuer.clone(),
+                subject: Some(s.clone()),
+                subject_regex: None,
+            },
+            SubjectMatch::Regex(re) => {
+                // Shown as written: the anchoring wrapper is the gate's, not the rule's.
+                let shown = re
+                    .as_str()
+                    .strip_prefix("^(?:")
+                    .and_then(|x| x.strip_suffix(")$"))
+                    .unwrap_or(re.as_str());
+                KeylessView {
+                    issuer: k.issuer.clone(),
+                    subject: None,
+                    subject_regex: Some(shown.to_string()),
                 }
-            })
-            .collect()
-    };
+            }
+        })
+        .collect();
+    SignersView {
+        require_tlog,
+        keys: keys.to_vec(),
+        keyless,
+    }
+}
+
+/// Image rules in force (all, or the rule `only`), in the shape the API accepts.
+pub(super) fn image_rules(
+    st: &AppState,
+    api: &[rules::ApiRule],
+    only: Option<&RuleId>,
+) -> Vec<ImageRuleView> {
     let lp = st.policy();
     lp.policy
         .images
         .iter()
+        .filter(|r| only.is_none_or(|id| RuleId::of("image", &r.source) == *id))
         .map(|r: &ImageRule| {
-            let (id, source) = source_json("image", &r.source, api);
-            let mut v = json!({
-                "id": id,
-                "repository": match &r.pattern { RepoPattern::Exact(x) => x.to_string(), p => p.to_string() },
-                "require": if r.require == Require::All { "all" } else { "any" },
-                "source": source,
-            });
-            if let Some(t) = &r.tags {
-                v["tags"] = json!(t.iter().map(|x| x.to_string()).collect::<Vec<_>>());
-            }
-            if !r.digests.is_empty() {
-                v["digests"] = json!(r.digests.iter().map(|d| d.to_string()).collect::<Vec<_>>());
-            }
-            if let Some(si) = &r.signed_identity {
-                v["signed_identity"] = json!(si.to_string());
-            }
-            if let Some(sig) = &r.signature {
-                let mut o = json!({ "threshold": sig.threshold, "per_platform": sig.per_platform });
-                if sig.require_tlog {
-                    o["require_tlog"] = json!(true);
-                }
-                if !sig.keys.is_empty() {
-                    o["keys"] = json!(sig.keys);
-                }
-                if !sig.keyless.is_empty() {
-                    o["keyless"] = json!(keyless(&sig.keyless));
-                }
-                v["signature"] = o;
-            }
-            if !r.attestations.is_empty() {
-                v["attestation"] = json!(r
+            let (id, source) = source_of("image", &r.source, api);
+            ImageRuleView {
+                id,
+                repository: match &r.pattern {
+                    RepoPattern::Exact(x) => x.to_string(),
+                    p => p.to_string(),
+                },
+                require: if r.require == Require::All {
+                    "all"
+                } else {
+                    "any"
+                },
+                tags: r
+                    .tags
+                    .as_ref()
+                    .map(|t| t.iter().map(|x| x.to_string()).collect()),
+                digests: r.digests.iter().map(|d| d.to_string()).collect(),
+                signed_identity: r.signed_identity.as_ref().map(|si| si.to_string()),
+                signature: r.signature.as_ref().map(|sig| SignatureView {
+                    threshold: sig.threshold,
+                    per_platform: sig.per_platform,
+                    signers: signers(sig.require_tlog, &sig.keys, &sig.keyless),
+                }),
+                attestation: r
                     .attestations
                     .iter()
-                    .map(|a| {
-                        let mut o = json!({ "predicate_type": a.predicate_type });
-                        if a.require_tlog {
-                            o["require_tlog"] = json!(true);
-                        }
-                        if !a.keys.is_empty() {
-                            o["keys"] = json!(a.keys);
-                        }
-                        if !a.keyless.is_empty() {
-                            o["keyless"] = json!(keyless(&a.keyless));
-                        }
-                        o
+                    .map(|a| AttestationView {
+                        predicate_type: a.predicate_type.clone(),
+                        signers: signers(a.require_tlog, &a.keys, &a.keyless),
                     })
-                    .collect::<Vec<_>>());
+                    .collect(),
+                source,
             }
-            v
         })
         .collect()
 }
@@ -216,36 +239,65 @@ pub(super) fn api_rules(st: &AppState) -> Result<Vec<rules::ApiRule>, JsonError>
     Ok(rules::rules(&st.store)?)
 }
 
-pub(super) async fn packages(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn packages(State(st): State<Arc<AppState>>) -> ApiResult<Json<PackageRules>> {
     let api = api_rules(&st)?;
-    Ok(Json(json!({ "packages": package_rules(&st, &api) })))
+    let packages = package_rules(&st, &api, None);
+    Ok(Json(PackageRules { packages }))
 }
 
-pub(super) async fn images(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn images(State(st): State<Arc<AppState>>) -> ApiResult<Json<ImageRules>> {
     let api = api_rules(&st)?;
-    Ok(Json(json!({ "images": image_rules(&st, &api) })))
+    let images = image_rules(&st, &api, None);
+    Ok(Json(ImageRules { images }))
+}
+
+/// The rule `id` of `kind` as its view: one rule, or several for a package table that holds
+/// more than one (none: no such rule).
+fn rule_view(
+    st: &AppState,
+    kind: rules::Kind,
+    api: &[rules::ApiRule],
+    id: &RuleId,
+) -> Option<Value> {
+    fn one_or_all<T: serde::Serialize>(found: Vec<T>) -> Option<Value> {
+        match found.len() {
+            0 => None,
+            1 => serde_json::to_value(&found[0]).ok(),
+            _ => serde_json::to_value(&found).ok(),
+        }
+    }
+    match kind {
+        rules::Kind::Package => one_or_all(package_rules(st, api, Some(id))),
+        rules::Kind::Image => one_or_all(image_rules(st, api, Some(id))),
+    }
+}
+
+/// Whether a rule `id` of `kind` is in force (from a file or the API).
+fn in_force(st: &AppState, kind: rules::Kind, id: &RuleId) -> bool {
+    let lp = st.policy();
+    let is = |source: &Source| RuleId::of(kind.table(), source) == *id;
+    match kind {
+        rules::Kind::Package => lp.policy.projects.values().any(|r| {
+            r.exact.iter().any(|x| is(&x.source)) || r.release.iter().any(|x| is(&x.source))
+        }),
+        rules::Kind::Image => lp.policy.images.iter().any(|r| is(&r.source)),
+    }
+}
+
+/// A rule id from a request path: 400 when it is not one.
+pub(super) fn parse_id(id: &str) -> Result<RuleId, JsonError> {
+    RuleId::parse(id).map_err(|e| JsonError(ApiError::BadRequest(e.to_string())))
 }
 
 /// One rule, with its ETag when it is an API rule (the version `If-Match` must name).
 pub(super) fn one_rule(st: &AppState, kind: rules::Kind, id: &str) -> ApiResult<Response> {
-    valid_id(id)?;
+    let id = parse_id(id)?;
     let api = api_rules(st)?;
-    let all = match kind {
-        rules::Kind::Package => package_rules(st, &api),
-        rules::Kind::Image => image_rules(st, &api),
-    };
-    let found: Vec<Value> = all.into_iter().filter(|r| r["id"] == id).collect();
-    if found.is_empty() {
+    let Some(body) = rule_view(st, kind, &api, &id) else {
         return Err(JsonError(ApiError::NotFound(format!(
             "no {} rule {id}",
             kind.table()
         ))));
-    }
-    // A package rule made of one table is one rule; show it as such.
-    let body = if found.len() == 1 {
-        found[0].clone()
-    } else {
-        json!(found)
     };
     let mut resp = Json(body).into_response();
     if let Some(r) = api.iter().find(|r| r.id == id) {
@@ -272,8 +324,21 @@ pub(super) async fn image(
 
 pub(super) enum Write {
     Create(Value),
-    Update(String, Option<String>, Value),
-    Delete(String, Option<String>),
+    Update(RuleId, Option<String>, Value),
+    Delete(RuleId, Option<String>),
+}
+
+/// The JSON object of an API rule's body (what the API accepted).
+fn written(r: &rules::ApiRule) -> WrittenRule {
+    let rule = match rules::to_json(r) {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    WrittenRule {
+        id: r.id.clone(),
+        rule,
+        source: RuleSource::api(r),
+    }
 }
 
 /// Creates, changes or deletes an API rule: validated by the allowlist loader together with
@@ -290,7 +355,7 @@ pub(super) async fn write_rule(
     detached(write_rule_now(st, actor, client, kind, op, approval)).await
 }
 
-pub(super) async fn write_rule_now(
+async fn write_rule_now(
     st: Arc<AppState>,
     actor: Actor,
     client: Client,
@@ -302,44 +367,41 @@ pub(super) async fn write_rule_now(
     let _writing = st.admin_writes.lock().await;
     let mut all = api_rules(st)?;
     let now = now_secs();
-    let find =
-        |all: &[rules::ApiRule], id: &str, if_match: &Option<String>| -> Result<usize, JsonError> {
-            valid_id(id)?;
-            let Some(i) = all.iter().position(|r| r.id == id && r.kind == kind) else {
-                let in_git = match kind {
-                    rules::Kind::Package => package_rules(st, all),
-                    rules::Kind::Image => image_rules(st, all),
-                }
-                .iter()
-                .any(|r| r["id"] == id);
-                return Err(JsonError(if in_git {
-                    ApiError::Conflict(format!(
-                        "rule {id} is managed in git; change it in its allowlist file"
-                    ))
-                } else {
-                    ApiError::NotFound(format!("no {} rule {id}", kind.table()))
-                }));
-            };
-            match if_match {
-                None => Err(JsonError(ApiError::PreconditionRequired(format!(
-                    "a change needs If-Match with the rule's ETag ({})",
-                    all[i].etag()
-                )))),
-                Some(tag) if tag.trim() != all[i].etag() => {
-                    Err(JsonError(ApiError::PreconditionFailed(format!(
-                        "rule {id} has changed since {tag}; it is now {}",
-                        all[i].etag()
-                    ))))
-                }
-                Some(_) => Ok(i),
-            }
+    let find = |all: &[rules::ApiRule],
+                id: &RuleId,
+                if_match: &Option<String>|
+     -> Result<usize, JsonError> {
+        let Some(i) = all.iter().position(|r| r.id == *id && r.kind == kind) else {
+            return Err(JsonError(if in_force(st, kind, id) {
+                ApiError::Conflict(format!(
+                    "rule {id} is managed in git; change it in its allowlist file"
+                ))
+            } else {
+                ApiError::NotFound(format!("no {} rule {id}", kind.table()))
+            }));
         };
+        match if_match {
+            None => Err(JsonError(ApiError::PreconditionRequired(format!(
+                "a change needs If-Match with the rule's ETag ({})",
+                all[i].etag()
+            )))),
+            Some(tag) if tag.trim() != all[i].etag() => {
+                Err(JsonError(ApiError::PreconditionFailed(format!(
+                    "rule {id} has changed since {tag}; it is now {}",
+                    all[i].etag()
+                ))))
+            }
+            Some(_) => Ok(i),
+        }
+    };
     let toml_of =
         |body: &Value| rules::to_toml(kind, body).map_err(|e| JsonError(ApiError::BadRequest(e)));
     let (before, after, status, id) = match op {
         Write::Create(body) => {
             let rule = rules::ApiRule {
-                id: auth::random_hex(8).map_err(|e| JsonError(ApiError::Internal(e)))?,
+                id: auth::random_hex(8)
+                    .and_then(|h| RuleId::parse(&h).map_err(|e| e.to_string()))
+                    .map_err(|e| JsonError(ApiError::Internal(e)))?,
                 kind,
                 toml: toml_of(&body)?,
                 revision: 1,
@@ -372,7 +434,7 @@ pub(super) async fn write_rule_now(
             (Some(old), None, StatusCode::NO_CONTENT, id)
         }
     };
-    let own = format!("api:{id}");
+    let own = id.source_file();
     let revoked = rules::revocations(&st.store)?;
     let policy = st.build_policy(&all, &revoked).map_err(|errors| {
         // Errors in the rule being written are about its fields; others name their rule.
@@ -397,7 +459,13 @@ pub(super) async fn write_rule_now(
             list.join("; ")
         )))
     })?;
-    let shown = |r: &rules::ApiRule| json!({ "id": r.id, "revision": r.revision, "rule": rules::to_json(r) });
+    let shown = |r: &rules::ApiRule| {
+        views::value(&AuditedRule {
+            id: r.id.clone(),
+            revision: r.revision,
+            rule: rules::to_json(r),
+        })
+    };
     let action = match (&before, after) {
         (None, _) => "create",
         (Some(_), Some(_)) => "update",
@@ -410,12 +478,12 @@ pub(super) async fn write_rule_now(
         actor,
         client,
         &format!("{}s.{action}", kind.table()),
-        id.clone(),
-        before.as_ref().map(shown),
-        after.map(|i| shown(&all[i])),
+        id.to_string(),
+        before.as_ref().map(shown).transpose()?,
+        after.map(|i| shown(&all[i])).transpose()?,
         Box::new(move |w| match &write {
-            Some(r) => crate::store::Store::tx_put(w, crate::store::API_RULES, &r.id, r),
-            None => crate::store::Store::tx_remove(w, crate::store::API_RULES, &rid),
+            Some(r) => crate::store::Store::tx_put(w, crate::store::API_RULES, r.id.as_str(), r),
+            None => crate::store::Store::tx_remove(w, crate::store::API_RULES, rid.as_str()),
         }),
     )
     .await?;
@@ -424,10 +492,7 @@ pub(super) async fn write_rule_now(
         return Ok(status.into_response());
     };
     let r = &all[i];
-    let mut body = rules::to_json(r);
-    body["id"] = json!(r.id);
-    body["source"] = json!({ "managed": "api", "revision": r.revision, "created_by": r.created_by, "updated_by": r.updated_by, "approval": r.approval });
-    let mut resp = (status, Json(body)).into_response();
+    let mut resp = (status, Json(written(r))).into_response();
     if let Ok(v) = HeaderValue::from_str(&r.etag()) {
         resp.headers_mut().insert(header::ETAG, v);
     }
@@ -463,6 +528,7 @@ pub(super) async fn rule_update(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
     let body: Value = parse_body(&body)?;
     let op = Write::Update(id, if_match(&headers), body);
     write_rule(st, actor, client, kind, op, None).await
@@ -477,7 +543,7 @@ pub(super) async fn rule_delete(
     id: String,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    let op = Write::Delete(id, if_match(&headers));
+    let op = Write::Delete(parse_id(&id)?, if_match(&headers));
     write_rule(st, actor, client, kind, op, None).await
 }
 

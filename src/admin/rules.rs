@@ -84,7 +84,7 @@ mod tests {
         .unwrap();
         assert!(t.contains("[[package]]"), "{t}");
         let rule = ApiRule {
-            id: "0123456789abcdef".into(),
+            id: crate::policy::RuleId::parse("0123456789abcdef").unwrap(),
             kind: Kind::Package,
             toml: t,
             revision: 1,

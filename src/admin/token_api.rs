@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::auth;
 use super::auth::{Actor, Role};
+use super::views::{self, NewTokenView, Tokens};
 use super::ApiResult;
 use super::{commit, detached, parse_body};
 use crate::conn::Client;
@@ -19,9 +19,9 @@ use crate::error::{ApiError, JsonError};
 use crate::store::cache::now_secs;
 use crate::AppState;
 
-pub(super) async fn tokens(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
-    let list: Vec<auth::TokenInfo> = auth::list(&st.store)?.iter().map(Into::into).collect();
-    Ok(Json(json!({ "tokens": list })))
+pub(super) async fn tokens(State(st): State<Arc<AppState>>) -> ApiResult<Json<Tokens>> {
+    let tokens = auth::list(&st.store)?.iter().map(Into::into).collect();
+    Ok(Json(Tokens { tokens }))
 }
 
 #[derive(Deserialize)]
@@ -62,7 +62,7 @@ pub(super) async fn token_create(
             "tokens.create",
             stored.id.clone(),
             None,
-            Some(json!(auth::TokenInfo::from(&stored))),
+            Some(views::value(&auth::TokenInfo::from(&stored))?),
             Box::new(move |w| {
                 crate::store::Store::tx_put(w, crate::store::TOKENS, &stored.id, &stored)
             }),
@@ -70,8 +70,10 @@ pub(super) async fn token_create(
         .await
     })
     .await?;
-    let mut body = json!(info);
-    body["token"] = Value::String(secret.0);
+    let body = NewTokenView {
+        info,
+        token: secret.0,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -105,7 +107,7 @@ pub(super) async fn token_delete(
             &client,
             "tokens.delete",
             id,
-            Some(json!(auth::TokenInfo::from(&before))),
+            Some(views::value(&auth::TokenInfo::from(&before))?),
             None,
             Box::new(move |w| crate::store::Store::tx_remove(w, crate::store::TOKENS, &key)),
         )

@@ -15,10 +15,8 @@ use super::links::{BlobRef, ManifestRecord};
 use super::service::{key, lock, read_upstream, registry_error, Oci};
 use super::{ARTIFACT_BLOBS, BLOBREFS, MANIFESTS};
 use crate::audit::AuditEvent;
-use crate::conn::Client;
 use crate::error::{ApiError, OciCode, OciError};
 use crate::fetch::{Failure, Job};
-use crate::loader::LoadedPolicy;
 use crate::policy::oci::ImageAllowed;
 use crate::policy::oci::{check_tag, Digest, ImageDeny, Repository, Tag};
 use crate::policy::Sha256;
@@ -411,12 +409,12 @@ impl Oci {
     /// upstream's index (404 where the registry has no referrers API).
     pub async fn referrers(
         &self,
-        lp: &LoadedPolicy,
+        ask: &crate::Ask<'_>,
         reg: &RegistryClient,
         repo: &Repository,
         subject: Digest,
-        client: &Client,
     ) -> Result<Response, OciError> {
+        let (lp, client) = (ask.policy, ask.client);
         let rule = match Self::rule(lp, repo) {
             Ok(r) => r,
             Err(d) => {
@@ -488,12 +486,12 @@ impl Oci {
     /// `GET /v2/<name>/tags/list`: the upstream's tags, limited to the rule's allowed tags.
     pub async fn tags(
         &self,
-        lp: &LoadedPolicy,
+        ask: &crate::Ask<'_>,
         reg: &RegistryClient,
         repo: &Repository,
         page: &TagPage<'_>,
-        client: &Client,
     ) -> Result<Response, OciError> {
+        let (lp, client) = (ask.policy, ask.client);
         let rule = match Self::rule(lp, repo) {
             Ok(r) => r,
             Err(d) => return Err(self.deny("oci.tags", repo, None, None, d, client).await),

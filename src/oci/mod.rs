@@ -131,7 +131,7 @@ async fn handle(
             let digest = Digest::parse(reference).map_err(|e| {
                 OciError::Coded(OciCode::DigestInvalid, ApiError::BadRequest(e.to_string()))
             })?;
-            st.oci.referrers(&lp, &reg, &repo, digest, &client).await
+            st.oci.referrers(&ask, &reg, &repo, digest).await
         }
         _ => {
             let last = match &q.last {
@@ -146,7 +146,7 @@ async fn handle(
                 n: q.n,
                 last: last.as_ref(),
             };
-            st.oci.tags(&lp, &reg, &repo, &page, &client).await
+            st.oci.tags(&ask, &reg, &repo, &page).await
         }
     }
 }

@@ -12,7 +12,7 @@ use super::name::ProjectName;
 /// What the gate recorded the first time it saw a file listed under a release rule.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pin {
-    pub sha256: String,
+    pub sha256: Sha256,
     pub size: Option<u64>,
     /// Unix seconds the file's `min_age` clock started: its upload time, or first sight when the
     /// upstream gave none, or the moment a changed hash was first seen.
@@ -23,7 +23,7 @@ pub struct Pin {
     pub last_served: Option<i64>,
     /// Hashes this filename carried before; never served again under a release rule.
     #[serde(default)]
-    pub superseded: Vec<String>,
+    pub superseded: Vec<Sha256>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +167,6 @@ pub fn decide_file(
         }
     }
     let mut release_reason = None;
-    let hex = sha256.hex();
     for rule in &rules.release {
         if !rule.specifiers.contains(&dist.version) {
             continue;
@@ -177,12 +176,12 @@ pub fn decide_file(
                 filename: dist.filename.clone(),
             },
             // A hash the upstream replaced is never served again, even if it comes back.
-            Some(p) if p.superseded.contains(&hex) => DenyReason::SupersededPin {
+            Some(p) if p.superseded.contains(sha256) => DenyReason::SupersededPin {
                 filename: dist.filename.clone(),
                 sha256: *sha256,
             },
-            Some(p) if p.sha256 != hex => {
-                if p.superseded.contains(&hex) {
+            Some(p) if p.sha256 != *sha256 => {
+                if p.superseded.contains(sha256) {
                     DenyReason::SupersededPin {
                         filename: dist.filename.clone(),
                         sha256: *sha256,
@@ -230,7 +229,7 @@ pub fn next_pin(
     upload_time: Option<i64>,
     now: i64,
 ) -> Option<Pin> {
-    let hex = declared.hex();
+    let hex = *declared;
     match existing {
         // An old hash coming back does not become the pin again.
         Some(p) if p.superseded.contains(&hex) => None,
@@ -251,7 +250,7 @@ pub fn next_pin(
             // A changed hash restarts the clock from now: the upload time belongs to the old
             // bytes, and the old hash is remembered so it is never served again.
             let mut superseded = p.superseded.clone();
-            superseded.push(p.sha256.clone());
+            superseded.push(p.sha256);
             Some(Pin {
                 sha256: hex,
                 size,
@@ -336,7 +335,7 @@ mod tests {
 
     fn pin(sha: &str, clock_start: i64) -> Pin {
         Pin {
-            sha256: sha.into(),
+            sha256: Sha256::parse(sha).unwrap(),
             size: Some(10),
             clock_start,
             first_seen: clock_start,
@@ -409,7 +408,7 @@ mod tests {
                 "demo-2.0-py3-none-any.whl",
                 H3,
                 Some(Pin {
-                    superseded: vec![H3.into()],
+                    superseded: vec![Sha256::parse(H3).unwrap()],
                     ..pin(H2, now - 8 * DAY)
                 }),
                 false,
@@ -457,8 +456,11 @@ mod tests {
         let future = next_pin(None, &h1, None, Some(5000), 1000).unwrap();
         assert_eq!(future.clock_start, 1000);
         let changed = next_pin(Some(&first), &h2, Some(6), Some(10), 3000).unwrap();
-        assert_eq!((changed.sha256.as_str(), changed.clock_start), (H2, 3000));
-        assert_eq!(changed.superseded, vec![H1.to_string()]);
+        assert_eq!(
+            (changed.sha256.to_string().as_str(), changed.clock_start),
+            (H2, 3000)
+        );
+        assert_eq!(changed.superseded, vec![Sha256::parse(H1).unwrap()]);
         // A -> B -> A: the old hash is not adopted again, and stays refused.
         assert_eq!(next_pin(Some(&changed), &h1, Some(5), Some(10), 4000), None);
         let p = policy("");
@@ -503,6 +505,9 @@ mod tests {
         }
         let p = p.unwrap();
         assert_eq!(p.superseded.len(), MAX_SUPERSEDED);
-        assert_eq!(p.sha256, format!("{:02x}", MAX_SUPERSEDED).repeat(32));
+        assert_eq!(
+            p.sha256.to_string(),
+            format!("{:02x}", MAX_SUPERSEDED).repeat(32)
+        );
     }
 }

@@ -27,6 +27,7 @@ pub mod hash;
 pub mod name;
 pub mod oci;
 pub mod requirements;
+pub mod rule_id;
 pub mod units;
 
 pub use allowlist::{Policy, ProjectRules, Source};
@@ -34,11 +35,13 @@ pub use decide::{Decision, DenyReason};
 pub use filename::DistFilename;
 pub use hash::Sha256;
 pub use name::ProjectName;
+pub use rule_id::RuleId;
 
 serde_via_parse!(ProjectName, ProjectName::parse);
 serde_via_parse!(oci::Digest, oci::Digest::parse);
 serde_via_parse!(oci::Tag, oci::Tag::parse);
 serde_via_parse!(oci::Repository, oci::Repository::parse);
+serde_via_parse!(RuleId, RuleId::parse);
 
 #[cfg(test)]
 mod serde_tests {

@@ -10,9 +10,7 @@ use super::service::{lock, Pypi, FAILURE_BACKOFF_SECS};
 use super::upstream::UpstreamError;
 use super::{METADATA, OBSERVED, PAGES, PINS};
 use crate::audit::AuditEvent;
-pub use crate::conn::Client;
 use crate::error::ApiError;
-pub use crate::loader::LoadedPolicy;
 use crate::policy::decide::{self, next_pin, Decision, Pin};
 use crate::policy::filename::DistKind;
 use crate::policy::{DenyReason, DistFilename, Policy, ProjectName, ProjectRules, Sha256};
@@ -173,11 +171,11 @@ impl Pypi {
     /// has changed.
     pub async fn project_page(
         self: &Arc<Self>,
-        lp: &LoadedPolicy,
+        ask: &crate::Ask<'_>,
         project: &ProjectName,
         format: Format,
-        client: &Client,
     ) -> Result<(Bytes, String), ApiError> {
+        let (lp, client) = (ask.policy, ask.client);
         let rules = match decide::decide_project(&lp.policy, project) {
             Ok(r) => r,
             Err(reason) => return Err(self.deny("pypi.page", project, None, reason, client).await),

@@ -115,10 +115,14 @@ async fn project(
     }
     let format = negotiate(&q, req.headers())?;
     let lp = st.policy();
-    let (body, etag) = st
-        .pypi
-        .project_page(&lp, &name, format, &Client::of(&req))
-        .await?;
+    let client = Client::of(&req);
+    let ask = crate::Ask {
+        policy: &lp,
+        client: &client,
+        head: req.method() == Method::HEAD,
+        headers: req.headers(),
+    };
+    let (body, etag) = st.pypi.project_page(&ask, &name, format).await?;
     Ok(page_response(format, body, etag, req.headers()))
 }
 
