@@ -65,6 +65,11 @@ impl ApiError {
         }
     }
 
+    /// The sentence a client may see (an internal cause is logged, not told).
+    pub fn public_message(&self) -> String {
+        self.public().1
+    }
+
     /// Logs what must not be sent; returns the status and the sentence that may be.
     fn public(&self) -> (StatusCode, String) {
         if let ApiError::Internal(cause) = self {

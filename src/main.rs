@@ -171,8 +171,12 @@ enum AllowlistCommand {
     /// Tell, line by line, whether a requirements.txt or pylock.toml would install through the gate.
     Check {
         file: PathBuf,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "gate")]
         config: Option<PathBuf>,
+        /// Ask this running gate (its base URL, e.g. https://tollgate.internal) instead of
+        /// reading the allowlists: no config file or store needed.
+        #[arg(long)]
+        gate: Option<String>,
     },
 }
 
@@ -330,7 +334,14 @@ fn main() -> ExitCode {
         )),
         Command::Allowlist { command } => match command {
             AllowlistCommand::Import { file } => code(tollgate::cli::import(&file)),
-            AllowlistCommand::Check { file, config: path } => match config(path.as_ref()) {
+            AllowlistCommand::Check {
+                file,
+                gate: Some(gate),
+                ..
+            } => code(tollgate::cli::allowlist_check_gate(&gate, &file)),
+            AllowlistCommand::Check {
+                file, config: path, ..
+            } => match config(path.as_ref()) {
                 Ok(c) => code(tollgate::cli::allowlist_check(&c, &file)),
                 Err(e) => e,
             },
@@ -342,11 +353,14 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: a log file or collector gets plain text it can search.
+    // Colours only on a terminal, and never with NO_COLOR (no-color.org): a log file or a
+    // collector gets plain text it can search.
     let json = std::env::var("TOLLGATE_LOG").is_ok_and(|v| v == "json");
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour)
         .with_writer(move || tollgate::logs::OneLine {
             out: std::io::stderr(),
             clip: !json,

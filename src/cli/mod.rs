@@ -1,5 +1,6 @@
 //! The offline commands: `check`, `allowlist import`, `allowlist check`. They read files and
-//! print; they never touch the network or the store.
+//! print; they never touch the network or the store, except `allowlist check --gate`, which
+//! asks a running gate over HTTP (`gate.rs`).
 
 use std::path::Path;
 
@@ -8,7 +9,9 @@ use crate::policy::requirements::{parse_pylock, parse_requirements, to_allowlist
 use crate::policy::Policy;
 
 mod audit;
+mod gate;
 pub use audit::{audit_export, audit_public_key, audit_verify, audit_witness_init};
+pub use gate::allowlist_check_gate;
 
 /// `tollgate check`: 0 when config and every allowlist load, else 1 with one line per error.
 pub fn check(config: &Config) -> i32 {
@@ -37,14 +40,22 @@ pub fn check(config: &Config) -> i32 {
     }
     match crate::loader::load(config).map(|lp| lp.policy) {
         Ok(p) => {
+            let registries: Vec<&str> = config
+                .oci
+                .registries
+                .iter()
+                .map(|r| r.host.as_str())
+                .collect();
             println!(
-                "ok: {} allowlist file(s), {} project(s), {} exact release rule(s), {} release rule(s), {} revocation(s); index(es): {}",
+                "ok: {} allowlist file(s), {} project(s), {} exact release rule(s), {} release rule(s), {} image rule(s), {} revocation(s); index(es): {}; registries: {}",
                 files.len(),
                 p.projects.len(),
                 p.exact_count(),
                 p.release_count(),
+                p.images.len(),
                 p.revoked.len(),
-                config.index_names().join(", ")
+                config.index_names().join(", "),
+                if registries.is_empty() { "none".to_string() } else { registries.join(", ") }
             );
             0
         }
@@ -61,7 +72,7 @@ pub fn check(config: &Config) -> i32 {
     }
 }
 
-fn read_pinned(path: &Path) -> Result<Parsed, String> {
+pub(crate) fn read_pinned(path: &Path) -> Result<Parsed, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if path.extension().is_some_and(|e| e == "toml") {
         parse_pylock(&text).map_err(|p| format!("{}:{}: {}", path.display(), p.line, p.message))
@@ -199,6 +210,17 @@ pub fn allowlist_check(config: &Config, path: &Path) -> i32 {
             return 1;
         }
     };
+    let verdicts: Vec<_> = parsed
+        .pinned
+        .iter()
+        .map(|p| verdict(&policy, config.pypi.wheels_only, p))
+        .collect();
+    report(path, &parsed, &verdicts)
+}
+
+/// Prints one line per requirement (problems of the file included), in file order, and a
+/// summary; 1 if any would fail. `verdicts` are those of `parsed.pinned`, in its order.
+pub(crate) fn report(path: &Path, parsed: &Parsed, verdicts: &[Result<String, String>]) -> i32 {
     let mut failed = parsed.problems.len();
     let mut lines: Vec<(usize, String)> = Vec::new();
     for p in &parsed.problems {
@@ -207,8 +229,8 @@ pub fn allowlist_check(config: &Config, path: &Path) -> i32 {
             format!("{}:{}: FAIL {}", path.display(), p.line, p.message),
         ));
     }
-    for p in &parsed.pinned {
-        match verdict(&policy, config.pypi.wheels_only, p) {
+    for (p, v) in parsed.pinned.iter().zip(verdicts) {
+        match v {
             Ok(m) => lines.push((p.line, format!("{}:{}: ok   {m}", path.display(), p.line))),
             Err(m) => {
                 failed += 1;

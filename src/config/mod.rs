@@ -592,9 +592,24 @@ impl Config {
             let bad = |m: String| invalid(at, format!("[[oci.registry]] {:?}: {m}", rr.host));
             let host =
                 crate::policy::oci::normalize_host(&rr.host).map_err(|e| bad(e.to_string()))?;
-            let prefix = rr.prefix.clone().unwrap_or_else(|| host.clone());
+            // The default prefix is the host without its port (`localhost:5000` → `localhost`):
+            // a client's first path segment cannot carry one.
+            let prefix = rr
+                .prefix
+                .clone()
+                .unwrap_or_else(|| match host.rsplit_once(':') {
+                    Some((h, port))
+                        if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        h.to_string()
+                    }
+                    _ => host.clone(),
+                });
             if prefix.is_empty() || prefix.contains(['/', ':']) || prefix == "v2" {
-                return Err(bad("prefix must be one path segment without a port".into()));
+                return Err(bad(
+                    "prefix must be one path segment without a port (set prefix for this host)"
+                        .into(),
+                ));
             }
             if registries
                 .iter()
@@ -796,6 +811,12 @@ mod tests {
             "[[oci.registry]]\nhost = \"nvcr.io\"\nprefix = \"a/b\"\nurl = \"https://nvcr.io\"\n"
         )
         .is_err());
+        // The README's case: a host with a port and no prefix takes the host without its port.
+        let c =
+            parse("[[oci.registry]]\nhost = \"localhost:5000\"\nurl = \"http://127.0.0.1:5000\"\n")
+                .unwrap();
+        assert_eq!(c.oci.registries[0].prefix, "localhost");
+        assert_eq!(c.oci.registries[0].host, "localhost:5000");
         let c = parse("[oci]\ntag_ttl = \"5s\"\n[[oci.registry]]\nhost = \"index.docker.io\"\nprefix = \"hub\"\nurl = \"https://registry-1.docker.io\"\n").unwrap();
         assert_eq!(
             (

@@ -93,8 +93,11 @@ pub fn install_crypto_provider() {
 }
 
 /// The HTTP client for one upstream: no automatic redirects (each caller checks where a
-/// redirect goes and strips credentials itself), bounded connect and read times, and an
-/// optional private CA.
+/// redirect goes and strips credentials itself), bounded connect and read times. It trusts the
+/// platform's certificate store (or `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, as OpenSSL
+/// does), where a network that re-signs TLS at its egress proxy puts that proxy's CA; the
+/// built-in Mozilla roots, so a machine without a store still reaches public upstreams; and
+/// the upstream's own `ca_file`, for a private CA of that upstream only.
 pub fn http_client(
     label: &str,
     ca_file: Option<&std::path::Path>,
@@ -116,6 +119,50 @@ pub fn http_client(
         b = b.add_root_certificate(cert);
     }
     b.build().map_err(|e| format!("{label}: {e}"))
+}
+
+/// What went wrong in TLS when a request failed, in words an operator can act on; `None` when
+/// the failure was not TLS (a refused connection, a timeout). rustls's error sits behind reqwest's
+/// and hyper's and inside an `io::Error`, whose `source()` skips the error it wraps, so each
+/// `io::Error` is opened with `get_ref`.
+pub fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let found = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(t) = found {
+            return Some(describe_tls(t));
+        }
+        next = err.source();
+    }
+    None
+}
+
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    const TRUST: &str = "if an egress proxy re-signs TLS, trust its CA: add it to the system's \
+        certificate store or SSL_CERT_FILE, or name it in the upstream's ca_file";
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            format!("TLS: the upstream's certificate is signed by an unknown CA ({TRUST})")
+        }
+        rustls::Error::InvalidCertificate(C::BadSignature | C::BadEncoding) => {
+            format!("TLS: the upstream's certificate chain does not verify ({TRUST})")
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "TLS: the upstream's certificate has expired".into()
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => "TLS: the upstream's certificate is not valid for its host name".into(),
+        rustls::Error::InvalidCertificate(other) => {
+            format!("TLS: the upstream's certificate is refused ({other:?}; {TRUST})")
+        }
+        other => format!("TLS: the handshake with the upstream failed ({other})"),
+    }
 }
 
 /// Redirects followed per request, for every upstream (index pages, registries, blobs).

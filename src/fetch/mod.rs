@@ -26,7 +26,7 @@ use crate::store::Cache;
 
 mod http;
 pub use http::{
-    http_client, install_crypto_provider, ip_is_private, redirect_target, MAX_REDIRECTS,
+    http_client, install_crypto_provider, ip_is_private, redirect_target, tls_cause, MAX_REDIRECTS,
 };
 
 /// How long the shared download waits for the first client to take a chunk.

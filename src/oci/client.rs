@@ -29,6 +29,8 @@ pub const MANIFEST_TYPES: [&str; 4] = [
 pub enum RegistryError {
     #[error("registry {0} could not be reached")]
     Unreachable(String),
+    #[error("registry {0}: {1}")]
+    Tls(String, String),
     #[error("registry {0} refused the gate's credentials")]
     Auth(String),
     #[error("registry {0} answered HTTP {1}")]
@@ -37,6 +39,21 @@ pub enum RegistryError {
     Refused(String, String),
     #[error("not found in the upstream registry")]
     NotFound,
+}
+
+/// A request that got no answer: its TLS cause when there is one (a configuration problem,
+/// answered 502 with the cause), else unreachable (503, to retry). The cause is logged.
+fn failed(registry: &str, e: reqwest::Error) -> RegistryError {
+    match crate::fetch::tls_cause(&e) {
+        Some(cause) => {
+            tracing::warn!(%registry, %cause, "registry TLS failed");
+            RegistryError::Tls(registry.to_string(), cause)
+        }
+        None => {
+            tracing::warn!(%registry, error = %e, "registry request failed");
+            RegistryError::Unreachable(registry.to_string())
+        }
+    }
 }
 
 struct Token {
@@ -144,10 +161,7 @@ impl RegistryClient {
         if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
             req = req.basic_auth(u, Some(p.expose()));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|_| RegistryError::Unreachable(name.clone()))?;
+        let resp = req.send().await.map_err(|e| failed(&name, e))?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -212,10 +226,7 @@ impl RegistryClient {
             if let Some(a) = &auth {
                 req = req.header(AUTHORIZATION, a);
             }
-            let resp = req.send().await.map_err(|e| {
-                tracing::warn!(registry = %name, error = %e, "registry request failed");
-                RegistryError::Unreachable(name.clone())
-            })?;
+            let resp = req.send().await.map_err(|e| failed(&name, e))?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -348,7 +359,7 @@ impl RegistryClient {
                 .get(next)
                 .send()
                 .await
-                .map_err(|_| RegistryError::Unreachable(name.clone()))?;
+                .map_err(|e| failed(&name, e))?;
         }
         Err(RegistryError::Refused(name, "too many redirects".into()))
     }

@@ -110,6 +110,7 @@ impl Oci {
                 Err(
                     e @ (RegistryError::NotFound
                     | RegistryError::Auth(_)
+                    | RegistryError::Tls(..)
                     | RegistryError::Unreachable(_)),
                 ),
             ) => Err(e),

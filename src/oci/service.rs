@@ -68,6 +68,9 @@ pub(super) fn registry_error(e: RegistryError, what: OciCode) -> OciError {
                 )),
             )
         }
+        e @ RegistryError::Tls(..) => {
+            OciError::Coded(OciCode::Unavailable, ApiError::BadUpstream(e.to_string()))
+        }
         e => OciError::Coded(OciCode::Unavailable, ApiError::Unavailable(e.to_string())),
     }
 }

@@ -158,6 +158,7 @@ impl Pypi {
                             tracing::warn!(%index, %detail, "file redirect refused");
                             Failure::BadUpstream(format!("the upstream index {index} redirected {name} where the gate does not follow"))
                         }
+                        e @ UpstreamError::Tls(..) => Failure::BadUpstream(e.to_string()),
                         e => Failure::Unavailable(e.to_string()),
                     })
                 }),

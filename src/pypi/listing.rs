@@ -45,24 +45,36 @@ impl Pypi {
                 return Ok((p.clone(), false));
             }
         }
-        let recently_failed = lock(&self.page_failures)
-            .get(&key)
-            .is_some_and(|t| now - t < FAILURE_BACKOFF_SECS);
-        let upstream_down = |cached: Option<Arc<UpstreamPage>>, why: String| match cached {
-            Some(p) => {
-                self.metrics.stale_pages_served.fetch_add(1, Relaxed);
-                Ok((p, true))
-            }
-            None => Err(ApiError::Unavailable(why)),
+        let recent_failure = |now: i64| {
+            lock(&self.page_failures)
+                .get(&key)
+                .filter(|(t, _)| now - t < FAILURE_BACKOFF_SECS)
+                .map(|(_, tls)| tls.clone())
         };
-        if recently_failed {
-            return upstream_down(
-                cached,
-                format!(
-                    "upstream index {} is unavailable; try again shortly",
-                    rules.index
-                ),
-            );
+        // Served stale when a copy exists; else 503 to retry, or 502 with the TLS cause (a
+        // retry cannot help until the operator changes what the gate trusts).
+        let upstream_down =
+            |cached: Option<Arc<UpstreamPage>>, why: String, tls: Option<String>| match cached {
+                Some(p) => {
+                    self.metrics.stale_pages_served.fetch_add(1, Relaxed);
+                    Ok((p, true))
+                }
+                None => match tls {
+                    Some(cause) => Err(ApiError::BadUpstream(format!(
+                        "upstream index {}: {cause}",
+                        rules.index
+                    ))),
+                    None => Err(ApiError::Unavailable(why)),
+                },
+            };
+        let down = || {
+            format!(
+                "upstream index {} is unavailable; try again shortly",
+                rules.index
+            )
+        };
+        if let Some(tls) = recent_failure(now) {
+            return upstream_down(cached, down(), tls);
         }
         let flight = lock(&self.page_locks)
             .entry(key.clone())
@@ -76,17 +88,8 @@ impl Pypi {
                 return Ok((p.clone(), false));
             }
         }
-        if lock(&self.page_failures)
-            .get(&key)
-            .is_some_and(|t| now_secs() - t < FAILURE_BACKOFF_SECS)
-        {
-            return upstream_down(
-                cached,
-                format!(
-                    "upstream index {} is unavailable; try again shortly",
-                    rules.index
-                ),
-            );
+        if let Some(tls) = recent_failure(now_secs()) {
+            return upstream_down(cached, down(), tls);
         }
         let upstream = self
             .upstreams
@@ -115,7 +118,7 @@ impl Pypi {
                 // only while one is fresh enough to be served at all.
                 self.metrics.pages_refused.fetch_add(1, Relaxed);
                 tracing::warn!(%project, error = %e, "upstream page refused");
-                lock(&self.page_failures).insert(key, now_secs());
+                lock(&self.page_failures).insert(key, (now_secs(), None));
                 match cached {
                     Some(p) => {
                         self.metrics.stale_pages_served.fetch_add(1, Relaxed);
@@ -126,7 +129,11 @@ impl Pypi {
             }
             Err(e) => {
                 tracing::warn!(%project, error = %e, "upstream page fetch failed");
-                lock(&self.page_failures).insert(key, now_secs());
+                let tls = match &e {
+                    UpstreamError::Tls(_, cause) => Some(cause.clone()),
+                    _ => None,
+                };
+                lock(&self.page_failures).insert(key.clone(), (now_secs(), tls.clone()));
                 let why = match &e {
                     UpstreamError::Page(..)
                     | UpstreamError::TooLarge(_)
@@ -138,7 +145,7 @@ impl Pypi {
                     }
                     other => other.to_string(),
                 };
-                upstream_down(cached, why)
+                upstream_down(cached, why, tls)
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The PyPI-compatible simple index (PEP 503, PEP 691) and its file routes.
 
+mod check;
 mod files;
 pub mod hashing;
 mod listing;
@@ -32,6 +33,50 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/simple/{project}", get(project_no_slash))
         .route("/simple/{project}/", get(project))
         .route("/files/{project}/{sha256}/{filename}", get(file))
+        .route("/api/v1/packages/{project}/{version}", get(release_check))
+}
+
+/// `GET /api/v1/packages/{project}/{version}[?sha256=H[&sha256=H…]]`: why that release would or
+/// would not install (see `check.rs`). JSON; 400 for a name, version or hash that is not one.
+async fn release_check(
+    State(st): State<Arc<AppState>>,
+    Path((raw, version)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, crate::error::JsonError> {
+    use crate::error::JsonError;
+    let bad = |e: String| JsonError(ApiError::BadRequest(e));
+    let name = ProjectName::parse(&raw).map_err(|e| bad(format!("project: {e}")))?;
+    let version = version
+        .parse::<pep440_rs::Version>()
+        .map_err(|e| bad(format!("version: {e}")))?;
+    let mut hashes = Vec::new();
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("sha256", v)) => {
+                for h in v.split(',').filter(|h| !h.is_empty()) {
+                    hashes.push(Sha256::parse(h).map_err(|e| bad(format!("sha256: {e}")))?);
+                }
+            }
+            None if pair.is_empty() => {}
+            _ => return Err(bad("the only query parameter is sha256".into())),
+        }
+    }
+    let lp = st.policy();
+    let client = Client::of(&req);
+    let ask = crate::Ask {
+        policy: &lp,
+        client: &client,
+        head: false,
+        headers: req.headers(),
+    };
+    let check = st
+        .pypi
+        .release_check(&ask, &name, &version, &hashes)
+        .await?;
+    let mut r = axum::Json(check).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
 }
 
 /// A relative redirect, so it works behind any proxy and prefix (PEP 503: URLs must end in `/`,

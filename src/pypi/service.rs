@@ -42,7 +42,9 @@ pub struct Pypi {
     pub(super) upstreams: HashMap<String, Arc<Upstream>>,
     pub(super) pages: Mutex<HashMap<String, Arc<UpstreamPage>>>,
     pub(super) page_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub(super) page_failures: Mutex<HashMap<String, i64>>,
+    /// Per page: when its last fetch failed, and the TLS cause when that is why (a TLS failure
+    /// is a configuration problem, answered 502 with its cause rather than 503 to retry).
+    pub(super) page_failures: Mutex<HashMap<String, (i64, Option<String>)>>,
     pub(super) rendered: Mutex<HashMap<(ProjectName, Format), Arc<Rendered>>>,
     /// Files being hashed: their URL and project.
     pub(super) hashing: Mutex<HashMap<String, ProjectName>>,

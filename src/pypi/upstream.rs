@@ -17,12 +17,14 @@ use crate::policy::ProjectName;
 
 /// What the gate asks for: JSON first, HTML as the fallback (PEP 691).
 const PAGE_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1";
-use crate::fetch::{redirect_target, MAX_REDIRECTS};
+use crate::fetch::{redirect_target, tls_cause, MAX_REDIRECTS};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream index {0} could not be reached")]
     Unreachable(String),
+    #[error("upstream index {0}: {1}")]
+    Tls(String, String),
     #[error("upstream index {0} answered HTTP {1}")]
     Status(String, u16),
     #[error("upstream index {0} refused the gate's credentials")]
@@ -106,6 +108,10 @@ impl Upstream {
                 Ok(r) => r,
                 Err(e) => {
                     self.metrics.upstream(kind, started.elapsed(), false);
+                    if let Some(cause) = tls_cause(&e) {
+                        tracing::warn!(index = %name, url = %safe(&url), %cause, "upstream TLS failed");
+                        return Err(UpstreamError::Tls(name, cause));
+                    }
                     tracing::warn!(index = %name, url = %safe(&url), error = %e, "upstream request failed");
                     return Err(UpstreamError::Unreachable(name));
                 }
