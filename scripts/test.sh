@@ -22,6 +22,13 @@ command -v pypi-server >/dev/null 2>&1 || need_pip+=(pypiserver)
 if [ ${#need_pip[@]} -gt 0 ]; then
     python3 -m pip install --disable-pip-version-check -q "${need_pip[@]}"
 fi
+# Python applications the tests drive, each in its own virtualenv under target/tools (their
+# pinned dependencies must not meet each other's or the system's): mitmproxy, a TLS-re-signing
+# egress proxy.
+if [ ! -x target/tools/mitm/bin/mitmdump ]; then
+    python3 -m venv target/tools/mitm
+    target/tools/mitm/bin/pip install --disable-pip-version-check -q "mitmproxy==11.0.2"
+fi
 # pyenv installs console scripts behind shims; make sure new ones are visible.
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 

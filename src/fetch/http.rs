@@ -105,6 +105,8 @@ pub fn http_client(
     private_ok: Vec<String>,
 ) -> Result<reqwest::Client, String> {
     install_crypto_provider();
+    let mut private_ok = private_ok;
+    private_ok.extend(proxy_hosts());
     let mut b = reqwest::Client::builder()
         .dns_resolver(std::sync::Arc::new(GuardedResolver { private_ok }))
         .redirect(reqwest::redirect::Policy::none())
@@ -128,15 +130,17 @@ pub fn http_client(
 pub fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next = Some(e);
     while let Some(err) = next {
-        let found = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(t) = found {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
             return Some(describe_tls(t));
         }
-        next = err.source();
+        // An io::Error may wrap another io::Error (tokio-rustls's inside hyper's) and its
+        // `source()` would skip both: open it instead.
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
@@ -163,6 +167,35 @@ fn describe_tls(e: &rustls::Error) -> String {
         }
         other => format!("TLS: the handshake with the upstream failed ({other})"),
     }
+}
+
+/// The hosts of the egress proxies the environment names (reqwest reads the same variables):
+/// an operator's proxy is usually on a private address, and the resolver guard must let the
+/// gate connect to it. Through a proxy the proxy resolves upstream names (see `GuardedResolver`).
+fn proxy_hosts() -> Vec<String> {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .filter_map(|var| std::env::var(var).ok())
+    .filter_map(|v| {
+        // reqwest accepts a bare `host:port` as an http:// proxy; so does this.
+        let url = if v.contains("://") {
+            v
+        } else {
+            format!("http://{v}")
+        };
+        reqwest::Url::parse(&url)
+            .ok()?
+            .host_str()
+            .map(str::to_ascii_lowercase)
+    })
+    .collect()
 }
 
 /// Redirects followed per request, for every upstream (index pages, registries, blobs).
