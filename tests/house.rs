@@ -28,7 +28,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("error", &["store"]),
     (
         "fetch",
-        &["audit", "error", "metrics", "policy", "store", "sync"],
+        &[
+            "audit", "config", "error", "metrics", "policy", "store", "sync",
+        ],
     ),
     (
         "lib",

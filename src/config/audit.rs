@@ -68,7 +68,7 @@ pub(super) fn section(
             ))
         }
         (Some(var), None) => match std::env::var(var) {
-            Ok(v) => Some(Secret(v)),
+            Ok(v) => Some(Secret::new(v)),
             Err(_) => {
                 signing_key_error = Some(format!(
                     "[audit] signing_key_env: environment variable {var} is not set"
@@ -88,7 +88,7 @@ pub(super) fn section(
                 )));
             }
             match std::fs::read_to_string(&path) {
-                Ok(v) => Some(Secret(v)),
+                Ok(v) => Some(Secret::new(v)),
                 Err(e) => {
                     signing_key_error =
                         Some(format!("[audit] signing_key_file {}: {e}", path.display()));

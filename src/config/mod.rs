@@ -1,6 +1,5 @@
 //! Configuration: the TOML file CONTRACT.md describes, validated into typed settings. No network.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +12,9 @@ use raw::{RawConfig, RawIndex};
 
 mod audit;
 pub use audit::AuditConfig;
+mod auth;
+use auth::upstream_auth;
+pub use auth::{ManagedIdentity, Secret};
 mod net;
 mod raw;
 pub use net::{is_loopback_host, origin_listed, HostPort, IpNet};
@@ -30,22 +32,6 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
-}
-
-/// A secret read from the environment. Its `Debug` and `Display` never show it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +95,8 @@ pub struct IndexConfig {
     pub file_hosts: Vec<HostPort>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// `auth = "managed-identity"`: Entra ID tokens from the platform's managed identity.
+    pub managed_identity: Option<ManagedIdentity>,
     pub ca_file: Option<PathBuf>,
     /// Whether release-rule ages count from the index's own upload times (PEP 700
     /// `upload-time`), or from the gate's first sight of each file (`upload_time =
@@ -149,6 +137,8 @@ pub struct RegistryConfig {
     pub redirect_hosts: Vec<HostPort>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// `auth = "managed-identity"`: an Entra ID token exchanged for ACR's refresh token.
+    pub managed_identity: Option<ManagedIdentity>,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -449,6 +439,8 @@ impl Config {
                 password_env: None,
                 ca_file: None,
                 upload_time: None,
+                auth: None,
+                client_id: None,
             }]
         } else {
             rp.index
@@ -489,7 +481,7 @@ impl Config {
             }
             let password = match &ri.password_env {
                 None => None,
-                Some(var) => Some(Secret(std::env::var(var).map_err(|_| {
+                Some(var) => Some(Secret::new(std::env::var(var).map_err(|_| {
                     bad(format!(
                         "password_env: environment variable {var} is not set"
                     ))
@@ -498,6 +490,8 @@ impl Config {
             if password.is_some() != ri.username.is_some() {
                 return Err(bad("username and password_env go together".into()));
             }
+            let managed_identity =
+                upstream_auth(ri.auth.as_deref(), ri.client_id, password.is_some()).map_err(bad)?;
             // By default the index's own host and port: a file link to another port of the
             // same host is another service.
             let file_hosts = match ri.file_hosts {
@@ -526,6 +520,7 @@ impl Config {
                 file_hosts,
                 username: ri.username,
                 password,
+                managed_identity,
                 ca_file: ri.ca_file.as_deref().map(resolve),
             });
         }
@@ -636,7 +631,7 @@ impl Config {
             }
             let password = match &rr.password_env {
                 None => None,
-                Some(var) => Some(Secret(std::env::var(var).map_err(|_| {
+                Some(var) => Some(Secret::new(std::env::var(var).map_err(|_| {
                     bad(format!(
                         "password_env: environment variable {var} is not set"
                     ))
@@ -645,6 +640,8 @@ impl Config {
             if password.is_some() != rr.username.is_some() {
                 return Err(bad("username and password_env go together".into()));
             }
+            let managed_identity =
+                upstream_auth(rr.auth.as_deref(), rr.client_id, password.is_some()).map_err(bad)?;
             registries.push(RegistryConfig {
                 host,
                 prefix,
@@ -658,6 +655,7 @@ impl Config {
                 url,
                 username: rr.username,
                 password,
+                managed_identity,
                 ca_file: rr.ca_file.as_deref().map(resolve),
             });
         }
@@ -811,6 +809,24 @@ mod tests {
             "[[oci.registry]]\nhost = \"nvcr.io\"\nprefix = \"a/b\"\nurl = \"https://nvcr.io\"\n"
         )
         .is_err());
+        // auth = "managed-identity": no stored secret beside it, client_id only with it.
+        let mi = parse("[[pypi.index]]\nname = \"feed\"\nurl = \"https://pkgs.dev.azure.com/o/_packaging/f/pypi/simple/\"\nauth = \"managed-identity\"\nclient_id = \"abc\"\n").unwrap();
+        assert_eq!(
+            mi.pypi.indexes[0].managed_identity,
+            Some(ManagedIdentity {
+                client_id: Some("abc".into())
+            })
+        );
+        for bad in [
+            "auth = \"managed-identity\"\nusername = \"u\"\npassword_env = \"PATH\"\n",
+            "client_id = \"abc\"\n",
+            "auth = \"token\"\n",
+        ] {
+            let text = format!(
+                "[[oci.registry]]\nhost = \"a.azurecr.io\"\nurl = \"https://a.azurecr.io\"\n{bad}"
+            );
+            assert!(parse(&text).is_err(), "{bad}");
+        }
         // The README's case: a host with a port and no prefix takes the host without its port.
         let c =
             parse("[[oci.registry]]\nhost = \"localhost:5000\"\nurl = \"http://127.0.0.1:5000\"\n")
@@ -851,6 +867,9 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+        assert_eq!(
+            format!("{:?}", Secret::new("hunter2".into())),
+            "Secret(***)"
+        );
     }
 }

@@ -59,6 +59,8 @@ pub(super) struct RawRegistry {
     pub(super) username: Option<String>,
     pub(super) password_env: Option<String>,
     pub(super) ca_file: Option<String>,
+    pub(super) auth: Option<String>,
+    pub(super) client_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,4 +143,6 @@ pub(super) struct RawIndex {
     pub(super) password_env: Option<String>,
     pub(super) ca_file: Option<String>,
     pub(super) upload_time: Option<String>,
+    pub(super) auth: Option<String>,
+    pub(super) client_id: Option<String>,
 }

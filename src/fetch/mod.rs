@@ -25,6 +25,7 @@ use crate::policy::Sha256;
 use crate::store::Cache;
 
 mod http;
+pub mod identity;
 pub use http::{
     http_client, install_crypto_provider, ip_is_private, redirect_target, tls_cause, MAX_REDIRECTS,
 };

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 
-use crate::config::{is_loopback_host, origin_listed, RegistryConfig};
+use crate::config::{is_loopback_host, origin_listed, RegistryConfig, Secret};
+use crate::fetch::identity::{Identity, ACR_RESOURCE};
 use crate::fetch::{ip_is_private, redirect_target, MAX_REDIRECTS};
+use crate::store::cache::now_secs;
 
 /// Media types the gate accepts, in the order it asks for them.
 pub const MANIFEST_TYPES: [&str; 4] = [
@@ -31,6 +33,9 @@ pub enum RegistryError {
     Unreachable(String),
     #[error("registry {0}: {1}")]
     Tls(String, String),
+    /// No credential from the managed identity: the request is not sent (never anonymously).
+    #[error("registry {0}: {1}")]
+    Identity(String, String),
     #[error("registry {0} refused the gate's credentials")]
     Auth(String),
     #[error("registry {0} answered HTTP {1}")]
@@ -65,7 +70,17 @@ pub struct RegistryClient {
     pub cfg: RegistryConfig,
     client: reqwest::Client,
     tokens: Mutex<HashMap<String, Token>>,
+    /// `auth = "managed-identity"`: the identity, and ACR's refresh token exchanged for its
+    /// Entra ID token (with the Unix second it is exchanged again at).
+    identity: Option<Identity>,
+    exchanged: tokio::sync::Mutex<Option<(Secret, i64)>>,
 }
+
+/// The user name ACR's token endpoint takes with a refresh token as the password.
+const ACR_REFRESH_USER: &str = "00000000-0000-0000-0000-000000000000";
+/// ACR's refresh tokens live about three hours; one is exchanged again well before, and with
+/// every new Entra ID token.
+const ACR_REFRESH_SECS: i64 = 15 * 60;
 
 /// The parameters of a `WWW-Authenticate` challenge (RFC 9110 §11.6.1).
 fn parse_challenge(h: &str) -> Option<(String, HashMap<String, String>)> {
@@ -104,11 +119,111 @@ impl RegistryClient {
             timeout,
             private_ok,
         )?;
+        let identity = match &cfg.managed_identity {
+            Some(mi) => {
+                let id = Identity::from_env(mi.client_id.clone())
+                    .map_err(|e| format!("registry {}: managed identity: {e}", cfg.host))?;
+                tracing::info!(registry = %cfg.host, source = %id.describe(), "registry credentials from a managed identity");
+                Some(id)
+            }
+            None => None,
+        };
         Ok(RegistryClient {
             client,
             cfg,
             tokens: Mutex::default(),
+            identity,
+            exchanged: tokio::sync::Mutex::default(),
         })
+    }
+
+    /// The Basic credentials the registry takes: the configured pair, or, with a managed
+    /// identity, ACR's refresh token (from `/oauth2/exchange`, for the identity's Entra ID
+    /// token) under ACR's fixed user name.
+    async fn credentials(&self) -> Result<Option<(String, Secret)>, RegistryError> {
+        let Some(id) = &self.identity else {
+            return Ok(self.cfg.username.clone().zip(self.cfg.password.clone()));
+        };
+        let name = self.name();
+        let mut held = self.exchanged.lock().await;
+        if let Some((refresh, until)) = &*held {
+            if now_secs() < *until {
+                return Ok(Some((ACR_REFRESH_USER.into(), refresh.clone())));
+            }
+        }
+        let (aad, aad_until) = id
+            .token_until(ACR_RESOURCE)
+            .await
+            .map_err(|e| RegistryError::Identity(name.clone(), e.to_string()))?;
+        let url = self
+            .cfg
+            .url
+            .join("/oauth2/exchange")
+            .map_err(|e| RegistryError::Refused(name.clone(), e.to_string()))?;
+        let service = match (self.cfg.url.host_str(), self.cfg.url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => String::new(),
+        };
+        let mut form = vec![
+            ("grant_type", "access_token".to_string()),
+            ("service", service),
+            ("access_token", aad.expose().to_string()),
+        ];
+        if let Ok(tenant) = std::env::var("AZURE_TENANT_ID") {
+            form.push(("tenant", tenant));
+        }
+        let resp = self
+            .client
+            .post(url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| failed(&name, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            if status == StatusCode::UNAUTHORIZED {
+                // The Entra ID token itself was refused: the next attempt fetches a new one.
+                id.forget(ACR_RESOURCE).await;
+            }
+            return Err(RegistryError::Identity(
+                name,
+                format!(
+                    "the registry's token exchange answered HTTP {}",
+                    status.as_u16()
+                ),
+            ));
+        }
+        let body = crate::fetch::read_limited(resp, 64 * 1024)
+            .await
+            .map_err(|_| RegistryError::Unreachable(name.clone()))?;
+        #[derive(serde::Deserialize)]
+        struct Exchanged {
+            refresh_token: String,
+        }
+        let refresh = serde_json::from_slice::<Exchanged>(&body)
+            .ok()
+            .map(|e| e.refresh_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                RegistryError::Refused(
+                    name.clone(),
+                    "token exchange without a refresh_token".into(),
+                )
+            })?;
+        let refresh = Secret::new(refresh);
+        let until = aad_until.min(now_secs() + ACR_REFRESH_SECS);
+        *held = Some((refresh.clone(), until));
+        Ok(Some((ACR_REFRESH_USER.into(), refresh)))
+    }
+
+    /// Forgets the exchanged refresh token and the identity's token (the registry refused
+    /// them), so the next request starts from a new Entra ID token.
+    async fn forget_credentials(&self) {
+        if let Some(id) = &self.identity {
+            *self.exchanged.lock().await = None;
+            id.forget(ACR_RESOURCE).await;
+        }
     }
 
     fn name(&self) -> String {
@@ -157,11 +272,24 @@ impl RegistryClient {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = self.client.get(url);
-        if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
-            req = req.basic_auth(u, Some(p.expose()));
+        let mut resp = None;
+        for attempt in 0..2 {
+            let mut req = self.client.get(url.clone());
+            if let Some((u, p)) = self.credentials().await? {
+                req = req.basic_auth(u, Some(p.expose()));
+            }
+            let r = req.send().await.map_err(|e| failed(&name, e))?;
+            // A refused managed-identity credential is replaced once (revoked, or rights
+            // changed since it was issued).
+            if r.status() == StatusCode::UNAUTHORIZED && self.identity.is_some() && attempt == 0 {
+                tracing::warn!(registry = %name, "registry refused the managed identity's credential; fetching a new one");
+                self.forget_credentials().await;
+                continue;
+            }
+            resp = Some(r);
+            break;
         }
-        let resp = req.send().await.map_err(|e| failed(&name, e))?;
+        let resp = resp.ok_or_else(|| RegistryError::Auth(name.clone()))?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -243,12 +371,10 @@ impl RegistryClient {
                     "Bearer {}",
                     self.fetch_token(&params, scope).await?
                 )),
-                Some((scheme, _)) if scheme == "basic" => {
-                    match (&self.cfg.username, &self.cfg.password) {
-                        (Some(u), Some(p)) => Some(basic(u, p.expose())),
-                        _ => return Err(RegistryError::Auth(name)),
-                    }
-                }
+                Some((scheme, _)) if scheme == "basic" => match self.credentials().await? {
+                    Some((u, p)) => Some(basic(&u, p.expose())),
+                    None => return Err(RegistryError::Auth(name)),
+                },
                 _ => return Err(RegistryError::Auth(name)),
             };
         }

@@ -111,6 +111,7 @@ impl Oci {
                     e @ (RegistryError::NotFound
                     | RegistryError::Auth(_)
                     | RegistryError::Tls(..)
+                    | RegistryError::Identity(..)
                     | RegistryError::Unreachable(_)),
                 ),
             ) => Err(e),

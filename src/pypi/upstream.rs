@@ -17,6 +17,7 @@ use crate::policy::ProjectName;
 
 /// What the gate asks for: JSON first, HTML as the fallback (PEP 691).
 const PAGE_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1";
+use crate::fetch::identity::{Identity, IdentityError, AZURE_DEVOPS_RESOURCE};
 use crate::fetch::{redirect_target, tls_cause, MAX_REDIRECTS};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,6 +26,9 @@ pub enum UpstreamError {
     Unreachable(String),
     #[error("upstream index {0}: {1}")]
     Tls(String, String),
+    /// No token from the managed identity: the request is not sent (never anonymously).
+    #[error("upstream index {0}: {1}")]
+    Identity(String, IdentityError),
     #[error("upstream index {0} answered HTTP {1}")]
     Status(String, u16),
     #[error("upstream index {0} refused the gate's credentials")]
@@ -44,6 +48,8 @@ pub enum UpstreamError {
 pub struct Upstream {
     pub cfg: IndexConfig,
     client: reqwest::Client,
+    /// `auth = "managed-identity"`: where its bearer tokens come from.
+    identity: Option<Identity>,
     page_limit: u64,
     max_files: usize,
     metrics: Arc<Metrics>,
@@ -69,28 +75,50 @@ impl Upstream {
             timeout,
             private_ok,
         )?;
+        let identity = match &cfg.managed_identity {
+            Some(mi) => {
+                let id = Identity::from_env(mi.client_id.clone())
+                    .map_err(|e| format!("index {}: managed identity: {e}", cfg.name))?;
+                tracing::info!(index = %cfg.name, source = %id.describe(), "upstream credentials from a managed identity");
+                Some(id)
+            }
+            None => None,
+        };
         Ok(Upstream {
             cfg,
             client,
+            identity,
             page_limit,
             max_files,
             metrics,
         })
     }
 
-    fn request(&self, url: &Url, accept: Option<&str>) -> reqwest::RequestBuilder {
+    /// A GET with the index's credentials when `url` is on the index's own origin: never to a
+    /// file host elsewhere, never along a redirect to another origin. A managed identity that
+    /// gives no token fails the request: it is never sent without one.
+    async fn request(
+        &self,
+        url: &Url,
+        accept: Option<&str>,
+    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
         let mut r = self.client.get(url.clone());
         if let Some(a) = accept {
             r = r.header(ACCEPT, a);
         }
-        // Credentials only to the index's own origin: never to a file host elsewhere, never
-        // along a redirect to another origin.
         if url.origin() == self.cfg.url.origin() {
-            if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
+            if let Some(id) = &self.identity {
+                // Azure Artifacts takes an Entra ID token for Azure DevOps as a bearer token.
+                let token = id
+                    .token(AZURE_DEVOPS_RESOURCE)
+                    .await
+                    .map_err(|e| UpstreamError::Identity(self.cfg.name.clone(), e))?;
+                r = r.bearer_auth(token.expose());
+            } else if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
                 r = r.basic_auth(u, Some(p.expose()));
             }
         }
-        r
+        Ok(r)
     }
 
     /// Sends a GET, following up to five redirects that `allowed` accepts.
@@ -102,9 +130,14 @@ impl Upstream {
         allowed: impl Fn(&Url) -> Result<(), String>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let name = self.cfg.name.clone();
-        for _ in 0..=MAX_REDIRECTS {
+        // A managed identity's token refused once is replaced and the request sent again
+        // (it may have been revoked, or the identity's rights changed since it was issued).
+        let mut renewed = false;
+        let mut hops = 0;
+        while hops <= MAX_REDIRECTS {
+            hops += 1;
             let started = Instant::now();
-            let resp = match self.request(&url, accept).send().await {
+            let resp = match self.request(&url, accept).await?.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     self.metrics.upstream(kind, started.elapsed(), false);
@@ -122,6 +155,18 @@ impl Upstream {
                 started.elapsed(),
                 status.is_success() || status == StatusCode::NOT_FOUND || status.is_redirection(),
             );
+            if status == StatusCode::UNAUTHORIZED
+                && !renewed
+                && url.origin() == self.cfg.url.origin()
+            {
+                if let Some(id) = &self.identity {
+                    tracing::warn!(index = %name, "upstream refused the managed identity's token; fetching a new one");
+                    id.forget(AZURE_DEVOPS_RESOURCE).await;
+                    renewed = true;
+                    hops -= 1;
+                    continue;
+                }
+            }
             if status.is_redirection() {
                 let next = redirect_target(&resp, &url)
                     .map_err(|e| UpstreamError::Redirect(name.clone(), e))?;

@@ -1,0 +1,335 @@
+//! Upstream credentials from an Azure managed identity: Entra ID access tokens, obtained where
+//! the platform offers them and refreshed before they expire, so no long-lived secret is stored.
+//!
+//! Where the token comes from is the platform's to say, through its standard variables (the
+//! same the Azure SDKs read), never through the upstream rules (IMDS is plain HTTP on a
+//! link-local address, which those rules refuse):
+//! - **workload identity** (AKS): `AZURE_FEDERATED_TOKEN_FILE` (a Kubernetes service-account
+//!   token, re-read for every request: the kubelet rotates it), `AZURE_TENANT_ID`,
+//!   `AZURE_CLIENT_ID` (or the rule's `client_id`) and `AZURE_AUTHORITY_HOST` (default
+//!   `https://login.microsoftonline.com/`): the OAuth 2.0 client-credentials grant with the
+//!   file's token as a JWT client assertion (RFC 7523), on `{authority}{tenant}/oauth2/v2.0/token`;
+//! - **App Service, Container Apps, Functions**: `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`,
+//!   the managed-identity endpoint, API version 2019-08-01;
+//! - **a VM or scale set**: the Instance Metadata Service at `169.254.169.254` (or the host in
+//!   `AZURE_POD_IDENTITY_AUTHORITY_HOST`), API version 2018-02-01, with `Metadata: true`.
+//!
+//! Tokens are never logged; errors name the endpoint and the status, not the answer's body.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+
+use crate::config::Secret;
+use crate::store::cache::now_secs;
+
+/// Entra ID's resource for Azure DevOps, and so for Azure Artifacts feeds.
+pub const AZURE_DEVOPS_RESOURCE: &str = "499b84ac-1321-427f-aa17-267ca6975798";
+/// Entra ID's resource for Azure Container Registry's token exchange.
+pub const ACR_RESOURCE: &str = "https://containerregistry.azure.net";
+
+/// How long before its expiry a token is replaced (at most half its lifetime).
+const REFRESH_MARGIN_SECS: i64 = 300;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("managed identity: {0}")]
+pub struct IdentityError(pub String);
+
+#[derive(Debug)]
+enum Endpoint {
+    Federated {
+        token_url: Url,
+        client_id: String,
+        token_file: PathBuf,
+    },
+    AppService {
+        url: Url,
+        header: Secret,
+    },
+    Imds {
+        url: Url,
+    },
+}
+
+/// An access token and the Unix second it is replaced at.
+#[derive(Clone)]
+struct Held {
+    token: Secret,
+    refresh_at: i64,
+}
+
+/// One managed identity (the system-assigned one, or the user-assigned `client_id`).
+pub struct Identity {
+    client_id: Option<String>,
+    endpoint: Endpoint,
+    http: reqwest::Client,
+    /// By resource; one lock, so concurrent requests wait for one fetch.
+    tokens: tokio::sync::Mutex<HashMap<String, Held>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("client_id", &self.client_id)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// https, or http on a loopback or link-local address (the local identity endpoints are).
+fn endpoint_url(what: &str, text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("{what} {text:?}: {e}"))?;
+    let host = url.host_str().unwrap_or_default();
+    let local = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if local => Ok(url),
+        _ => Err(format!(
+            "{what} {text:?} must be https (http only for a local endpoint)"
+        )),
+    }
+}
+
+impl Identity {
+    /// The identity the environment offers, for the user-assigned `client_id` if given.
+    pub fn from_env(client_id: Option<String>) -> Result<Identity, String> {
+        crate::fetch::install_crypto_provider();
+        let client_id = client_id.filter(|c| !c.trim().is_empty());
+        let endpoint = if let Some(file) = var("AZURE_FEDERATED_TOKEN_FILE") {
+            let tenant = var("AZURE_TENANT_ID")
+                .ok_or("AZURE_FEDERATED_TOKEN_FILE is set but AZURE_TENANT_ID is not")?;
+            let client = client_id
+                .clone()
+                .or_else(|| var("AZURE_CLIENT_ID"))
+                .ok_or("workload identity needs client_id or AZURE_CLIENT_ID")?;
+            let authority = var("AZURE_AUTHORITY_HOST")
+                .unwrap_or_else(|| "https://login.microsoftonline.com/".into());
+            let authority = endpoint_url("AZURE_AUTHORITY_HOST", &authority)?;
+            let token_url = authority
+                .join(&format!("{}/oauth2/v2.0/token", tenant.trim_matches('/')))
+                .map_err(|e| format!("AZURE_AUTHORITY_HOST: {e}"))?;
+            Endpoint::Federated {
+                token_url,
+                client_id: client,
+                token_file: PathBuf::from(file),
+            }
+        } else if let Some(url) = var("IDENTITY_ENDPOINT") {
+            let header = var("IDENTITY_HEADER")
+                .ok_or("IDENTITY_ENDPOINT is set but IDENTITY_HEADER is not")?;
+            Endpoint::AppService {
+                url: endpoint_url("IDENTITY_ENDPOINT", &url)?,
+                header: Secret::new(header),
+            }
+        } else {
+            let host = var("AZURE_POD_IDENTITY_AUTHORITY_HOST")
+                .unwrap_or_else(|| "http://169.254.169.254".into());
+            let url = endpoint_url("the IMDS address", &host)?
+                .join("/metadata/identity/oauth2/token")
+                .map_err(|e| e.to_string())?;
+            Endpoint::Imds { url }
+        };
+        // The local endpoints are reached directly, never through an egress proxy (as the
+        // Azure SDKs do); Entra ID's token endpoint is reached like any public host.
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+        if !matches!(endpoint, Endpoint::Federated { .. }) {
+            b = b.no_proxy();
+        }
+        let http = b.build().map_err(|e| format!("managed identity: {e}"))?;
+        Ok(Identity {
+            client_id,
+            endpoint,
+            http,
+            tokens: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// Which endpoint the tokens come from, for the log (no secret in it).
+    pub fn describe(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Federated { token_url, .. } => format!("workload identity ({token_url})"),
+            Endpoint::AppService { url, .. } => format!("IDENTITY_ENDPOINT ({url})"),
+            Endpoint::Imds { url } => format!("IMDS ({url})"),
+        }
+    }
+
+    /// An access token for `resource`, from the cache while it is fresh.
+    pub async fn token(&self, resource: &str) -> Result<Secret, IdentityError> {
+        Ok(self.token_until(resource).await?.0)
+    }
+
+    /// An access token for `resource` and the Unix second it will be replaced at (what is
+    /// derived from it, such as ACR's refresh token, is replaced with it).
+    pub async fn token_until(&self, resource: &str) -> Result<(Secret, i64), IdentityError> {
+        let mut tokens = self.tokens.lock().await;
+        if let Some(h) = tokens.get(resource) {
+            if now_secs() < h.refresh_at {
+                return Ok((h.token.clone(), h.refresh_at));
+            }
+        }
+        let (token, lifetime) = self.fetch(resource).await?;
+        let margin = REFRESH_MARGIN_SECS.min(lifetime / 2);
+        let refresh_at = now_secs() + lifetime - margin;
+        tokens.insert(
+            resource.to_string(),
+            Held {
+                token: token.clone(),
+                refresh_at,
+            },
+        );
+        Ok((token, refresh_at))
+    }
+
+    /// Drops the cached token for `resource` (the upstream refused it: it may have been
+    /// revoked or the identity's rights changed), so the next request fetches a new one.
+    pub async fn forget(&self, resource: &str) {
+        self.tokens.lock().await.remove(resource);
+    }
+
+    /// Asks the endpoint for a token: the token and its lifetime in seconds.
+    async fn fetch(&self, resource: &str) -> Result<(Secret, i64), IdentityError> {
+        let fail = |e: String| IdentityError(format!("{}: {e}", self.describe()));
+        let req = match &self.endpoint {
+            Endpoint::Federated {
+                token_url,
+                client_id,
+                token_file,
+            } => {
+                let assertion = std::fs::read_to_string(token_file)
+                    .map_err(|e| fail(format!("{}: {e}", token_file.display())))?;
+                let scope = format!("{}/.default", resource.trim_end_matches('/'));
+                self.http.post(token_url.clone()).form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id.as_str()),
+                    ("scope", scope.as_str()),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", assertion.trim()),
+                ])
+            }
+            Endpoint::AppService { url, header } => {
+                let mut q = vec![("api-version", "2019-08-01"), ("resource", resource)];
+                if let Some(c) = &self.client_id {
+                    q.push(("client_id", c));
+                }
+                self.http
+                    .get(url.clone())
+                    .query(&q)
+                    .header("X-IDENTITY-HEADER", header.expose())
+            }
+            Endpoint::Imds { url } => {
+                let mut q = vec![("api-version", "2018-02-01"), ("resource", resource)];
+                if let Some(c) = &self.client_id {
+                    q.push(("client_id", c));
+                }
+                self.http
+                    .get(url.clone())
+                    .query(&q)
+                    .header("Metadata", "true")
+            }
+        };
+        let resp = req.send().await.map_err(|e| {
+            fail(match crate::fetch::tls_cause(&e) {
+                Some(cause) => cause,
+                None => "the endpoint could not be reached".into(),
+            })
+        })?;
+        let status = resp.status();
+        let body = crate::fetch::read_limited(resp, 64 * 1024)
+            .await
+            .map_err(|_| fail("the answer could not be read".into()))?;
+        if !status.is_success() {
+            // The body may echo request details; only the status and Entra's error code go to
+            // the log.
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str().map(String::from)))
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            return Err(fail(format!("answered HTTP {}{code}", status.as_u16())));
+        }
+        parse_token(&body, now_secs()).map_err(fail)
+    }
+}
+
+/// A number that the identity endpoints write as a JSON number or a string.
+fn seconds(v: Option<&serde_json::Value>) -> Option<i64> {
+    match v? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The token and its lifetime from an answer of any of the endpoints: Entra ID and IMDS give
+/// `expires_in` (seconds, IMDS as a string), App Service gives `expires_on` (Unix seconds).
+fn parse_token(body: &[u8], now: i64) -> Result<(Secret, i64), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "the answer is not JSON".to_string())?;
+    let token = v
+        .get("access_token")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .ok_or("the answer has no access_token")?;
+    let lifetime = seconds(v.get("expires_in"))
+        .or_else(|| seconds(v.get("expires_on")).map(|at| at - now))
+        .ok_or("the answer says neither expires_in nor expires_on")?;
+    if lifetime <= 0 {
+        return Err("the answer's token has already expired".into());
+    }
+    Ok((Secret::new(token.to_string()), lifetime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_of_every_endpoint_are_read() {
+        // Entra ID (number), IMDS (strings), App Service (expires_on only).
+        let (t, life) = parse_token(br#"{"access_token":"a","expires_in":3599}"#, 0).unwrap();
+        assert_eq!((t.expose(), life), ("a", 3599));
+        let (_, life) = parse_token(
+            br#"{"access_token":"b","expires_in":"86399","expires_on":"9"}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(life, 86399);
+        let (_, life) = parse_token(br#"{"access_token":"c","expires_on":"1000"}"#, 400).unwrap();
+        assert_eq!(life, 600);
+        for bad in [
+            &br#"{"expires_in":5}"#[..],
+            br#"{"access_token":"","expires_in":5}"#,
+            br#"{"access_token":"d"}"#,
+            br#"{"access_token":"e","expires_on":"10"}"#,
+            b"not json",
+        ] {
+            assert!(parse_token(bad, 100).is_err());
+        }
+    }
+
+    #[test]
+    fn endpoints_are_https_or_local() {
+        assert!(endpoint_url("x", "https://login.microsoftonline.com/").is_ok());
+        assert!(endpoint_url("x", "http://169.254.169.254").is_ok());
+        assert!(endpoint_url("x", "http://127.0.0.1:4000/msi/token").is_ok());
+        assert!(endpoint_url("x", "http://localhost:4000/msi/token").is_ok());
+        assert!(endpoint_url("x", "http://login.example.com/").is_err());
+        assert!(endpoint_url("x", "ftp://127.0.0.1/").is_err());
+    }
+}
