@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests drive (docker-registry,
-# skopeo, openssl and apache2-utils (htpasswd) from Debian; uv and pypiserver from PyPI; pip is already there), then lint
-# and every test.
+# skopeo, openssl, apache2-utils (htpasswd), buildah, podman and runc from Debian; uv and
+# pypiserver from PyPI; mitmproxy, checkov and kubernetes-validate in their own virtualenvs under
+# target/tools; pip and kubectl are already there), then lint, the release build the image is
+# made from, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,11 @@ command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
+command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+# kubectl (with its built-in kustomize) comes with the machine; Debian's is older but renders.
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -29,11 +36,18 @@ if [ ! -x target/tools/mitm/bin/mitmdump ]; then
     python3 -m venv target/tools/mitm
     target/tools/mitm/bin/pip install --disable-pip-version-check -q "mitmproxy==11.0.2"
 fi
+# checkov and kubernetes-validate, which check the deploy files.
+if [ ! -x target/tools/deploy/bin/checkov ] || [ ! -x target/tools/deploy/bin/kubernetes-validate ]; then
+    python3 -m venv target/tools/deploy
+    target/tools/deploy/bin/pip install --disable-pip-version-check -q "checkov==3.3.30" "kubernetes-validate==1.37.0"
+fi
 # pyenv installs console scripts behind shims; make sure new ones are visible.
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The container image is built from the release binary (tests/deploy.rs).
+cargo build --release --bin tollgate
 if command -v cargo-nextest >/dev/null 2>&1; then
     cargo nextest run --no-fail-fast
 else

@@ -29,6 +29,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Exit 0 when the gate at URL answers /healthz (a container's health check, with no
+    /// shell or curl in the image).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
     /// Allowlist tools.
     Allowlist {
         #[command(subcommand)]
@@ -229,6 +235,7 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Health { url } => code(tollgate::cli::health(&url)),
         Command::Check { config: path } => match config(path.as_ref()) {
             Ok(c) => code(tollgate::cli::check(&c)),
             Err(e) => e,

@@ -123,3 +123,34 @@ pub fn allowlist_check_gate(gate: &str, path: &Path) -> i32 {
         }
     }
 }
+
+/// `tollgate health [--url URL]`: 0 when `URL/healthz` answers 200 within 5 s, else 1.
+pub fn health(url: &str) -> i32 {
+    let Ok(target) = reqwest::Url::parse(&format!("{}/healthz", url.trim_end_matches('/'))) else {
+        eprintln!("error: --url {url:?} is not a URL");
+        return 1;
+    };
+    let host = target.host_str().unwrap_or_default().to_ascii_lowercase();
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return 1;
+    };
+    let answer = rt.block_on(async {
+        let client = crate::fetch::http_client("gate", None, Duration::from_secs(5), vec![host])
+            .map_err(|e| e.to_string())?;
+        client.get(target).send().await.map_err(|e| e.to_string())
+    });
+    match answer {
+        Ok(r) if r.status().is_success() => 0,
+        Ok(r) => {
+            eprintln!("unhealthy: /healthz answered {}", r.status());
+            1
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            1
+        }
+    }
+}

@@ -11,7 +11,7 @@ use crate::policy::Policy;
 mod audit;
 mod gate;
 pub use audit::{audit_export, audit_public_key, audit_verify, audit_witness_init};
-pub use gate::allowlist_check_gate;
+pub use gate::{allowlist_check_gate, health};
 
 /// `tollgate check`: 0 when config and every allowlist load, else 1 with one line per error.
 pub fn check(config: &Config) -> i32 {
