@@ -22,6 +22,14 @@ struct ErrorBody {
     error: String,
 }
 
+/// Text from the gate with control characters shown as `?`, cut at 2000 characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(2000)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// One requirement's verdict from the gate; a gate that cannot be asked is an error of the
 /// command (exit 2), not a verdict.
 async fn ask(
@@ -53,11 +61,10 @@ async fn ask(
         let c: ReleaseCheck = serde_json::from_slice(&body).map_err(|e| {
             format!("the gate at {base} does not answer /api/v1/packages (is it tollgate?): {e}")
         })?;
-        return Ok(if c.installable {
-            Ok(c.explanation)
-        } else {
-            Err(c.explanation)
-        });
+        // The gate's sentences reach a terminal: no control characters (escape sequences)
+        // from a gate that is not what it claims to be.
+        let said = printable(&c.explanation);
+        return Ok(if c.installable { Ok(said) } else { Err(said) });
     }
     match serde_json::from_slice::<ErrorBody>(&body) {
         // The gate's own refusal of this line (a bad name or version): a verdict.
