@@ -101,6 +101,21 @@ fn endpoint_url(what: &str, text: &str) -> Result<Url, String> {
 }
 
 impl Identity {
+    /// The identity of an upstream configured with `auth = "managed-identity"` (none when it
+    /// is not), logged once with where its tokens come from. `label` names the upstream.
+    pub fn of_upstream(
+        label: &str,
+        mi: Option<&crate::config::ManagedIdentity>,
+    ) -> Result<Option<Identity>, String> {
+        let Some(mi) = mi else {
+            return Ok(None);
+        };
+        let id = Identity::from_env(mi.client_id.clone())
+            .map_err(|e| format!("{label}: managed identity: {e}"))?;
+        tracing::info!(upstream = %label, source = %id.describe(), "upstream credentials from a managed identity");
+        Ok(Some(id))
+    }
+
     /// The identity the environment offers, for the user-assigned `client_id` if given.
     pub fn from_env(client_id: Option<String>) -> Result<Identity, String> {
         crate::fetch::install_crypto_provider();

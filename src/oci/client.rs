@@ -119,15 +119,10 @@ impl RegistryClient {
             timeout,
             private_ok,
         )?;
-        let identity = match &cfg.managed_identity {
-            Some(mi) => {
-                let id = Identity::from_env(mi.client_id.clone())
-                    .map_err(|e| format!("registry {}: managed identity: {e}", cfg.host))?;
-                tracing::info!(registry = %cfg.host, source = %id.describe(), "registry credentials from a managed identity");
-                Some(id)
-            }
-            None => None,
-        };
+        let identity = Identity::of_upstream(
+            &format!("registry {}", cfg.host),
+            cfg.managed_identity.as_ref(),
+        )?;
         Ok(RegistryClient {
             client,
             cfg,

@@ -75,15 +75,10 @@ impl Upstream {
             timeout,
             private_ok,
         )?;
-        let identity = match &cfg.managed_identity {
-            Some(mi) => {
-                let id = Identity::from_env(mi.client_id.clone())
-                    .map_err(|e| format!("index {}: managed identity: {e}", cfg.name))?;
-                tracing::info!(index = %cfg.name, source = %id.describe(), "upstream credentials from a managed identity");
-                Some(id)
-            }
-            None => None,
-        };
+        let identity = Identity::of_upstream(
+            &format!("index {}", cfg.name),
+            cfg.managed_identity.as_ref(),
+        )?;
         Ok(Upstream {
             cfg,
             client,
