@@ -84,6 +84,8 @@ async fn an_untrusted_upstream_certificate_is_named_and_the_system_store_is_trus
     assert_eq!(r.status(), 502);
     let log = gate.proc.log_text();
     assert!(log.contains("upstream TLS failed"), "{log}");
+    // A log written to a file carries no terminal colours.
+    assert!(!log.contains('\u{1b}'), "{log}");
     assert!(log.contains("unknown CA"), "{log}");
     gate.proc.stop();
 
@@ -338,4 +340,38 @@ async fn the_readme_default_installs_behind_a_re_signing_proxy() {
     assert!(upstream
         .log_text()
         .contains("/packages/demo_b-2.0-py3-none-any.whl"));
+}
+
+/// The README's registry example with a port and no prefix loads (the prefix is the host
+/// without its port), and `check` says what it found, image rules and registries included.
+#[test]
+fn check_counts_image_rules_and_registries_and_a_port_needs_no_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("allowlists")).unwrap();
+    std::fs::write(
+        dir.path().join("allowlists/a.toml"),
+        format!(
+            "[[package]]\nname = \"six\"\nversion = \"1.16.0\"\nsha256 = [\"{}\"]\n\n\
+             [[image]]\nrepository = \"localhost:5000/team/app\"\ndigests = [\"sha256:{}\"]\n",
+            "a".repeat(64),
+            "b".repeat(64)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        "data_dir = \"data\"\nallowlist_dir = \"allowlists\"\n[[oci.registry]]\nhost = \"localhost:5000\"\nurl = \"http://127.0.0.1:5000\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(dir.path().join("tollgate.toml"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 exact release rule(s)"), "{text}");
+    assert!(text.contains("1 image rule(s)"), "{text}");
+    assert!(text.contains("registries: localhost:5000"), "{text}");
 }

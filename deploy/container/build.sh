@@ -22,7 +22,9 @@ mkdir -p "$rootfs"/usr/local/bin "$rootfs"/etc/tollgate/allowlists "$rootfs"/etc
 # The C runtime the binary links (ldd: libc, libm, libgcc_s, the loader) and the CA bundle, from
 # Debian's packages of this machine's release.
 chmod 0755 "$ctx"; chmod 0777 "$ctx/debs"
-(cd "$ctx/debs" && apt-get download -qq libc6 libgcc-s1 ca-certificates >/dev/null)
+download() { (cd "$ctx/debs" && apt-get download -qq libc6 libgcc-s1 ca-certificates >/dev/null 2>&1); }
+download || { apt-get update -qq >/dev/null && download; } || {
+    echo "apt-get download libc6 libgcc-s1 ca-certificates failed" >&2; exit 1; }
 for deb in "$ctx"/debs/*.deb; do dpkg-deb -x "$deb" "$ctx/x"; done
 libdir=lib/x86_64-linux-gnu
 [ -d "$ctx/x/usr/$libdir" ] && [ ! -d "$ctx/x/$libdir" ] && libdir=usr/lib/x86_64-linux-gnu
