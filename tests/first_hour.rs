@@ -187,6 +187,12 @@ async fn a_user_learns_why_an_install_fails_from_the_running_gate() {
         .unwrap();
     assert_eq!(v["installable"], false, "{v}");
     assert!(!v["files"].as_array().unwrap().is_empty(), "{v}");
+    // A release no rule admits: said so, without its files' hashes.
+    assert!(v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["reason"] == "version_not_allowed" && f["sha256"].is_null()));
     assert!(v["files"]
         .as_array()
         .unwrap()
@@ -374,4 +380,44 @@ fn check_counts_image_rules_and_registries_and_a_port_needs_no_prefix() {
     assert!(text.contains("1 exact release rule(s)"), "{text}");
     assert!(text.contains("1 image rule(s)"), "{text}");
     assert!(text.contains("registries: localhost:5000"), "{text}");
+}
+
+/// A "gate" that is not one: its error sentences reach the user's terminal without control
+/// characters (no escape sequences, no forged lines).
+#[test]
+fn allowlist_check_prints_no_control_characters_from_a_hostile_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"error": "\x1b]0;owned\x07\x1b[2J\r\nrequirements.txt:9: ok   fake"}).encode()
+        self.send_response(400 if "six" in self.path else 500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("port", s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", script]);
+    let evil = spawn_port(cmd, dir.path().join("evil.log"));
+    let req = requirements(
+        dir.path(),
+        "r",
+        &[format!("six==1.16.0 --hash=sha256:{}", "a".repeat(64))],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["allowlist", "check"])
+        .arg(&req)
+        .args(["--gate", &format!("http://127.0.0.1:{}", evil.port)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    assert_eq!(text.lines().count(), 2, "{text:?}");
 }

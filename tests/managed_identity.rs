@@ -79,10 +79,15 @@ impl Azure {
         format!(
             "[[package]]\nname = \"demo-b\"\nversion = \"2.0\"\nsha256 = [\"{}\"]\n\n\
              [[package]]\nname = \"demo-a\"\nversion = \"1.0\"\nsha256 = [\"{}\"]\n\n\
-             [[package]]\nname = \"swapped\"\nversion = \"1.0\"\nsha256 = [\"{}\"]\n",
+             [[package]]\nname = \"swapped\"\nversion = \"1.0\"\nsha256 = [\"{}\"]\n{}",
             self.fx.sha("demo_b-2.0-py3-none-any.whl"),
             self.fx.sha("demo_a-1.0-py3-none-any.whl"),
             self.fx.sha("swapped-1.0-py3-none-any.whl"),
+            (0..20)
+                .map(|i| format!(
+                    "\n[[package]]\nname = \"p{i}\"\nspecifier = \">=0\"\nmin_age = \"1d\"\n"
+                ))
+                .collect::<String>(),
         )
     }
 
@@ -181,16 +186,53 @@ async fn an_artifacts_feed_with_imds_tokens_refreshed_renewed_and_never_anonymou
     // The identity endpoint is down and the held token is refused: 503 to the client (a retry
     // may succeed), and the feed is never asked without a token.
     az.control("down=1&revoke=1").await;
+    let calls = az.stats().await["identity_calls"].as_u64().unwrap();
     let (code, retry, body) = status(&gate, "/simple/swapped/").await;
     assert_eq!(code, 503, "{body}");
     assert!(retry.is_some());
     assert!(body.contains("managed identity"), "{body}");
+    // The client learns that, not where the identity endpoint is (the log says).
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains("metadata/identity"),
+        "{body}"
+    );
+    // Many projects at once while the endpoint fails: it is asked once, then left alone for
+    // the failure backoff (IMDS limits the whole machine's calls).
+    let asks: Vec<_> = (0..20)
+        .map(|i| {
+            let url = gate.url(&format!("/simple/p{i}/"));
+            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for a in asks {
+        assert_eq!(a.await.unwrap().unwrap(), 503);
+    }
     let s = az.stats().await;
+    assert!(
+        s["identity_calls"].as_u64().unwrap() - calls <= 2,
+        "the identity endpoint was asked per request: {s}"
+    );
     assert_eq!(s["anonymous"], 0, "{s}");
-    // Tokens never reach the log.
+    // Tokens never reach the log; the cause does.
     let log = gate.proc.log_text();
     assert!(!log.contains("aad-"), "{log}");
-    assert!(log.contains("managed identity"), "{log}");
+    assert!(log.contains("managed identity: no token"), "{log}");
+
+    // A token due for refresh but not expired keeps serving while the endpoint is down: no
+    // stall and no 503 for the refresh window (4-s tokens here, refreshed after 2 s).
+    az.control("down=0&lifetime=4").await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    assert_eq!(status(&gate, "/simple/demo-a/").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    az.control("down=1").await;
+    let started = std::time::Instant::now();
+    let (code, _, body) = status(&gate, "/simple/demo-b/").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

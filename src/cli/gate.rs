@@ -68,10 +68,16 @@ async fn ask(
     }
     match serde_json::from_slice::<ErrorBody>(&body) {
         // The gate's own refusal of this line (a bad name or version): a verdict.
-        Ok(e) if status.is_client_error() => {
-            Ok(Err(format!("{}=={}: {}", p.name, p.version, e.error)))
-        }
-        Ok(e) => Err(format!("the gate at {base} answered {status}: {}", e.error)),
+        Ok(e) if status.is_client_error() => Ok(Err(format!(
+            "{}=={}: {}",
+            p.name,
+            p.version,
+            printable(&e.error)
+        ))),
+        Ok(e) => Err(format!(
+            "the gate at {base} answered {status}: {}",
+            printable(&e.error)
+        )),
         Err(_) => Err(format!("the gate at {base} answered {status}")),
     }
 }

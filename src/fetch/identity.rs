@@ -32,6 +32,16 @@ pub const ACR_RESOURCE: &str = "https://containerregistry.azure.net";
 
 /// How long before its expiry a token is replaced (at most half its lifetime).
 const REFRESH_MARGIN_SECS: i64 = 300;
+/// The longest lifetime believed (IMDS issues 24-hour tokens); a longer one is cut to it.
+const MAX_LIFETIME_SECS: i64 = 86_400;
+/// After the endpoint fails, it is not asked again for this long (or its `Retry-After`, up to
+/// a minute): IMDS limits the whole machine's calls, and every request would otherwise ask.
+const FAILURE_BACKOFF_SECS: i64 = 5;
+/// A refresh while the held token is still valid waits this long at most, then the held token
+/// serves (until it really expires).
+const REFRESH_WAIT: Duration = Duration::from_secs(5);
+/// A fetch with no valid token in hand waits this long at most.
+const FETCH_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("managed identity: {0}")]
@@ -53,11 +63,19 @@ enum Endpoint {
     },
 }
 
-/// An access token and the Unix second it is replaced at.
+/// An access token, the Unix second it is replaced at, and the one it expires at.
 #[derive(Clone)]
 struct Held {
     token: Secret,
     refresh_at: i64,
+    expires_at: i64,
+}
+
+/// Tokens by resource, and the last failure by resource (until when it stands, and what it was).
+#[derive(Default)]
+struct Tokens {
+    held: HashMap<String, Held>,
+    failed: HashMap<String, (i64, IdentityError)>,
 }
 
 /// One managed identity (the system-assigned one, or the user-assigned `client_id`).
@@ -65,8 +83,8 @@ pub struct Identity {
     client_id: Option<String>,
     endpoint: Endpoint,
     http: reqwest::Client,
-    /// By resource; one lock, so concurrent requests wait for one fetch.
-    tokens: tokio::sync::Mutex<HashMap<String, Held>>,
+    /// One lock, so concurrent requests wait for one fetch and then share its outcome.
+    tokens: tokio::sync::Mutex<Tokens>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -190,33 +208,80 @@ impl Identity {
     /// derived from it, such as ACR's refresh token, is replaced with it).
     pub async fn token_until(&self, resource: &str) -> Result<(Secret, i64), IdentityError> {
         let mut tokens = self.tokens.lock().await;
-        if let Some(h) = tokens.get(resource) {
-            if now_secs() < h.refresh_at {
+        let now = now_secs();
+        let held = tokens.held.get(resource).cloned();
+        if let Some(h) = &held {
+            if now < h.refresh_at {
                 return Ok((h.token.clone(), h.refresh_at));
             }
         }
-        let (token, lifetime) = self.fetch(resource).await?;
-        let margin = REFRESH_MARGIN_SECS.min(lifetime / 2);
-        let refresh_at = now_secs() + lifetime - margin;
-        tokens.insert(
-            resource.to_string(),
-            Held {
-                token: token.clone(),
-                refresh_at,
-            },
-        );
-        Ok((token, refresh_at))
+        // A token due for refresh but not expired still serves when the endpoint fails.
+        let valid = held.filter(|h| now < h.expires_at);
+        let fallback = |e: IdentityError| match &valid {
+            Some(h) => Ok((h.token.clone(), h.expires_at)),
+            None => Err(e),
+        };
+        if let Some((until, e)) = tokens.failed.get(resource) {
+            if now < *until {
+                return fallback(e.clone());
+            }
+        }
+        let wait = if valid.is_some() {
+            REFRESH_WAIT
+        } else {
+            FETCH_WAIT
+        };
+        let fetched = match tokio::time::timeout(wait, self.fetch(resource)).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure {
+                error: IdentityError(format!(
+                    "{}: no answer within {} s",
+                    self.describe(),
+                    wait.as_secs()
+                )),
+                retry_after: None,
+            }),
+        };
+        match fetched {
+            Ok((token, lifetime)) => {
+                let now = now_secs();
+                let margin = REFRESH_MARGIN_SECS.min(lifetime / 2);
+                let held = Held {
+                    token: token.clone(),
+                    refresh_at: now + lifetime - margin,
+                    expires_at: now + lifetime,
+                };
+                let refresh_at = held.refresh_at;
+                tokens.held.insert(resource.to_string(), held);
+                tokens.failed.remove(resource);
+                Ok((token, refresh_at))
+            }
+            Err(f) => {
+                let backoff = f
+                    .retry_after
+                    .map_or(FAILURE_BACKOFF_SECS, |s| s.clamp(1, 60));
+                tracing::warn!(cause = %f.error, backoff_secs = backoff, token_still_valid = valid.is_some(), "managed identity: no token");
+                tokens.failed.insert(
+                    resource.to_string(),
+                    (now_secs() + backoff, f.error.clone()),
+                );
+                fallback(f.error)
+            }
+        }
     }
 
     /// Drops the cached token for `resource` (the upstream refused it: it may have been
     /// revoked or the identity's rights changed), so the next request fetches a new one.
     pub async fn forget(&self, resource: &str) {
-        self.tokens.lock().await.remove(resource);
+        self.tokens.lock().await.held.remove(resource);
     }
 
     /// Asks the endpoint for a token: the token and its lifetime in seconds.
-    async fn fetch(&self, resource: &str) -> Result<(Secret, i64), IdentityError> {
-        let fail = |e: String| IdentityError(format!("{}: {e}", self.describe()));
+    async fn fetch(&self, resource: &str) -> Result<(Secret, i64), Failure> {
+        let fail = |e: String| Failure {
+            error: IdentityError(format!("{}: {e}", self.describe())),
+            retry_after: None,
+        };
         let req = match &self.endpoint {
             Endpoint::Federated {
                 token_url,
@@ -265,21 +330,39 @@ impl Identity {
             })
         })?;
         let status = resp.status();
+        // 429 and 503 may say when to ask again (IMDS does, when its limit is reached).
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok());
         let body = crate::fetch::read_limited(resp, 64 * 1024)
             .await
             .map_err(|_| fail("the answer could not be read".into()))?;
         if !status.is_success() {
-            // The body may echo request details; only the status and Entra's error code go to
-            // the log.
+            // The body may echo request details; only the status and the OAuth error code
+            // (RFC 6749 §5.2: a short ASCII token, checked as such) go to the log.
             let code = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str().map(String::from)))
+                .filter(|c| {
+                    (1..=64).contains(&c.len())
+                        && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default();
-            return Err(fail(format!("answered HTTP {}{code}", status.as_u16())));
+            let mut f = fail(format!("answered HTTP {}{code}", status.as_u16()));
+            f.retry_after = retry_after;
+            return Err(f);
         }
         parse_token(&body, now_secs()).map_err(fail)
     }
+}
+
+/// A failed fetch, and how long the endpoint asked the gate to wait.
+struct Failure {
+    error: IdentityError,
+    retry_after: Option<i64>,
 }
 
 /// A number that the identity endpoints write as a JSON number or a string.
@@ -301,13 +384,23 @@ fn parse_token(body: &[u8], now: i64) -> Result<(Secret, i64), String> {
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
         .ok_or("the answer has no access_token")?;
-    let lifetime = seconds(v.get("expires_in"))
-        .or_else(|| seconds(v.get("expires_on")).map(|at| at - now))
-        .ok_or("the answer says neither expires_in nor expires_on")?;
+    // Checked arithmetic: the numbers are the endpoint's, and may be anything.
+    let lifetime = match seconds(v.get("expires_in")) {
+        Some(s) => Some(s),
+        None => seconds(v.get("expires_on")).and_then(|at| at.checked_sub(now)),
+    }
+    .ok_or("the answer says neither expires_in nor expires_on (or an impossible one)")?;
     if lifetime <= 0 {
         return Err("the answer's token has already expired".into());
     }
-    Ok((Secret::new(token.to_string()), lifetime))
+    // A token must be usable as it is sent: printable ASCII (it goes into a header).
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the answer's access_token is not printable ASCII".into());
+    }
+    Ok((
+        Secret::new(token.to_string()),
+        lifetime.min(MAX_LIFETIME_SECS),
+    ))
 }
 
 #[cfg(test)]
@@ -332,6 +425,7 @@ mod tests {
             br#"{"access_token":"","expires_in":5}"#,
             br#"{"access_token":"d"}"#,
             br#"{"access_token":"e","expires_on":"10"}"#,
+            br#"{"access_token":"a\r\nX: y","expires_in":5}"#,
             b"not json",
         ] {
             assert!(parse_token(bad, 100).is_err());

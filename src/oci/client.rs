@@ -34,7 +34,8 @@ pub enum RegistryError {
     #[error("registry {0}: {1}")]
     Tls(String, String),
     /// No credential from the managed identity: the request is not sent (never anonymously).
-    #[error("registry {0}: {1}")]
+    /// The cause (endpoint, tenant, paths) is logged where it is found, not told to clients.
+    #[error("registry {0}: no credential from the gate's managed identity; try again shortly")]
     Identity(String, String),
     #[error("registry {0} refused the gate's credentials")]
     Auth(String),
@@ -146,10 +147,10 @@ impl RegistryClient {
                 return Ok(Some((ACR_REFRESH_USER.into(), refresh.clone())));
             }
         }
-        let (aad, aad_until) = id
-            .token_until(ACR_RESOURCE)
-            .await
-            .map_err(|e| RegistryError::Identity(name.clone(), e.to_string()))?;
+        let (aad, aad_until) = id.token_until(ACR_RESOURCE).await.map_err(|e| {
+            tracing::warn!(registry = %name, cause = %e, "no token from the managed identity");
+            RegistryError::Identity(name.clone(), e.to_string())
+        })?;
         let url = self
             .cfg
             .url
@@ -540,6 +541,16 @@ impl RegistryClient {
             }
             return Ok(());
         }
+        // Names that can only mean this machine or the local network are refused outright:
+        // through an HTTPS_PROXY the proxy resolves names, and the address check below would
+        // be the proxy's (RFC 6761: `localhost` and `.localhost`; a single label is a local
+        // search-domain name).
+        if host == "localhost" || host.ends_with(".localhost") || !host.contains('.') {
+            return Err(RegistryError::Refused(
+                name,
+                format!("blob redirect to the local name {host}"),
+            ));
+        }
         // A name is checked where it is resolved for the connection (the client's resolver
         // keeps only public addresses for hosts the operator did not list), so no second
         // lookup can answer differently between the check and the connect.
@@ -597,6 +608,30 @@ mod tests {
         for ip in ["8.8.8.8", "2606:4700::1111", "64:ff9b::808:808"] {
             assert!(!ip_is_private(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[tokio::test]
+    async fn blob_redirects_to_local_names_are_refused_before_any_lookup() {
+        let cfg = crate::config::Config::from_text(
+            "[[oci.registry]]\nhost = \"registry.example\"\nurl = \"https://registry.example\"\n",
+            None,
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let client =
+            RegistryClient::new(cfg.oci.registries[0].clone(), Duration::from_secs(5)).unwrap();
+        // Through an HTTPS_PROXY the proxy would resolve these: they are refused by name.
+        for local in [
+            "https://localhost:9/b",
+            "https://a.localhost/b",
+            "https://intranet/b",
+            "https://10.0.0.1/b",
+        ] {
+            let url = Url::parse(local).unwrap();
+            assert!(client.check_redirect(&url).await.is_err(), "{local}");
+        }
+        let cdn = Url::parse("https://cdn.example.net/blobs/x").unwrap();
+        assert!(client.check_redirect(&cdn).await.is_ok());
     }
 
     #[test]

@@ -80,6 +80,24 @@ impl Pypi {
             if dist.version != *version || out.files.iter().any(|x| x.filename == f.filename) {
                 continue;
             }
+            // A release no rule admits is said so before anything about its files' hashes (the
+            // gate never fetches them, and their hashes are not the caller's business).
+            let admitted = decide::release_rule_matches(rules, &dist)
+                || rules.exact.iter().any(|r| r.version == dist.version);
+            if !admitted {
+                let d = decide::DenyReason::VersionNotAllowed {
+                    filename: f.filename.clone(),
+                };
+                out.files.push(FileCheck {
+                    filename: f.filename.clone(),
+                    sha256: None,
+                    asked: true,
+                    allowed: false,
+                    reason: Some(d.code()),
+                    explanation: d.to_string(),
+                });
+                continue;
+            }
             let known = self.effective_hash(f)?;
             let sha = known.map(|(sha, _)| sha);
             let asked = hashes.is_empty() || sha.is_some_and(|s| hashes.contains(&s));

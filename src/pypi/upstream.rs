@@ -27,7 +27,8 @@ pub enum UpstreamError {
     #[error("upstream index {0}: {1}")]
     Tls(String, String),
     /// No token from the managed identity: the request is not sent (never anonymously).
-    #[error("upstream index {0}: {1}")]
+    /// The cause (endpoint, tenant, paths) is logged where it is found, not told to clients.
+    #[error("upstream index {0}: no token from the gate's managed identity; try again shortly")]
     Identity(String, IdentityError),
     #[error("upstream index {0} answered HTTP {1}")]
     Status(String, u16),
@@ -104,10 +105,10 @@ impl Upstream {
         if url.origin() == self.cfg.url.origin() {
             if let Some(id) = &self.identity {
                 // Azure Artifacts takes an Entra ID token for Azure DevOps as a bearer token.
-                let token = id
-                    .token(AZURE_DEVOPS_RESOURCE)
-                    .await
-                    .map_err(|e| UpstreamError::Identity(self.cfg.name.clone(), e))?;
+                let token = id.token(AZURE_DEVOPS_RESOURCE).await.map_err(|e| {
+                    tracing::warn!(index = %self.cfg.name, cause = %e, "no token from the managed identity");
+                    UpstreamError::Identity(self.cfg.name.clone(), e)
+                })?;
                 r = r.bearer_auth(token.expose());
             } else if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
                 r = r.basic_auth(u, Some(p.expose()));
