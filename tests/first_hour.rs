@@ -391,7 +391,7 @@ fn allowlist_check_prints_no_control_characters_from_a_hostile_gate() {
 import http.server, json, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = json.dumps({"error": "\x1b]0;owned\x07\x1b[2J\r\nrequirements.txt:9: ok   fake"}).encode()
+        body = json.dumps({"error": "\x1b]0;owned\x07\x1b[2J\r\nrequirements.txt:9: ok   fake\u202e lanif\u2028x\u200b"}).encode()
         self.send_response(400 if "six" in self.path else 500)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -419,5 +419,10 @@ s.serve_forever()
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    // Nor the invisible characters that reorder or split what a terminal shows.
+    assert!(
+        !text.contains(['\u{202e}', '\u{2028}', '\u{200b}']),
+        "{text:?}"
+    );
     assert_eq!(text.lines().count(), 2, "{text:?}");
 }

@@ -83,7 +83,7 @@ impl Azure {
             self.fx.sha("demo_b-2.0-py3-none-any.whl"),
             self.fx.sha("demo_a-1.0-py3-none-any.whl"),
             self.fx.sha("swapped-1.0-py3-none-any.whl"),
-            (0..20)
+            (0..40)
                 .map(|i| format!(
                     "\n[[package]]\nname = \"p{i}\"\nspecifier = \">=0\"\nmin_age = \"1d\"\n"
                 ))
@@ -233,6 +233,53 @@ async fn an_artifacts_feed_with_imds_tokens_refreshed_renewed_and_never_anonymou
         "{:?}",
         started.elapsed()
     );
+}
+
+/// An identity the feed does not accept (no Reader right): after a refused token and a refused
+/// replacement, the gate stops asking the identity endpoint for every request.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_without_the_right_does_not_flood_the_identity_endpoint() {
+    let az = Azure::start();
+    az.control("refuse=1").await;
+    let gate = start_gate(
+        &az.fx.path("gate"),
+        &az.feed_config(""),
+        &az.allowlist(),
+        &az.imds_env(),
+    );
+    let (code, _, body) = status(&gate, "/simple/demo-b/").await;
+    assert_eq!(code, 503, "{body}");
+    let asks: Vec<_> = (0..20)
+        .map(|i| {
+            let url = gate.url(&format!("/simple/p{i}/"));
+            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for a in asks {
+        assert_eq!(a.await.unwrap().unwrap(), 503);
+    }
+    let s = az.stats().await;
+    assert!(s["identity_calls"].as_u64().unwrap() <= 3, "{s}");
+    // Once the replacement was refused too, the gate holds back: another wave of requests, for
+    // other projects (no page backoff stands for them), reaches neither the identity endpoint
+    // nor the feed.
+    let asks: Vec<_> = (20..40)
+        .map(|i| {
+            let url = gate.url(&format!("/simple/p{i}/"));
+            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for a in asks {
+        assert_eq!(a.await.unwrap().unwrap(), 503);
+    }
+    let again = az.stats().await;
+    assert_eq!(again["identity_calls"], s["identity_calls"], "{again}");
+    assert_eq!(again["refused"], s["refused"], "{again}");
+    assert_eq!(again["anonymous"], 0, "{again}");
+    assert!(gate
+        .proc
+        .log_text()
+        .contains("does the identity have the right"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,11 +22,20 @@ struct ErrorBody {
     error: String,
 }
 
-/// Text from the gate with control characters shown as `?`, cut at 2000 characters.
+/// Text from the gate with control characters, and the invisible format characters that
+/// reorder or split what a terminal shows (bidirectional overrides, zero-width characters,
+/// line and paragraph separators), shown as `?`; cut at 2000 characters.
 fn printable(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c,
+                '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}')
+    };
     text.chars()
         .take(2000)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if hidden(c) { '?' } else { c })
         .collect()
 }
 
@@ -121,12 +130,19 @@ pub fn allowlist_check_gate(gate: &str, path: &Path) -> i32 {
             return 2;
         }
     };
+    // The whole run is bounded too: a gate that answers each line slowly cannot hold the
+    // command for ever.
     let verdicts = rt.block_on(async {
-        let mut out = Vec::new();
-        for p in &parsed.pinned {
-            out.push(ask(&client, &base, p).await?);
-        }
-        Ok::<_, String>(out)
+        let all = async {
+            let mut out = Vec::new();
+            for p in &parsed.pinned {
+                out.push(ask(&client, &base, p).await?);
+            }
+            Ok::<_, String>(out)
+        };
+        tokio::time::timeout(Duration::from_secs(300), all)
+            .await
+            .unwrap_or_else(|_| Err(format!("the gate at {base} did not answer within 300 s")))
     });
     match verdicts {
         Ok(v) => report(path, &parsed, &v),

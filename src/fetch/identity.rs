@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -37,11 +38,12 @@ const MAX_LIFETIME_SECS: i64 = 86_400;
 /// After the endpoint fails, it is not asked again for this long (or its `Retry-After`, up to
 /// a minute): IMDS limits the whole machine's calls, and every request would otherwise ask.
 const FAILURE_BACKOFF_SECS: i64 = 5;
-/// A refresh while the held token is still valid waits this long at most, then the held token
-/// serves (until it really expires).
-const REFRESH_WAIT: Duration = Duration::from_secs(5);
-/// A fetch with no valid token in hand waits this long at most.
+/// A fetch waits this long at most.
 const FETCH_WAIT: Duration = Duration::from_secs(30);
+/// A token the upstream refuses within this long of its fetch is not the token's fault (the
+/// identity lacks the right): the endpoint is then not asked again for `REFUSED_BACKOFF_SECS`.
+const FRESH_SECS: i64 = 60;
+const REFUSED_BACKOFF_SECS: i64 = 30;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("managed identity: {0}")]
@@ -63,19 +65,27 @@ enum Endpoint {
     },
 }
 
-/// An access token, the Unix second it is replaced at, and the one it expires at.
+/// An access token, when it was fetched, the Unix second it is replaced at, and the one it
+/// expires at.
 #[derive(Clone)]
 struct Held {
     token: Secret,
+    fetched_at: i64,
+    /// Fetched because the upstream refused the one before.
+    after_refusal: bool,
     refresh_at: i64,
     expires_at: i64,
 }
 
-/// Tokens by resource, and the last failure by resource (until when it stands, and what it was).
+/// By resource: the token held, the last failure (until when it stands, and what it was), and
+/// whether a background refresh is under way.
 #[derive(Default)]
 struct Tokens {
     held: HashMap<String, Held>,
     failed: HashMap<String, (i64, IdentityError)>,
+    refreshing: std::collections::HashSet<String>,
+    /// Resources whose last token the upstream refused.
+    refused: std::collections::HashSet<String>,
 }
 
 /// One managed identity (the system-assigned one, or the user-assigned `client_id`).
@@ -85,6 +95,9 @@ pub struct Identity {
     http: reqwest::Client,
     /// One lock, so concurrent requests wait for one fetch and then share its outcome.
     tokens: tokio::sync::Mutex<Tokens>,
+    /// Some held token was fetched after a refusal and has not been accepted yet (so
+    /// `accepted` need not take the lock on every request).
+    unproven: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Identity {
@@ -124,14 +137,14 @@ impl Identity {
     pub fn of_upstream(
         label: &str,
         mi: Option<&crate::config::ManagedIdentity>,
-    ) -> Result<Option<Identity>, String> {
+    ) -> Result<Option<Arc<Identity>>, String> {
         let Some(mi) = mi else {
             return Ok(None);
         };
         let id = Identity::from_env(mi.client_id.clone())
             .map_err(|e| format!("{label}: managed identity: {e}"))?;
         tracing::info!(upstream = %label, source = %id.describe(), "upstream credentials from a managed identity");
-        Ok(Some(id))
+        Ok(Some(Arc::new(id)))
     }
 
     /// The identity the environment offers, for the user-assigned `client_id` if given.
@@ -187,6 +200,7 @@ impl Identity {
             endpoint,
             http,
             tokens: tokio::sync::Mutex::default(),
+            unproven: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -200,54 +214,90 @@ impl Identity {
     }
 
     /// An access token for `resource`, from the cache while it is fresh.
-    pub async fn token(&self, resource: &str) -> Result<Secret, IdentityError> {
+    pub async fn token(self: &Arc<Self>, resource: &str) -> Result<Secret, IdentityError> {
         Ok(self.token_until(resource).await?.0)
     }
 
     /// An access token for `resource` and the Unix second it will be replaced at (what is
     /// derived from it, such as ACR's refresh token, is replaced with it).
-    pub async fn token_until(&self, resource: &str) -> Result<(Secret, i64), IdentityError> {
+    ///
+    /// A token due for refresh but not yet expired is returned at once while one background
+    /// task fetches its successor, so a slow or failing endpoint stalls no request while a
+    /// valid token is in hand. Without one, the fetch happens here, one at a time (waiters then
+    /// share its outcome), and a failure is remembered for a backoff.
+    pub async fn token_until(
+        self: &Arc<Self>,
+        resource: &str,
+    ) -> Result<(Secret, i64), IdentityError> {
         let mut tokens = self.tokens.lock().await;
         let now = now_secs();
-        let held = tokens.held.get(resource).cloned();
-        if let Some(h) = &held {
+        let failed = tokens
+            .failed
+            .get(resource)
+            .filter(|(until, _)| now < *until)
+            .map(|(_, e)| e.clone());
+        if let Some(h) = tokens.held.get(resource).cloned() {
             if now < h.refresh_at {
-                return Ok((h.token.clone(), h.refresh_at));
+                return Ok((h.token, h.refresh_at));
+            }
+            if now < h.expires_at {
+                if failed.is_none() && tokens.refreshing.insert(resource.to_string()) {
+                    let me = Arc::clone(self);
+                    let resource = resource.to_string();
+                    tokio::spawn(async move {
+                        let fetched = me.fetch_bounded(&resource).await;
+                        let mut tokens = me.tokens.lock().await;
+                        tokens.refreshing.remove(&resource);
+                        // The outcome is kept (token) or remembered (failure, logged) for the
+                        // next request; nobody waits for it here.
+                        let _kept = me.settle(&mut tokens, &resource, fetched, true);
+                    });
+                }
+                return Ok((h.token, h.expires_at));
             }
         }
-        // A token due for refresh but not expired still serves when the endpoint fails.
-        let valid = held.filter(|h| now < h.expires_at);
-        let fallback = |e: IdentityError| match &valid {
-            Some(h) => Ok((h.token.clone(), h.expires_at)),
-            None => Err(e),
-        };
-        if let Some((until, e)) = tokens.failed.get(resource) {
-            if now < *until {
-                return fallback(e.clone());
-            }
+        if let Some(e) = failed {
+            return Err(e);
         }
-        let wait = if valid.is_some() {
-            REFRESH_WAIT
-        } else {
-            FETCH_WAIT
-        };
-        let fetched = match tokio::time::timeout(wait, self.fetch(resource)).await {
+        let fetched = self.fetch_bounded(resource).await;
+        self.settle(&mut tokens, resource, fetched, false)
+    }
+
+    async fn fetch_bounded(&self, resource: &str) -> Result<(Secret, i64), Failure> {
+        match tokio::time::timeout(FETCH_WAIT, self.fetch(resource)).await {
             Ok(r) => r,
             Err(_) => Err(Failure {
                 error: IdentityError(format!(
                     "{}: no answer within {} s",
                     self.describe(),
-                    wait.as_secs()
+                    FETCH_WAIT.as_secs()
                 )),
                 retry_after: None,
             }),
-        };
+        }
+    }
+
+    /// Keeps a fetched token, or remembers the failure for a backoff.
+    fn settle(
+        &self,
+        tokens: &mut Tokens,
+        resource: &str,
+        fetched: Result<(Secret, i64), Failure>,
+        background: bool,
+    ) -> Result<(Secret, i64), IdentityError> {
+        let now = now_secs();
         match fetched {
             Ok((token, lifetime)) => {
-                let now = now_secs();
                 let margin = REFRESH_MARGIN_SECS.min(lifetime / 2);
+                let after_refusal = tokens.refused.remove(resource);
+                if after_refusal {
+                    self.unproven
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let held = Held {
                     token: token.clone(),
+                    fetched_at: now,
+                    after_refusal,
                     refresh_at: now + lifetime - margin,
                     expires_at: now + lifetime,
                 };
@@ -260,20 +310,62 @@ impl Identity {
                 let backoff = f
                     .retry_after
                     .map_or(FAILURE_BACKOFF_SECS, |s| s.clamp(1, 60));
-                tracing::warn!(cause = %f.error, backoff_secs = backoff, token_still_valid = valid.is_some(), "managed identity: no token");
-                tokens.failed.insert(
-                    resource.to_string(),
-                    (now_secs() + backoff, f.error.clone()),
-                );
-                fallback(f.error)
+                tracing::warn!(cause = %f.error, backoff_secs = backoff, background, "managed identity: no token");
+                tokens
+                    .failed
+                    .insert(resource.to_string(), (now + backoff, f.error.clone()));
+                Err(f.error)
             }
         }
     }
 
-    /// Drops the cached token for `resource` (the upstream refused it: it may have been
-    /// revoked or the identity's rights changed), so the next request fetches a new one.
-    pub async fn forget(&self, resource: &str) {
-        self.tokens.lock().await.held.remove(resource);
+    /// The upstream accepted `token`: the identity has the right, so a later refusal of it is
+    /// a revocation to recover from, not a reason to back off.
+    pub async fn accepted(&self, resource: &str, token: &Secret) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.unproven.load(Relaxed) {
+            return;
+        }
+        let mut tokens = self.tokens.lock().await;
+        if let Some(h) = tokens.held.get_mut(resource) {
+            if h.token.expose() == token.expose() {
+                h.after_refusal = false;
+            }
+        }
+        if !tokens.held.values().any(|h| h.after_refusal) {
+            self.unproven.store(false, Relaxed);
+        }
+    }
+
+    /// The upstream refused `refused`, the token held for `resource`: it is dropped, so the
+    /// next request fetches a new one (revoked, or the identity's rights changed). When that
+    /// new token is refused too, soon after it was fetched, the identity lacks the right: the
+    /// endpoint is then left alone for a while rather than asked again for every request. A
+    /// token other than the one held (a concurrent request's older one) changes nothing.
+    pub async fn forget(&self, resource: &str, refused: &Secret) {
+        let mut tokens = self.tokens.lock().await;
+        let Some(h) = tokens.held.get(resource) else {
+            return;
+        };
+        if h.token.expose() != refused.expose() {
+            return;
+        }
+        let again = h.after_refusal && now_secs() - h.fetched_at < FRESH_SECS;
+        tokens.held.remove(resource);
+        tokens.refused.insert(resource.to_string());
+        if again {
+            tracing::warn!(%resource, backoff_secs = REFUSED_BACKOFF_SECS, "managed identity: the upstream refused a token fetched moments ago; does the identity have the right (AcrPull, feed Reader)?");
+            tokens.failed.insert(
+                resource.to_string(),
+                (
+                    now_secs() + REFUSED_BACKOFF_SECS,
+                    IdentityError(format!(
+                        "{}: the upstream refuses this identity's tokens",
+                        self.describe()
+                    )),
+                ),
+            );
+        }
     }
 
     /// Asks the endpoint for a token: the token and its lifetime in seconds.

@@ -73,8 +73,16 @@ pub struct RegistryClient {
     tokens: Mutex<HashMap<String, Token>>,
     /// `auth = "managed-identity"`: the identity, and ACR's refresh token exchanged for its
     /// Entra ID token (with the Unix second it is exchanged again at).
-    identity: Option<Identity>,
-    exchanged: tokio::sync::Mutex<Option<(Secret, i64)>>,
+    identity: Option<std::sync::Arc<Identity>>,
+    exchanged: tokio::sync::Mutex<Option<Exchanged>>,
+}
+
+/// ACR's refresh token, the Unix second it is exchanged again at, and the Entra ID token it
+/// was exchanged for.
+struct Exchanged {
+    refresh: Secret,
+    until: i64,
+    aad: Secret,
 }
 
 /// The user name ACR's token endpoint takes with a refresh token as the password.
@@ -142,9 +150,9 @@ impl RegistryClient {
         };
         let name = self.name();
         let mut held = self.exchanged.lock().await;
-        if let Some((refresh, until)) = &*held {
-            if now_secs() < *until {
-                return Ok(Some((ACR_REFRESH_USER.into(), refresh.clone())));
+        if let Some(e) = &*held {
+            if now_secs() < e.until {
+                return Ok(Some((ACR_REFRESH_USER.into(), e.refresh.clone())));
             }
         }
         let (aad, aad_until) = id.token_until(ACR_RESOURCE).await.map_err(|e| {
@@ -180,7 +188,7 @@ impl RegistryClient {
         if !status.is_success() {
             if status == StatusCode::UNAUTHORIZED {
                 // The Entra ID token itself was refused: the next attempt fetches a new one.
-                id.forget(ACR_RESOURCE).await;
+                id.forget(ACR_RESOURCE, &aad).await;
             }
             return Err(RegistryError::Identity(
                 name,
@@ -194,10 +202,10 @@ impl RegistryClient {
             .await
             .map_err(|_| RegistryError::Unreachable(name.clone()))?;
         #[derive(serde::Deserialize)]
-        struct Exchanged {
+        struct ExchangeAnswer {
             refresh_token: String,
         }
-        let refresh = serde_json::from_slice::<Exchanged>(&body)
+        let refresh = serde_json::from_slice::<ExchangeAnswer>(&body)
             .ok()
             .map(|e| e.refresh_token)
             .filter(|t| !t.is_empty())
@@ -208,17 +216,27 @@ impl RegistryClient {
                 )
             })?;
         let refresh = Secret::new(refresh);
-        let until = aad_until.min(now_secs() + ACR_REFRESH_SECS);
-        *held = Some((refresh.clone(), until));
+        *held = Some(Exchanged {
+            refresh: refresh.clone(),
+            until: aad_until.min(now_secs() + ACR_REFRESH_SECS),
+            aad,
+        });
         Ok(Some((ACR_REFRESH_USER.into(), refresh)))
     }
 
-    /// Forgets the exchanged refresh token and the identity's token (the registry refused
-    /// them), so the next request starts from a new Entra ID token.
-    async fn forget_credentials(&self) {
+    /// The registry refused `refused`: forgets it and the Entra ID token it came from (when
+    /// they are still the ones held), so the next request starts from a new Entra ID token.
+    async fn forget_credentials(&self, refused: &Secret) {
         if let Some(id) = &self.identity {
-            *self.exchanged.lock().await = None;
-            id.forget(ACR_RESOURCE).await;
+            let mut held = self.exchanged.lock().await;
+            if held
+                .as_ref()
+                .is_some_and(|e| e.refresh.expose() == refused.expose())
+            {
+                if let Some(e) = held.take() {
+                    id.forget(ACR_RESOURCE, &e.aad).await;
+                }
+            }
         }
     }
 
@@ -271,7 +289,8 @@ impl RegistryClient {
         let mut resp = None;
         for attempt in 0..2 {
             let mut req = self.client.get(url.clone());
-            if let Some((u, p)) = self.credentials().await? {
+            let creds = self.credentials().await?;
+            if let Some((u, p)) = &creds {
                 req = req.basic_auth(u, Some(p.expose()));
             }
             let r = req.send().await.map_err(|e| failed(&name, e))?;
@@ -279,7 +298,9 @@ impl RegistryClient {
             // changed since it was issued).
             if r.status() == StatusCode::UNAUTHORIZED && self.identity.is_some() && attempt == 0 {
                 tracing::warn!(registry = %name, "registry refused the managed identity's credential; fetching a new one");
-                self.forget_credentials().await;
+                if let Some((_, p)) = &creds {
+                    self.forget_credentials(p).await;
+                }
                 continue;
             }
             resp = Some(r);
@@ -287,7 +308,14 @@ impl RegistryClient {
         }
         let resp = resp.ok_or_else(|| RegistryError::Auth(name.clone()))?;
         match resp.status() {
-            s if s.is_success() => {}
+            s if s.is_success() => {
+                // The registry took the identity's credential: it has the right.
+                if let Some(id) = &self.identity {
+                    if let Some(e) = &*self.exchanged.lock().await {
+                        id.accepted(ACR_RESOURCE, &e.aad).await;
+                    }
+                }
+            }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 return Err(RegistryError::Auth(name))
             }

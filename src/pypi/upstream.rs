@@ -10,7 +10,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
 
 use super::page::{check_file_url, parse_html, parse_json, resolve_links, PageError, UpstreamFile};
-use crate::config::IndexConfig;
+use crate::config::{IndexConfig, Secret};
 pub use crate::fetch::{read_limited, ReadError};
 use crate::metrics::{self, Metrics};
 use crate::policy::ProjectName;
@@ -50,7 +50,7 @@ pub struct Upstream {
     pub cfg: IndexConfig,
     client: reqwest::Client,
     /// `auth = "managed-identity"`: where its bearer tokens come from.
-    identity: Option<Identity>,
+    identity: Option<std::sync::Arc<Identity>>,
     page_limit: u64,
     max_files: usize,
     metrics: Arc<Metrics>,
@@ -97,7 +97,7 @@ impl Upstream {
         &self,
         url: &Url,
         accept: Option<&str>,
-    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+    ) -> Result<(reqwest::RequestBuilder, Option<Secret>), UpstreamError> {
         let mut r = self.client.get(url.clone());
         if let Some(a) = accept {
             r = r.header(ACCEPT, a);
@@ -110,11 +110,12 @@ impl Upstream {
                     UpstreamError::Identity(self.cfg.name.clone(), e)
                 })?;
                 r = r.bearer_auth(token.expose());
+                return Ok((r, Some(token)));
             } else if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
                 r = r.basic_auth(u, Some(p.expose()));
             }
         }
-        Ok(r)
+        Ok((r, None))
     }
 
     /// Sends a GET, following up to five redirects that `allowed` accepts.
@@ -133,7 +134,8 @@ impl Upstream {
         while hops <= MAX_REDIRECTS {
             hops += 1;
             let started = Instant::now();
-            let resp = match self.request(&url, accept).await?.send().await {
+            let (req, token) = self.request(&url, accept).await?;
+            let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     self.metrics.upstream(kind, started.elapsed(), false);
@@ -155,12 +157,17 @@ impl Upstream {
                 && !renewed
                 && url.origin() == self.cfg.url.origin()
             {
-                if let Some(id) = &self.identity {
+                if let (Some(id), Some(token)) = (&self.identity, &token) {
                     tracing::warn!(index = %name, "upstream refused the managed identity's token; fetching a new one");
-                    id.forget(AZURE_DEVOPS_RESOURCE).await;
+                    id.forget(AZURE_DEVOPS_RESOURCE, token).await;
                     renewed = true;
                     hops -= 1;
                     continue;
+                }
+            }
+            if status.is_success() {
+                if let (Some(id), Some(token)) = (&self.identity, &token) {
+                    id.accepted(AZURE_DEVOPS_RESOURCE, token).await;
                 }
             }
             if status.is_redirection() {

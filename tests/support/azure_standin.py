@@ -14,7 +14,8 @@ written to their documented wire formats, because the real ones cannot run here:
   as the password of the user 00000000-0000-0000-0000-000000000000), and /v2/ behind a bearer
   challenge, proxied to the real docker-registry at REGISTRY.
 
-Control (the test's): POST /control?lifetime=N|down=0/1|revoke=1 and GET /control/stats.
+Control (the test's): POST /control?lifetime=N|down=0/1|revoke=1|refuse=0/1 (the feed and the
+exchange refuse every token: an identity without the right) and GET /control/stats.
 
     python3 azure_standin.py ROOT REGISTRY_URL IDENTITY_HEADER ASSERTION_FILE CLIENT_ID
 """
@@ -34,7 +35,7 @@ ACR = "https://containerregistry.azure.net"
 ACR_USER = "00000000-0000-0000-0000-000000000000"
 
 lock = threading.Lock()
-state = {"lifetime": 3600, "down": False, "n": 0}
+state = {"lifetime": 3600, "down": False, "n": 0, "refuse": False}
 tokens = {}  # token -> (resource, expires_at)
 refresh = set()
 access = set()
@@ -55,6 +56,8 @@ def issue(resource):
 def valid_aad(tok, resource):
     with lock:
         t = tokens.get(tok)
+        if state["refuse"]:
+            return False
     return t is not None and t[0] == resource and t[1] > time.time()
 
 
@@ -168,6 +171,8 @@ class H(http.server.BaseHTTPRequestHandler):
                     state["lifetime"] = int(q["lifetime"])
                 if "down" in q:
                     state["down"] = q["down"] == "1"
+                if "refuse" in q:
+                    state["refuse"] = q["refuse"] == "1"
                 if q.get("revoke") == "1":
                     tokens.clear()
                     refresh.clear()
