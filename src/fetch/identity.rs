@@ -40,8 +40,9 @@ const MAX_LIFETIME_SECS: i64 = 86_400;
 const FAILURE_BACKOFF_SECS: i64 = 5;
 /// A fetch waits this long at most.
 const FETCH_WAIT: Duration = Duration::from_secs(30);
-/// A token the upstream refuses within this long of its fetch is not the token's fault (the
-/// identity lacks the right): the endpoint is then not asked again for `REFUSED_BACKOFF_SECS`.
+/// A replacement token (fetched because the upstream refused the one before) that the upstream
+/// refuses too within this long of its fetch says the identity lacks the right: the endpoint is
+/// then not asked again for `REFUSED_BACKOFF_SECS`.
 const FRESH_SECS: i64 = 60;
 const REFUSED_BACKOFF_SECS: i64 = 30;
 
