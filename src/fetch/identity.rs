@@ -99,6 +99,8 @@ pub struct Identity {
     /// Some held token was fetched after a refusal and has not been accepted yet (so
     /// `accepted` need not take the lock on every request).
     unproven: std::sync::atomic::AtomicBool,
+    /// Woken when a background refresh settles.
+    settled: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Identity {
@@ -202,6 +204,7 @@ impl Identity {
             http,
             tokens: tokio::sync::Mutex::default(),
             unproven: std::sync::atomic::AtomicBool::new(false),
+            settled: tokio::sync::Notify::new(),
         })
     }
 
@@ -230,43 +233,64 @@ impl Identity {
         self: &Arc<Self>,
         resource: &str,
     ) -> Result<(Secret, i64), IdentityError> {
-        let mut tokens = self.tokens.lock().await;
-        let now = now_secs();
-        let failed = tokens
-            .failed
-            .get(resource)
-            .filter(|(until, _)| now < *until)
-            .map(|(_, e)| e.clone());
-        if let Some(h) = tokens.held.get(resource).cloned() {
-            if now < h.refresh_at {
-                return Ok((h.token, h.refresh_at));
-            }
-            if now < h.expires_at {
-                if failed.is_none() && tokens.refreshing.insert(resource.to_string()) {
-                    let me = Arc::clone(self);
-                    let resource = resource.to_string();
-                    tokio::spawn(async move {
-                        let fetched = me.fetch_bounded(&resource).await;
-                        let mut tokens = me.tokens.lock().await;
-                        tokens.refreshing.remove(&resource);
-                        // The outcome is kept (token) or remembered (failure, logged) for the
-                        // next request; nobody waits for it here.
-                        let _kept = me.settle(&mut tokens, &resource, fetched, true);
-                    });
+        // At most twice round: once more after waiting for a background refresh to settle.
+        for round in 0..2 {
+            let mut tokens = self.tokens.lock().await;
+            let now = now_secs();
+            let failed = tokens
+                .failed
+                .get(resource)
+                .filter(|(until, _)| now < *until)
+                .map(|(_, e)| e.clone());
+            if let Some(h) = tokens.held.get(resource).cloned() {
+                if now < h.refresh_at {
+                    return Ok((h.token, h.refresh_at));
                 }
-                return Ok((h.token, h.expires_at));
+                if now < h.expires_at {
+                    if failed.is_none() && tokens.refreshing.insert(resource.to_string()) {
+                        let me = Arc::clone(self);
+                        let resource = resource.to_string();
+                        tokio::spawn(async move {
+                            let fetched = me.fetch_bounded(&resource).await;
+                            let mut tokens = me.tokens.lock().await;
+                            tokens.refreshing.remove(&resource);
+                            // Kept (token) or remembered (failure, logged) for the next
+                            // request; whoever waits for it is woken.
+                            let _kept = me.settle(&mut tokens, &resource, fetched);
+                            drop(tokens);
+                            me.settled.notify_waiters();
+                        });
+                    }
+                    return Ok((h.token, h.expires_at));
+                }
             }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            // The held token expired while a background refresh is still out: wait for it
+            // (without the lock, so it can settle) rather than fetch a second time.
+            if round == 0 && tokens.refreshing.contains(resource) {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                drop(tokens);
+                let _ = tokio::time::timeout(FETCH_WAIT, settled).await;
+                continue;
+            }
+            let fetched = self.fetch_bounded(resource).await;
+            return self.settle(&mut tokens, resource, fetched);
         }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        let fetched = self.fetch_bounded(resource).await;
-        self.settle(&mut tokens, resource, fetched, false)
+        Err(IdentityError(format!(
+            "{}: no token after waiting for the refresh under way",
+            self.describe()
+        )))
     }
 
+    /// A fetch within `FETCH_WAIT`: the token and the Unix second its life ends, counted from
+    /// when the answer arrived (not from when its outcome could be kept).
     async fn fetch_bounded(&self, resource: &str) -> Result<(Secret, i64), Failure> {
         match tokio::time::timeout(FETCH_WAIT, self.fetch(resource)).await {
-            Ok(r) => r,
+            Ok(r) => r.map(|(token, lifetime)| (token, now_secs() + lifetime)),
             Err(_) => Err(Failure {
                 error: IdentityError(format!(
                     "{}: no answer within {} s",
@@ -278,17 +302,30 @@ impl Identity {
         }
     }
 
-    /// Keeps a fetched token, or remembers the failure for a backoff.
+    /// Keeps a fetched token (unless the one held expires later: an older answer settling
+    /// late does not replace a newer one), or remembers the failure for a backoff.
     fn settle(
         &self,
         tokens: &mut Tokens,
         resource: &str,
         fetched: Result<(Secret, i64), Failure>,
-        background: bool,
     ) -> Result<(Secret, i64), IdentityError> {
         let now = now_secs();
         match fetched {
-            Ok((token, lifetime)) => {
+            Ok((token, expires_at)) => {
+                if let Some(h) = tokens.held.get(resource) {
+                    if h.expires_at > expires_at {
+                        tokens.failed.remove(resource);
+                        return Ok((h.token.clone(), h.refresh_at));
+                    }
+                }
+                let lifetime = expires_at - now;
+                if lifetime <= 0 {
+                    return Err(IdentityError(format!(
+                        "{}: the token expired before it could be used",
+                        self.describe()
+                    )));
+                }
                 let margin = REFRESH_MARGIN_SECS.min(lifetime / 2);
                 let after_refusal = tokens.refused.remove(resource);
                 if after_refusal {
@@ -299,8 +336,8 @@ impl Identity {
                     token: token.clone(),
                     fetched_at: now,
                     after_refusal,
-                    refresh_at: now + lifetime - margin,
-                    expires_at: now + lifetime,
+                    refresh_at: expires_at - margin,
+                    expires_at,
                 };
                 let refresh_at = held.refresh_at;
                 tokens.held.insert(resource.to_string(), held);
@@ -311,7 +348,7 @@ impl Identity {
                 let backoff = f
                     .retry_after
                     .map_or(FAILURE_BACKOFF_SECS, |s| s.clamp(1, 60));
-                tracing::warn!(cause = %f.error, backoff_secs = backoff, background, "managed identity: no token");
+                tracing::warn!(cause = %f.error, backoff_secs = backoff, "managed identity: no token");
                 tokens
                     .failed
                     .insert(resource.to_string(), (now + backoff, f.error.clone()));
@@ -523,6 +560,23 @@ mod tests {
         ] {
             assert!(parse_token(bad, 100).is_err());
         }
+    }
+
+    #[tokio::test]
+    async fn a_late_older_answer_does_not_replace_a_newer_token() {
+        // The endpoint is never asked here: only what is kept is.
+        let id = Identity::from_env(None).unwrap();
+        let mut held = Tokens::default();
+        let now = now_secs();
+        let newer = Ok((Secret::new("newer".into()), now + 3600));
+        id.settle(&mut held, "r", newer).unwrap();
+        let older = Ok((Secret::new("older".into()), now + 1800));
+        let (kept, _) = id.settle(&mut held, "r", older).unwrap();
+        assert_eq!(kept.expose(), "newer");
+        // An answer whose token expired while it waited to be kept is not kept.
+        let stale = Ok((Secret::new("stale".into()), now - 1));
+        assert!(id.settle(&mut held, "s", stale).is_err());
+        assert!(!held.held.contains_key("s"));
     }
 
     #[test]
