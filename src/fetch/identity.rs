@@ -91,6 +91,8 @@ struct Tokens {
 
 /// One managed identity (the system-assigned one, or the user-assigned `client_id`).
 pub struct Identity {
+    /// The upstream it authenticates (for the log).
+    label: String,
     client_id: Option<String>,
     endpoint: Endpoint,
     http: reqwest::Client,
@@ -144,8 +146,9 @@ impl Identity {
         let Some(mi) = mi else {
             return Ok(None);
         };
-        let id = Identity::from_env(mi.client_id.clone())
+        let mut id = Identity::from_env(mi.client_id.clone())
             .map_err(|e| format!("{label}: managed identity: {e}"))?;
+        id.label = label.to_string();
         tracing::info!(upstream = %label, source = %id.describe(), "upstream credentials from a managed identity");
         Ok(Some(Arc::new(id)))
     }
@@ -199,6 +202,7 @@ impl Identity {
         }
         let http = b.build().map_err(|e| format!("managed identity: {e}"))?;
         Ok(Identity {
+            label: String::new(),
             client_id,
             endpoint,
             http,
@@ -348,7 +352,8 @@ impl Identity {
                 let backoff = f
                     .retry_after
                     .map_or(FAILURE_BACKOFF_SECS, |s| s.clamp(1, 60));
-                tracing::warn!(cause = %f.error, backoff_secs = backoff, "managed identity: no token");
+                // Logged here, once per fetch, not by every request the failure answers.
+                tracing::warn!(upstream = %self.label, cause = %f.error, backoff_secs = backoff, "managed identity: no token");
                 tokens
                     .failed
                     .insert(resource.to_string(), (now + backoff, f.error.clone()));
@@ -392,7 +397,7 @@ impl Identity {
         tokens.held.remove(resource);
         tokens.refused.insert(resource.to_string());
         if again {
-            tracing::warn!(%resource, backoff_secs = REFUSED_BACKOFF_SECS, "managed identity: the upstream refused a token fetched moments ago; does the identity have the right (AcrPull, feed Reader)?");
+            tracing::warn!(upstream = %self.label, %resource, backoff_secs = REFUSED_BACKOFF_SECS, "managed identity: the upstream refused a token fetched moments ago; does the identity have the right (AcrPull, feed Reader)?");
             tokens.failed.insert(
                 resource.to_string(),
                 (

@@ -155,10 +155,11 @@ impl RegistryClient {
                 return Ok(Some((ACR_REFRESH_USER.into(), e.refresh.clone())));
             }
         }
-        let (aad, aad_until) = id.token_until(ACR_RESOURCE).await.map_err(|e| {
-            tracing::warn!(registry = %name, cause = %e, "no token from the managed identity");
-            RegistryError::Identity(name.clone(), e.to_string())
-        })?;
+        // The identity logs why it has none, once per fetch.
+        let (aad, aad_until) = id
+            .token_until(ACR_RESOURCE)
+            .await
+            .map_err(|e| RegistryError::Identity(name.clone(), e.to_string()))?;
         let url = self
             .cfg
             .url

@@ -105,10 +105,11 @@ impl Upstream {
         if url.origin() == self.cfg.url.origin() {
             if let Some(id) = &self.identity {
                 // Azure Artifacts takes an Entra ID token for Azure DevOps as a bearer token.
-                let token = id.token(AZURE_DEVOPS_RESOURCE).await.map_err(|e| {
-                    tracing::warn!(index = %self.cfg.name, cause = %e, "no token from the managed identity");
-                    UpstreamError::Identity(self.cfg.name.clone(), e)
-                })?;
+                // The identity logs why it has none, once per fetch.
+                let token = id
+                    .token(AZURE_DEVOPS_RESOURCE)
+                    .await
+                    .map_err(|e| UpstreamError::Identity(self.cfg.name.clone(), e))?;
                 r = r.bearer_auth(token.expose());
                 return Ok((r, Some(token)));
             } else if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
