@@ -210,15 +210,16 @@ async fn tokens_failed_logins_and_the_audit_chain() {
     )
     .await;
     assert_eq!(s, 400);
-    // An expired token and a deleted token no longer work.
-    let (short, _) = make_token(&gate, "reader", json!({ "expires": "1s" })).await;
+    // An expired token and a deleted token no longer work. (Expiry counts whole seconds: a
+    // 1-s token can be over before its first use on a loaded machine, so it lives 3 s.)
+    let (short, _) = make_token(&gate, "reader", json!({ "expires": "3s" })).await;
     assert_eq!(
         call(&gate, "GET", "/admin/v1/audit/verify", Some(&short), None)
             .await
             .0,
         200
     );
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
     assert_eq!(
         call(&gate, "GET", "/admin/v1/audit/verify", Some(&short), None)
             .await

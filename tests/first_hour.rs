@@ -95,20 +95,7 @@ async fn an_untrusted_upstream_certificate_is_named_and_the_system_store_is_trus
         &dir,
         &[("SSL_CERT_FILE", ca.join("ca.pem").to_str().unwrap())],
     );
-    let req = requirements(
-        fx.dir.path(),
-        "demo",
-        &[
-            format!(
-                "demo-b==2.0 --hash=sha256:{}",
-                fx.sha("demo_b-2.0-py3-none-any.whl")
-            ),
-            format!(
-                "demo-a==1.0 --hash=sha256:{}",
-                fx.sha("demo_a-1.0-py3-none-any.whl")
-            ),
-        ],
-    );
+    let req = requirements(fx.dir.path(), "demo", &fx.demo_requirements());
     let target = fx.path("target");
     let out = tokio::task::block_in_place(|| pip_install(&gate.index(), &req, &target));
     assert!(out.status.success(), "pip: {}", show(&out));
@@ -311,20 +298,7 @@ async fn the_readme_default_installs_behind_a_re_signing_proxy() {
         .spawn()
         .unwrap();
     wait_http("http://127.0.0.1:8080/healthz");
-    let req = requirements(
-        fx.dir.path(),
-        "pinned",
-        &[
-            format!(
-                "demo-b==2.0 --hash=sha256:{}",
-                fx.sha("demo_b-2.0-py3-none-any.whl")
-            ),
-            format!(
-                "demo-a==1.0 --hash=sha256:{}",
-                fx.sha("demo_a-1.0-py3-none-any.whl")
-            ),
-        ],
-    );
+    let req = requirements(fx.dir.path(), "pinned", &fx.demo_requirements());
     let target = fx.path("target");
     let out =
         tokio::task::block_in_place(|| pip_install("http://127.0.0.1:8080/simple/", &req, &target));

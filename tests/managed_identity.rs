@@ -109,6 +109,19 @@ fn start_gate(
     Gate::start_env(dir, config, allowlist, &env)
 }
 
+/// Requests `/simple/p{i}/` for every i of `projects` at once; each must be 503.
+async fn assert_all_503(gate: &Gate, projects: std::ops::Range<usize>) {
+    let asks: Vec<_> = projects
+        .map(|i| {
+            let url = gate.url(&format!("/simple/p{i}/"));
+            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for a in asks {
+        assert_eq!(a.await.unwrap().unwrap(), 503);
+    }
+}
+
 async fn status(gate: &Gate, path: &str) -> (u16, Option<String>, String) {
     let r = reqwest::get(gate.url(path)).await.unwrap();
     let retry = r
@@ -129,20 +142,7 @@ async fn an_artifacts_feed_with_imds_tokens_refreshed_renewed_and_never_anonymou
         &az.imds_env(),
     );
     // Real pip, through the gate, from a feed that takes only the identity's bearer token.
-    let req = requirements(
-        az.fx.dir.path(),
-        "demo",
-        &[
-            format!(
-                "demo-b==2.0 --hash=sha256:{}",
-                az.fx.sha("demo_b-2.0-py3-none-any.whl")
-            ),
-            format!(
-                "demo-a==1.0 --hash=sha256:{}",
-                az.fx.sha("demo_a-1.0-py3-none-any.whl")
-            ),
-        ],
-    );
+    let req = requirements(az.fx.dir.path(), "demo", &az.fx.demo_requirements());
     let target = az.fx.path("target");
     let out = tokio::task::block_in_place(|| pip_install(&gate.index(), &req, &target));
     assert!(
@@ -198,15 +198,7 @@ async fn an_artifacts_feed_with_imds_tokens_refreshed_renewed_and_never_anonymou
     );
     // Many projects at once while the endpoint fails: it is asked once, then left alone for
     // the failure backoff (IMDS limits the whole machine's calls).
-    let asks: Vec<_> = (0..20)
-        .map(|i| {
-            let url = gate.url(&format!("/simple/p{i}/"));
-            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
-        })
-        .collect();
-    for a in asks {
-        assert_eq!(a.await.unwrap().unwrap(), 503);
-    }
+    assert_all_503(&gate, 0..20).await;
     let s = az.stats().await;
     assert!(
         s["identity_calls"].as_u64().unwrap() - calls <= 2,
@@ -249,29 +241,13 @@ async fn an_identity_without_the_right_does_not_flood_the_identity_endpoint() {
     );
     let (code, _, body) = status(&gate, "/simple/demo-b/").await;
     assert_eq!(code, 503, "{body}");
-    let asks: Vec<_> = (0..20)
-        .map(|i| {
-            let url = gate.url(&format!("/simple/p{i}/"));
-            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
-        })
-        .collect();
-    for a in asks {
-        assert_eq!(a.await.unwrap().unwrap(), 503);
-    }
+    assert_all_503(&gate, 0..20).await;
     let s = az.stats().await;
     assert!(s["identity_calls"].as_u64().unwrap() <= 3, "{s}");
     // Once the replacement was refused too, the gate holds back: another wave of requests, for
     // other projects (no page backoff stands for them), reaches neither the identity endpoint
     // nor the feed.
-    let asks: Vec<_> = (20..40)
-        .map(|i| {
-            let url = gate.url(&format!("/simple/p{i}/"));
-            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
-        })
-        .collect();
-    for a in asks {
-        assert_eq!(a.await.unwrap().unwrap(), 503);
-    }
+    assert_all_503(&gate, 20..40).await;
     let again = az.stats().await;
     assert_eq!(again["identity_calls"], s["identity_calls"], "{again}");
     assert_eq!(again["refused"], s["refused"], "{again}");

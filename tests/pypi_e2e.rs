@@ -28,19 +28,6 @@ fn index_config(port: u16) -> String {
     )
 }
 
-fn demo_requirements(fx: &Fixture) -> Vec<String> {
-    vec![
-        format!(
-            "demo-b==2.0 --hash=sha256:{}",
-            fx.sha("demo_b-2.0-py3-none-any.whl")
-        ),
-        format!(
-            "demo-a==1.0 --hash=sha256:{}",
-            fx.sha("demo_a-1.0-py3-none-any.whl")
-        ),
-    ]
-}
-
 struct Env {
     fx: Fixture,
     upstream: Proc,
@@ -61,7 +48,7 @@ fn static_env() -> Env {
 #[tokio::test(flavor = "multi_thread")]
 async fn pip_and_uv_install_allowlisted_packages() {
     let env = static_env();
-    let req = requirements(env.fx.dir.path(), "demo", &demo_requirements(&env.fx));
+    let req = requirements(env.fx.dir.path(), "demo", &env.fx.demo_requirements());
     let pip_target = env.fx.path("pip-target");
     let out = tokio::task::block_in_place(|| pip_install(&env.gate.index(), &req, &pip_target));
     assert!(out.status.success(), "pip: {}", show(&out));
@@ -201,7 +188,7 @@ async fn swapped_bytes_are_refused_and_never_cached() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_packages_install_with_the_upstream_stopped() {
     let mut env = static_env();
-    let req = requirements(env.fx.dir.path(), "demo", &demo_requirements(&env.fx));
+    let req = requirements(env.fx.dir.path(), "demo", &env.fx.demo_requirements());
     let out =
         tokio::task::block_in_place(|| pip_install(&env.gate.index(), &req, &env.fx.path("t1")));
     assert!(out.status.success(), "{}", show(&out));
@@ -253,7 +240,7 @@ async fn pypiserver_upstream() {
         &index_config(upstream.port),
         &allowlist(&fx),
     );
-    let req = requirements(fx.dir.path(), "demo", &demo_requirements(&fx));
+    let req = requirements(fx.dir.path(), "demo", &fx.demo_requirements());
     let out = tokio::task::block_in_place(|| pip_install(&gate.index(), &req, &fx.path("t1")));
     assert!(out.status.success(), "pip via pypiserver: {}", show(&out));
     let out = tokio::task::block_in_place(|| uv_install(&gate.index(), &req, &fx.path("t2")));

@@ -83,6 +83,19 @@ impl Fixture {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
+    /// The pinned requirements of demo-b 2.0 and its dependency demo-a 1.0 (their wheels).
+    pub fn demo_requirements(&self) -> Vec<String> {
+        vec![
+            format!(
+                "demo-b==2.0 --hash=sha256:{}",
+                self.sha("demo_b-2.0-py3-none-any.whl")
+            ),
+            format!(
+                "demo-a==1.0 --hash=sha256:{}",
+                self.sha("demo_a-1.0-py3-none-any.whl")
+            ),
+        ]
+    }
 }
 
 /// Spawns a process whose first stdout line (after `prefix`) carries its port.
