@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests drive (docker-registry,
-# skopeo, openssl, apache2-utils (htpasswd), buildah, podman and runc from Debian; uv and
-# pypiserver from PyPI; mitmproxy, checkov and kubernetes-validate in their own virtualenvs under
-# target/tools; pip and kubectl are already there), then lint, the release build the image is
-# made from, and every test.
+# skopeo, openssl, apache2-utils (htpasswd), buildah, podman, runc and postgresql from Debian; uv
+# and pypiserver from PyPI; mitmproxy, checkov, kubernetes-validate and azure-storage-blob in their
+# own virtualenvs under target/tools; Azurite from npm; pip, node and kubectl are already there),
+# then lint, the release build the image is made from, and every test. PostgreSQL and Azurite are
+# started once for the whole run (scripts/services.sh) and stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
 command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
 command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # kubectl (with its built-in kustomize) comes with the machine; Debian's is older but renders.
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -41,6 +43,11 @@ if [ ! -x target/tools/deploy/bin/checkov ] || [ ! -x target/tools/deploy/bin/ku
     python3 -m venv target/tools/deploy
     target/tools/deploy/bin/pip install --disable-pip-version-check -q "checkov==3.3.30" "kubernetes-validate==1.37.0"
 fi
+# The Azure Storage client, to make the test container in Azurite and to edit a blob in it.
+if [ ! -x target/tools/azure/bin/python ] || ! target/tools/azure/bin/python -c 'import azure.storage.blob' 2>/dev/null; then
+    python3 -m venv target/tools/azure
+    target/tools/azure/bin/pip install --disable-pip-version-check -q "azure-storage-blob==12.26.0"
+fi
 # pyenv installs console scripts behind shims; make sure new ones are visible.
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 
@@ -48,6 +55,9 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # The container image is built from the release binary (tests/deploy.rs).
 cargo build --release --bin tollgate
+# PostgreSQL and Azurite, once for the whole run.
+eval "$(scripts/services.sh)"
+trap 'scripts/services.sh stop "$TOLLGATE_TEST_SERVICES"' EXIT
 if command -v cargo-nextest >/dev/null 2>&1; then
     cargo nextest run --no-fail-fast
 else

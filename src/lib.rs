@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod oci;
 pub mod policy;
 pub mod pypi;
+pub mod replicas;
 pub mod server;
 pub mod store;
 pub mod sync;
@@ -70,6 +71,11 @@ pub struct AppState {
     pub oidc: Option<admin::oidc::Oidc>,
     /// The admin listener's handle, when `[admin] listen` runs one (to stop it with the gate).
     pub admin_handle: std::sync::Mutex<Option<axum_server::Handle>>,
+    /// With a shared store: what /readyz says of the other replicas (allowlist files that
+    /// differ), `None` when there is nothing to say.
+    pub replicas: std::sync::Mutex<Option<String>>,
+    /// With a shared store: why a change made on another replica is not in force here.
+    pub policy_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl AppState {
@@ -79,7 +85,11 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
         let store = Arc::new(
-            Store::open(&config.data_dir.join("tollgate.redb")).map_err(|e| e.to_string())?,
+            match &config.store {
+                Some(pg) => Store::open_postgres(pg),
+                None => Store::open(&config.data_dir.join("tollgate.redb")),
+            }
+            .map_err(|e| e.to_string())?,
         );
         let oidc = config
             .admin
@@ -107,21 +117,35 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         // A store file removed or replaced while the gate runs is noticed within seconds (the
         // open handle would go on writing to a file no one will read again).
-        let watched = store.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
-            while watched.check_file().is_ok() {
-                every.tick().await;
-            }
-        });
+        if !store.shared() {
+            let watched = store.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                while watched.check_file().is_ok() {
+                    every.tick().await;
+                }
+            });
+        }
+        // The local cache: under data_dir, or the directory `[cache] url` names. Its index is
+        // the replica's own (the files are on its disk): in the store when the store is the
+        // embedded one, in a file beside the cache when the store is shared.
+        let (cache_dir, remote) = match &config.cache {
+            config::CacheUrl::Local(dir) => (dir.clone(), None),
+            config::CacheUrl::Remote(url) => (
+                config.data_dir.clone(),
+                Some(Arc::new(store::remote::Remote::open(url)?)),
+            ),
+        };
+        let index = if store.shared() {
+            std::fs::create_dir_all(&cache_dir)
+                .map_err(|e| format!("cache directory {}: {e}", cache_dir.display()))?;
+            Arc::new(Store::open(&cache_dir.join("cache-index.redb")).map_err(|e| e.to_string())?)
+        } else {
+            store.clone()
+        };
         let cache = Arc::new(
-            Cache::open(
-                &config.data_dir,
-                config.cache_max_bytes,
-                store.clone(),
-                metrics.clone(),
-            )
-            .map_err(|e| e.to_string())?,
+            Cache::open(&cache_dir, config.cache_max_bytes, index, metrics.clone())
+                .map_err(|e| e.to_string())?,
         );
         cache.set_min_free(config.limits.min_free_disk);
         let settings = audit::Settings::from_config(
@@ -140,12 +164,15 @@ impl AppState {
                 metrics.clone(),
             ));
         }
-        let fetcher = Arc::new(fetch::Fetcher::new(
-            cache.clone(),
-            metrics.clone(),
-            audit.clone(),
-            config.cache_max_bytes,
-        ));
+        let fetcher = Arc::new(
+            fetch::Fetcher::new(
+                cache.clone(),
+                metrics.clone(),
+                audit.clone(),
+                config.cache_max_bytes,
+            )
+            .with_remote(remote),
+        );
         // Cached bytes are re-checked once per run: when served first, and in the background.
         let f2 = fetcher.clone();
         tokio::spawn(async move { f2.report_startup_tampering().await });
@@ -165,7 +192,8 @@ impl AppState {
             metrics.clone(),
             audit.clone(),
         )?);
-        Ok(Arc::new(AppState {
+        let throttle = admin::auth::Throttle::new(&store);
+        let state = Arc::new(AppState {
             config,
             in_force,
             pypi,
@@ -174,12 +202,18 @@ impl AppState {
             ready: AtomicBool::new(true),
             store,
             audit,
-            throttle: admin::auth::Throttle::default(),
+            throttle,
             bootstrap_sha256,
             admin_writes: tokio::sync::Mutex::new(()),
             oidc,
             admin_handle: std::sync::Mutex::new(None),
-        }))
+            replicas: std::sync::Mutex::new(None),
+            policy_problem: std::sync::Mutex::new(None),
+        });
+        if state.store.shared() {
+            tokio::spawn(replicas::follow(Arc::downgrade(&state)));
+        }
+        Ok(state)
     }
 
     /// The policy in force now; every request decides against the one it took here.
@@ -194,6 +228,11 @@ impl AppState {
         revoked: &[loader::ApiRevocation],
     ) -> Result<loader::Built, Vec<LoadError>> {
         self.in_force.build(&self.config, api_rules, revoked)
+    }
+
+    /// The digest of the allowlist files in force (replicas compare theirs).
+    pub fn files_digest(&self) -> String {
+        self.in_force.files_digest()
     }
 
     /// Puts a built policy in force (every request after this decides against it).
@@ -320,6 +359,12 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
             body.push_str(&format!(
                 "audit witness_file cannot be written (it vouches only up to its last checkpoint): {p}\n"
             ));
+        }
+        for note in [&st.replicas, &st.policy_problem] {
+            if let Some(p) = note.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                body.push_str(p);
+                body.push('\n');
+            }
         }
         if let Some(p) = st.audit.integrity() {
             body.push_str(&format!(

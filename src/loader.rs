@@ -102,8 +102,9 @@ pub struct InForce {
     files: RwLock<Arc<FilesPolicy>>,
 }
 
-/// The allowlist files' policy and the material it names.
-type FilesPolicy = (Policy, Arc<Material>);
+/// The allowlist files' policy, the material it names, and the digest of the files read (the
+/// same files give the same digest on every replica).
+type FilesPolicy = (Policy, Arc<Material>, String);
 
 fn store_errors(e: StoreError) -> Vec<LoadError> {
     vec![LoadError {
@@ -164,6 +165,16 @@ impl InForce {
         version
     }
 
+    /// The digest of the allowlist files in force: their paths below allowlist_dir and their
+    /// bytes (replicas compare theirs through a shared store).
+    pub fn files_digest(&self) -> String {
+        self.files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .2
+            .clone()
+    }
+
     /// Reads every allowlist file again (with the API rules in `store`). All or nothing: on
     /// any error nothing changes. Returns the policy to apply.
     pub fn reread(&self, config: &Config, store: &Store) -> Result<Built, Vec<LoadError>> {
@@ -181,16 +192,16 @@ fn read_all(
     rules: &[ApiRule],
     revoked: &[ApiRevocation],
 ) -> Result<(FilesPolicy, Built), Vec<LoadError>> {
-    let files = read_files(config)?;
+    let (files, digest) = read_files(config)?;
     let files_material = Arc::new(material(config, &files, &Material::default())?);
     let policy = with_api(config, files.clone(), rules, revoked)?;
     let material = Arc::new(material(config, &policy, &files_material)?);
-    Ok(((files, files_material), Built { policy, material }))
+    Ok(((files, files_material, digest), Built { policy, material }))
 }
 
 /// The files alone, with their material, as one-shot commands use them (version 1).
 pub fn load(config: &Config) -> Result<LoadedPolicy, Vec<LoadError>> {
-    let policy = read_files(config)?;
+    let (policy, _) = read_files(config)?;
     let material = Arc::new(material(config, &policy, &Material::default())?);
     Ok(LoadedPolicy {
         policy,
@@ -218,8 +229,10 @@ pub fn allowlist_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-/// The allowlist files' rules alone, without their keys (see [`finish_policy`]).
-fn read_files(config: &Config) -> Result<Policy, Vec<LoadError>> {
+/// The allowlist files' rules alone, without their keys (see [`finish_policy`]), and the digest
+/// of what was read.
+fn read_files(config: &Config) -> Result<(Policy, String), Vec<LoadError>> {
+    use sha2::Digest as _;
     let one = |message: String| {
         vec![LoadError {
             file: config.allowlist_dir.display().to_string(),
@@ -229,15 +242,23 @@ fn read_files(config: &Config) -> Result<Policy, Vec<LoadError>> {
     };
     let paths = allowlist_files(&config.allowlist_dir).map_err(one)?;
     let mut files = Vec::new();
+    let mut digest = sha2::Sha256::new();
     for p in paths {
         let text = std::fs::read_to_string(&p).map_err(|e| one(format!("{}: {e}", p.display())))?;
+        let rel = p.strip_prefix(&config.allowlist_dir).unwrap_or(&p);
+        // Length-prefixed, so no two sets of files hash alike.
+        for part in [rel.display().to_string().as_bytes(), text.as_bytes()] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
         files.push((p.display().to_string(), text));
     }
-    crate::policy::allowlist::load_with_registries(
+    let policy = crate::policy::allowlist::load_with_registries(
         &files,
         &config.index_names(),
         &config.registry_hosts(),
-    )
+    )?;
+    Ok((policy, hex::encode(digest.finalize())))
 }
 
 /// Adds the admin API's rules and revocations to the files' policy: each API rule is validated

@@ -231,7 +231,9 @@ fn overlays() -> Vec<(String, PathBuf)> {
         std::fs::write(&file, &rendered.stdout).unwrap();
         out.push((name, file));
     }
-    assert!(out.iter().any(|(n, _)| n == "single"), "{out:?}");
+    for want in ["single", "ha"] {
+        assert!(out.iter().any(|(n, _)| n == want), "{want}: {out:?}");
+    }
     out
 }
 
@@ -262,6 +264,35 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schema() {
             .arg(RENDERED_CHECKS)
             .arg(&file));
         assert!(check.status.success(), "{name}: {}", show(&check));
+        if name == "ha" {
+            let check = run(Command::new(tool("python3"))
+                .arg("-c")
+                .arg(HA_CHECKS)
+                .arg(&file));
+            assert!(check.status.success(), "ha: {}", show(&check));
+            // The ha config is one the gate accepts (its store and cache sections parse).
+            let cfg = tempfile::tempdir().unwrap();
+            let text =
+                std::fs::read_to_string(repo().join("deploy/kubernetes/overlays/ha/tollgate.toml"))
+                    .unwrap();
+            let text = text
+                .replace("/etc/tollgate/allowlists", "allowlists")
+                .replace("[tls]", "[tls_unused]")
+                .replace("[admission]", "[admission_unused]");
+            let kept: String = text
+                .split("\n[")
+                .filter(|sec| {
+                    !sec.starts_with("tls_unused") && !sec.starts_with("admission_unused")
+                })
+                .collect::<Vec<_>>()
+                .join("\n[");
+            std::fs::create_dir_all(cfg.path().join("allowlists")).unwrap();
+            std::fs::write(cfg.path().join("tollgate.toml"), kept).unwrap();
+            let out = run(Command::new(env!("CARGO_BIN_EXE_tollgate"))
+                .args(["check", "--config"])
+                .arg(cfg.path().join("tollgate.toml")));
+            assert!(out.status.success(), "ha tollgate.toml: {}", show(&out));
+        }
         let _ = std::fs::remove_file(&file);
     }
 }
@@ -296,6 +327,38 @@ assert pod["topologySpreadConstraints"]
 assert kinds["PodDisruptionBudget"] and len(kinds["NetworkPolicy"]) >= 3
 assert any(p["spec"]["podSelector"] == {} and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} for p in kinds["NetworkPolicy"])
 assert all(d["metadata"].get("namespace", "tollgate") == "tollgate" for d in docs if d["kind"] not in ("Namespace", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"))
+print("ok")
+"#;
+
+/// What the ha overlay adds: replicas that roll, a budget that keeps two, no claim on a volume
+/// (the store and the cache tier are shared services), the database password as a mounted file.
+const HA_CHECKS: &str = r#"
+import sys, yaml, tomllib
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kinds = {}
+for d in docs:
+    kinds.setdefault(d["kind"], []).append(d)
+(dep,) = kinds["Deployment"]
+assert dep["spec"]["replicas"] >= 2, dep["spec"]["replicas"]
+assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+(pdb,) = kinds["PodDisruptionBudget"]
+assert pdb["spec"]["minAvailable"] >= 2 and "maxUnavailable" not in pdb["spec"], pdb["spec"]
+assert "PersistentVolumeClaim" not in kinds
+pod = dep["spec"]["template"]["spec"]
+vols = {v["name"]: v for v in pod["volumes"]}
+assert "emptyDir" in vols["data"] and "persistentVolumeClaim" not in vols["data"], vols["data"]
+assert vols["store"]["secret"]["secretName"] == "tollgate-store"
+(c,) = pod["containers"]
+assert not any("valueFrom" in e for e in c.get("env", [])), "a secret in an environment variable"
+cm = [d for d in kinds["ConfigMap"] if d["metadata"]["name"].startswith("tollgate-config")][0]
+cfg = tomllib.loads(cm["data"]["tollgate.toml"])
+assert cfg["store"]["url"].startswith("postgres://") and "sslmode=verify-full" in cfg["store"]["url"]
+assert cfg["store"]["password_file"].startswith("/etc/tollgate/store/")
+assert cfg["cache"]["url"].startswith("az://")
+egress = [p for p in kinds["NetworkPolicy"] if p["metadata"]["name"] == "tollgate-egress-store"][0]
+ports = {p["port"] for r in egress["spec"]["egress"] for p in r["ports"]}
+assert ports == {5432, 443}, ports
 print("ok")
 "#;
 
@@ -371,6 +434,7 @@ fn checkov_finds_nothing_to_fix_in_the_image_the_manifests_or_the_bicep() {
     for r in [
         "Microsoft.Storage/storageAccounts.storage",
         "Microsoft.Network/networkSecurityGroups.nsg",
+        "Microsoft.Storage/storageAccounts/blobServices/containers.cache",
     ] {
         assert!(
             resources.iter().any(|x| x == r),

@@ -47,6 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "oci",
             "policy",
             "pypi",
+            "replicas",
             "server",
             "store",
             "sync",
@@ -72,8 +73,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "store", "sync",
         ],
     ),
+    ("replicas", &["lib", "loader", "store"]),
     ("server", &["config", "conn", "fetch", "lib"]),
-    ("store", &["metrics", "policy"]),
+    ("store", &["config", "metrics", "policy"]),
     ("sync", &[]),
     ("verify", &["policy"]),
 ];

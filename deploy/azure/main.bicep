@@ -1,9 +1,13 @@
-// tollgate in a private network: a container group in its own subnet of an existing VNet (no
+// tollgate in a private network: container groups in their own subnet of an existing VNet (no
 // public IP), a user-assigned managed identity with AcrPull on the upstream registry (and, granted
-// in Azure DevOps, read on the Artifacts feed), an NSG whose egress reaches only the upstreams,
-// the store and cache on an Azure Files share reachable from that subnet only, and logs and
-// diagnostic settings to Log Analytics. Not compiled in CI (no Bicep compiler is reachable
-// there); checkov scans it (deploy/README.md).
+// in Azure DevOps, read on the Artifacts feed), an NSG whose egress reaches only the upstreams and
+// the gate's own state, and logs and diagnostic settings to Log Analytics. Two modes:
+//   single: one container group; the embedded store and the cache on an Azure Files share.
+//   ha:     `replicas` container groups behind an internal load balancer; the store on Azure
+//           Database for PostgreSQL flexible server (private access, zone-redundant), the shared
+//           cache tier in Blob Storage behind a private endpoint (public network access
+//           disabled), each replica's local cache on an emptyDir.
+// Not compiled in CI (no Bicep compiler is reachable there); checkov scans it (deploy/README.md).
 
 @description('Region of the new resources.')
 param location string = resourceGroup().location
@@ -44,7 +48,35 @@ param storageAccountName string = 'tollgatestore'
 @description('Log retention in days.')
 param logRetentionDays int = 400
 
+@description('single: one gate, its state in the container group\'s share. ha: replicas sharing PostgreSQL and Blob Storage, behind an internal load balancer.')
+@allowed([
+  'single'
+  'ha'
+])
+param mode string = 'single'
+
+@description('ha: the number of gates behind the load balancer.')
+@minValue(2)
+param replicas int = 2
+
+@description('ha: address prefix of the new subnet delegated to PostgreSQL flexible server.')
+param databaseSubnetPrefix string = '10.20.9.0/28'
+
+@description('ha: address prefix of the new subnet of the storage private endpoint and the load balancer\'s front end.')
+param endpointSubnetPrefix string = '10.20.9.16/28'
+
+@description('ha: the PostgreSQL role the gates log in as (the server\'s administrator).')
+param databaseLogin string = 'tollgate'
+
+@description('ha: its password, given to the gates as a secure environment variable (tollgate.toml: [store] password_env = "PGPASSWORD").')
+@secure()
+param databasePassword string = ''
+
 var name = 'tollgate'
+var ha = mode == 'ha'
+var gateCount = ha ? replicas : 1
+var blobContributorRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'ba92f5b4-2d11-453d-a403-e96b0029c9fe')
+var cacheContainer = 'tollgate-cache'
 var acrPullRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '7f951dda-4ed3-4680-a7ca-43fe172d538d')
 
 resource vnet 'Microsoft.Network/virtualNetworks@2023-09-01' existing = {
@@ -182,6 +214,48 @@ resource nsg 'Microsoft.Network/networkSecurityGroups@2023-09-01' = {
         }
       }
       {
+        // ha: the load balancer's health probe (GET /readyz).
+        name: 'load-balancer-probe'
+        properties: {
+          priority: 150
+          direction: 'Inbound'
+          access: 'Allow'
+          protocol: 'Tcp'
+          sourceAddressPrefix: 'AzureLoadBalancer'
+          sourcePortRange: '*'
+          destinationAddressPrefix: subnetPrefix
+          destinationPortRange: '8443'
+        }
+      }
+      {
+        // ha: the shared store, in its delegated subnet.
+        name: 'to-database'
+        properties: {
+          priority: 160
+          direction: 'Outbound'
+          access: 'Allow'
+          protocol: 'Tcp'
+          sourceAddressPrefix: subnetPrefix
+          sourcePortRange: '*'
+          destinationAddressPrefix: databaseSubnetPrefix
+          destinationPortRange: '5432'
+        }
+      }
+      {
+        // ha: the shared cache tier, through its private endpoint.
+        name: 'to-cache-endpoint'
+        properties: {
+          priority: 170
+          direction: 'Outbound'
+          access: 'Allow'
+          protocol: 'Tcp'
+          sourceAddressPrefix: subnetPrefix
+          sourcePortRange: '*'
+          destinationAddressPrefix: endpointSubnetPrefix
+          destinationPortRange: '443'
+        }
+      }
+      {
         name: 'deny-other-outbound'
         properties: {
           priority: 4000
@@ -308,8 +382,236 @@ resource storageDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-pr
   }
 }
 
-resource gate 'Microsoft.ContainerInstance/containerGroups@2023-05-01' = {
-  name: name
+// ha: PostgreSQL flexible server with private access only (a delegated subnet and a private DNS
+// zone), zone-redundant, geo-redundant backups; the gates reach it over verified TLS.
+resource databaseSubnet 'Microsoft.Network/virtualNetworks/subnets@2023-09-01' = if (ha) {
+  parent: vnet
+  name: '${name}-database'
+  properties: {
+    addressPrefix: databaseSubnetPrefix
+    networkSecurityGroup: {
+      id: nsg.id
+    }
+    delegations: [
+      {
+        name: 'postgres'
+        properties: {
+          serviceName: 'Microsoft.DBforPostgreSQL/flexibleServers'
+        }
+      }
+    ]
+  }
+  dependsOn: [
+    subnet
+  ]
+}
+
+resource endpointSubnet 'Microsoft.Network/virtualNetworks/subnets@2023-09-01' = if (ha) {
+  parent: vnet
+  name: '${name}-endpoints'
+  properties: {
+    addressPrefix: endpointSubnetPrefix
+    networkSecurityGroup: {
+      id: nsg.id
+    }
+    privateEndpointNetworkPolicies: 'Enabled'
+  }
+  dependsOn: [
+    databaseSubnet
+  ]
+}
+
+resource databaseDns 'Microsoft.Network/privateDnsZones@2020-06-01' = if (ha) {
+  name: '${name}.private.postgres.database.azure.com'
+  location: 'global'
+}
+
+resource databaseDnsLink 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2020-06-01' = if (ha) {
+  parent: databaseDns
+  name: '${name}-vnet'
+  location: 'global'
+  properties: {
+    registrationEnabled: false
+    virtualNetwork: {
+      id: vnet.id
+    }
+  }
+}
+
+resource database 'Microsoft.DBforPostgreSQL/flexibleServers@2023-06-01-preview' = if (ha) {
+  name: '${name}-db-${uniqueString(resourceGroup().id)}'
+  location: location
+  sku: {
+    name: 'Standard_D2ds_v5'
+    tier: 'GeneralPurpose'
+  }
+  properties: {
+    version: '16'
+    administratorLogin: databaseLogin
+    administratorLoginPassword: databasePassword
+    storage: {
+      storageSizeGB: 128
+      autoGrow: 'Enabled'
+    }
+    backup: {
+      backupRetentionDays: 35
+      geoRedundantBackup: 'Enabled'
+    }
+    highAvailability: {
+      mode: 'ZoneRedundant'
+    }
+    network: {
+      delegatedSubnetResourceId: databaseSubnet.id
+      privateDnsZoneArmResourceId: databaseDns.id
+      publicNetworkAccess: 'Disabled'
+    }
+  }
+  dependsOn: [
+    databaseDnsLink
+  ]
+}
+
+resource databaseName 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2023-06-01-preview' = if (ha) {
+  parent: database
+  name: 'tollgate'
+}
+
+// Connections are logged; TLS is required (the gates verify the server's certificate and name).
+resource databaseTls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2023-06-01-preview' = if (ha) {
+  parent: database
+  name: 'require_secure_transport'
+  properties: {
+    value: 'on'
+    source: 'user-override'
+  }
+}
+
+resource databaseLogConnections 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2023-06-01-preview' = if (ha) {
+  parent: database
+  name: 'log_connections'
+  properties: {
+    value: 'on'
+    source: 'user-override'
+  }
+  dependsOn: [
+    databaseTls
+  ]
+}
+
+resource databaseDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (ha) {
+  name: '${name}-database-logs'
+  scope: database
+  properties: {
+    workspaceId: logs.id
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// ha: the shared cache tier, a blob container of the storage account above (public network
+// access disabled) behind a private endpoint; the identity writes and reads it (no key).
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-01-01' = if (ha) {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+  }
+}
+
+resource cache 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-01-01' = if (ha) {
+  parent: blobService
+  name: cacheContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource blobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (ha) {
+  name: guid(storage.id, identity.id, blobContributorRoleId)
+  scope: storage
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: blobContributorRoleId
+  }
+}
+
+resource blobDns 'Microsoft.Network/privateDnsZones@2020-06-01' = if (ha) {
+  name: 'privatelink.blob.${environment().suffixes.storage}'
+  location: 'global'
+}
+
+resource blobDnsLink 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2020-06-01' = if (ha) {
+  parent: blobDns
+  name: '${name}-vnet'
+  location: 'global'
+  properties: {
+    registrationEnabled: false
+    virtualNetwork: {
+      id: vnet.id
+    }
+  }
+}
+
+resource blobEndpoint 'Microsoft.Network/privateEndpoints@2023-09-01' = if (ha) {
+  name: '${name}-cache-endpoint'
+  location: location
+  properties: {
+    subnet: {
+      id: endpointSubnet.id
+    }
+    privateLinkServiceConnections: [
+      {
+        name: 'blob'
+        properties: {
+          privateLinkServiceId: storage.id
+          groupIds: [
+            'blob'
+          ]
+        }
+      }
+    ]
+  }
+}
+
+resource blobEndpointDns 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2023-09-01' = if (ha) {
+  parent: blobEndpoint
+  name: 'blob'
+  properties: {
+    privateDnsZoneConfigs: [
+      {
+        name: 'blob'
+        properties: {
+          privateDnsZoneId: blobDns.id
+        }
+      }
+    ]
+  }
+}
+
+resource blobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (ha) {
+  name: '${name}-cache-logs'
+  scope: blobService
+  properties: {
+    workspaceId: logs.id
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+  }
+}
+
+resource gates 'Microsoft.ContainerInstance/containerGroups@2023-05-01' = [for i in range(0, gateCount): {
+  name: ha ? '${name}-${i}' : name
   location: location
   identity: {
     type: 'UserAssigned'
@@ -359,9 +661,10 @@ resource gate 'Microsoft.ContainerInstance/containerGroups@2023-05-01' = {
             '--config'
             '/etc/tollgate/config/tollgate.toml'
           ]
-          environmentVariables: [
+          environmentVariables: concat([
             {
-              // The user-assigned identity for auth = "managed-identity" (IMDS in ACI).
+              // The user-assigned identity for auth = "managed-identity" and, in ha mode, for
+              // the cache tier (IMDS in ACI).
               name: 'AZURE_CLIENT_ID'
               value: identity.properties.clientId
             }
@@ -369,7 +672,16 @@ resource gate 'Microsoft.ContainerInstance/containerGroups@2023-05-01' = {
               name: 'TOLLGATE_LOG'
               value: 'json'
             }
-          ]
+          ], ha ? [
+            {
+              name: 'PGPASSWORD'
+              secureValue: databasePassword
+            }
+            {
+              name: 'AZURE_STORAGE_ACCOUNT_NAME'
+              value: storage.name
+            }
+          ] : [])
           ports: [
             {
               port: 8443
@@ -417,7 +729,12 @@ resource gate 'Microsoft.ContainerInstance/containerGroups@2023-05-01' = {
       }
     ]
     volumes: [
-      {
+      // single: the embedded store and the cache on the share. ha: this replica's local cache
+      // tier, refilled from the shared one.
+      ha ? {
+        name: 'data'
+        emptyDir: {}
+      } : {
         name: 'data'
         azureFile: {
           shareName: share.name
@@ -441,11 +758,91 @@ resource gate 'Microsoft.ContainerInstance/containerGroups@2023-05-01' = {
   }
   dependsOn: [
     acrPull
+    blobContributor
+    databaseName
+    blobEndpointDns
   ]
+}]
+
+// ha: one private address for every gate, each taken out of rotation while its /readyz fails
+// (the store unreachable, shutting down).
+resource balancer 'Microsoft.Network/loadBalancers@2023-09-01' = if (ha) {
+  name: '${name}-lb'
+  location: location
+  sku: {
+    name: 'Standard'
+  }
+  properties: {
+    frontendIPConfigurations: [
+      {
+        name: 'gate'
+        properties: {
+          privateIPAllocationMethod: 'Dynamic'
+          subnet: {
+            id: endpointSubnet.id
+          }
+        }
+      }
+    ]
+    backendAddressPools: [
+      {
+        name: 'gates'
+        properties: {
+          loadBalancerBackendAddresses: [for i in range(0, gateCount): {
+            name: 'gate-${i}'
+            properties: {
+              ipAddress: gates[i].properties.ipAddress.ip
+              virtualNetwork: {
+                id: vnet.id
+              }
+            }
+          }]
+        }
+      }
+    ]
+    probes: [
+      {
+        name: 'readyz'
+        properties: {
+          protocol: 'Https'
+          port: 8443
+          requestPath: '/readyz'
+          intervalInSeconds: 5
+          numberOfProbes: 2
+        }
+      }
+    ]
+    loadBalancingRules: [
+      {
+        name: 'gate'
+        properties: {
+          frontendIPConfiguration: {
+            id: resourceId('Microsoft.Network/loadBalancers/frontendIPConfigurations', '${name}-lb', 'gate')
+          }
+          backendAddressPool: {
+            id: resourceId('Microsoft.Network/loadBalancers/backendAddressPools', '${name}-lb', 'gates')
+          }
+          probe: {
+            id: resourceId('Microsoft.Network/loadBalancers/probes', '${name}-lb', 'readyz')
+          }
+          protocol: 'Tcp'
+          frontendPort: 8443
+          backendPort: 8443
+          idleTimeoutInMinutes: 30
+          enableTcpReset: true
+        }
+      }
+    ]
+  }
 }
 
 @description('The gate\'s private address: point pip/uv and the runtimes at https://<this>:8443.')
-output gateAddress string = gate.properties.ipAddress.ip
+output gateAddress string = ha ? balancer.properties.frontendIPConfigurations[0].properties.privateIPAddress : gates[0].properties.ipAddress.ip
+
+@description('ha: tollgate.toml\'s [store] url (with password_env = "PGPASSWORD") and [cache] url.')
+output storeUrl string = ha ? 'postgres://${databaseLogin}@${database.properties.fullyQualifiedDomainName}:5432/tollgate?sslmode=verify-full' : ''
+
+output cacheUrl string = ha ? 'az://${cacheContainer}/gate' : ''
 
 @description('Grant this principal read on the Azure Artifacts feed (Azure DevOps: feed permissions, Reader).')
 output identityPrincipalId string = identity.properties.principalId

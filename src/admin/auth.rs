@@ -266,13 +266,25 @@ pub fn authenticate(
     Ok(Err(Rejected::Unknown))
 }
 
-/// Failed authentications per client address, in fixed windows.
+/// Failed authentications per client address, in fixed windows. With a shared store the
+/// failures are counted there too, so that more replicas do not give an attacker more tries:
+/// a failure on any replica counts on every one (the locked-out clients are read back every
+/// second, see [`Throttle::merge`]).
 #[derive(Default)]
 pub struct Throttle {
     failures: Mutex<HashMap<String, (i64, u32)>>,
+    shared: Option<std::sync::Arc<Store>>,
 }
 
 impl Throttle {
+    /// A throttle that also counts in `store` when it is shared by replicas.
+    pub fn new(store: &std::sync::Arc<Store>) -> Throttle {
+        Throttle {
+            failures: Mutex::default(),
+            shared: store.shared().then(|| store.clone()),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, u32)>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -285,6 +297,10 @@ impl Throttle {
     }
 
     pub fn fail(&self, client: &str, now: i64) {
+        let counted = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.auth_failed(client, now, THROTTLE_WINDOW_SECS as i64));
         let mut m = self.lock();
         if m.len() > 100_000 {
             // Bounded: old windows go first.
@@ -294,7 +310,29 @@ impl Throttle {
         if now - e.0 >= THROTTLE_WINDOW_SECS as i64 {
             *e = (now, 0);
         }
-        e.1 = e.1.saturating_add(1);
+        e.1 = e.1.saturating_add(1).max(counted.unwrap_or(0));
+    }
+
+    /// Takes in the clients the shared store holds locked out (by failures on any replica).
+    pub fn merge(&self, locked: Vec<(String, i64, u32)>) {
+        let mut m = self.lock();
+        for (client, start, n) in locked {
+            let e = m.entry(client).or_insert((start, 0));
+            if start > e.0 {
+                *e = (start, n);
+            } else if start == e.0 {
+                e.1 = e.1.max(n);
+            }
+        }
+    }
+
+    /// Reads the lockouts from the shared store (nothing on the embedded one).
+    pub fn sync(&self, now: i64) {
+        let Some(store) = &self.shared else { return };
+        match store.auth_locked(now, THROTTLE_WINDOW_SECS as i64, MAX_FAILURES) {
+            Ok(locked) => self.merge(locked),
+            Err(e) => tracing::warn!(error = %e, "could not read the shared admin lockouts"),
+        }
     }
 }
 

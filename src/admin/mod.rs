@@ -326,7 +326,7 @@ async fn commit(
     subject: String,
     before: Option<Value>,
     after: Option<Value>,
-    apply: crate::audit::ChangeFn,
+    apply: crate::store::Change,
 ) -> Result<(), JsonError> {
     let mut ev = AuditEvent::about("admin", subject, None, None, &client.0)
         .allow("admin_change", action.to_string());

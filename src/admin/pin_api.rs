@@ -21,6 +21,7 @@ use crate::error::{ApiError, JsonError};
 use crate::policy::rule_id::API_SOURCE;
 use crate::policy::{ProjectName, Sha256};
 use crate::store::cache::now_secs;
+use crate::store::{Change, REVOKED};
 use crate::AppState;
 
 /// The exact rule an approval writes.
@@ -216,10 +217,7 @@ pub(super) async fn revoke(
             rec.sha256.to_string(),
             None,
             Some(views::value(&rec)?),
-            Box::new(move |w| {
-                let key = write.sha256.to_string();
-                crate::store::Store::tx_put(w, crate::store::REVOKED, &key, &write)
-            }),
+            Change::put(REVOKED, &write.sha256.to_string(), &write)?,
         )
         .await?;
         st.apply(policy);

@@ -29,6 +29,7 @@ use crate::policy::oci::{ImageRule, KeylessIdentity, RepoPattern, Require, Subje
 use crate::policy::rule_id::API_SOURCE;
 use crate::policy::RuleId;
 use crate::store::cache::now_secs;
+use crate::store::{Change, API_RULES};
 use crate::AppState;
 
 pub(super) async fn reload(
@@ -481,10 +482,10 @@ async fn write_rule_now(
         id.to_string(),
         before.as_ref().map(shown).transpose()?,
         after.map(|i| shown(&all[i])).transpose()?,
-        Box::new(move |w| match &write {
-            Some(r) => crate::store::Store::tx_put(w, crate::store::API_RULES, r.id.as_str(), r),
-            None => crate::store::Store::tx_remove(w, crate::store::API_RULES, rid.as_str()),
-        }),
+        match &write {
+            Some(r) => Change::put(API_RULES, r.id.as_str(), r)?,
+            None => Change::remove(API_RULES, rid.as_str()),
+        },
     )
     .await?;
     st.apply(policy);

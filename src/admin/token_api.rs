@@ -17,6 +17,7 @@ use super::{commit, detached, parse_body};
 use crate::conn::Client;
 use crate::error::{ApiError, JsonError};
 use crate::store::cache::now_secs;
+use crate::store::{Change, TOKENS};
 use crate::AppState;
 
 pub(super) async fn tokens(State(st): State<Arc<AppState>>) -> ApiResult<Json<Tokens>> {
@@ -63,9 +64,7 @@ pub(super) async fn token_create(
             stored.id.clone(),
             None,
             Some(views::value(&auth::TokenInfo::from(&stored))?),
-            Box::new(move |w| {
-                crate::store::Store::tx_put(w, crate::store::TOKENS, &stored.id, &stored)
-            }),
+            Change::put(TOKENS, &stored.id, &stored)?,
         )
         .await
     })
@@ -109,7 +108,7 @@ pub(super) async fn token_delete(
             id,
             Some(views::value(&auth::TokenInfo::from(&before))?),
             None,
-            Box::new(move |w| crate::store::Store::tx_remove(w, crate::store::TOKENS, &key)),
+            Change::remove(TOKENS, &key),
         )
         .await
     })

@@ -279,35 +279,39 @@ pub fn append_blocking(store: &Store, mut ev: AuditEvent) -> Result<(), String> 
 
 /// Appends events in one transaction, chained to the current head, times as given.
 pub fn append_many_blocking(store: &Store, events: Vec<AuditEvent>) -> Result<(), String> {
-    let (mut seq, mut prev) = chain_head(store)?;
-    let mut rows = Vec::with_capacity(events.len());
-    for event in events {
-        seq += 1;
-        let entry = AuditEntry {
-            seq,
-            prev,
-            count: 1,
-            event,
-        };
-        let (hash, bytes) = encode(&entry).map_err(|e| e.to_string())?;
-        prev = hash;
-        rows.push((seq, bytes));
+    // A shared store may have moved on (a replica appended) between reading the head and
+    // appending: chained again from the new head, a few times.
+    let mut tries = 0;
+    loop {
+        let (mut seq, mut prev) = chain_head(store)?;
+        let mut rows = Vec::with_capacity(events.len());
+        for event in &events {
+            seq += 1;
+            let entry = AuditEntry {
+                seq,
+                prev,
+                count: 1,
+                event: event.clone(),
+            };
+            let (hash, bytes) = encode(&entry).map_err(|e| e.to_string())?;
+            prev = hash;
+            rows.push((seq, bytes));
+        }
+        match store.audit_append(&rows) {
+            Err(crate::store::StoreError::AuditMoved(_)) if tries < 16 => tries += 1,
+            r => return r.map_err(|e| e.to_string()),
+        }
     }
-    store.audit_append(&rows).map_err(|e| e.to_string())
 }
 
-pub use crate::store::ChangeFn;
+pub use crate::store::Change;
 
 enum Msg {
     Event(Box<AuditEvent>),
     Flush(oneshot::Sender<()>),
     /// Shutdown: folded denials written and the head signed.
     Close(oneshot::Sender<()>),
-    Change(
-        Box<AuditEvent>,
-        ChangeFn,
-        oneshot::Sender<Result<(), String>>,
-    ),
+    Change(Box<AuditEvent>, Change, oneshot::Sender<Result<(), String>>),
 }
 
 #[derive(Clone)]
@@ -477,7 +481,7 @@ impl Audit {
 
     /// Applies an admin change together with its audit entry, in one durable transaction:
     /// either both are stored or neither.
-    pub async fn commit_change(&self, mut ev: AuditEvent, apply: ChangeFn) -> Result<(), String> {
+    pub async fn commit_change(&self, mut ev: AuditEvent, apply: Change) -> Result<(), String> {
         ev.time = crate::store::cache::now_secs();
         self.metrics.audit_events.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use super::checkpoint::Signer;
 use super::fold::{Folder, Sorted};
-use super::{encode, fold_key, same_decision, AuditEntry, AuditEvent, ChangeFn, GENESIS};
+use super::{encode, fold_key, same_decision, AuditEntry, AuditEvent, Change, GENESIS};
 use crate::metrics::Metrics;
 use crate::store::cache::now_secs;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Rows to store, the sequence number and hash they end at, and the events they hold.
 type Chained = (Vec<(u64, Vec<u8>)>, u64, String, Vec<(AuditEvent, u64)>);
@@ -17,6 +17,9 @@ type Chained = (Vec<(u64, Vec<u8>)>, u64, String, Vec<(AuditEvent, u64)>);
 /// Events kept for a retry when the store refused a batch, at most (each is on the log stream
 /// already; past this the oldest are kept there only, and counted).
 const MAX_PENDING: usize = 50_000;
+/// Times one batch is chained again after other replicas appended first, before it waits for
+/// the next batch (a shared store under load from every replica).
+const MAX_MOVED: u32 = 16;
 /// How often the chain head is logged when there is no key to sign checkpoints with.
 const HEAD_EVERY_SECS: i64 = 60;
 
@@ -189,6 +192,23 @@ impl Writer {
             }
         }
         (rows, seq, head, kept)
+    }
+
+    /// Takes the head another replica left in the shared store as this writer's own.
+    async fn follow(&mut self, store: &Arc<Store>) {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || super::chain_head(&s)).await {
+            Ok(Ok((seq, head))) => {
+                self.seq = seq;
+                self.head = head;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(target: "tollgate::audit", error = %e, "the audit chain's head could not be read")
+            }
+            Err(e) => {
+                tracing::error!(target: "tollgate::audit", error = %e, "the audit chain's head could not be read")
+            }
+        }
     }
 
     fn log_head(&mut self) {
@@ -398,8 +418,20 @@ impl Writer {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let (rows, seq, head, kept) = self.chain(grouped);
-        let written = tokio::task::spawn_blocking(move || store.audit_commit(&rows, None)).await;
+        let mut moved = 0;
+        let (written, seq, head, kept) = loop {
+            let (rows, seq, head, kept) = self.chain(grouped);
+            let s = store.clone();
+            let written = tokio::task::spawn_blocking(move || s.audit_commit(&rows, None)).await;
+            // Another replica appended first (a shared store): chain again after its entries.
+            if matches!(written, Ok(Err(StoreError::AuditMoved(_)))) && moved < MAX_MOVED {
+                moved += 1;
+                self.follow(&store).await;
+                grouped = kept;
+                continue;
+            }
+            break (written, seq, head, kept);
+        };
         match written {
             Ok(Ok(())) => {
                 self.seq = seq;
@@ -425,11 +457,7 @@ impl Writer {
     }
 
     /// An admin change and its entry, in one transaction.
-    pub(super) async fn change(
-        &mut self,
-        event: AuditEvent,
-        apply: ChangeFn,
-    ) -> Result<(), String> {
+    pub(super) async fn change(&mut self, event: AuditEvent, apply: Change) -> Result<(), String> {
         // Logged once stored: the log stream must not show a change that did not happen.
         let logged = serde_json::to_string(&event).ok();
         let Some(store) = self.store.clone() else {
@@ -438,9 +466,21 @@ impl Writer {
         if !self.pending.is_empty() {
             return Err("the audit log cannot be written (earlier entries are still unstored); nothing was changed".into());
         }
-        let (rows, seq, head, _) = self.chain(vec![(event, 1)]);
-        let written =
-            tokio::task::spawn_blocking(move || store.audit_commit(&rows, Some(apply))).await;
+        let mut grouped = vec![(event, 1)];
+        let mut moved = 0;
+        let (written, seq, head) = loop {
+            let (rows, seq, head, kept) = self.chain(grouped);
+            let (s, change) = (store.clone(), apply.clone());
+            let written =
+                tokio::task::spawn_blocking(move || s.audit_commit(&rows, Some(&change))).await;
+            if matches!(written, Ok(Err(StoreError::AuditMoved(_)))) && moved < MAX_MOVED {
+                moved += 1;
+                self.follow(&store).await;
+                grouped = kept;
+                continue;
+            }
+            break (written, seq, head);
+        };
         match written {
             Ok(Ok(())) => {
                 if let Some(json) = logged {

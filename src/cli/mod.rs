@@ -360,6 +360,13 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
 
 /// Opens the store for a command that needs it; a running gate holds it, so say where to go.
 fn open_store(config: &Config, instead: &str) -> Result<crate::store::Store, i32> {
+    // The shared store is open to every replica and command at once.
+    if let Some(pg) = &config.store {
+        return crate::store::Store::open_postgres(pg).map_err(|e| {
+            eprintln!("error: {e}");
+            1
+        });
+    }
     let path = config.data_dir.join("tollgate.redb");
     if !path.exists() {
         eprintln!(
@@ -408,7 +415,11 @@ pub fn token_create(config: &Config, role: &str, name: Option<&str>, expires: Op
         return 1;
     }
     let path = config.data_dir.join("tollgate.redb");
-    let store = match crate::store::Store::open(&path) {
+    let opened = match &config.store {
+        Some(pg) => crate::store::Store::open_postgres(pg),
+        None => crate::store::Store::open(&path),
+    };
+    let store = match opened {
         Ok(s) => s,
         Err(crate::store::StoreError::Locked(_)) => {
             eprintln!("error: the store {} is in use by a running gate; create tokens through POST /admin/v1/tokens (TOLLGATE_BOOTSTRAP_TOKEN_SHA256 gives a first admin credential)", path.display());

@@ -16,6 +16,8 @@ mod auth;
 use auth::upstream_auth;
 pub use auth::{ManagedIdentity, Secret};
 mod net;
+mod shared;
+pub use shared::{CacheUrl, Password, PostgresConfig};
 mod raw;
 pub use net::{is_loopback_host, origin_listed, HostPort, IpNet};
 
@@ -194,6 +196,10 @@ pub struct Config {
     pub pypi: PypiConfig,
     pub oci: OciConfig,
     pub admin: AdminConfig,
+    /// `[store]`: PostgreSQL shared by the replicas (`None`: the embedded store in data_dir).
+    pub store: Option<PostgresConfig>,
+    /// `[cache] url`: a local directory (data_dir by default) or a shared object store.
+    pub cache: CacheUrl,
 }
 
 impl Config {
@@ -394,6 +400,14 @@ impl Config {
             },
         };
         let data_dir = resolve(raw.data_dir.as_deref().unwrap_or("data"));
+        let store =
+            shared::store_section(raw.store, &|m| invalid(line_of("[store]"), m), &resolve)?;
+        let cache = shared::cache_section(
+            raw.cache,
+            &data_dir,
+            &|m| invalid(line_of("[cache]"), m),
+            &resolve,
+        )?;
         let audit = audit::section(
             raw.audit.unwrap_or_default(),
             &data_dir,
@@ -683,7 +697,9 @@ impl Config {
         Ok(Config {
             source: path.map(Path::to_path_buf),
             listen,
-            data_dir: resolve(raw.data_dir.as_deref().unwrap_or("data")),
+            data_dir,
+            store,
+            cache,
             allowlist_dir: resolve(raw.allowlist_dir.as_deref().unwrap_or("allowlists")),
             public_url,
             cache_max_bytes,

@@ -35,6 +35,23 @@ pub(super) struct RawConfig {
     pub(super) pypi: Option<RawPypi>,
     pub(super) oci: Option<RawOci>,
     pub(super) admin: Option<RawAdmin>,
+    pub(super) store: Option<RawStore>,
+    pub(super) cache: Option<RawCache>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) url: Option<String>,
+    pub(super) password_env: Option<String>,
+    pub(super) password_file: Option<String>,
+    pub(super) ca_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -22,10 +22,13 @@ use crate::audit::{Audit, AuditEvent};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::Sha256;
+use crate::store::remote::Remote;
 use crate::store::Cache;
 
 mod http;
 pub mod identity;
+mod scrub;
+mod tier;
 pub use http::{
     http_client, install_crypto_provider, ip_is_private, redirect_target, tls_cause, MAX_REDIRECTS,
 };
@@ -84,6 +87,8 @@ pub struct Fetcher {
     audit: Audit,
     cache_max_bytes: u64,
     downloads: Mutex<HashMap<Sha256, watch::Receiver<Download>>>,
+    /// `[cache] url` on an object store: the tier the replicas share, behind the local disk.
+    remote: Option<Arc<Remote>>,
 }
 
 use crate::sync::lock;
@@ -101,7 +106,15 @@ impl Fetcher {
             audit,
             cache_max_bytes,
             downloads: Mutex::default(),
+            remote: None,
         }
+    }
+
+    /// Puts a shared object store behind the local cache: files missing on the local disk are
+    /// read from it (hashed as they stream out), and verified downloads are written to it.
+    pub fn with_remote(mut self, remote: Option<Arc<Remote>>) -> Fetcher {
+        self.remote = remote;
+        self
     }
 
     /// Streams `sha` to the client: joins a running download (then serves from the cache) or
@@ -246,11 +259,25 @@ impl Fetcher {
             let _ = head.send(Err(f.clone()));
             Download::Failed(f)
         };
-        let resp = match open.await {
-            Ok(r) => r,
-            Err(f) => return fail(head, f),
+        // The shared tier first. Its bytes are hashed like an upstream's; a mismatch there is
+        // the tier's fault (removed, audited), not the upstream's.
+        let copy = self.remote_copy(&sha, size).await;
+        let from_remote = copy.is_some();
+        let (declared, mut stream) = match copy {
+            Some(obj) => (Some(obj.len), obj.body),
+            None => {
+                let resp = match open.await {
+                    Ok(r) => r,
+                    Err(f) => return fail(head, f),
+                };
+                (
+                    resp.content_length(),
+                    resp.bytes_stream()
+                        .map(|c| c.map_err(std::io::Error::other))
+                        .boxed(),
+                )
+            }
         };
-        let declared = resp.content_length();
         if let (Some(want), Some(got)) = (size, declared) {
             if want != got {
                 tracing::warn!(%name, want, got, "upstream length differs from the declared size");
@@ -280,15 +307,19 @@ impl Fetcher {
         let mut hasher = sha2::Sha256::new();
         let mut total = 0u64;
         let mut held: Option<Bytes> = None;
-        let mut stream = resp.bytes_stream();
         let mut failure = None;
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(%name, error = %e, "upstream transfer broke");
+                    let from = if from_remote {
+                        "shared cache"
+                    } else {
+                        "upstream"
+                    };
+                    tracing::warn!(%name, error = %e, "{from} transfer broke");
                     failure = Some(Failure::Unavailable(format!(
-                        "the upstream transfer of {name} broke off"
+                        "the {from} transfer of {name} broke off"
                     )));
                     break;
                 }
@@ -339,25 +370,43 @@ impl Fetcher {
                 "the upstream sent {total} bytes of {name}, fewer than declared"
             )));
         }
-        // A body longer or shorter than declared is as much a lie as other bytes: audited too.
-        if let Some(Failure::BadUpstream(detail)) = &failure {
-            self.audit
-                .record(mismatch.clone().deny("size_mismatch", detail.clone()))
-                .await;
-        }
         let actual = Sha256::from_bytes(hasher.finalize().into());
-        if failure.is_none() && actual != sha {
-            let detail = format!(
-                "{name}: the upstream sent bytes with sha256 {actual}, but the pin is {sha}"
-            );
-            tracing::error!(%name, expected = %sha, actual = %actual, "upstream bytes do not match the pin; not served, not cached");
-            self.audit
-                .record(AuditEvent {
-                    actual_sha256: Some(actual.hex()),
-                    ..mismatch.deny("hash_mismatch", detail.clone())
-                })
-                .await;
-            failure = Some(Failure::BadUpstream(detail));
+        if from_remote {
+            // A copy from the shared tier that is longer, shorter or other than its name: the
+            // tier lied (a transfer that broke off is only an outage).
+            let lie = match &failure {
+                Some(Failure::BadUpstream(d)) => Some(d.clone()),
+                Some(Failure::Unavailable(_)) => None,
+                None if actual != sha => Some(format!("its bytes hash to {actual}")),
+                None => None,
+            };
+            if let Some(why) = lie {
+                let hashed = (failure.is_none()).then_some(actual);
+                self.remote_tampered(&sha, hashed, why).await;
+                failure = Some(Failure::BadUpstream(format!(
+                    "the shared cache's copy of {name} was damaged and has been removed; ask again"
+                )));
+            }
+        } else {
+            // A body longer or shorter than declared is as much a lie as other bytes.
+            if let Some(Failure::BadUpstream(detail)) = &failure {
+                self.audit
+                    .record(mismatch.clone().deny("size_mismatch", detail.clone()))
+                    .await;
+            }
+            if failure.is_none() && actual != sha {
+                let detail = format!(
+                    "{name}: the upstream sent bytes with sha256 {actual}, but the pin is {sha}"
+                );
+                tracing::error!(%name, expected = %sha, actual = %actual, "upstream bytes do not match the pin; not served, not cached");
+                self.audit
+                    .record(AuditEvent {
+                        actual_sha256: Some(actual.hex()),
+                        ..mismatch.deny("hash_mismatch", detail.clone())
+                    })
+                    .await;
+                failure = Some(Failure::BadUpstream(detail));
+            }
         }
         if let Some(f) = failure {
             // The rejected bytes leave the disk before anyone hears of the failure.
@@ -374,9 +423,14 @@ impl Fetcher {
             return Download::Failed(f);
         }
         if let Some(t) = temp {
-            if let Err(e) = self.cache.commit(t, sha, total, Some(&name)).await {
-                tracing::warn!(error = %e, "could not cache verified bytes");
-                self.metrics.cache_store_failures.fetch_add(1, Relaxed);
+            match self.cache.commit(t, sha, total, Some(&name)).await {
+                // Verified bytes from the upstream go to the tier the other replicas read.
+                Ok(true) if !from_remote => self.share(sha),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not cache verified bytes");
+                    self.metrics.cache_store_failures.fetch_add(1, Relaxed);
+                }
             }
         }
         if let (Some(b), Some(last)) = (&body, held) {
@@ -412,7 +466,7 @@ impl Fetcher {
         false
     }
 
-    async fn tampered(&self, sha: &Sha256, actual: Option<Sha256>) {
+    pub(super) async fn tampered(&self, sha: &Sha256, actual: Option<Sha256>) {
         self.metrics.cache_tampered.fetch_add(1, Relaxed);
         tracing::error!(%sha, actual = ?actual.map(|a| a.hex()), "a cached file no longer matches its hash; evicted, never served");
         let ev = AuditEvent::about("cache.verify", sha.hex(), None, Some(sha.hex()), "gate");
@@ -426,45 +480,6 @@ impl Fetcher {
             })
             .await;
         self.cache.evict(sha).await;
-    }
-
-    /// Audits the cached files found changed at start (their eviction is counted already).
-    pub async fn report_startup_tampering(&self) {
-        for sha in self.cache.take_startup_tampered() {
-            let ev = AuditEvent::about("cache.verify", sha.hex(), None, Some(sha.hex()), "gate");
-            self.audit
-                .record(ev.deny(
-                    "cache_tampered",
-                    "the cached file changed length or kind while the gate was stopped; evicted and fetched again when asked for".into(),
-                ))
-                .await;
-        }
-    }
-
-    /// Re-checks cached files not yet verified in this run, `rate` bytes per second at most,
-    /// so that tampering is found even in files nobody asks for.
-    pub async fn scrub(self: Arc<Self>, rate: u64) {
-        if rate == 0 {
-            return;
-        }
-        loop {
-            let batch = self.cache.unverified(64);
-            if batch.is_empty() {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                continue;
-            }
-            for (sha, size) in batch {
-                let started = std::time::Instant::now();
-                if self.cache.lookup(&sha).is_some() && !self.cache.is_verified(&sha) {
-                    self.check_cached(&sha).await;
-                    self.metrics.cache_scrubbed.fetch_add(1, Relaxed);
-                }
-                let budget = Duration::from_secs_f64(size as f64 / rate as f64);
-                if let Some(rest) = budget.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(rest).await;
-                }
-            }
-        }
     }
 
     /// Serves verified cached bytes, honouring a single `Range: bytes=` (RFC 9110 §14). A file

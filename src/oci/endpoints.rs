@@ -401,7 +401,13 @@ impl Oci {
         };
         Ok(self
             .fetcher
-            .fetch_and_serve(*digest.sha(), job, "application/octet-stream", &extra)
+            .serve_missing(
+                *digest.sha(),
+                job,
+                headers,
+                "application/octet-stream",
+                &extra,
+            )
             .await?)
     }
 

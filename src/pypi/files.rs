@@ -117,7 +117,7 @@ impl Pypi {
         }
         let job = self.job(rules, project, sha, filename, url, size, client)?;
         self.fetcher
-            .fetch_and_serve(sha, job, "application/octet-stream", &[])
+            .serve_missing(sha, job, headers, "application/octet-stream", &[])
             .await
     }
 

@@ -1,15 +1,22 @@
-//! The embedded metadata store (redb) and the content-addressed cache of verified files.
+//! The metadata store and the content-addressed cache of verified files.
+//!
+//! Two engines keep the same tables: the embedded one (a redb file in data_dir, one gate
+//! process, the default) and PostgreSQL (`[store] url`), shared by every replica of the gate.
+//! Callers see one [`Store`] and never the engine.
 
 pub mod cache;
+mod embedded;
+mod postgres;
+pub mod remote;
 
 use std::path::Path;
 
-use std::sync::atomic::Ordering::Relaxed;
-
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::TableDefinition;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use cache::Cache;
+use embedded::Embedded;
+use postgres::Postgres;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +39,16 @@ pub enum StoreError {
     /// The store's file was removed or replaced while the gate runs.
     #[error("{0}")]
     Lost(String),
+    /// PostgreSQL refused a statement.
+    #[error("store (PostgreSQL): {0}")]
+    Postgres(String),
+    /// PostgreSQL could not be reached (or did not answer in time).
+    #[error("the store (PostgreSQL) cannot be reached: {0}")]
+    Unreachable(String),
+    /// Another replica appended to the audit chain first: the writer chains again from the
+    /// head the store now has.
+    #[error("another replica appended to the audit chain first (at #{0})")]
+    AuditMoved(u64),
 }
 
 macro_rules! from_redb {
@@ -98,91 +115,76 @@ pub fn disk_free(path: &Path) -> Option<u64> {
     Some(avail.saturating_mul(frsize))
 }
 
-/// The store's page cache in memory.
-const STORE_CACHE_BYTES: usize = 32 << 20;
+/// One write of an admin change.
+#[derive(Clone)]
+pub enum Write {
+    Put(Table, String, Vec<u8>),
+    Remove(Table, String),
+}
 
 /// A change of the admin API's state, written in the same transaction as its audit entry: the
 /// change happens if and only if its entry is stored.
-pub type ChangeFn = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), StoreError> + Send>;
+#[derive(Clone, Default)]
+pub struct Change(Vec<Write>);
 
-pub struct Store {
-    /// `None` after an I/O error the database could not be reopened from (see [`Store::run`]).
-    db: std::sync::RwLock<Option<Database>>,
-    path: std::path::PathBuf,
-    /// Unix seconds of the last reopen attempt (at most one every few seconds).
-    reopened_at: std::sync::atomic::AtomicI64,
-    /// The file opened (device, inode): the path must go on naming it.
-    file_id: (u64, u64),
-    /// A handle of our own on that file: its link count says whether it was unlinked,
-    /// whatever the path now holds.
-    handle: std::fs::File,
-    /// Set when the path no longer names the opened file (removed or replaced while the gate
-    /// runs): everything written would go to a file no one will read again, so the store
-    /// refuses from then on (fail closed) until the gate is restarted on a store.
-    lost: std::sync::Mutex<Option<String>>,
+impl Change {
+    /// A change that writes one record.
+    pub fn put<T: Serialize>(table: Table, key: &str, value: &T) -> Result<Change, StoreError> {
+        Ok(Change(vec![Write::Put(
+            table,
+            key.to_string(),
+            serde_json::to_vec(value)?,
+        )]))
+    }
+
+    /// A change that removes one record.
+    pub fn remove(table: Table, key: &str) -> Change {
+        Change(vec![Write::Remove(table, key.to_string())])
+    }
+
+    pub fn writes(&self) -> &[Write] {
+        &self.0
+    }
 }
 
-fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
+enum Engine {
+    Embedded(Embedded),
+    Postgres(Postgres),
+}
+
+/// The metadata store, on whichever engine the configuration names.
+pub struct Store {
+    engine: Engine,
+}
+
+/// The same call on either engine.
+macro_rules! each {
+    ($self:ident, $e:ident => $body:expr) => {
+        match &$self.engine {
+            Engine::Embedded($e) => $body,
+            Engine::Postgres($e) => $body,
+        }
+    };
 }
 
 impl Store {
+    /// The embedded store: one redb file, held by one gate process.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        // redb keeps up to 1 GiB of pages in memory by default; the gate's working set (pins,
-        // links, the recent audit tail) is far smaller, and a flood of audited denials must
-        // not turn into resident memory.
-        let damaged = |detail: String| StoreError::Damaged {
-            path: path.display().to_string(),
-            detail,
-        };
-        // redb asserts (panics) on some damaged files, a truncated one among them: that is a
-        // damaged store to report, not a crash with a backtrace. The hook is silenced for the
-        // open only (start-up, before anything else runs).
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let opened = std::panic::catch_unwind(|| {
-            Database::builder()
-                .set_cache_size(STORE_CACHE_BYTES)
-                .create(path)
-        });
-        std::panic::set_hook(hook);
-        let db = match opened {
-            Err(p) => {
-                let why = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unreadable".into());
-                return Err(damaged(why));
-            }
-            Ok(Ok(db)) => db,
-            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
-                return Err(StoreError::Locked(path.display().to_string()))
-            }
-            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)))) => {
-                return Err(damaged(d))
-            }
-            Ok(Err(e)) => return Err(StoreError::Db(Box::new(e.into()))),
-        };
-        let w = db.begin_write()?;
-        for t in TABLES {
-            w.open_table(t)?;
-        }
-        w.open_table(AUDIT)?;
-        w.open_table(AUDIT_CHECKPOINTS)?;
-        w.commit()?;
-        let file_id = file_id(path).map_err(|e| damaged(e.to_string()))?;
-        let handle = std::fs::File::open(path).map_err(|e| damaged(e.to_string()))?;
         Ok(Store {
-            db: std::sync::RwLock::new(Some(db)),
-            path: path.to_path_buf(),
-            reopened_at: std::sync::atomic::AtomicI64::new(0),
-            file_id,
-            handle,
-            lost: std::sync::Mutex::new(None),
+            engine: Engine::Embedded(Embedded::open(path)?),
         })
+    }
+
+    /// The shared store on PostgreSQL, its schema brought to this version.
+    pub fn open_postgres(cfg: &crate::config::PostgresConfig) -> Result<Store, StoreError> {
+        Ok(Store {
+            engine: Engine::Postgres(Postgres::open(cfg)?),
+        })
+    }
+
+    /// Whether other gate processes share this store (PostgreSQL).
+    pub fn shared(&self) -> bool {
+        matches!(self.engine, Engine::Postgres(_))
     }
 
     /// Appends audit entries in one durable transaction (the audit writer's group commit).
@@ -190,469 +192,222 @@ impl Store {
         self.audit_commit(entries, None)
     }
 
-    /// Appends audit entries, and applies `change` in the same durable transaction (an admin
-    /// change is stored if and only if its entry is). An entry never replaces an existing one.
+    /// Appends audit entries, and applies `change` in the same durable transaction. An entry
+    /// never replaces an existing one; on a shared store, entries that do not follow the head
+    /// (another replica appended first) are refused with [`StoreError::AuditMoved`].
     pub fn audit_commit(
         &self,
         entries: &[(u64, Vec<u8>)],
-        change: Option<ChangeFn>,
+        change: Option<&Change>,
     ) -> Result<(), StoreError> {
-        self.run(|db| {
-            if entries.is_empty() && change.is_none() {
-                return Ok(());
-            }
-            let w = db.begin_write()?;
-            if let Some(apply) = change {
-                apply(&w)?;
-            }
-            {
-                let mut t = w.open_table(AUDIT)?;
-                for (seq, bytes) in entries {
-                    if t.insert(*seq, bytes.as_slice())?.is_some() {
-                        // The chain would lose an entry: abort the whole transaction.
-                        return Err(StoreError::Conflict(format!(
-                            "audit entry #{seq} exists already"
-                        )));
-                    }
-                }
-            }
-            w.commit()?;
-            Ok(())
-        })
+        each!(self, e => e.audit_commit(entries, change))
     }
 
-    /// Inside a change: writes one record.
-    pub fn tx_put<T: Serialize>(
-        w: &redb::WriteTransaction,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: &T,
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value)?;
-        w.open_table(table)?.insert(key, bytes.as_slice())?;
-        Ok(())
+    /// The generation of the admin state on a shared store (bumped by every admin change);
+    /// `None` on the embedded store, where this process makes every change itself.
+    pub fn generation(&self) -> Result<Option<u64>, StoreError> {
+        match &self.engine {
+            Engine::Embedded(_) => Ok(None),
+            Engine::Postgres(p) => p.generation().map(Some),
+        }
     }
 
-    /// Inside a change: removes one record.
-    pub fn tx_remove(
-        w: &redb::WriteTransaction,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<(), StoreError> {
-        w.open_table(table)?.remove(key)?;
-        Ok(())
-    }
-
-    /// The last audit entry, if any.
     pub fn audit_last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(AUDIT)?;
-            let last = t.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
-            Ok(last)
-        })
+        each!(self, e => e.audit_last())
     }
 
-    /// The first audit entry still kept, if any.
     pub fn audit_first(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(AUDIT)?;
-            let first = t.first()?.map(|(k, v)| (k.value(), v.value().to_vec()));
-            Ok(first)
-        })
+        each!(self, e => e.audit_first())
     }
 
-    /// Stores a signed checkpoint of the chain head.
     pub fn audit_checkpoint_put(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.run(|db| {
-            let w = db.begin_write()?;
-            w.open_table(AUDIT_CHECKPOINTS)?.insert(seq, bytes)?;
-            w.commit()?;
-            Ok(())
-        })
+        each!(self, e => e.audit_checkpoint_put(seq, bytes))
     }
 
-    /// The sequence number the last stored checkpoint covers.
     pub fn audit_checkpoint_last(&self) -> Result<Option<u64>, StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(AUDIT_CHECKPOINTS)?;
-            let last = t.last()?.map(|(k, _)| k.value());
-            Ok(last)
-        })
+        each!(self, e => e.audit_checkpoint_last())
     }
 
-    /// Every stored checkpoint, by the sequence number it covers.
     pub fn audit_checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(AUDIT_CHECKPOINTS)?;
-            let mut out = Vec::new();
-            for item in t.iter()? {
-                let (k, v) = item?;
-                out.push((k.value(), v.value().to_vec()));
-            }
-            Ok(out)
-        })
+        each!(self, e => e.audit_checkpoints())
     }
 
-    /// The anchor left by retention: the checkpoint of the last pruned entry.
     pub fn audit_anchor(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(AUDIT_META)?;
-            let anchor = t.get("anchor")?.map(|v| v.value().to_vec());
-            Ok(anchor)
-        })
+        each!(self, e => e.audit_anchor())
     }
 
     /// Retention: removes the entries up to and including `upto` and the checkpoints before it,
-    /// and records `anchor` (the checkpoint of entry `upto`), in one transaction: the log is
-    /// never left without the anchor its first entry follows.
+    /// and records `anchor` (the checkpoint of entry `upto`), in one transaction.
     pub fn audit_prune(&self, upto: u64, anchor: &[u8]) -> Result<(), StoreError> {
-        self.run(|db| {
-            let w = db.begin_write()?;
-            w.open_table(AUDIT)?.retain_in(..=upto, |_, _| false)?;
-            w.open_table(AUDIT_CHECKPOINTS)?
-                .retain_in(..upto, |_, _| false)?;
-            w.open_table(AUDIT_META)?.insert("anchor", anchor)?;
-            w.commit()?;
-            Ok(())
-        })
+        each!(self, e => e.audit_prune(upto, anchor))
     }
 
-    /// Runs one operation on the database. redb refuses every operation after an I/O error
-    /// (a full disk) until the database is closed and opened again; so after one, the store
-    /// reopens itself (waiting for operations in flight), instead of failing until a restart.
-    fn run<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Some(why) = self.lost() {
-            return Err(StoreError::Lost(why));
-        }
-        let out = {
-            let g = self.db.read().unwrap_or_else(|p| p.into_inner());
-            match g.as_ref() {
-                Some(db) => f(db),
-                None => Err(StoreError::Unusable(self.path.display().to_string())),
-            }
-        };
-        let io = match &out {
-            Err(StoreError::Db(e)) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
-            Err(StoreError::Unusable(_)) => true,
-            _ => false,
-        };
-        if io {
-            self.reopen();
-        }
-        out
-    }
-
-    /// Closes and opens the database again (at most once every 2 s).
-    fn reopen(&self) {
-        let now = cache::now_secs();
-        let last = self.reopened_at.swap(now, Relaxed);
-        if now - last < 2 {
-            return;
-        }
-        let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
-        // The old handle goes first: redb allows one per file.
-        *g = None;
-        // Opened, never created: a store file that is gone is not replaced by an empty one.
-        if self.check_file().is_err() {
-            return;
-        }
-        match Database::builder()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .open(&self.path)
-        {
-            Ok(db) => {
-                tracing::warn!(path = %self.path.display(), "store reopened after an I/O error (was the disk full?)");
-                *g = Some(db);
-            }
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "store could not be reopened after an I/O error; trying again on the next operation");
-            }
-        }
-    }
-
-    /// Creates `tables` if they are not there yet (a gate's tables, at its construction), so
-    /// that reading one before anything was written finds it empty.
-    pub fn ensure(&self, tables: &[Table]) -> Result<(), StoreError> {
-        self.run(|db| {
-            let w = db.begin_write()?;
-            for t in tables {
-                w.open_table(*t)?;
-            }
-            w.commit()?;
-            Ok(())
-        })
-    }
-
-    /// Whether the database is open (false after an I/O error it could not recover from yet,
-    /// or once its file was removed or replaced).
-    pub fn usable(&self) -> bool {
-        self.check_file().is_ok() && self.db.read().unwrap_or_else(|p| p.into_inner()).is_some()
-    }
-
-    fn lost(&self) -> Option<String> {
-        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Checks that the store's path still names the file the gate opened; once it does not
-    /// (removed, or another file put in its place while the gate runs), says why from then on.
-    pub fn check_file(&self) -> Result<(), String> {
-        if let Some(why) = self.lost() {
-            return Err(why);
-        }
-        use std::os::unix::fs::MetadataExt as _;
-        let unlinked = self.handle.metadata().is_ok_and(|m| m.nlink() == 0);
-        let why = match file_id(&self.path) {
-            Ok(id) if id == self.file_id && !unlinked => return Ok(()),
-            _ if unlinked => format!(
-                "{} was removed while the gate runs (the file the gate writes has no name any more): nothing more is written to it; restore it and restart the gate (README: \"When the store is damaged\")",
-                self.path.display()
-            ),
-            Ok(_) => format!(
-                "{} was replaced by another file while the gate runs: the store refuses until the gate is restarted (README: \"When the store is damaged\")",
-                self.path.display()
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
-                "{} was removed while the gate runs: nothing more is written to it; restore it and restart the gate (README: \"When the store is damaged\")",
-                self.path.display()
-            ),
-            // Cannot be asked because a permission changed: not proof of a swap.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(()),
-            // A link loop, a file where data_dir was, …: the path no longer leads to the store.
-            Err(e) => format!(
-                "{} no longer leads to the store ({e}) while the gate runs: nothing more is written; restore it and restart the gate (README: \"When the store is damaged\")",
-                self.path.display()
-            ),
-        };
-        tracing::error!(path = %self.path.display(), problem = %why, "store file lost");
-        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-        Err(why)
-    }
-
-    /// Runs `f` over the store, turning a panic inside redb (it asserts on some damaged pages)
-    /// into a damaged-store error naming the file.
-    pub fn guard<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(r) => r,
-            Err(p) => Err(StoreError::Damaged {
-                path: self.path.display().to_string(),
-                detail: p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a page could not be read".into()),
-            }),
-        }
-    }
-
-    /// The store file's size in bytes.
-    pub fn size_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Test support: removes audit entries after `seq` and, when `checkpoints`, the
-    /// checkpoints that cover them (a truncated tail, as an attacker would leave it).
+    /// Test support: removes audit entries after `seq` (and their checkpoints).
     #[doc(hidden)]
     pub fn audit_truncate(&self, seq: u64, checkpoints: bool) -> Result<(), StoreError> {
-        self.run(|db| {
-            let w = db.begin_write()?;
-            w.open_table(AUDIT)?.retain_in(seq + 1.., |_, _| false)?;
-            if checkpoints {
-                w.open_table(AUDIT_CHECKPOINTS)?
-                    .retain_in(seq + 1.., |_, _| false)?;
-            }
-            w.commit()?;
-            Ok(())
-        })
+        each!(self, e => e.audit_truncate(seq, checkpoints))
     }
 
     /// Test support: removes the stored checkpoint of `seq` (as an attacker would).
     #[doc(hidden)]
     pub fn audit_checkpoint_remove(&self, seq: u64) -> Result<(), StoreError> {
-        self.run(|db| {
-            let w = db.begin_write()?;
-            w.open_table(AUDIT_CHECKPOINTS)?.remove(seq)?;
-            w.commit()?;
-            Ok(())
-        })
+        each!(self, e => e.audit_checkpoint_remove(seq))
+    }
+
+    /// Test support: overwrites one audit entry's bytes (to show tampering is detected).
+    #[doc(hidden)]
+    pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        each!(self, e => e.audit_overwrite(seq, bytes))
     }
 
     /// Calls `f` on audit entries after `after`, in order, until it returns false.
     pub fn audit_scan(
         &self,
         after: u64,
-        mut f: impl FnMut(u64, &[u8]) -> bool,
+        f: impl FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(AUDIT)?;
-            for item in t.range(after.saturating_add(1)..)? {
-                let (k, v) = item?;
-                if !f(k.value(), v.value()) {
-                    break;
-                }
-            }
-            Ok(())
-        })
+        each!(self, e => e.audit_scan(after, f))
+    }
+
+    /// Creates `tables` if they are not there yet (a gate's tables, at its construction).
+    pub fn ensure(&self, tables: &[Table]) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Embedded(e) => e.ensure(tables),
+            // One table holds every table's records.
+            Engine::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Whether the store can be used now (the embedded file open; the server answering).
+    pub fn usable(&self) -> bool {
+        each!(self, e => e.usable())
+    }
+
+    /// The embedded store: that its path still names the file the gate opened. PostgreSQL:
+    /// that the server answers.
+    pub fn check_file(&self) -> Result<(), String> {
+        match &self.engine {
+            Engine::Embedded(e) => e.check_file(),
+            Engine::Postgres(p) => p.ping(),
+        }
+    }
+
+    /// Runs `f` over the store, turning a panic inside redb (it asserts on some damaged pages)
+    /// into a damaged-store error naming the file.
+    pub fn guard<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match &self.engine {
+            Engine::Embedded(e) => e.guard(f),
+            Engine::Postgres(_) => f(),
+        }
+    }
+
+    /// The store's size in bytes (the file, or the database).
+    pub fn size_bytes(&self) -> u64 {
+        each!(self, e => e.size_bytes())
     }
 
     /// How many records `table` holds.
-    pub fn len(&self, table: TableDefinition<&str, &[u8]>) -> Result<usize, StoreError> {
-        use redb::ReadableTableMetadata as _;
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(table)?;
-            Ok(t.len()? as usize)
-        })
+    pub fn len(&self, table: Table) -> Result<usize, StoreError> {
+        each!(self, e => e.len(table))
     }
 
     /// How many keys of `table` start with `prefix`.
-    pub fn count_prefix(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        prefix: &str,
-    ) -> Result<usize, StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(table)?;
-            let mut n = 0;
-            for item in t.range(prefix..)? {
-                let (k, _) = item?;
-                if !k.value().starts_with(prefix) {
-                    break;
-                }
-                n += 1;
-            }
-            Ok(n)
-        })
+    pub fn count_prefix(&self, table: Table, prefix: &str) -> Result<usize, StoreError> {
+        each!(self, e => e.count_prefix(table, prefix))
     }
 
-    /// Removes one record.
-    pub fn remove(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<bool, StoreError> {
-        self.run(|db| {
-            let w = db.begin_write()?;
-            let existed = {
-                let mut t = w.open_table(table)?;
-                let existed = t.remove(key)?.is_some();
-                existed
-            };
-            w.commit()?;
-            Ok(existed)
-        })
-    }
-
-    /// Test support: overwrites one audit entry's bytes (to show tampering is detected).
-    #[doc(hidden)]
-    pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.run(|db| {
-            let w = db.begin_write()?;
-            {
-                let mut t = w.open_table(AUDIT)?;
-                t.insert(seq, bytes)?;
-            }
-            w.commit()?;
-            Ok(())
-        })
+    /// Removes one record; whether it was there.
+    pub fn remove(&self, table: Table, key: &str) -> Result<bool, StoreError> {
+        match &self.engine {
+            Engine::Embedded(e) => e.remove(table, key),
+            Engine::Postgres(p) => Ok(p.remove_many(table, &[key.to_string()])? > 0),
+        }
     }
 
     pub fn get<T: DeserializeOwned>(
         &self,
-        table: TableDefinition<&str, &[u8]>,
+        table: Table,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(table)?;
-            match t.get(key)? {
-                Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
-                None => Ok(None),
-            }
-        })
+        match each!(self, e => e.get(table, key))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
     }
 
     /// Writes several records in one durable transaction.
     pub fn put_many<T: Serialize>(
         &self,
-        table: TableDefinition<&str, &[u8]>,
+        table: Table,
         items: &[(String, T)],
     ) -> Result<(), StoreError> {
-        self.run(|db| {
-            if items.is_empty() {
-                return Ok(());
-            }
-            let w = db.begin_write()?;
-            {
-                let mut t = w.open_table(table)?;
-                for (k, v) in items {
-                    let bytes = serde_json::to_vec(v)?;
-                    t.insert(k.as_str(), bytes.as_slice())?;
+        let raw = items
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), serde_json::to_vec(v)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        each!(self, e => e.put_many(table, &raw))
+    }
+
+    pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), StoreError> {
+        let raw = [(key.to_string(), serde_json::to_vec(value)?)];
+        each!(self, e => e.put_many(table, &raw))
+    }
+
+    pub fn remove_many(&self, table: Table, keys: &[String]) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Embedded(e) => e.remove_many(table, keys),
+            Engine::Postgres(p) => p.remove_many(table, keys).map(|_| ()),
+        }
+    }
+
+    pub fn all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, StoreError> {
+        each!(self, e => e.all(table))?
+            .into_iter()
+            .map(|(k, v)| Ok((k, serde_json::from_slice(&v)?)))
+            .collect()
+    }
+
+    /// A shared store: one more failed authentication of `client`, counted across replicas
+    /// (its failures in the current window); `None` on the embedded store.
+    pub fn auth_failed(&self, client: &str, now: i64, window: i64) -> Option<u32> {
+        match &self.engine {
+            Engine::Embedded(_) => None,
+            Engine::Postgres(p) => match p.auth_failed(client, now, window) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not count a failed authentication in the shared store");
+                    None
                 }
-            }
-            w.commit()?;
-            Ok(())
-        })
+            },
+        }
     }
 
-    pub fn put<T: Serialize>(
+    /// A shared store: the clients locked out by failures on any replica (client, window
+    /// start, failures).
+    pub fn auth_locked(
         &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: &T,
-    ) -> Result<(), StoreError> {
-        self.run(|db| {
-            let bytes = serde_json::to_vec(value)?;
-            let w = db.begin_write()?;
-            {
-                let mut t = w.open_table(table)?;
-                t.insert(key, bytes.as_slice())?;
-            }
-            w.commit()?;
-            Ok(())
-        })
+        now: i64,
+        window: i64,
+        max: u32,
+    ) -> Result<Vec<(String, i64, u32)>, StoreError> {
+        match &self.engine {
+            Engine::Embedded(_) => Ok(Vec::new()),
+            Engine::Postgres(p) => p.auth_locked(now, window, max),
+        }
     }
 
-    pub fn remove_many(
+    /// A shared store: records this replica's allowlist digest and returns the replicas seen
+    /// since `since` with theirs.
+    pub fn replica_seen(
         &self,
-        table: TableDefinition<&str, &[u8]>,
-        keys: &[String],
-    ) -> Result<(), StoreError> {
-        self.run(|db| {
-            if keys.is_empty() {
-                return Ok(());
-            }
-            let w = db.begin_write()?;
-            {
-                let mut t = w.open_table(table)?;
-                for k in keys {
-                    t.remove(k.as_str())?;
-                }
-            }
-            w.commit()?;
-            Ok(())
-        })
-    }
-
-    pub fn all<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<(String, T)>, StoreError> {
-        self.run(|db| {
-            let r = db.begin_read()?;
-            let t = r.open_table(table)?;
-            let mut out = Vec::new();
-            for item in t.iter()? {
-                let (k, v) = item?;
-                out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
-            }
-            Ok(out)
-        })
+        id: &str,
+        allowlists: &str,
+        now: i64,
+        since: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        match &self.engine {
+            Engine::Embedded(_) => Ok(Vec::new()),
+            Engine::Postgres(p) => p.replica_seen(id, allowlists, now, since),
+        }
     }
 }

@@ -1,0 +1,161 @@
+//! `[store]` and `[cache]`: where the state every replica shares lives. Without them the gate
+//! keeps everything in data_dir (the embedded store and the local cache), as one process.
+
+use std::path::{Path, PathBuf};
+
+use super::raw::{RawCache, RawStore};
+use super::{is_loopback_host, ConfigError, Secret};
+
+/// `[store] url = "postgres://…"`: the shared store on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// The connection URL without a password and without `sslmode` (the gate applies it).
+    pub url: String,
+    /// Host and database, for messages (never the password).
+    pub shown: String,
+    /// TLS to the server, its certificate verified (and its name checked) against `ca_file`
+    /// or the platform's roots; off only with `sslmode=disable` to a loopback server.
+    pub tls: bool,
+    pub password: Option<Password>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the database password comes from; never from the config file itself.
+#[derive(Debug, Clone)]
+pub enum Password {
+    /// `password_env`: read once at start.
+    Env(Secret),
+    /// `password_file`: read again for every new connection (a rotated secret, or a mounted
+    /// Entra ID token for Azure Database for PostgreSQL, is picked up without a restart).
+    File(PathBuf),
+}
+
+/// `[cache] url`: where verified bytes are kept besides the local disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheUrl {
+    /// A directory (the default is data_dir): files under `cache/`, temp files under `tmp/`.
+    Local(PathBuf),
+    /// An object store shared by the replicas (`az://container/prefix`, `s3://bucket/prefix`),
+    /// with each replica's local disk in front of it.
+    Remote(String),
+}
+
+pub(super) fn store_section(
+    raw: Option<RawStore>,
+    invalid: &dyn Fn(String) -> ConfigError,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<Option<PostgresConfig>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let Some(url) = raw.url else {
+        return Err(invalid(
+            "[store] needs url = \"postgres://user@host:5432/db\" (without it, leave [store] out for the embedded store)".into(),
+        ));
+    };
+    let bad = |m: &str| invalid(format!("[store] url: {m}"));
+    let parsed = reqwest::Url::parse(&url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(bad(
+            "must start with postgres:// (PostgreSQL is the shared store)",
+        ));
+    }
+    if parsed.password().is_some() {
+        return Err(bad(
+            "holds a password: the config file never does; use password_env or password_file",
+        ));
+    }
+    let host = parsed.host_str().unwrap_or_default().to_string();
+    if host.is_empty() {
+        return Err(bad("names no host"));
+    }
+    // libpq's sslmode, read the safe way: every mode that encrypts also verifies the server's
+    // certificate and name (verify-full), because a store that can be impersonated decides
+    // what the gate admits. Only a loopback server may be reached without TLS.
+    let mut tls = true;
+    let mut kept = parsed.clone();
+    kept.query_pairs_mut().clear();
+    for (k, v) in parsed.query_pairs() {
+        match (k.as_ref(), v.as_ref()) {
+            ("sslmode", "disable") if is_loopback_host(&host) => tls = false,
+            ("sslmode", "disable") => {
+                return Err(bad(
+                    "sslmode=disable is only for a server on this host; the store is reached over TLS",
+                ))
+            }
+            ("sslmode", "require" | "verify-ca" | "verify-full") => {}
+            ("sslmode", other) => {
+                return Err(bad(&format!(
+                    "sslmode={other}: use verify-full (TLS, certificate and name checked) or disable (loopback only)"
+                )))
+            }
+            ("sslrootcert", _) => return Err(bad("set ca_file instead of sslrootcert")),
+            (k, v) => {
+                kept.query_pairs_mut().append_pair(k, v);
+            }
+        }
+    }
+    let mut url_out = kept.to_string();
+    if url_out.ends_with('?') {
+        url_out.pop();
+    }
+    let password = match (raw.password_env, raw.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "[store]: password_env or password_file, not both".into(),
+            ))
+        }
+        (Some(var), None) => Some(Password::Env(Secret::new(std::env::var(&var).map_err(
+            |_| {
+                invalid(format!(
+                    "[store] password_env: environment variable {var} is not set"
+                ))
+            },
+        )?))),
+        (None, Some(f)) => Some(Password::File(resolve(&f))),
+        (None, None) => None,
+    };
+    Ok(Some(PostgresConfig {
+        shown: format!(
+            "{}:{}{}",
+            host,
+            parsed.port().unwrap_or(5432),
+            parsed.path()
+        ),
+        url: url_out,
+        tls,
+        password,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+    }))
+}
+
+pub(super) fn cache_section(
+    raw: Option<RawCache>,
+    data_dir: &Path,
+    invalid: &dyn Fn(String) -> ConfigError,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<CacheUrl, ConfigError> {
+    let Some(url) = raw.and_then(|r| r.url) else {
+        return Ok(CacheUrl::Local(data_dir.to_path_buf()));
+    };
+    match url.split_once("://") {
+        Some(("az" | "s3", rest)) => {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            if bucket.is_empty() {
+                return Err(invalid(format!(
+                    "[cache] url {url:?}: names no container or bucket"
+                )));
+            }
+            if rest.contains("..") || rest.contains('?') || rest.contains('@') {
+                return Err(invalid(format!(
+                    "[cache] url {url:?}: a container/bucket and a prefix only (credentials come from the environment)"
+                )));
+            }
+            Ok(CacheUrl::Remote(url))
+        }
+        Some((scheme, _)) => Err(invalid(format!(
+            "[cache] url: {scheme}:// is not supported (az://container/prefix, s3://bucket/prefix, or a directory)"
+        ))),
+        None => Ok(CacheUrl::Local(resolve(&url))),
+    }
+}
