@@ -268,6 +268,9 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::Lost(_) => ApiError::Unavailable(
                 "the gate's store is unavailable; the operator has been told".into(),
             ),
+            crate::store::StoreError::Unreachable(_) => ApiError::Unavailable(
+                "the gate's shared store cannot be reached; try again shortly".into(),
+            ),
             e => ApiError::Internal(e.to_string()),
         }
     }

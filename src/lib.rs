@@ -76,6 +76,10 @@ pub struct AppState {
     pub replicas: std::sync::Mutex<Option<String>>,
     /// With a shared store: why a change made on another replica is not in force here.
     pub policy_problem: std::sync::Mutex<Option<String>>,
+    /// With a shared store: when (ms since the gate started) the changes made on other
+    /// replicas were last known to be followed; see [`AppState::policy_stale`].
+    pub synced_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 impl AppState {
@@ -209,6 +213,8 @@ impl AppState {
             admin_handle: std::sync::Mutex::new(None),
             replicas: std::sync::Mutex::new(None),
             policy_problem: std::sync::Mutex::new(None),
+            synced_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
         });
         if state.store.shared() {
             tokio::spawn(replicas::follow(Arc::downgrade(&state)));
@@ -228,6 +234,29 @@ impl AppState {
         revoked: &[loader::ApiRevocation],
     ) -> Result<loader::Built, Vec<LoadError>> {
         self.in_force.build(&self.config, api_rules, revoked)
+    }
+
+    /// Milliseconds since the gate started.
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// With a shared store: why this replica cannot vouch that its policy holds every change
+    /// made on the other replicas (it has not read the store for longer than
+    /// [`replicas::LEASE_MS`]). A revocation made elsewhere is then either in force here or
+    /// every request is refused (503): the gate fails closed rather than serve what may have
+    /// been revoked.
+    pub fn policy_stale(&self) -> Option<String> {
+        if !self.store.shared() {
+            return None;
+        }
+        let age = self
+            .uptime_ms()
+            .saturating_sub(self.synced_ms.load(Relaxed));
+        if age <= replicas::LEASE_MS {
+            return None;
+        }
+        Some(format!("the shared store has not been read for {age} ms: changes made on other replicas may not be in force here, so nothing is served until it answers"))
     }
 
     /// The digest of the allowlist files in force (replicas compare theirs).
@@ -339,6 +368,9 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
+    if let Some(why) = st.policy_stale() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    }
     if st.ready.load(Relaxed) {
         let lp = st.policy();
         let (size, free, low) = disk_state(&st);
@@ -441,8 +473,12 @@ async fn edge(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> 
     } else {
         Route::Other
     };
+    let decides = !matches!(route, Route::Ops) && !path.starts_with("/admin");
+    let stale = if decides { st.policy_stale() } else { None };
     let resp = if req.uri().to_string().len() > MAX_URI_BYTES {
         ApiError::UriTooLong.into_response()
+    } else if let Some(why) = stale {
+        ApiError::Unavailable(why).into_response()
     } else {
         next.run(req).await
     };

@@ -13,6 +13,10 @@ use crate::AppState;
 /// How often the store's generation is read: a change on one replica is in force on every
 /// other within this and one policy build.
 const POLL: Duration = Duration::from_millis(500);
+/// A replica that has not read the store for this long refuses every request (503) until it
+/// has: with [`POLL`], a change made on one replica is in force on the others, or they refuse,
+/// within 2 s of being stored.
+pub const LEASE_MS: u64 = 1500;
 /// Lockouts are read every this many polls, replicas are seen every this many.
 const LOCKOUTS_EVERY: u64 = 2;
 const HEARTBEAT_EVERY: u64 = 10;
@@ -40,6 +44,8 @@ pub async fn follow(state: Weak<AppState>) {
         return;
     };
     let mut seen: Option<u64> = None;
+    // The API rules of the policy this replica put in force last (none yet).
+    let mut in_force: Option<Vec<crate::loader::ApiRule>> = None;
     let mut unreachable = false;
     let mut every = tokio::time::interval(POLL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -49,6 +55,8 @@ pub async fn follow(state: Weak<AppState>) {
             return;
         };
         let s = st.clone();
+        // The store as of this moment at least: what the reading shows was stored by then.
+        let asked = st.uptime_ms();
         let generation = tokio::task::spawn_blocking(move || s.store.generation()).await;
         match generation {
             Ok(Ok(Some(g))) => {
@@ -56,10 +64,16 @@ pub async fn follow(state: Weak<AppState>) {
                     tracing::info!("the shared store answers again");
                     unreachable = false;
                 }
-                if seen != Some(g) {
+                let followed = seen == Some(g) || {
                     // The first reading too: a change made while this replica started.
-                    follow_change(&st, seen.is_some()).await;
-                    seen = Some(g);
+                    let ok = follow_change(&st, seen.is_some(), &mut in_force).await;
+                    if ok {
+                        seen = Some(g);
+                    }
+                    ok
+                };
+                if followed {
+                    st.synced_ms.fetch_max(asked, Relaxed);
                 }
             }
             Ok(Ok(None)) => return,
@@ -81,8 +95,13 @@ pub async fn follow(state: Weak<AppState>) {
     }
 }
 
-/// Reads the admin API's rules and revocations again and puts the policy they make in force.
-async fn follow_change(st: &Arc<AppState>, counted: bool) {
+/// Reads the admin API's rules and revocations again and puts the policy they make in force;
+/// false when the revocations could not be put in force.
+async fn follow_change(
+    st: &Arc<AppState>,
+    counted: bool,
+    in_force: &mut Option<Vec<crate::loader::ApiRule>>,
+) -> bool {
     let _writes = st.admin_writes.lock().await;
     let s = st.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -96,13 +115,14 @@ async fn follow_change(st: &Arc<AppState>, counted: bool) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "the admin rules could not be read from the shared store");
-            return;
+            return false;
         }
-        Err(_) => return,
+        Err(_) => return false,
     };
     match st.build_policy(&rules, &revoked) {
         Ok(built) => {
             let version = st.apply(built);
+            *in_force = Some(rules);
             *st.policy_problem.lock().unwrap_or_else(|p| p.into_inner()) = None;
             if counted {
                 st.metrics.policy_followed.fetch_add(1, Relaxed);
@@ -118,12 +138,25 @@ async fn follow_change(st: &Arc<AppState>, counted: bool) {
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
-            tracing::error!(errors = %text, "a policy change made on another replica does not load with this replica's allowlist files; the policy in force stays");
+            tracing::error!(errors = %text, "a policy change made on another replica does not load with this replica's allowlist files; its rules stay as they were, its revocations are in force");
             *st.policy_problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                "a policy change made on another replica does not load here (are the allowlist files the same?): {text}"
+                "a policy change made on another replica does not load here (are the allowlist files the same?); the rules in force stay as they were, every revocation is in force: {text}"
             ));
+            // The rules that loaded before, with every revocation now stored: a revocation
+            // never waits on a rule that does not load. Without such rules (the first reading),
+            // the lease runs out and the replica refuses until the files or the rule are fixed.
+            let Some(rules) = in_force.as_ref() else {
+                return false;
+            };
+            match st.build_policy(rules, &revoked) {
+                Ok(built) => {
+                    st.apply(built);
+                }
+                Err(_) => return false,
+            }
         }
     }
+    true
 }
 
 /// Records this replica's allowlist files and compares them with the other replicas'.

@@ -128,7 +128,7 @@ impl Shared {
 }
 
 fn index_config(port: u16) -> String {
-    format!("[pypi]\npage_ttl = \"1s\"\n[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:{port}/simple/\"\n")
+    format!("[pypi]\npage_ttl = \"1s\"\n[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:{port}/simple/\"\n[[pypi.index]]\nname = \"mirror\"\nurl = \"http://127.0.0.1:{port}/simple/\"\n")
 }
 
 async fn admin(gate: &Gate, method: &str, path: &str, body: Option<serde_json::Value>) -> Reply {
@@ -365,6 +365,50 @@ async fn two_replicas_share_one_policy_and_one_audit_chain() {
         .unwrap();
     assert!(body.contains("allowlist files differ"), "{body}");
     assert!(b.metric("tollgate_replicas_allowlists_differing").await >= 1.0);
+
+    // An API rule made on A that does not load with B's files (B binds `good` to another
+    // index): B keeps the rules it had and says so, and a revocation made after it is still in
+    // force on B within 2 s.
+    std::fs::write(
+        b.dir.join("allowlists/good.toml"),
+        format!(
+            "[[package]]\nname = \"good\"\nversion = \"1.0\"\nsha256 = [\"{}\"]\nindex = \"local\"\n",
+            fx.sha("good-1.0-py3-none-any.whl")
+        ),
+    )
+    .unwrap();
+    b.proc.signal("HUP");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = admin(
+        &a,
+        "POST",
+        "/admin/v1/packages",
+        Some(json!({ "name": "good", "version": "1.0", "sha256": [fx.sha("good-1.0-py3-none-any.whl")], "index": "mirror" })),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let b_file = b.url(&format!("/files/demo-b/{}/{b_wheel}", fx.sha(b_wheel)));
+    assert_eq!(status(&b_file).await, 200);
+    let r = admin(
+        &a,
+        "POST",
+        &format!("/admin/v1/pins/{}/revoke", fx.sha(b_wheel)),
+        Some(json!({ "reason": "CVE-2099-2" })),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let took = within(Duration::from_secs(2), async || {
+        status(&b_file).await != 200
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "B served a revoked file while an API rule did not load there"
+    );
+    let r = reqwest::get(b.url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("does not load here"), "{body}");
     drop(lb);
 }
 
@@ -731,7 +775,17 @@ async fn the_store_is_reached_over_verified_tls_and_an_unreachable_store_is_not_
         .text()
         .await
         .unwrap();
-    assert!(r.contains("cannot be reached"), "{r}");
+    assert!(
+        r.contains("cannot be reached") || r.contains("has not been read"),
+        "{r}"
+    );
+    // And it serves nothing meanwhile: a revocation made elsewhere could not reach it.
+    let page = gate.url("/simple/demo-b/");
+    let refused = within(Duration::from_secs(3), async || status(&page).await == 503).await;
+    assert!(
+        refused.is_some(),
+        "a replica cut off from the store went on deciding"
+    );
     psql(
         &shared.svc.pg,
         &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"),
@@ -741,4 +795,5 @@ async fn the_store_is_reached_over_verified_tls_and_an_unreachable_store_is_not_
     })
     .await;
     assert!(up.is_some(), "/readyz did not recover with the store");
+    assert_ne!(status(&page).await, 503);
 }

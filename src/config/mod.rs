@@ -415,6 +415,14 @@ impl Config {
             &line_of,
             &resolve,
         )?;
+        // Retention archives the pruned entries into data_dir: with replicas, each one's
+        // archive would hold a part of the chain, and no single place could verify it.
+        if store.is_some() && audit.retention.is_some() {
+            return Err(invalid(
+                line_of("retention"),
+                "[audit] retention is not available with a shared [store]: the archive would be split between the replicas' disks; keep the chain whole in PostgreSQL (and its backups)".into(),
+            ));
+        }
 
         // A client certificate is part of a TLS handshake: mTLS needs the gate to serve TLS.
         if admission.client_ca.is_some() && tls.is_none() {
@@ -755,6 +763,52 @@ mod tests {
             Some(Path::new("/etc/tg/tollgate.toml")),
             Path::new("/etc/tg"),
         )
+    }
+
+    #[test]
+    fn store_and_cache_sections() {
+        // The embedded default: no store server, the cache in data_dir.
+        let c = parse("").unwrap();
+        assert!(c.store.is_none());
+        assert_eq!(c.cache, CacheUrl::Local(PathBuf::from("/etc/tg/data")));
+        let c = parse("[store]\nurl = \"postgresql://tg@db.internal:6432/gate?sslmode=verify-full&application_name=x\"\npassword_file = \"pw\"\nca_file = \"ca.pem\"\n[cache]\nurl = \"az://cache/gate\"\n").unwrap();
+        let pg = c.store.unwrap();
+        assert!(pg.tls);
+        // sslmode is the gate's to apply; other parameters pass through.
+        assert!(
+            !pg.url.contains("sslmode") && pg.url.contains("application_name=x"),
+            "{}",
+            pg.url
+        );
+        assert_eq!(pg.shown, "db.internal:6432/gate");
+        assert!(matches!(pg.password, Some(Password::File(ref p)) if p == Path::new("/etc/tg/pw")));
+        assert_eq!(pg.ca_file.as_deref(), Some(Path::new("/etc/tg/ca.pem")));
+        assert_eq!(c.cache, CacheUrl::Remote("az://cache/gate".into()));
+        assert_eq!(
+            parse("[cache]\nurl = \"/srv/cache\"\n").unwrap().cache,
+            CacheUrl::Local(PathBuf::from("/srv/cache"))
+        );
+        // Plain TCP to a loopback server only.
+        let c = parse("[store]\nurl = \"postgres://tg@127.0.0.1/gate?sslmode=disable\"\n").unwrap();
+        assert!(!c.store.unwrap().tls);
+        for (text, why) in [
+            ("[store]\nurl = \"postgres://tg@db.internal/gate?sslmode=disable\"\n", "only for a server on this host"),
+            ("[store]\nurl = \"postgres://tg@db.internal/gate?sslmode=prefer\"\n", "sslmode=prefer"),
+            ("[store]\nurl = \"postgres://tg:hunter2@db.internal/gate\"\n", "password_env or password_file"),
+            ("[store]\nurl = \"mysql://db.internal/gate\"\n", "postgres://"),
+            ("[store]\npassword_file = \"pw\"\n", "needs url"),
+            ("[store]\nurl = \"postgres://tg@db/gate?sslrootcert=x\"\n", "ca_file"),
+            ("[store]\nurl = \"postgres://tg@db/gate\"\npassword_env = \"TOLLGATE_TEST_UNSET_VAR\"\n", "is not set"),
+            ("[store]\nurl = \"postgres://tg@db/gate\"\npassword_env = \"A\"\npassword_file = \"b\"\n", "not both"),
+            ("[store]\nurl = \"postgres://tg@db/gate\"\n[audit]\nretention = \"400d\"\n", "retention is not available"),
+            ("[cache]\nurl = \"gs://bucket/x\"\n", "not supported"),
+            ("[cache]\nurl = \"az:///x\"\n", "names no container"),
+            ("[cache]\nurl = \"s3://bucket/x?key=1\"\n", "credentials come from the environment"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

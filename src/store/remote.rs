@@ -42,19 +42,34 @@ impl Remote {
             .split_once('/')
             .map(|(_, p)| p.trim_matches('/').to_string())
             .unwrap_or_default();
+        use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
+        // object_store bounds a whole request by 30 s by default, which would cut off a
+        // multi-gigabyte layer read at a sound pace; a whole transfer gets 30 min, a connection
+        // 5 s (set AZURE_TIMEOUT / AWS_TIMEOUT to choose otherwise).
+        let timeout = |env: &str| std::env::var(env).unwrap_or_else(|_| "30m".into());
         let store: Arc<dyn ObjectStore> = match scheme {
-            "az" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(fail)?,
-            ),
-            "s3" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(fail)?,
-            ),
+            "az" => {
+                use object_store::azure::AzureConfigKey::Client;
+                Arc::new(
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_config(Client(Timeout), timeout("AZURE_TIMEOUT"))
+                        .with_config(Client(ConnectTimeout), "5s")
+                        .with_url(url)
+                        .build()
+                        .map_err(fail)?,
+                )
+            }
+            "s3" => {
+                use object_store::aws::AmazonS3ConfigKey::Client;
+                Arc::new(
+                    object_store::aws::AmazonS3Builder::from_env()
+                        .with_config(Client(Timeout), timeout("AWS_TIMEOUT"))
+                        .with_config(Client(ConnectTimeout), "5s")
+                        .with_url(url)
+                        .build()
+                        .map_err(fail)?,
+                )
+            }
             other => return Err(format!("[cache] url: {other}:// is not supported")),
         };
         Ok(Remote {
