@@ -400,14 +400,8 @@ impl Config {
             },
         };
         let data_dir = resolve(raw.data_dir.as_deref().unwrap_or("data"));
-        let store =
-            shared::store_section(raw.store, &|m| invalid(line_of("[store]"), m), &resolve)?;
-        let cache = shared::cache_section(
-            raw.cache,
-            &data_dir,
-            &|m| invalid(line_of("[cache]"), m),
-            &resolve,
-        )?;
+        let cache_invalid = |m| invalid(line_of("[cache]"), m);
+        let cache = shared::cache_section(raw.cache, &data_dir, &cache_invalid, &resolve)?;
         let audit = audit::section(
             raw.audit.unwrap_or_default(),
             &data_dir,
@@ -415,14 +409,12 @@ impl Config {
             &line_of,
             &resolve,
         )?;
-        // Retention archives the pruned entries into data_dir: with replicas, each one's
-        // archive would hold a part of the chain, and no single place could verify it.
-        if store.is_some() && audit.retention.is_some() {
-            return Err(invalid(
-                line_of("retention"),
-                "[audit] retention is not available with a shared [store]: the archive would be split between the replicas' disks; keep the chain whole in PostgreSQL (and its backups)".into(),
-            ));
-        }
+        let store = shared::store_section(
+            raw.store,
+            audit.retention.is_some(),
+            &|m| invalid(line_of("[store]"), m),
+            &resolve,
+        )?;
 
         // A client certificate is part of a TLS handshake: mTLS needs the gate to serve TLS.
         if admission.client_ca.is_some() && tls.is_none() {

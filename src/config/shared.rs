@@ -42,12 +42,20 @@ pub enum CacheUrl {
 
 pub(super) fn store_section(
     raw: Option<RawStore>,
+    retention: bool,
     invalid: &dyn Fn(String) -> ConfigError,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<Option<PostgresConfig>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
+    // Retention archives the pruned entries into data_dir: with replicas, each one's archive
+    // would hold a part of the chain, and no single place could verify it.
+    if retention {
+        return Err(invalid(
+            "[audit] retention is not available with a shared [store]: the archive would be split between the replicas' disks; keep the chain whole in PostgreSQL (and its backups)".into(),
+        ));
+    }
     let Some(url) = raw.url else {
         return Err(invalid(
             "[store] needs url = \"postgres://user@host:5432/db\" (without it, leave [store] out for the embedded store)".into(),
