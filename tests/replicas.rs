@@ -167,6 +167,17 @@ async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option
     None
 }
 
+/// Revokes `sha` on `gate`; whether `file` (on another replica) is refused within 2 s of the
+/// revocation's answer.
+async fn revoke_and_wait(gate: &Gate, sha: &str, file: &str) -> bool {
+    let path = format!("/admin/v1/pins/{sha}/revoke");
+    let r = admin(gate, "POST", &path, Some(json!({ "reason": "CVE-2099-1" }))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    within(Duration::from_secs(2), async || status(file).await != 200)
+        .await
+        .is_some()
+}
+
 async fn status(url: &str) -> u16 {
     reqwest::get(url).await.unwrap().status().as_u16()
 }
@@ -247,20 +258,8 @@ async fn two_replicas_share_one_policy_and_one_audit_chain() {
     }
 
     // A revocation on A refuses on B within 2 s, and from then on.
-    let r = admin(
-        &a,
-        "POST",
-        &format!("/admin/v1/pins/{}/revoke", fx.sha(a_wheel)),
-        Some(json!({ "reason": "CVE-2099-1" })),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let took = within(Duration::from_secs(2), async || {
-        status(&a_file).await != 200
-    })
-    .await;
     assert!(
-        took.is_some(),
+        revoke_and_wait(&a, fx.sha(a_wheel), &a_file).await,
         "B still served a file revoked on A after 2 s"
     );
     for _ in 0..20 {
@@ -389,20 +388,8 @@ async fn two_replicas_share_one_policy_and_one_audit_chain() {
     assert_eq!(r.status, 201, "{}", r.text);
     let b_file = b.url(&format!("/files/demo-b/{}/{b_wheel}", fx.sha(b_wheel)));
     assert_eq!(status(&b_file).await, 200);
-    let r = admin(
-        &a,
-        "POST",
-        &format!("/admin/v1/pins/{}/revoke", fx.sha(b_wheel)),
-        Some(json!({ "reason": "CVE-2099-2" })),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let took = within(Duration::from_secs(2), async || {
-        status(&b_file).await != 200
-    })
-    .await;
     assert!(
-        took.is_some(),
+        revoke_and_wait(&a, fx.sha(b_wheel), &b_file).await,
         "B served a revoked file while an API rule did not load there"
     );
     let r = reqwest::get(b.url("/readyz")).await.unwrap();
