@@ -480,8 +480,46 @@ async fn edge(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> 
     } else if let Some(why) = stale {
         ApiError::Unavailable(why).into_response()
     } else {
-        next.run(req).await
+        // A file's sha256 is its path's third segment (`/files/{project}/{sha256}/{name}`).
+        let file = matches!(route, Route::Files)
+            .then(|| {
+                path.split('/')
+                    .nth(3)
+                    .and_then(|h| policy::Sha256::parse(h).ok())
+            })
+            .flatten();
+        let resp = next.run(req).await;
+        match file {
+            Some(sha) if resp.status().is_success() => cut_off_when_refused(st.clone(), sha, resp),
+            _ => resp,
+        }
     };
     st.metrics.request(route, resp.status().as_u16());
     resp
+}
+
+/// A file's bytes stop flowing once it is revoked, or once this replica can no longer vouch
+/// for its policy (see [`AppState::policy_stale`]): a transfer under way when a revocation is
+/// stored (a slow client, a slow upstream, a request that joined a download) is cut off at its
+/// next chunk, not served to the end.
+fn cut_off_when_refused(st: Arc<AppState>, sha: policy::Sha256, resp: Response) -> Response {
+    use futures_util::StreamExt as _;
+    let (parts, body) = resp.into_parts();
+    let chunks = body.into_data_stream();
+    let guarded = futures_util::stream::unfold(Some((chunks, st)), move |state| async move {
+        let (mut chunks, st) = state?;
+        let item = chunks.next().await?;
+        let refused = match st.policy().policy.revoked.get(&sha) {
+            Some(r) => Some(format!("revoked while it was being sent: {}", r.reason)),
+            None => st.policy_stale(),
+        };
+        match refused {
+            Some(why) => {
+                tracing::warn!(%sha, reason = %why, "transfer cut off");
+                Some((Err(std::io::Error::other(why)), None))
+            }
+            None => Some((item.map_err(std::io::Error::other), Some((chunks, st)))),
+        }
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(guarded))
 }

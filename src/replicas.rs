@@ -102,7 +102,12 @@ async fn follow_change(
     counted: bool,
     in_force: &mut Option<Vec<crate::loader::ApiRule>>,
 ) -> bool {
-    let _writes = st.admin_writes.lock().await;
+    // An admin write of this replica in progress applies its own change; this one waits a
+    // moment for it and otherwise tries again at the next poll (its lease is not renewed).
+    let Ok(_writes) = tokio::time::timeout(Duration::from_secs(1), st.admin_writes.lock()).await
+    else {
+        return false;
+    };
     let s = st.clone();
     let read = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((

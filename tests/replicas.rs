@@ -631,6 +631,44 @@ async fn a_replica_killed_mid_download_loses_nothing_and_the_shared_cache_is_ver
     );
     let out = tokio::task::block_in_place(|| audit_verify(&d.dir));
     assert!(out.status.success(), "audit verify: {}", show(&out));
+
+    // A client that reads slowly while others wait for the same download does not hold their
+    // copy: a fresh replica reads the file from the shared cache for a stalled first client,
+    // and a second request gets the whole file meanwhile.
+    let e = shared.start(&fx.path("e"), &cfg, &rule);
+    let mut stalled = reqwest::get(e.url(&path)).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    stalled.chunk().await.unwrap().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(20), get_all(&e.url(&path))).await;
+    let body = second
+        .expect("a second request waited on a stalled first client")
+        .unwrap();
+    assert_eq!(sha_of(&body), sha);
+    drop(stalled);
+
+    // A transfer under way when the file is revoked (on another replica) is cut off at its
+    // next chunk; it is not served to its end.
+    let mut slow = reqwest::get(e.url(&path)).await.unwrap();
+    assert_eq!(slow.status(), 200);
+    let mut got = slow.chunk().await.unwrap().unwrap().len();
+    let r = admin(
+        &d,
+        "POST",
+        &format!("/admin/v1/pins/{sha}/revoke"),
+        Some(json!({ "reason": "CVE-2099-3" })),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ended = loop {
+        match slow.chunk().await {
+            Ok(Some(c)) => got += c.len(),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(ended.is_err(), "a revoked file was served to its end");
+    assert!(got < 48 << 20, "{got} bytes");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -737,6 +775,31 @@ async fn the_store_is_reached_over_verified_tls_and_an_unreachable_store_is_not_
 
     // A replica whose database goes away is not ready (503), and ready again once it is back.
     let gate = shared.start(&fx.path("g"), &cfg, "");
+    // A replica stuck inside an append (stopped, partitioned) holds the chain's lock: here a
+    // session that takes it and sleeps. An admin change elsewhere gives up within seconds
+    // (503, nothing changed) instead of hanging, and works once the lock is free.
+    let holder = std::process::Command::new("psql")
+        .args([
+            "-XAtq",
+            &shared.db_url,
+            "-c",
+            "BEGIN; SELECT pg_advisory_xact_lock(8390043843661231106); SELECT pg_sleep(8); COMMIT;",
+        ])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let body = json!({ "role": "reader", "name": "during-lock" });
+    let r = admin(&gate, "POST", "/admin/v1/tokens", Some(body.clone())).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::task::block_in_place(|| holder.wait_with_output().unwrap());
+    let r = admin(&gate, "POST", "/admin/v1/tokens", Some(body)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(status(&gate.url("/readyz")).await, 200);
     let db = shared.db_url.rsplit('/').next().unwrap().to_string();
     // The replica's sessions are cut and new ones refused while the database is renamed away.

@@ -335,9 +335,10 @@ async fn commit(
     ev.before = before;
     ev.after = after;
     st.audit.commit_change(ev, apply).await.map_err(|e| {
-        // A store that cannot be written now (an I/O error, its file lost) is an outage to
-        // retry, not a fault of the request: 503, with the cause in the log.
-        if st.store.usable() {
+        // A store that cannot be written now (an I/O error, its file lost; a shared store
+        // that is down, or whose lock another replica held too long) is an outage to retry,
+        // not a fault of the request: 503, with the cause in the log.
+        if st.store.usable() && !st.store.shared() {
             JsonError(ApiError::Internal(e))
         } else {
             tracing::error!(cause = %e, "admin change refused: the store is unusable");

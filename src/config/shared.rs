@@ -77,6 +77,11 @@ pub(super) fn store_section(
     if host.is_empty() {
         return Err(bad("names no host"));
     }
+    if host.contains(',') {
+        return Err(bad(
+            "names more than one host; give the one server (or its load balancer)",
+        ));
+    }
     // libpq's sslmode, read the safe way: every mode that encrypts also verifies the server's
     // certificate and name (verify-full), because a store that can be impersonated decides
     // what the gate admits. Only a loopback server may be reached without TLS.
@@ -98,8 +103,25 @@ pub(super) fn store_section(
                 )))
             }
             ("sslrootcert", _) => return Err(bad("set ca_file instead of sslrootcert")),
-            (k, v) => {
+            // Only parameters that cannot change where the gate connects, how, or as whom:
+            // `host`/`hostaddr`/`port` would reach another server than the one checked above
+            // (in plain text, with sslmode=disable), `password` belongs in password_env/_file.
+            (
+                k @ ("application_name" | "connect_timeout" | "keepalives" | "keepalives_idle"
+                | "target_session_attrs" | "channel_binding"),
+                v,
+            ) => {
                 kept.query_pairs_mut().append_pair(k, v);
+            }
+            ("password", _) => {
+                return Err(bad(
+                    "holds a password: the config file never does; use password_env or password_file",
+                ))
+            }
+            (other, _) => {
+                return Err(bad(&format!(
+                    "parameter {other:?} is not accepted (the server is the URL's host and port; sslmode, application_name, connect_timeout, keepalives, keepalives_idle, target_session_attrs and channel_binding are)"
+                )))
             }
         }
     }

@@ -25,16 +25,21 @@ use crate::policy::Sha256;
 use crate::store::remote::Remote;
 use crate::store::Cache;
 
+mod flight;
 mod http;
 pub mod identity;
 mod scrub;
 mod tier;
+use flight::{send_paced, wait_download};
 pub use http::{
     http_client, install_crypto_provider, ip_is_private, redirect_target, tls_cause, MAX_REDIRECTS,
 };
 
 /// How long the shared download waits for the first client to take a chunk.
 const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same, while other requests wait for the download: a client that paces it (reads slowly,
+/// on purpose or not) must not hold everyone else's copy of the file.
+const CLIENT_SEND_TIMEOUT_SHARED: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Download {
@@ -232,7 +237,7 @@ impl Fetcher {
         let (head_tx, head_rx) = oneshot::channel();
         let this = self.clone();
         tokio::spawn(async move {
-            let result = this.download(job, head_tx, body).await;
+            let result = this.download(job, head_tx, body, &state_tx).await;
             lock(&this.downloads).remove(&sha);
             let _ = state_tx.send(result);
         });
@@ -247,6 +252,7 @@ impl Fetcher {
         job: Job,
         head: oneshot::Sender<Result<Option<u64>, Failure>>,
         mut body: Option<Body1>,
+        state: &watch::Sender<Download>,
     ) -> Download {
         let Job {
             sha,
@@ -356,10 +362,7 @@ impl Fetcher {
                 if let Some(b) = &body {
                     // A client that left, or reads so slowly that it would hold up the shared
                     // download, is cut loose; the download goes on for the cache and the others.
-                    if !matches!(
-                        tokio::time::timeout(CLIENT_SEND_TIMEOUT, b.send(Ok(prev))).await,
-                        Ok(Ok(()))
-                    ) {
+                    if !send_paced(b, prev, state).await {
                         body = None;
                     }
                 }
@@ -613,25 +616,6 @@ impl Fetcher {
         });
         b.body(Body::from_stream(body))
             .map_err(|e| ApiError::Internal(e.to_string()))
-    }
-}
-
-/// Waits for a download to settle: `Ok` once its bytes were verified (and cached if they could
-/// be), `Err` with its failure otherwise.
-async fn wait_download(mut rx: watch::Receiver<Download>) -> Result<(), Failure> {
-    loop {
-        match rx.borrow().clone() {
-            Download::Done => return Ok(()),
-            Download::Failed(f) => return Err(f),
-            Download::Running => {}
-        }
-        if rx.changed().await.is_err() {
-            return match rx.borrow().clone() {
-                Download::Done => Ok(()),
-                Download::Failed(f) => Err(f),
-                Download::Running => Err(Failure::Unavailable("download stopped".into())),
-            };
-        }
     }
 }
 

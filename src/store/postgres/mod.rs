@@ -26,6 +26,8 @@ const CONNECTIONS: usize = 4;
 /// A call without an answer by then fails (the server or the network is down).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a statement waits for a lock, and a session may sit idle inside a transaction.
+const LOCK_TIMEOUT_MS: u64 = 5000;
 /// Replicas wait this long for another one's migration.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Advisory lock keys (pg_advisory_lock): migrations, and appends to the audit chain.
@@ -85,6 +87,15 @@ impl Inner {
             .map_err(|e: tokio_postgres::Error| StoreError::Unreachable(e.to_string()))?;
         cfg.connect_timeout(CONNECT_TIMEOUT);
         cfg.application_name("tollgate");
+        // A replica that stops (SIGSTOP, a partition) inside a transaction must not hold the
+        // audit lock, and so every other replica's admin changes, for longer than a moment:
+        // the server ends such a session after 5 s, and a wait for a lock gives up after 5 s.
+        // Dead peers are noticed by keepalives within a minute, not the kernel's two hours.
+        cfg.options(format!(
+            "-c lock_timeout={LOCK_TIMEOUT_MS} -c idle_in_transaction_session_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={}",
+            CALL_TIMEOUT.as_millis()
+        ));
+        cfg.keepalives_idle(Duration::from_secs(30));
         match &self.cfg.password {
             Some(Password::Env(s)) => {
                 cfg.password(s.expose());

@@ -73,6 +73,11 @@ pub(super) fn tls_config(
 /// Brings the schema to [`MIGRATIONS`]' last version, under a session lock: the first replica
 /// to start migrates, the others wait for it and then find nothing left to do.
 pub(super) async fn migrate(c: &mut Client) -> Result<(), StoreError> {
+    // Waiting for another replica's migration is the one wait longer than the session's
+    // lock and statement timeouts (the caller bounds it).
+    c.batch_execute("SET lock_timeout = 0; SET statement_timeout = 0")
+        .await
+        .map_err(pg)?;
     c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg)?;
@@ -112,5 +117,9 @@ pub(super) async fn migrate(c: &mut Client) -> Result<(), StoreError> {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg);
-    result.and(unlocked.map(|_| ()))
+    let reset = c
+        .batch_execute("RESET lock_timeout; RESET statement_timeout")
+        .await
+        .map_err(pg);
+    result.and(unlocked.map(|_| ())).and(reset)
 }
