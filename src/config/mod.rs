@@ -763,16 +763,22 @@ mod tests {
         let c = parse("").unwrap();
         assert!(c.store.is_none());
         assert_eq!(c.cache, CacheUrl::Local(PathBuf::from("/etc/tg/data")));
-        let c = parse("[store]\nurl = \"postgresql://tg@db.internal:6432/gate?sslmode=verify-full&application_name=x\"\npassword_file = \"pw\"\nca_file = \"ca.pem\"\n[cache]\nurl = \"az://cache/gate\"\n").unwrap();
+        let c = parse("[store]\nurl = \"postgresql://tg%40corp@db.internal:6432/gate?sslmode=verify-full&application_name=x\"\npassword_file = \"pw\"\nca_file = \"ca.pem\"\n[cache]\nurl = \"az://cache/gate\"\n").unwrap();
         let pg = c.store.unwrap();
         assert!(pg.tls);
-        // sslmode is the gate's to apply; other parameters pass through.
-        assert!(
-            !pg.url.contains("sslmode") && pg.url.contains("application_name=x"),
-            "{}",
-            pg.url
+        assert_eq!(
+            (
+                pg.host.as_str(),
+                pg.port,
+                pg.user.as_deref(),
+                pg.dbname.as_deref()
+            ),
+            ("db.internal", 6432, Some("tg@corp"), Some("gate"))
         );
+        assert_eq!(pg.application_name.as_deref(), Some("x"));
         assert_eq!(pg.shown, "db.internal:6432/gate");
+        let v6 = parse("[store]\nurl = \"postgres://tg@[::1]/gate?sslmode=disable\"\n").unwrap();
+        assert_eq!(v6.store.unwrap().host, "::1");
         assert!(matches!(pg.password, Some(Password::File(ref p)) if p == Path::new("/etc/tg/pw")));
         assert_eq!(pg.ca_file.as_deref(), Some(Path::new("/etc/tg/ca.pem")));
         assert_eq!(c.cache, CacheUrl::Remote("az://cache/gate".into()));
@@ -795,6 +801,10 @@ mod tests {
             ("[store]\nurl = \"postgres://tg@db/gate?port=1\"\n", "\"port\" is not accepted"),
             ("[store]\nurl = \"postgres://tg@db/gate?password=hunter2\"\n", "password_env or password_file"),
             ("[store]\nurl = \"postgres://tg@127.0.0.1,192.0.2.2/gate?sslmode=disable\"\n", "more than one host"),
+            // Another parser would take everything up to the last `@` as credentials.
+            ("[store]\nurl = \"postgres://127.0.0.1:5432/db@192.0.2.2:5432/x?sslmode=disable\"\n", "one database name"),
+            ("[store]\nurl = \"postgres://127.0.0.1:5432/db?sslmode=disable#@192.0.2.2:5432/f\"\n", "fragment"),
+            ("[store]\nurl = \"postgres://tg@db/gate?keepalives=0\"\n", "\"keepalives\" is not accepted"),
             ("[store]\nurl = \"postgres://tg@db/gate\"\npassword_env = \"TOLLGATE_TEST_UNSET_VAR\"\n", "is not set"),
             ("[store]\nurl = \"postgres://tg@db/gate\"\npassword_env = \"A\"\npassword_file = \"b\"\n", "not both"),
             ("[store]\nurl = \"postgres://tg@db/gate\"\n[audit]\nretention = \"400d\"\n", "retention is not available"),

@@ -6,11 +6,16 @@ use std::path::{Path, PathBuf};
 use super::raw::{RawCache, RawStore};
 use super::{is_loopback_host, ConfigError, Secret};
 
-/// `[store] url = "postgres://…"`: the shared store on PostgreSQL.
+/// `[store] url = "postgres://…"`: the shared store on PostgreSQL, as the parts the gate
+/// checked (the connection is built from these, never from the URL's text).
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
-    /// The connection URL without a password and without `sslmode` (the gate applies it).
-    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub dbname: Option<String>,
+    pub application_name: Option<String>,
+    pub connect_timeout: Option<std::time::Duration>,
     /// Host and database, for messages (never the password).
     pub shown: String,
     /// TLS to the server, its certificate verified (and its name checked) against `ca_file`
@@ -73,21 +78,54 @@ pub(super) fn store_section(
             "holds a password: the config file never does; use password_env or password_file",
         ));
     }
-    let host = parsed.host_str().unwrap_or_default().to_string();
+    // The connection is built from the parts checked here, never from the URL text: another
+    // parser reading the same text differently (an `@` in the path or the fragment taken as
+    // the end of the credentials) must not be able to send the gate to another server.
+    if parsed.fragment().is_some() || url.contains('#') {
+        return Err(bad("has a #fragment; a store URL has none"));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    // An IPv6 literal keeps its brackets in the URL, not in the address connected to.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_string();
     if host.is_empty() {
         return Err(bad("names no host"));
     }
-    if host.contains(',') {
+    if host.contains([',', '@', '/', '%']) {
         return Err(bad(
-            "names more than one host; give the one server (or its load balancer)",
+            "names more than one host, or not a host; give the one server (or its load balancer)",
         ));
     }
+    let decode = |s: &str| -> Result<String, ConfigError> {
+        let bytes: Vec<u8> = percent_decode(s).ok_or_else(|| bad("bad percent-encoding"))?;
+        String::from_utf8(bytes).map_err(|_| bad("not UTF-8 after percent-decoding"))
+    };
+    let user = match parsed.username() {
+        "" => None,
+        u => Some(decode(u)?),
+    };
+    let dbname = match parsed.path().trim_start_matches('/') {
+        "" => None,
+        d => Some(decode(d)?),
+    };
+    // A database name is one identifier (no second path segment, nothing that reads as
+    // credentials or another address).
+    if dbname
+        .as_deref()
+        .is_some_and(|d| d.is_empty() || d.contains(['/', '@', ',', '\0']))
+    {
+        return Err(bad("the path is one database name"));
+    }
+    let port = parsed.port().unwrap_or(5432);
     // libpq's sslmode, read the safe way: every mode that encrypts also verifies the server's
     // certificate and name (verify-full), because a store that can be impersonated decides
     // what the gate admits. Only a loopback server may be reached without TLS.
     let mut tls = true;
-    let mut kept = parsed.clone();
-    kept.query_pairs_mut().clear();
+    let mut application_name = None;
+    let mut connect_timeout = None;
     for (k, v) in parsed.query_pairs() {
         match (k.as_ref(), v.as_ref()) {
             ("sslmode", "disable") if is_loopback_host(&host) => tls = false,
@@ -103,31 +141,27 @@ pub(super) fn store_section(
                 )))
             }
             ("sslrootcert", _) => return Err(bad("set ca_file instead of sslrootcert")),
-            // Only parameters that cannot change where the gate connects, how, or as whom:
-            // `host`/`hostaddr`/`port` would reach another server than the one checked above
-            // (in plain text, with sslmode=disable), `password` belongs in password_env/_file.
-            (
-                k @ ("application_name" | "connect_timeout" | "keepalives" | "keepalives_idle"
-                | "target_session_attrs" | "channel_binding"),
-                v,
-            ) => {
-                kept.query_pairs_mut().append_pair(k, v);
+            ("application_name", v) => application_name = Some(v.to_string()),
+            ("connect_timeout", v) => {
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| bad("connect_timeout is whole seconds"))?;
+                connect_timeout = Some(std::time::Duration::from_secs(secs.clamp(1, 300)));
             }
             ("password", _) => {
                 return Err(bad(
                     "holds a password: the config file never does; use password_env or password_file",
                 ))
             }
+            // Nothing that could change where the gate connects, how, or as whom: `host`,
+            // `hostaddr` or `port` would reach another server than the one checked above (in
+            // plain text, with sslmode=disable).
             (other, _) => {
                 return Err(bad(&format!(
-                    "parameter {other:?} is not accepted (the server is the URL's host and port; sslmode, application_name, connect_timeout, keepalives, keepalives_idle, target_session_attrs and channel_binding are)"
+                    "parameter {other:?} is not accepted (the server is the URL's host and port; sslmode, application_name and connect_timeout are)"
                 )))
             }
         }
-    }
-    let mut url_out = kept.to_string();
-    if url_out.ends_with('?') {
-        url_out.pop();
     }
     let password = match (raw.password_env, raw.password_file) {
         (Some(_), Some(_)) => {
@@ -146,13 +180,13 @@ pub(super) fn store_section(
         (None, None) => None,
     };
     Ok(Some(PostgresConfig {
-        shown: format!(
-            "{}:{}{}",
-            host,
-            parsed.port().unwrap_or(5432),
-            parsed.path()
-        ),
-        url: url_out,
+        shown: format!("{host}:{port}/{}", dbname.as_deref().unwrap_or("")),
+        host,
+        port,
+        user,
+        dbname,
+        application_name,
+        connect_timeout,
         tls,
         password,
         ca_file: raw.ca_file.as_deref().map(resolve),
@@ -188,4 +222,22 @@ pub(super) fn cache_section(
         ))),
         None => Ok(CacheUrl::Local(resolve(&url))),
     }
+}
+
+/// Percent-decoding of a URL part (`None`: a `%` not followed by two hex digits).
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }

@@ -80,13 +80,18 @@ fn i(v: u64) -> i64 {
 
 impl Inner {
     async fn connect(&self) -> Result<Client, StoreError> {
-        let mut cfg: tokio_postgres::Config = self
-            .cfg
-            .url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Unreachable(e.to_string()))?;
-        cfg.connect_timeout(CONNECT_TIMEOUT);
-        cfg.application_name("tollgate");
+        // Built from the parts the config checked, never parsed again from the URL's text.
+        let c = &self.cfg;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&c.host).port(c.port);
+        if let Some(u) = &c.user {
+            cfg.user(u);
+        }
+        if let Some(d) = &c.dbname {
+            cfg.dbname(d);
+        }
+        cfg.connect_timeout(c.connect_timeout.unwrap_or(CONNECT_TIMEOUT));
+        cfg.application_name(c.application_name.as_deref().unwrap_or("tollgate"));
         // A replica that stops (SIGSTOP, a partition) inside a transaction must not hold the
         // audit lock, and so every other replica's admin changes, for longer than a moment:
         // the server ends such a session after 5 s, and a wait for a lock gives up after 5 s.
