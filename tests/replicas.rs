@@ -167,6 +167,17 @@ async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option
     None
 }
 
+/// Adds an allowlist file pinning `project` `version` (index "local") to one replica only, and
+/// has it reload its files (SIGHUP).
+fn add_file_rule(gate: &Gate, project: &str, version: &str, sha: &str) {
+    std::fs::write(
+        gate.dir.join(format!("allowlists/{project}.toml")),
+        format!("[[package]]\nname = \"{project}\"\nversion = \"{version}\"\nsha256 = [\"{sha}\"]\nindex = \"local\"\n"),
+    )
+    .unwrap();
+    gate.proc.signal("HUP");
+}
+
 /// Revokes `sha` on `gate`; whether `file` (on another replica) is refused within 2 s of the
 /// revocation's answer.
 async fn revoke_and_wait(gate: &Gate, sha: &str, file: &str) -> bool {
@@ -341,15 +352,7 @@ async fn two_replicas_share_one_policy_and_one_audit_chain() {
     assert_eq!(r.status, 200, "{}", r.text);
 
     // Files that differ between replicas: both say so in /readyz (still 200) and a metric.
-    std::fs::write(
-        b.dir.join("allowlists/extra.toml"),
-        format!(
-            "[[package]]\nname = \"demo-a\"\nversion = \"1.1\"\nsha256 = [\"{}\"]\nindex = \"local\"\n",
-            fx.sha("demo_a-1.1-py3-none-any.whl")
-        ),
-    )
-    .unwrap();
-    b.proc.signal("HUP");
+    add_file_rule(&b, "demo-a", "1.1", fx.sha("demo_a-1.1-py3-none-any.whl"));
     let said = within(Duration::from_secs(15), async || {
         let r = reqwest::get(a.url("/readyz")).await.unwrap();
         r.status() == 200 && r.text().await.unwrap().contains("allowlist files differ")
@@ -368,15 +371,7 @@ async fn two_replicas_share_one_policy_and_one_audit_chain() {
     // An API rule made on A that does not load with B's files (B binds `good` to another
     // index): B keeps the rules it had and says so, and a revocation made after it is still in
     // force on B within 2 s.
-    std::fs::write(
-        b.dir.join("allowlists/good.toml"),
-        format!(
-            "[[package]]\nname = \"good\"\nversion = \"1.0\"\nsha256 = [\"{}\"]\nindex = \"local\"\n",
-            fx.sha("good-1.0-py3-none-any.whl")
-        ),
-    )
-    .unwrap();
-    b.proc.signal("HUP");
+    add_file_rule(&b, "good", "1.0", fx.sha("good-1.0-py3-none-any.whl"));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = admin(
         &a,
