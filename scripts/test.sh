@@ -28,6 +28,8 @@ fi
 need_pip=()
 command -v uv >/dev/null 2>&1 || need_pip+=(uv)
 command -v pypi-server >/dev/null 2>&1 || need_pip+=(pypiserver)
+# PyYAML reads the PyPA advisory database's YAML records in tests/osv_vectors.rs.
+python3 -c 'import yaml' >/dev/null 2>&1 || need_pip+=(pyyaml)
 if [ ${#need_pip[@]} -gt 0 ]; then
     python3 -m pip install --disable-pip-version-check -q "${need_pip[@]}"
 fi

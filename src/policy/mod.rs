@@ -26,6 +26,7 @@ pub mod filename;
 pub mod hash;
 pub mod name;
 pub mod oci;
+pub mod osv;
 pub mod requirements;
 pub mod rule_id;
 pub mod units;

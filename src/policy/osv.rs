@@ -1,0 +1,275 @@
+//! Which OSV advisories affect a PyPI release, decided offline from the records themselves
+//! (the OSV schema, <https://ossf.github.io/osv-schema/>). Pure: records in, answers out.
+//!
+//! - `affected[].package`: the `PyPI` ecosystem, names compared after PEP 503 normalization.
+//! - `ranges` of type `ECOSYSTEM`: events compared with PEP 440 semantics, **after sorting them
+//!   by version** (schema: "Evaluation"; a record may list `introduced: 2.0.0, fixed: 2.0.7,
+//!   introduced: 0, fixed: 1.26.18`, and read in order that misses 2.0.5); `last_affected` is
+//!   inclusive, `limit` caps a range; `introduced: "0"` is the lowest version.
+//! - `ranges` of type `SEMVER`: the same walk with SemVer 2.0 precedence, for a release whose
+//!   version is also a SemVer version. `GIT` ranges name commits, not releases: ignored.
+//! - `versions`: an exact list, compared as PEP 440 versions.
+//! - `withdrawn` records are ignored; an advisory's `id` and `aliases` name one vulnerability.
+
+use std::str::FromStr as _;
+
+use pep440_rs::Version;
+use serde::Deserialize;
+
+use super::ProjectName;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Record {
+    pub id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub withdrawn: Option<String>,
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub affected: Vec<Affected>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Affected {
+    #[serde(default)]
+    pub package: Option<Package>,
+    #[serde(default)]
+    pub ranges: Vec<Range>,
+    #[serde(default)]
+    pub versions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Package {
+    pub ecosystem: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Range {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// One event of a range: exactly one of its fields is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Event {
+    pub introduced: Option<String>,
+    pub fixed: Option<String>,
+    pub last_affected: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// A version on one of the two scales a range may use.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Point {
+    Pep440(Version),
+    Semver(semver::Version),
+}
+
+fn point(kind: &str, s: &str) -> Option<Point> {
+    match kind {
+        "ECOSYSTEM" => Version::from_str(s).ok().map(Point::Pep440),
+        "SEMVER" => semver::Version::parse(s.trim_start_matches('v'))
+            .ok()
+            .map(Point::Semver),
+        _ => None,
+    }
+}
+
+/// The walk the schema describes, over events sorted by version: whether `v` is inside.
+fn in_range(range: &Range, v: &Point) -> bool {
+    let kind = range.kind.as_str();
+    if !matches!(kind, "ECOSYSTEM" | "SEMVER") {
+        return false;
+    }
+    // (version, event) with "0" (introduced from the beginning) as the lowest.
+    let mut events: Vec<(Option<Point>, &Event)> = Vec::new();
+    for e in &range.events {
+        let raw = e
+            .introduced
+            .as_deref()
+            .or(e.fixed.as_deref())
+            .or(e.last_affected.as_deref())
+            .or(e.limit.as_deref());
+        let Some(raw) = raw else { continue };
+        if e.introduced.as_deref() == Some("0") {
+            events.push((None, e));
+            continue;
+        }
+        match point(kind, raw) {
+            Some(p) => events.push((Some(p), e)),
+            // An event this scale cannot read says nothing about `v`.
+            None => continue,
+        }
+    }
+    events.sort_by(|a, b| a.0.cmp(&b.0));
+    if events
+        .iter()
+        .any(|(p, e)| e.limit.is_some() && p.as_ref().is_some_and(|l| v >= l))
+    {
+        return false;
+    }
+    let mut affected = false;
+    for (p, e) in &events {
+        let at_or_below = |p: &Option<Point>| p.as_ref().is_none_or(|p| p <= v);
+        if e.introduced.is_some() {
+            if at_or_below(p) {
+                affected = true;
+            }
+        } else if e.fixed.is_some() {
+            if at_or_below(p) {
+                affected = false;
+            }
+        } else if e.last_affected.is_some() && p.as_ref().is_some_and(|p| p < v) {
+            affected = false;
+        }
+    }
+    affected
+}
+
+impl Record {
+    /// Whether this (not withdrawn) record names `project` at `version` as affected.
+    pub fn affects(&self, project: &ProjectName, version: &Version) -> bool {
+        self.affects_by(project, version, true)
+    }
+
+    /// The same, by the `ranges` alone (the `versions` lists left out): a database whose lists
+    /// are incomplete, or a local version (`2.30.0+local.1`) no list names, still answers.
+    pub fn affects_by_ranges(&self, project: &ProjectName, version: &Version) -> bool {
+        self.affects_by(project, version, false)
+    }
+
+    fn affects_by(&self, project: &ProjectName, version: &Version, lists: bool) -> bool {
+        if self.withdrawn.is_some() {
+            return false;
+        }
+        let semver = semver::Version::parse(&version.to_string()).ok();
+        self.affected.iter().any(|a| {
+            let Some(pkg) = &a.package else { return false };
+            if pkg.ecosystem != "PyPI"
+                || ProjectName::parse(&pkg.name).ok().as_ref() != Some(project)
+            {
+                return false;
+            }
+            let listed = lists
+                && a.versions
+                    .iter()
+                    .any(|s| Version::from_str(s).is_ok_and(|l| &l == version));
+            listed
+                || a.ranges.iter().any(|r| match r.kind.as_str() {
+                    "ECOSYSTEM" => in_range(r, &Point::Pep440(version.clone())),
+                    "SEMVER" => semver
+                        .as_ref()
+                        .is_some_and(|s| in_range(r, &Point::Semver(s.clone()))),
+                    _ => false,
+                })
+        })
+    }
+
+    /// The names this vulnerability goes by: its id and its aliases.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+}
+
+/// The advisories among `records` that affect `project` at `version`, one per vulnerability:
+/// a record whose id or aliases name one already found is the same vulnerability (the first
+/// record found names it). Sorted by id.
+pub fn affecting<'a>(
+    records: &'a [Record],
+    project: &ProjectName,
+    version: &Version,
+) -> Vec<&'a Record> {
+    let mut found: Vec<&Record> = Vec::new();
+    for r in records.iter().filter(|r| r.affects(project, version)) {
+        let known = found
+            .iter()
+            .any(|f| f.names().any(|n| r.names().any(|m| m == n)));
+        if !known {
+            found.push(r);
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: &str) -> Record {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn v(s: &str) -> Version {
+        Version::from_str(s).unwrap()
+    }
+
+    fn p(s: &str) -> ProjectName {
+        ProjectName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn events_are_sorted_before_the_walk() {
+        let r = record(
+            r#"{"id":"X","affected":[{"package":{"ecosystem":"PyPI","name":"urllib3"},
+            "ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"2.0.0"},{"fixed":"2.0.7"},
+            {"introduced":"0"},{"fixed":"1.26.18"}]}]}]}"#,
+        );
+        for (ver, hit) in [
+            ("1.26.17", true),
+            ("1.26.18", false),
+            ("2.0.5", true),
+            ("2.0.7", false),
+        ] {
+            assert_eq!(r.affects(&p("URLLIB3"), &v(ver)), hit, "{ver}");
+        }
+    }
+
+    #[test]
+    fn last_affected_limit_semver_git_and_withdrawn() {
+        let r = record(
+            r#"{"id":"Y","affected":[{"package":{"ecosystem":"PyPI","name":"a_b"},
+            "ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"1.0"},{"last_affected":"1.2"}]},
+            {"type":"SEMVER","events":[{"introduced":"3.0.0"},{"limit":"3.5.0"}]},
+            {"type":"GIT","events":[{"introduced":"0"}]}]}]}"#,
+        );
+        let name = p("A.B");
+        for (ver, hit) in [
+            ("0.9", false),
+            ("1.2", true),
+            ("1.2.1", false),
+            ("3.1.0", true),
+            ("3.5.0", false),
+        ] {
+            assert_eq!(r.affects(&name, &v(ver)), hit, "{ver}");
+        }
+        let mut w = r.clone();
+        w.withdrawn = Some("2024-01-01T00:00:00Z".into());
+        assert!(!w.affects(&name, &v("1.2")));
+        // Another ecosystem's package of the same name is not this one.
+        let npm = record(
+            r#"{"id":"Z","affected":[{"package":{"ecosystem":"npm","name":"a-b"},"versions":["1.2"]}]}"#,
+        );
+        assert!(!npm.affects(&name, &v("1.2")));
+    }
+
+    #[test]
+    fn aliases_name_one_vulnerability() {
+        let a = record(
+            r#"{"id":"PYSEC-1","aliases":["CVE-1"],"affected":[{"package":{"ecosystem":"PyPI","name":"x"},"versions":["1.0"]}]}"#,
+        );
+        let b = record(
+            r#"{"id":"GHSA-1","aliases":["CVE-1","PYSEC-1"],"affected":[{"package":{"ecosystem":"PyPI","name":"x"},"versions":["1.0"]}]}"#,
+        );
+        let all = [a, b];
+        let found = affecting(&all, &p("x"), &v("1.0"));
+        assert_eq!(found.len(), 1);
+        assert!(affecting(&all, &p("x"), &v("1.1")).is_empty());
+    }
+}
