@@ -115,3 +115,20 @@ fn every_query_gives_its_expected_advisories() {
         );
     }
 }
+
+#[test]
+fn severities_of_the_real_records() {
+    let db = records();
+    let level = |id: &str| {
+        db.iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("{id} not in the vectors"))
+            .level()
+            .map(|(l, how)| (l.as_str(), how))
+    };
+    // urllib3's advisory carries a CVSS 3.1 vector (NVD: 4.2, medium).
+    assert_eq!(level("PYSEC-2023-212"), Some(("medium", "CVSS 4.2".into())));
+    // PyPA records without a vector or a database severity: unknown, which no threshold
+    // lets through.
+    assert_eq!(level("PYSEC-2022-42969"), None);
+}

@@ -10,6 +10,10 @@
 //!   version is also a SemVer version. `GIT` ranges name commits, not releases: ignored.
 //! - `versions`: an exact list, compared as PEP 440 versions.
 //! - `withdrawn` records are ignored; an advisory's `id` and `aliases` name one vulnerability.
+//! - Severity: the highest of the record's (and its `affected` entries') `CVSS_V3`/`CVSS_V4`
+//!   vectors, scored by the `cvss` crate (FIRST's base score and its qualitative scale); else
+//!   the database's own word (`database_specific.severity`, as GitHub's advisories carry it);
+//!   else unknown, which no threshold lets through.
 
 use std::str::FromStr as _;
 
@@ -29,6 +33,60 @@ pub struct Record {
     pub summary: Option<String>,
     #[serde(default)]
     pub affected: Vec<Affected>,
+    #[serde(default)]
+    pub severity: Vec<SeverityScore>,
+    #[serde(default)]
+    pub database_specific: Option<serde_json::Value>,
+}
+
+/// `severity[]`: a scoring system and its vector.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SeverityScore {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub score: String,
+}
+
+/// The qualitative severity scale (CVSS v3.1 specification, section 5; the same bands in 4.0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Low => "low",
+            Level::Medium => "medium",
+            Level::High => "high",
+            Level::Critical => "critical",
+        }
+    }
+
+    /// The band a CVSS base score falls in; a score of 0.0 ("none") counts as low.
+    fn of_score(score: f64) -> Level {
+        match score {
+            s if s >= 9.0 => Level::Critical,
+            s if s >= 7.0 => Level::High,
+            s if s >= 4.0 => Level::Medium,
+            _ => Level::Low,
+        }
+    }
+
+    /// A database's own word (GitHub: LOW, MODERATE, HIGH, CRITICAL).
+    fn of_word(word: &str) -> Option<Level> {
+        match word.to_ascii_lowercase().as_str() {
+            "low" => Some(Level::Low),
+            "moderate" | "medium" => Some(Level::Medium),
+            "high" => Some(Level::High),
+            "critical" => Some(Level::Critical),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +97,8 @@ pub struct Affected {
     pub ranges: Vec<Range>,
     #[serde(default)]
     pub versions: Vec<String>,
+    #[serde(default)]
+    pub severity: Vec<SeverityScore>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +231,25 @@ impl Record {
         })
     }
 
+    /// How severe the advisory is, and how that was known; `None`: no usable severity.
+    pub fn level(&self) -> Option<(Level, String)> {
+        let scored = self
+            .severity
+            .iter()
+            .chain(self.affected.iter().flat_map(|a| a.severity.iter()))
+            .filter(|s| matches!(s.kind.as_str(), "CVSS_V3" | "CVSS_V4"))
+            .filter_map(|s| {
+                let cvss = cvss::Cvss::from_str(&s.score).ok()?;
+                let score = cvss.score();
+                Some((Level::of_score(score), format!("CVSS {score:.1}")))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0));
+        scored.or_else(|| {
+            let word = self.database_specific.as_ref()?.get("severity")?.as_str()?;
+            Some((Level::of_word(word)?, format!("{word} per the database")))
+        })
+    }
+
     /// The names this vulnerability goes by: its id and its aliases.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.id.as_str()).chain(self.aliases.iter().map(String::as_str))
@@ -257,6 +336,37 @@ mod tests {
             r#"{"id":"Z","affected":[{"package":{"ecosystem":"npm","name":"a-b"},"versions":["1.2"]}]}"#,
         );
         assert!(!npm.affects(&name, &v("1.2")));
+    }
+
+    #[test]
+    fn severity_from_cvss_vectors_or_the_database() {
+        let with = |sev: &str| record(&format!(r#"{{"id":"S","affected":[],{sev}}}"#));
+        // 9.8 (the vector of most remote code execution advisories).
+        let r = with(
+            r#""severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}]"#,
+        );
+        assert_eq!(r.level().unwrap().0, Level::Critical);
+        // The highest of several vectors counts.
+        let r = with(
+            r#""severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:A/AC:H/PR:H/UI:N/S:U/C:H/I:N/A:N"},{"type":"CVSS_V4","score":"CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N"}]"#,
+        );
+        assert_eq!(r.level().unwrap().0, Level::Critical);
+        // urllib3's PYSEC-2023-212 (CVE-2023-45803): NVD scores this vector 4.2, medium.
+        let r = with(
+            r#""severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:A/AC:H/PR:H/UI:N/S:U/C:H/I:N/A:N"}]"#,
+        );
+        let (level, how) = r.level().unwrap();
+        assert_eq!((level, how.as_str()), (Level::Medium, "CVSS 4.2"));
+        // The database's own word when there is no vector; nothing usable is unknown.
+        let r = with(r#""database_specific":{"severity":"MODERATE"}"#);
+        assert_eq!(r.level().unwrap().0, Level::Medium);
+        for sev in [
+            r#""severity":[{"type":"CVSS_V3","score":"not a vector"}]"#,
+            r#""severity":[{"type":"CVSS_V2","score":"AV:N/AC:L/Au:N/C:P/I:P/A:P"}]"#,
+            r#""database_specific":{"severity":"whatever"}"#,
+        ] {
+            assert!(with(sev).level().is_none(), "{sev}");
+        }
     }
 
     #[test]
