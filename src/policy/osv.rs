@@ -277,6 +277,97 @@ pub fn affecting<'a>(
     found
 }
 
+/// An operator's exception (`[[vulnerability_exception]]`): the advisory it names (by its id or
+/// any alias) is let through until `expires` (Unix seconds), for the reason given.
+#[derive(Debug, Clone)]
+pub struct Exception {
+    pub id: String,
+    pub reason: String,
+    pub expires: i64,
+}
+
+/// One advisory that refuses a release, with what a person needs to act on it.
+#[derive(Debug)]
+pub struct Finding<'a> {
+    pub record: &'a Record,
+    /// `None`: no usable severity (refused whatever the threshold).
+    pub level: Option<(Level, String)>,
+    /// The lowest releases after this one that a range says are fixed.
+    pub fixed_in: Vec<Version>,
+}
+
+impl std::fmt::Display for Finding<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let level = self
+            .level
+            .as_ref()
+            .map_or("severity unknown", |(l, _)| l.as_str());
+        write!(f, "{} ({level})", self.record.id)?;
+        match self.fixed_in.as_slice() {
+            [] => write!(f, ", no fixed release"),
+            fixed => {
+                let list: Vec<String> = fixed.iter().map(ToString::to_string).collect();
+                write!(f, ", fixed in {}", list.join(" or "))
+            }
+        }
+    }
+}
+
+/// The releases after `version` that the record's ECOSYSTEM ranges call fixed (the first fix
+/// above it in each range), lowest first.
+fn fixed_after(record: &Record, project: &ProjectName, version: &Version) -> Vec<Version> {
+    let mut out: Vec<Version> = record
+        .affected
+        .iter()
+        .filter(|a| {
+            a.package.as_ref().is_some_and(|p| {
+                p.ecosystem == "PyPI" && ProjectName::parse(&p.name).ok().as_ref() == Some(project)
+            })
+        })
+        .flat_map(|a| a.ranges.iter().filter(|r| r.kind == "ECOSYSTEM"))
+        .filter_map(|r| {
+            r.events
+                .iter()
+                .filter_map(|e| e.fixed.as_deref())
+                .filter_map(|s| Version::from_str(s).ok())
+                .filter(|f| f > version)
+                .min()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The advisories that refuse `project` `version`: those affecting it at or above `block`, or
+/// of unknown severity, that no unexpired exception names. Empty: the release may be served.
+pub fn refusals<'a>(
+    records: &'a [Record],
+    project: &ProjectName,
+    version: &Version,
+    block: Level,
+    exceptions: &[Exception],
+    now: i64,
+) -> Vec<Finding<'a>> {
+    affecting(records, project, version)
+        .into_iter()
+        .filter(|r| {
+            !exceptions
+                .iter()
+                .any(|e| e.expires > now && r.names().any(|n| n.eq_ignore_ascii_case(&e.id)))
+        })
+        .filter_map(|r| {
+            let level = r.level();
+            let refused = level.as_ref().is_none_or(|(l, _)| *l >= block);
+            refused.then(|| Finding {
+                record: r,
+                level,
+                fixed_in: fixed_after(r, project, version),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +458,49 @@ mod tests {
         ] {
             assert!(with(sev).level().is_none(), "{sev}");
         }
+    }
+
+    #[test]
+    fn refusals_name_the_advisory_its_level_and_the_fix() {
+        let r = record(
+            r#"{"id":"GHSA-9wx4-h78v-vm56","aliases":["CVE-2024-35195"],
+            "database_specific":{"severity":"MODERATE"},
+            "affected":[{"package":{"ecosystem":"PyPI","name":"requests"},
+            "ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"2.32.0"}]}]}]}"#,
+        );
+        let unknown = record(
+            r#"{"id":"PYSEC-X","affected":[{"package":{"ecosystem":"PyPI","name":"requests"},"versions":["2.31.0"]}]}"#,
+        );
+        let all = [r, unknown];
+        let (name, ver) = (p("requests"), v("2.31.0"));
+        let found = refusals(&all, &name, &ver, Level::Medium, &[], 0);
+        let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "GHSA-9wx4-h78v-vm56 (medium), fixed in 2.32.0",
+                "PYSEC-X (severity unknown), no fixed release"
+            ]
+        );
+        // Above the threshold only; unknown severity at every threshold.
+        let found = refusals(&all, &name, &ver, Level::High, &[], 0);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].record.id, "PYSEC-X");
+        // An exception names the advisory by any alias, until it expires.
+        let ex = |expires| Exception {
+            id: "cve-2024-35195".into(),
+            reason: "not reachable from our code".into(),
+            expires,
+        };
+        let found = refusals(&all, &name, &ver, Level::Low, &[ex(100)], 50);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].record.id, "PYSEC-X");
+        assert_eq!(
+            refusals(&all, &name, &ver, Level::Low, &[ex(100)], 100).len(),
+            2
+        );
+        // The fixed release is refused by neither.
+        assert!(refusals(&all, &name, &v("2.32.0"), Level::Low, &[], 0).is_empty());
     }
 
     #[test]
