@@ -67,12 +67,12 @@ impl Level {
         }
     }
 
-    /// The band a CVSS base score falls in; a score of 0.0 ("none") counts as low.
-    fn of_score(score: f64) -> Level {
-        match score {
-            s if s >= 9.0 => Level::Critical,
-            s if s >= 7.0 => Level::High,
-            s if s >= 4.0 => Level::Medium,
+    /// The cvss crate's band of a base score; "none" (0.0) counts as low.
+    fn of_cvss(severity: cvss::Severity) -> Level {
+        match severity {
+            cvss::Severity::Critical => Level::Critical,
+            cvss::Severity::High => Level::High,
+            cvss::Severity::Medium => Level::Medium,
             _ => Level::Low,
         }
     }
@@ -157,14 +157,13 @@ fn in_range(range: &Range, v: &Point) -> bool {
             .or(e.last_affected.as_deref())
             .or(e.limit.as_deref());
         let Some(raw) = raw else { continue };
-        if e.introduced.as_deref() == Some("0") {
-            events.push((None, e));
-            continue;
-        }
         match point(kind, raw) {
-            Some(p) => events.push((Some(p), e)),
-            // An event this scale cannot read says nothing about `v`.
-            None => continue,
+            Some(p) if e.introduced.as_deref() != Some("0") => events.push((Some(p), e)),
+            // "0", and an `introduced` this scale cannot read, count from the lowest version:
+            // an unreadable start must not drop the advisory (fail closed). An unreadable
+            // `fixed`, `last_affected` or `limit` is left out, so the range stays open.
+            _ if e.introduced.is_some() => events.push((None, e)),
+            _ => continue,
         }
     }
     events.sort_by(|a, b| a.0.cmp(&b.0));
@@ -204,18 +203,21 @@ impl Record {
         self.affects_by(project, version, false)
     }
 
+    /// The record's `affected` entries for `project` on PyPI.
+    fn entries<'a>(&'a self, project: &'a ProjectName) -> impl Iterator<Item = &'a Affected> {
+        self.affected.iter().filter(move |a| {
+            a.package.as_ref().is_some_and(|p| {
+                p.ecosystem == "PyPI" && ProjectName::parse(&p.name).ok().as_ref() == Some(project)
+            })
+        })
+    }
+
     fn affects_by(&self, project: &ProjectName, version: &Version, lists: bool) -> bool {
         if self.withdrawn.is_some() {
             return false;
         }
         let semver = semver::Version::parse(&version.to_string()).ok();
-        self.affected.iter().any(|a| {
-            let Some(pkg) = &a.package else { return false };
-            if pkg.ecosystem != "PyPI"
-                || ProjectName::parse(&pkg.name).ok().as_ref() != Some(project)
-            {
-                return false;
-            }
+        self.entries(project).any(|a| {
             let listed = lists
                 && a.versions
                     .iter()
@@ -240,8 +242,10 @@ impl Record {
             .filter(|s| matches!(s.kind.as_str(), "CVSS_V3" | "CVSS_V4"))
             .filter_map(|s| {
                 let cvss = cvss::Cvss::from_str(&s.score).ok()?;
-                let score = cvss.score();
-                Some((Level::of_score(score), format!("CVSS {score:.1}")))
+                Some((
+                    Level::of_cvss(cvss.severity()),
+                    format!("CVSS {:.1}", cvss.score()),
+                ))
             })
             .max_by(|a, b| a.0.cmp(&b.0));
         scored.or_else(|| {
@@ -317,13 +321,7 @@ impl std::fmt::Display for Finding<'_> {
 /// above it in each range), lowest first.
 fn fixed_after(record: &Record, project: &ProjectName, version: &Version) -> Vec<Version> {
     let mut out: Vec<Version> = record
-        .affected
-        .iter()
-        .filter(|a| {
-            a.package.as_ref().is_some_and(|p| {
-                p.ecosystem == "PyPI" && ProjectName::parse(&p.name).ok().as_ref() == Some(project)
-            })
-        })
+        .entries(project)
         .flat_map(|a| a.ranges.iter().filter(|r| r.kind == "ECOSYSTEM"))
         .filter_map(|r| {
             r.events
@@ -419,6 +417,13 @@ mod tests {
         ] {
             assert_eq!(r.affects(&name, &v(ver)), hit, "{ver}");
         }
+        // An `introduced` that cannot be read opens the range from the start.
+        let odd = record(
+            r#"{"id":"O","affected":[{"package":{"ecosystem":"PyPI","name":"a_b"},
+            "ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"not a version"},{"fixed":"2.0"}]}]}]}"#,
+        );
+        assert!(odd.affects(&name, &v("0.1")));
+        assert!(!odd.affects(&name, &v("2.0")));
         let mut w = r.clone();
         w.withdrawn = Some("2024-01-01T00:00:00Z".into());
         assert!(!w.affects(&name, &v("1.2")));
