@@ -189,6 +189,10 @@ async fn revoke_and_wait(gate: &Gate, sha: &str, file: &str) -> bool {
         .is_some()
 }
 
+async fn body_of(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 async fn status(url: &str) -> u16 {
     reqwest::get(url).await.unwrap().status().as_u16()
 }
@@ -359,12 +363,7 @@ async fn two_replicas_share_one_policy_and_one_audit_chain() {
     })
     .await;
     assert!(said.is_some(), "A's /readyz never named the difference");
-    let body = reqwest::get(b.url("/readyz"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = body_of(&b.url("/readyz")).await;
     assert!(body.contains("allowlist files differ"), "{body}");
     assert!(b.metric("tollgate_replicas_allowlists_differing").await >= 1.0);
 
@@ -814,12 +813,7 @@ async fn the_store_is_reached_over_verified_tls_and_an_unreachable_store_is_not_
         down.is_some(),
         "/readyz stayed 200 with the store unreachable"
     );
-    let r = reqwest::get(gate.url("/readyz"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let r = body_of(&gate.url("/readyz")).await;
     assert!(
         r.contains("cannot be reached") || r.contains("has not been read"),
         "{r}"

@@ -100,8 +100,10 @@ pub(super) fn store_section(
         ));
     }
     let decode = |s: &str| -> Result<String, ConfigError> {
-        let bytes: Vec<u8> = percent_decode(s).ok_or_else(|| bad("bad percent-encoding"))?;
-        String::from_utf8(bytes).map_err(|_| bad("not UTF-8 after percent-decoding"))
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|d| d.into_owned())
+            .map_err(|_| bad("not UTF-8 after percent-decoding"))
     };
     let user = match parsed.username() {
         "" => None,
@@ -222,22 +224,4 @@ pub(super) fn cache_section(
         ))),
         None => Ok(CacheUrl::Local(resolve(&url))),
     }
-}
-
-/// Percent-decoding of a URL part (`None`: a `%` not followed by two hex digits).
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
 }

@@ -472,15 +472,13 @@ impl Fetcher {
     pub(super) async fn tampered(&self, sha: &Sha256, actual: Option<Sha256>) {
         self.metrics.cache_tampered.fetch_add(1, Relaxed);
         tracing::error!(%sha, actual = ?actual.map(|a| a.hex()), "a cached file no longer matches its hash; evicted, never served");
-        let ev = AuditEvent::about("cache.verify", sha.hex(), None, Some(sha.hex()), "gate");
         self.audit
-            .record(AuditEvent {
-                actual_sha256: actual.map(|a| a.hex()),
-                ..ev.deny(
-                    "cache_tampered",
-                    "the cached bytes no longer match their sha256; evicted and fetched again when asked for".into(),
-                )
-            })
+            .record(cache_verify(
+                sha,
+                actual,
+                "cache_tampered",
+                "the cached bytes no longer match their sha256; evicted and fetched again when asked for".into(),
+            ))
             .await;
         self.cache.evict(sha).await;
     }
@@ -616,6 +614,16 @@ impl Fetcher {
         });
         b.body(Body::from_stream(body))
             .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
+/// The audit entry of cached bytes found not to match their name (the local disk, or the
+/// shared tier): who found it is the gate itself.
+fn cache_verify(sha: &Sha256, actual: Option<Sha256>, reason: &str, detail: String) -> AuditEvent {
+    let ev = AuditEvent::about("cache.verify", sha.hex(), None, Some(sha.hex()), "gate");
+    AuditEvent {
+        actual_sha256: actual.map(|a| a.hex()),
+        ..ev.deny(reason, detail)
     }
 }
 

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Fetcher;
-use crate::audit::AuditEvent;
 
 impl Fetcher {
     /// Audits the cached files found changed at start (their eviction is counted already).
     pub async fn report_startup_tampering(&self) {
         for sha in self.cache.take_startup_tampered() {
-            let ev = AuditEvent::about("cache.verify", sha.hex(), None, Some(sha.hex()), "gate");
             self.audit
-                .record(ev.deny(
+                .record(super::cache_verify(
+                    &sha,
+                    None,
                     "cache_tampered",
                     "the cached file changed length or kind while the gate was stopped; evicted and fetched again when asked for".into(),
                 ))

@@ -8,7 +8,6 @@ use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::Response;
 
 use super::{Fetcher, Job};
-use crate::audit::AuditEvent;
 use crate::error::ApiError;
 use crate::policy::Sha256;
 
@@ -71,15 +70,13 @@ impl Fetcher {
         self.metrics.remote_tampered.fetch_add(1, Relaxed);
         let Some(remote) = &self.remote else { return };
         tracing::error!(%sha, remote = %remote.shown, problem = %why, "an object in the shared cache does not match its sha256; removed, never served whole");
-        let ev = AuditEvent::about("cache.verify", sha.hex(), None, Some(sha.hex()), "gate");
         self.audit
-            .record(AuditEvent {
-                actual_sha256: actual.map(|a| a.hex()),
-                ..ev.deny(
-                    "remote_cache_tampered",
-                    format!("the shared cache {} held bytes that do not match their sha256 ({why}); removed, fetched again from the upstream when asked for", remote.shown),
-                )
-            })
+            .record(super::cache_verify(
+                sha,
+                actual,
+                "remote_cache_tampered",
+                format!("the shared cache {} held bytes that do not match their sha256 ({why}); removed, fetched again from the upstream when asked for", remote.shown),
+            ))
             .await;
         if let Err(e) = remote.delete(sha).await {
             tracing::error!(%sha, error = %e, "the damaged object could not be removed from the shared cache");
