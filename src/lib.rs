@@ -19,6 +19,7 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod verify;
+pub mod vulns;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -357,6 +358,36 @@ fn disk_state(st: &AppState) -> (u64, Option<u64>, Option<String>) {
     (size, free, low)
 }
 
+/// How current the vulnerability database in force is: its age goes to the metrics, and a
+/// database older than `max_age` is named (the gate still decides with it: an old database
+/// refuses less than a new one, never more, so readiness stays).
+fn vuln_state(st: &AppState) -> Option<String> {
+    let cfg = st.config.vulnerabilities.as_ref()?;
+    let lp = st.policy();
+    let v = lp.policy.vulnerabilities.as_ref()?;
+    let age = match v.db.newest {
+        Some(t) => (crate::store::cache::now_secs() - t).max(0) as u64,
+        None => u64::MAX,
+    };
+    st.metrics
+        .vuln_db_age
+        .store(age.min(i64::MAX as u64), Relaxed);
+    let stale = age > cfg.max_age.as_secs();
+    st.metrics.vuln_db_stale.store(stale as u64, Relaxed);
+    stale.then(|| match v.db.newest {
+        Some(t) => format!(
+            "vulnerability database {} is stale: its newest record is from {}, older than max_age ({}s); run `tollgate osv update` and reload",
+            cfg.database.display(),
+            crate::policy::units::format_rfc3339(t),
+            cfg.max_age.as_secs()
+        ),
+        None => format!(
+            "vulnerability database {} has no dated PyPI record: its age is unknown",
+            cfg.database.display()
+        ),
+    })
+}
+
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     if let Err(why) = st.store.check_file() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
@@ -392,6 +423,10 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
                 "audit witness_file cannot be written (it vouches only up to its last checkpoint): {p}\n"
             ));
         }
+        if let Some(v) = vuln_state(&st) {
+            body.push_str(&v);
+            body.push('\n');
+        }
         for note in [&st.replicas, &st.policy_problem] {
             if let Some(p) = note.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                 body.push_str(p);
@@ -411,6 +446,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 
 async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
     disk_state(&st);
+    vuln_state(&st);
     let mut r = st.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

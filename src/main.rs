@@ -65,6 +65,22 @@ enum Command {
         #[command(subcommand)]
         command: SigstoreCommand,
     },
+    /// The offline OSV vulnerability database.
+    Osv {
+        #[command(subcommand)]
+        command: OsvCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OsvCommand {
+    /// Replace the [vulnerabilities] database with FILE_OR_URL (a zip or directory of OSV
+    /// records, e.g. the OSV project's PyPI/all.zip), checked whole first.
+    Update {
+        source: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -339,6 +355,16 @@ fn main() -> ExitCode {
                 artifact,
             },
         )),
+        Command::Osv {
+            command:
+                OsvCommand::Update {
+                    source,
+                    config: path,
+                },
+        } => match config(path.as_ref()) {
+            Ok(c) => code(tollgate::cli::osv_update(&c, &source)),
+            Err(e) => e,
+        },
         Command::Allowlist { command } => match command {
             AllowlistCommand::Import { file } => code(tollgate::cli::import(&file)),
             AllowlistCommand::Check {

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub remote_tampered: AtomicU64,
     /// Replicas (this one included) whose allowlist files differ from this one's.
     pub replicas_differing: AtomicU64,
+    /// Seconds since the newest record of the vulnerability database changed.
+    pub vuln_db_age: AtomicU64,
+    /// 1 while that is over `[vulnerabilities] max_age`.
+    pub vuln_db_stale: AtomicU64,
     pub policy_followed: AtomicU64,
     pub cache_scrubbed: AtomicU64,
     pub cache_bytes: AtomicU64,
@@ -293,6 +297,18 @@ impl Metrics {
                 "Objects of the shared object store whose bytes did not match their name (cut off, never served whole, removed).",
                 "counter",
                 &self.remote_tampered,
+            ),
+            (
+                "tollgate_vulnerability_db_age_seconds",
+                "Seconds since the newest record of the OSV database in force was modified.",
+                "gauge",
+                &self.vuln_db_age,
+            ),
+            (
+                "tollgate_vulnerability_db_stale",
+                "1 while the OSV database in force is older than [vulnerabilities] max_age.",
+                "gauge",
+                &self.vuln_db_stale,
             ),
             (
                 "tollgate_replicas_allowlists_differing",

@@ -128,21 +128,24 @@ pub(super) fn package_rules(
     let wanted = |source: &Source| only.is_none_or(|id| RuleId::of("package", source) == *id);
     let mut out = Vec::new();
     for (name, rules) in &lp.policy.projects {
+        let now = crate::store::cache::now_secs();
         let exact = rules.exact.iter().filter(|r| wanted(&r.source)).map(|r| {
             let pins = PackagePins::Exact {
                 version: r.version.to_string(),
                 sha256: r.sha256.iter().map(|h| h.to_string()).collect(),
             };
-            (&r.source, pins)
+            let refused =
+                crate::policy::decide::vulnerable_release(&lp.policy, name, &r.version, now);
+            (&r.source, pins, refused.map(|d| d.to_string()))
         });
         let release = rules.release.iter().filter(|r| wanted(&r.source)).map(|r| {
             let pins = PackagePins::Release {
                 specifier: r.specifiers.to_string(),
                 min_age: duration_text(r.min_age.as_secs()),
             };
-            (&r.source, pins)
+            (&r.source, pins, None)
         });
-        for (source, pins) in exact.chain(release) {
+        for (source, pins, refused) in exact.chain(release) {
             let (id, source) = source_of("package", source, api);
             out.push(PackageRuleView {
                 id,
@@ -150,6 +153,7 @@ pub(super) fn package_rules(
                 pins,
                 index: rules.index.clone(),
                 source,
+                refused,
             });
         }
     }

@@ -81,6 +81,9 @@ pub(super) struct PackageRuleView {
     pub(super) pins: PackagePins,
     pub(super) index: String,
     pub(super) source: RuleSource,
+    /// An exact release the vulnerability database refuses: the refusal, as pip's would read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) refused: Option<String>,
 }
 
 /// A keyless identity as written: an exact subject or a subject pattern.

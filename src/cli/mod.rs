@@ -10,8 +10,10 @@ use crate::policy::Policy;
 
 mod audit;
 mod gate;
+mod osv;
 pub use audit::{audit_export, audit_public_key, audit_verify, audit_witness_init};
 pub use gate::{allowlist_check_gate, health};
+pub use osv::osv_update;
 
 /// `tollgate check`: 0 when config and every allowlist load, else 1 with one line per error.
 pub fn check(config: &Config) -> i32 {

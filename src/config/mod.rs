@@ -18,6 +18,9 @@ pub use auth::{ManagedIdentity, Secret};
 mod net;
 mod shared;
 pub use shared::{CacheUrl, Password, PostgresConfig};
+mod locate;
+mod vulns;
+pub use vulns::VulnConfig;
 mod raw;
 pub use net::{is_loopback_host, origin_listed, HostPort, IpNet};
 
@@ -200,39 +203,10 @@ pub struct Config {
     pub store: Option<PostgresConfig>,
     /// `[cache] url`: a local directory (data_dir by default) or a shared object store.
     pub cache: CacheUrl,
+    pub vulnerabilities: Option<VulnConfig>,
 }
 
 impl Config {
-    /// Finds the config as CONTRACT.md says: `--config`, else `TOLLGATE_CONFIG`, else
-    /// `tollgate.toml` in the working directory, else built-in defaults.
-    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        if let Some(p) = explicit {
-            return Self::load_file(p);
-        }
-        if let Some(p) = std::env::var_os("TOLLGATE_CONFIG") {
-            return Self::load_file(Path::new(&p));
-        }
-        let local = Path::new("tollgate.toml");
-        if local.exists() {
-            return Self::load_file(local);
-        }
-        Self::from_text("", None, Path::new("."))
-    }
-
-    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base
-        };
-        Self::from_text(&text, Some(path), &base)
-    }
-
     /// Parses and validates config text; relative paths resolve against `base`.
     pub fn from_text(text: &str, path: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
         let shown = path
@@ -407,6 +381,11 @@ impl Config {
             &data_dir,
             &invalid,
             &line_of,
+            &resolve,
+        )?;
+        let vulnerabilities = vulns::section(
+            raw.vulnerabilities,
+            &|m| invalid(line_of("[vulnerabilities]"), m),
             &resolve,
         )?;
         let store = shared::store_section(
@@ -700,6 +679,7 @@ impl Config {
             data_dir,
             store,
             cache,
+            vulnerabilities,
             allowlist_dir: resolve(raw.allowlist_dir.as_deref().unwrap_or("allowlists")),
             public_url,
             cache_max_bytes,
@@ -940,6 +920,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cache_max_bytes"));
+    }
+
+    #[test]
+    fn vulnerabilities_section() {
+        let c = parse("[vulnerabilities]\ndatabase = \"osv/PyPI\"\n").unwrap();
+        let v = c.vulnerabilities.unwrap();
+        assert_eq!(v.database, Path::new("/etc/tg/osv/PyPI"));
+        assert_eq!(v.block, crate::policy::osv::Level::High);
+        assert_eq!(v.max_age, Duration::from_secs(3 * 86_400));
+        for (text, why) in [
+            ("block = \"high\"", "database is required"),
+            (
+                "database = \"d\"\nblock = \"severe\"",
+                "block must be low, medium, high or critical",
+            ),
+            (
+                "database = \"d\"\nmax_age = \"0s\"",
+                "max_age must be more than 0s",
+            ),
+            ("database = \"d\"\nmirror = true", "unknown field"),
+        ] {
+            let e = parse(&format!("[vulnerabilities]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

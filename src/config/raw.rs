@@ -37,6 +37,7 @@ pub(super) struct RawConfig {
     pub(super) admin: Option<RawAdmin>,
     pub(super) store: Option<RawStore>,
     pub(super) cache: Option<RawCache>,
+    pub(super) vulnerabilities: Option<super::vulns::RawVulns>,
 }
 
 #[derive(Deserialize, Default)]

@@ -18,6 +18,7 @@ use super::oci::{
     AttestationRule, Digest, ImageRule, KeylessIdentity, RepoPattern, Repository, Require,
     SignatureRule, SubjectMatch, Tag,
 };
+use super::osv::{Database, Exception, Level};
 use super::units::parse_duration;
 
 /// Where a rule was written: shown in errors, decisions and audit events.
@@ -86,6 +87,18 @@ pub struct Policy {
     pub revoked: HashMap<Sha256, Revocation>,
     pub images: Vec<ImageRule>,
     pub files: usize,
+    /// `[[vulnerability_exception]]`: advisories let through, each until it expires.
+    pub exceptions: Vec<Exception>,
+    /// The OSV database and threshold in force (`[vulnerabilities]`), set by the loader.
+    pub vulnerabilities: Option<std::sync::Arc<Vulnerabilities>>,
+}
+
+/// `[vulnerabilities]` as loaded: the database and the level at or above which an affected
+/// release is refused.
+#[derive(Debug)]
+pub struct Vulnerabilities {
+    pub db: Database,
+    pub block: Level,
 }
 
 impl Policy {
@@ -152,6 +165,15 @@ impl Policy {
         for (sha, r) in other.revoked {
             self.revoked.entry(sha).or_insert(r);
         }
+        for e in other.exceptions {
+            if !self
+                .exceptions
+                .iter()
+                .any(|m| m.id.eq_ignore_ascii_case(&e.id))
+            {
+                self.exceptions.push(e);
+            }
+        }
         Ok(())
     }
 
@@ -173,6 +195,8 @@ struct RawFile {
     revoke: Vec<Spanned<RawRevoke>>,
     #[serde(default)]
     image: Vec<Spanned<RawImage>>,
+    #[serde(default)]
+    vulnerability_exception: Vec<Spanned<super::osv::RawException>>,
 }
 
 #[derive(Deserialize)]
@@ -482,6 +506,20 @@ pub fn load_with_registries(
                 Err(e) => err(&mut errors, span, format!("[[revoke]]: {e}")),
             }
         }
+        for ex in &raw.vulnerability_exception {
+            let span = ex.span();
+            let source = Source {
+                file: file.clone(),
+                line: line_of(text, span.start),
+            };
+            match super::osv::exception(ex.get_ref(), source) {
+                Ok(e) => match policy.exceptions.iter().find(|m| m.id.eq_ignore_ascii_case(&e.id)) {
+                    Some(m) => err(&mut errors, span, format!("[[vulnerability_exception]] {}: a second exception for this advisory (first at {})", e.id, m.source)),
+                    None => policy.exceptions.push(e),
+                },
+                Err(m) => err(&mut errors, span, m),
+            }
+        }
         for pkg in &raw.package {
             let span = pkg.span();
             let source = Source {
@@ -683,6 +721,42 @@ mod tests {
 
     fn first_error(text: &str) -> String {
         one(text).unwrap_err()[0].to_string()
+    }
+
+    #[test]
+    fn vulnerability_exceptions_need_a_reason_and_an_expiry() {
+        let p = one("[[vulnerability_exception]]\nid = \"GHSA-xxxx\"\nreason = \"not reachable\"\nexpires = \"2027-01-31\"\n[[vulnerability_exception]]\nid = \"CVE-1\"\nreason = \"r\"\nexpires = 2027-01-31\n").unwrap();
+        // A date expires at its first instant (00:00 UTC), quoted or a TOML date.
+        assert_eq!(p.exceptions[0].expires, 1_801_353_600);
+        assert_eq!(p.exceptions[1].expires, 1_801_353_600);
+        assert_eq!(p.exceptions[0].source.line, 1);
+        for (text, why) in [
+            (
+                "id = \"X\"\nexpires = \"2027-01-31\"",
+                "missing field `reason`",
+            ),
+            (
+                "id = \"X\"\nreason = \" \"\nexpires = \"2027-01-31\"",
+                "reason is empty",
+            ),
+            ("id = \"X\"\nreason = \"r\"", "missing field `expires`"),
+            (
+                "id = \"X\"\nreason = \"r\"\nexpires = \"soon\"",
+                "is not a date",
+            ),
+            (
+                "id = \"\"\nreason = \"r\"\nexpires = \"2027-01-31\"",
+                "not an advisory id",
+            ),
+        ] {
+            let e = first_error(&format!("[[vulnerability_exception]]\n{text}\n"));
+            assert!(e.contains(why), "{text}: {e}");
+        }
+        let twice = "[[vulnerability_exception]]\nid = \"GHSA-x\"\nreason = \"r\"\nexpires = \"2027-01-31\"\n";
+        assert!(
+            first_error(&format!("{twice}{}", twice.replace("GHSA-x", "ghsa-X")))
+                .contains("a second exception for this advisory (first at a.toml:1)")
+        );
     }
 
     #[test]

@@ -67,6 +67,14 @@ pub enum DenyReason {
         filename: String,
         remaining: Duration,
     },
+    /// Advisories of the OSV database at or above `[vulnerabilities] block` (or of unknown
+    /// severity) affect this release, and no unexpired exception names them.
+    Vulnerable {
+        project: ProjectName,
+        version: String,
+        /// Each as "ID (level), fixed in X".
+        findings: Vec<String>,
+    },
 }
 
 impl DenyReason {
@@ -81,6 +89,7 @@ impl DenyReason {
             DenyReason::NotYetSeen { .. } => "not_yet_seen",
             DenyReason::SupersededPin { .. } => "superseded_pin",
             DenyReason::TooNew { .. } => "too_new",
+            DenyReason::Vulnerable { .. } => "vulnerable",
         }
     }
 }
@@ -107,6 +116,7 @@ impl fmt::Display for DenyReason {
             DenyReason::NotYetSeen { filename } => write!(f, "{filename} has not been pinned yet; it is pinned when the gate first lists it"),
             DenyReason::SupersededPin { filename, sha256 } => write!(f, "{filename} with sha256 {sha256} was replaced upstream by another hash and is never served again"),
             DenyReason::TooNew { filename, remaining } => write!(f, "{filename} is newer than the release rule's min_age; it becomes available in {}", human(*remaining)),
+            DenyReason::Vulnerable { project, version, findings } => write!(f, "{project} {version}: {}", findings.join("; ")),
         }
     }
 }
@@ -138,6 +148,65 @@ pub fn release_rule_matches(rules: &ProjectRules, dist: &DistFilename) -> bool {
 /// Decides one file of an admitted project. `pin` is the first-sight record of this filename,
 /// if the gate has one; `now` is Unix seconds.
 pub fn decide_file(
+    policy: &Policy,
+    rules: &ProjectRules,
+    wheels_only: bool,
+    dist: &DistFilename,
+    sha256: &Sha256,
+    pin: Option<&Pin>,
+    now: i64,
+) -> Decision {
+    match decide_rules(policy, rules, wheels_only, dist, sha256, pin, now) {
+        Decision::Allow(a) => match vulnerable(policy, dist, now) {
+            Some(reason) => Decision::Deny(reason),
+            None => Decision::Allow(a),
+        },
+        deny => deny,
+    }
+}
+
+/// The refusal of a release the rules admit, when the vulnerability database in force names
+/// it (CONTRACT.md `[vulnerabilities]`); `None` without a database or without findings.
+pub fn vulnerable(policy: &Policy, dist: &DistFilename, now: i64) -> Option<DenyReason> {
+    vulnerable_release(policy, &dist.project, &dist.version, now)
+}
+
+/// [`vulnerable`] for a release (project and version).
+pub fn vulnerable_release(
+    policy: &Policy,
+    project: &ProjectName,
+    version: &pep440_rs::Version,
+    now: i64,
+) -> Option<DenyReason> {
+    let v = policy.vulnerabilities.as_ref()?;
+    let findings = super::osv::refusals(
+        v.db.of(project),
+        project,
+        version,
+        v.block,
+        &policy.exceptions,
+        now,
+    );
+    (!findings.is_empty()).then(|| DenyReason::Vulnerable {
+        project: project.clone(),
+        version: version.to_string(),
+        findings: findings.iter().map(ToString::to_string).collect(),
+    })
+}
+
+/// When the next exception stops applying (Unix seconds), if one is in force: a listing that
+/// depends on it is rendered again then.
+pub fn next_expiry(policy: &Policy, now: i64) -> Option<i64> {
+    policy
+        .exceptions
+        .iter()
+        .map(|e| e.expires)
+        .filter(|t| *t > now)
+        .min()
+}
+
+/// [`decide_file`] by the rules alone.
+fn decide_rules(
     policy: &Policy,
     rules: &ProjectRules,
     wheels_only: bool,

@@ -37,6 +37,9 @@ pub struct Record {
     pub severity: Vec<SeverityScore>,
     #[serde(default)]
     pub database_specific: Option<serde_json::Value>,
+    /// When the record last changed (RFC 3339): the newest one dates the database.
+    #[serde(default)]
+    pub modified: Option<String>,
 }
 
 /// `severity[]`: a scoring system and its vector.
@@ -288,6 +291,60 @@ pub struct Exception {
     pub id: String,
     pub reason: String,
     pub expires: i64,
+    pub source: super::Source,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawException {
+    id: String,
+    reason: String,
+    expires: RawWhen,
+}
+
+/// `expires = "2027-01-31"` or a TOML date (`expires = 2027-01-31`), or a full RFC 3339 time.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawWhen {
+    Text(String),
+    Toml(toml::value::Datetime),
+}
+
+/// An exception, validated: an id, a reason a reviewer can read, and an expiry. A date
+/// expires at its first instant (00:00 UTC): the exception does not outlive the day named.
+pub(super) fn exception(raw: &RawException, source: super::Source) -> Result<Exception, String> {
+    let id = raw.id.trim();
+    if id.is_empty() || id.contains(char::is_whitespace) {
+        return Err(format!(
+            "[[vulnerability_exception]] id {:?} is not an advisory id",
+            raw.id
+        ));
+    }
+    if raw.reason.trim().is_empty() {
+        return Err(format!(
+            "[[vulnerability_exception]] {id}: reason is empty; say why the advisory does not apply"
+        ));
+    }
+    let text = match &raw.expires {
+        RawWhen::Text(t) => t.trim().to_string(),
+        RawWhen::Toml(d) => d.to_string(),
+    };
+    let expires = if text.len() == 10 {
+        super::units::parse_rfc3339(&format!("{text}T00:00:00Z"))
+    } else {
+        super::units::parse_rfc3339(&text)
+    };
+    let Some(expires) = expires else {
+        return Err(format!(
+            "[[vulnerability_exception]] {id}: expires {text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"
+        ));
+    };
+    Ok(Exception {
+        id: id.to_string(),
+        reason: raw.reason.trim().to_string(),
+        expires,
+        source,
+    })
 }
 
 /// One advisory that refuses a release, with what a person needs to act on it.
@@ -364,6 +421,55 @@ pub fn refusals<'a>(
             })
         })
         .collect()
+}
+
+/// An OSV database, indexed by the PyPI projects its records name (a record naming several
+/// projects is kept under each), so a decision reads only its project's advisories.
+#[derive(Debug, Default)]
+pub struct Database {
+    by_project: std::collections::HashMap<ProjectName, Vec<Record>>,
+    /// Records read, other ecosystems' included.
+    pub records: usize,
+    /// The newest `modified` of any record (Unix seconds): how current the database is.
+    pub newest: Option<i64>,
+}
+
+impl Database {
+    /// Indexes records; those naming no PyPI project are counted and dropped.
+    pub fn new(records: impl IntoIterator<Item = Record>) -> Database {
+        let mut db = Database::default();
+        for r in records {
+            db.records += 1;
+            let when = r.modified.as_deref().and_then(super::units::parse_rfc3339);
+            db.newest = db.newest.max(when);
+            let mut names: Vec<ProjectName> = r
+                .affected
+                .iter()
+                .filter_map(|a| a.package.as_ref())
+                .filter(|p| p.ecosystem == "PyPI")
+                .filter_map(|p| ProjectName::parse(&p.name).ok())
+                .collect();
+            names.sort();
+            names.dedup();
+            if let Some((last, rest)) = names.split_last() {
+                for n in rest {
+                    db.by_project.entry(n.clone()).or_default().push(r.clone());
+                }
+                db.by_project.entry(last.clone()).or_default().push(r);
+            }
+        }
+        db
+    }
+
+    /// The records that name `project`.
+    pub fn of(&self, project: &ProjectName) -> &[Record] {
+        self.by_project.get(project).map_or(&[], Vec::as_slice)
+    }
+
+    /// Advisories (PyPI records) indexed.
+    pub fn advisories(&self) -> usize {
+        self.by_project.values().map(Vec::len).sum()
+    }
 }
 
 #[cfg(test)]
@@ -496,6 +602,10 @@ mod tests {
             id: "cve-2024-35195".into(),
             reason: "not reachable from our code".into(),
             expires,
+            source: crate::policy::Source {
+                file: "a.toml".into(),
+                line: 1,
+            },
         };
         let found = refusals(&all, &name, &ver, Level::Low, &[ex(100)], 50);
         assert_eq!(found.len(), 1);

@@ -142,6 +142,8 @@ impl Pypi {
         out.installable = asked.iter().any(|f| f.allowed);
         out.explanation = match (asked.iter().find(|f| f.allowed), asked.first()) {
             (Some(ok), _) => format!("{project} {version}: {} is served", ok.filename),
+            // A refusal of the whole release already names it.
+            (None, Some(first)) if first.reason == Some("vulnerable") => first.explanation.clone(),
             (None, Some(first)) => format!("{project} {version}: {}", first.explanation),
             (None, None) if out.files.is_empty() => format!(
                 "{project} {version}: the upstream index {} lists no files of this release",

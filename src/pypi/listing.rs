@@ -29,6 +29,15 @@ pub(super) struct Rendered {
     pub(super) valid_until: i64,
 }
 
+/// What a listing admits (files, versions), until when it holds, and the files withheld for
+/// a vulnerability (audited by the caller).
+type Listing = (
+    Vec<ListedFile>,
+    Vec<String>,
+    i64,
+    Vec<(String, Sha256, DenyReason)>,
+);
+
 impl Pypi {
     /// The upstream page for a project: fresh within `page_ttl`, else fetched once for all
     /// concurrent requests, else the last good copy when the upstream fails (stale = true).
@@ -199,8 +208,20 @@ impl Pypi {
             }
         }
         let (page, stale) = self.page(rules, project).await?;
-        let (files, versions, mut valid_until) =
+        let (files, versions, mut valid_until, withheld) =
             self.listing(&lp.policy, rules, project, &page).await?;
+        // Files left out for a vulnerability are audited with the advisories (once per render),
+        // so "why can pip not find it" has an answer in the log.
+        for (filename, sha, reason) in &withheld {
+            self.audit(
+                "pypi.page",
+                project,
+                Some((filename, sha)),
+                Err(reason),
+                client,
+            )
+            .await;
+        }
         valid_until = valid_until.min(if stale {
             now_secs() + FAILURE_BACKOFF_SECS
         } else {
@@ -236,7 +257,7 @@ impl Pypi {
         rules: &ProjectRules,
         project: &ProjectName,
         page: &UpstreamPage,
-    ) -> Result<(Vec<ListedFile>, Vec<String>, i64), ApiError> {
+    ) -> Result<Listing, ApiError> {
         let _pins = if rules.release.is_empty() {
             None
         } else {
@@ -250,8 +271,10 @@ impl Pypi {
         let mut listed = Vec::new();
         let mut versions: Vec<pep440_rs::Version> = Vec::new();
         let mut pin_writes: Vec<(String, Pin)> = Vec::new();
-        let mut valid_until = i64::MAX;
+        // A listing an exception lets a file into is rendered again when the exception ends.
+        let mut valid_until = decide::next_expiry(policy, now).unwrap_or(i64::MAX);
         let mut seen = HashSet::new();
+        let mut withheld = Vec::new();
         // First-sight pins this project may still take (max_pins_per_project): counted once,
         // when the page brings a file not pinned yet.
         let mut room: Option<usize> = None;
@@ -356,6 +379,9 @@ impl Pypi {
                 Decision::Deny(DenyReason::TooNew { remaining, .. }) => {
                     valid_until = valid_until.min(now + remaining.as_secs() as i64);
                 }
+                Decision::Deny(reason @ DenyReason::Vulnerable { .. }) => {
+                    withheld.push((f.filename.clone(), sha, reason));
+                }
                 Decision::Deny(_) => {}
             }
         }
@@ -375,6 +401,7 @@ impl Pypi {
             listed,
             versions.iter().map(|v| v.to_string()).collect(),
             valid_until,
+            withheld,
         ))
     }
 }
