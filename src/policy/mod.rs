@@ -27,6 +27,7 @@ pub mod hash;
 pub mod name;
 pub mod oci;
 pub mod osv;
+pub mod publisher;
 pub mod requirements;
 pub mod rule_id;
 pub mod units;

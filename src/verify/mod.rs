@@ -7,6 +7,7 @@ pub mod cosign;
 pub mod dsse;
 pub mod keys;
 pub mod legacy;
+pub mod pep740;
 pub mod sigstore;
 pub mod trust;
 
