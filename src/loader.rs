@@ -423,6 +423,31 @@ fn material(
             ),
         });
     }
+    // A publisher is proven by provenance verified under the trusted root: without one the
+    // rule could admit nothing (PEP 740 attestations are keyless).
+    let publisher_rule = policy.projects.iter().find_map(|(name, r)| {
+        r.exact
+            .iter()
+            .filter(|e| e.publisher.is_some())
+            .map(|e| &e.source)
+            .chain(
+                r.release
+                    .iter()
+                    .filter(|e| e.publisher.is_some())
+                    .map(|e| &e.source),
+            )
+            .next()
+            .map(|s| (name, s))
+    });
+    if let (Some((name, source)), None) = (publisher_rule, &config.trusted_root) {
+        errors.push(LoadError {
+            file: source.file.clone(),
+            line: source.line,
+            message: format!(
+                "{name}: publisher needs trusted_root (a Sigstore trusted_root.json) to verify provenance"
+            ),
+        });
+    }
     // A threshold counts distinct keys: one key saved under two names must not count twice.
     for rule in &policy.images {
         let Some(sig) = &rule.signature else { continue };

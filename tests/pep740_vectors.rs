@@ -39,12 +39,24 @@ fn project_of(filename: &str) -> ProjectName {
 /// The provenance of `artifact` (a path under the fixtures) verified for that file.
 fn provenance(prov: &str, artifact: &str, staging: bool) -> Result<Verified, String> {
     let name = Path::new(artifact).file_name().unwrap().to_str().unwrap();
-    verify_provenance(&root(staging), &read(prov), &project_of(name), name, sha(artifact))
+    verify_provenance(
+        &root(staging),
+        &read(prov),
+        &project_of(name),
+        name,
+        sha(artifact),
+    )
 }
 
 fn attestation(att: &str, artifact: &str, staging: bool) -> Result<Claims, String> {
     let name = Path::new(artifact).file_name().unwrap().to_str().unwrap();
-    verify_attestation_json(&root(staging), &read(att), &project_of(name), name, sha(artifact))
+    verify_attestation_json(
+        &root(staging),
+        &read(att),
+        &project_of(name),
+        name,
+        sha(artifact),
+    )
 }
 
 fn publisher(toml_inline: &str) -> Publisher {
@@ -82,7 +94,10 @@ fn expect_err(r: Result<impl std::fmt::Debug, String>, why: &str) {
 fn results_txt_lists_the_cases_checked_here() {
     let text = String::from_utf8(read("RESULTS.txt")).unwrap();
     let cases = text.lines().filter(|l| l.starts_with("## case")).count();
-    assert_eq!(cases, 23, "a case was added to RESULTS.txt: check it here too");
+    assert_eq!(
+        cases, 23,
+        "a case was added to RESULTS.txt: check it here too"
+    );
 }
 
 #[test]
@@ -91,7 +106,10 @@ fn github_provenance_verifies_for_its_pinned_publisher_only() {
     let v = provenance(&format!("{A}.provenance"), A, false).unwrap();
     admitted(&v, &publisher(TOB)).unwrap();
     let c = &v.attestations[0];
-    assert_eq!(c.predicate_type, "https://docs.pypi.org/attestations/publish/v1");
+    assert_eq!(
+        c.predicate_type,
+        "https://docs.pypi.org/attestations/publish/v1"
+    );
     assert_eq!(c.extensions[&14], "refs/tags/v0.0.19");
     // Cases 2, 20: another repository. Case 3: a GitLab publisher of that name.
     expect_err(
@@ -99,23 +117,43 @@ fn github_provenance_verifies_for_its_pinned_publisher_only() {
         "signed by repository \"https://github.com/trailofbits/pypi-attestations\", not https://github.com/other/repo",
     );
     expect_err(
-        admitted(&v, &publisher(r#"{ github = "pypi/pypi-attestations", workflow = "release.yml" }"#)),
+        admitted(
+            &v,
+            &publisher(r#"{ github = "pypi/pypi-attestations", workflow = "release.yml" }"#),
+        ),
         "not https://github.com/pypi/pypi-attestations",
     );
     expect_err(
-        admitted(&v, &publisher(r#"{ gitlab = "trailofbits/pypi-attestations", workflow = ".gitlab-ci.yml" }"#)),
+        admitted(
+            &v,
+            &publisher(
+                r#"{ gitlab = "trailofbits/pypi-attestations", workflow = ".gitlab-ci.yml" }"#,
+            ),
+        ),
         "not https://gitlab.com",
     );
     // Cases 5, 16, 19: another workflow.
     for wf in ["evil.yml", "wrong.yml", "publish.yml"] {
         expect_err(
-            admitted(&v, &publisher(&format!(r#"{{ github = "trailofbits/pypi-attestations", workflow = "{wf}" }}"#))),
-            &format!("not https://github.com/trailofbits/pypi-attestations/.github/workflows/{wf}@"),
+            admitted(
+                &v,
+                &publisher(&format!(
+                    r#"{{ github = "trailofbits/pypi-attestations", workflow = "{wf}" }}"#
+                )),
+            ),
+            &format!(
+                "not https://github.com/trailofbits/pypi-attestations/.github/workflows/{wf}@"
+            ),
         );
     }
     // An environment the certificate does not carry cannot be proven.
     expect_err(
-        admitted(&v, &publisher(r#"{ github = "trailofbits/pypi-attestations", workflow = "release.yml", environment = "pypi" }"#)),
+        admitted(
+            &v,
+            &publisher(
+                r#"{ github = "trailofbits/pypi-attestations", workflow = "release.yml", environment = "pypi" }"#,
+            ),
+        ),
         "does not carry a deployment environment",
     );
 }
@@ -142,7 +180,10 @@ fn both_attestations_of_a_release_verify() {
 #[test]
 fn the_wrong_root_fails() {
     // Case 6: production material against the staging root; case 13: the reverse.
-    expect_err(attestation(&format!("{A}.publish.attestation"), A, true), "");
+    expect_err(
+        attestation(&format!("{A}.publish.attestation"), A, true),
+        "",
+    );
     let r = "rfc8785-0.1.2-py3-none-any.whl";
     assert!(attestation(&format!("{r}.publish.attestation"), r, false).is_err());
     // Case 12: staging material verifies against the staging root, but names a person, which
@@ -163,13 +204,18 @@ fn gitlab_google_and_circleci_publishers() {
         .admits(&c)
         .unwrap();
     expect_err(
-        publisher(r#"{ gitlab = "facutuesca/gitlab-oidc-project", workflow = "wrong.yml" }"#).admits(&c),
+        publisher(r#"{ gitlab = "facutuesca/gitlab-oidc-project", workflow = "wrong.yml" }"#)
+            .admits(&c),
         "not https://gitlab.com/facutuesca/gitlab-oidc-project//wrong.yml@",
     );
     // Cases 9, 10.
     let gcb = "gcb_attestation_test-0.0.0.tar.gz";
     let v = provenance(&format!("{gcb}.provenance"), gcb, false).unwrap();
-    admitted(&v, &publisher(r#"{ google = "919436158236-compute@developer.gserviceaccount.com" }"#)).unwrap();
+    admitted(
+        &v,
+        &publisher(r#"{ google = "919436158236-compute@developer.gserviceaccount.com" }"#),
+    )
+    .unwrap();
     expect_err(
         admitted(&v, &publisher(r#"{ google = "wrong-account@wrong.com" }"#)),
         "signed by \"919436158236-compute@developer.gserviceaccount.com\", not wrong-account@wrong.com",
@@ -179,7 +225,12 @@ fn gitlab_google_and_circleci_publishers() {
     let v = provenance(&format!("{ci}.provenance"), ci, false).unwrap();
     admitted(&v, &publisher(r#"{ circleci = "fdd9283f-e619-46af-8f9c-851f7d3e8b2b", pipeline_definition_id = "8e4f8ab2-8d7c-4827-9f15-de076d6d647f" }"#)).unwrap();
     expect_err(
-        admitted(&v, &publisher(r#"{ circleci = "fdd9283f-e619-46af-8f9c-851f7d3e8b2b", pipeline_definition_id = "00000000-0000-0000-0000-000000000000" }"#)),
+        admitted(
+            &v,
+            &publisher(
+                r#"{ circleci = "fdd9283f-e619-46af-8f9c-851f7d3e8b2b", pipeline_definition_id = "00000000-0000-0000-0000-000000000000" }"#,
+            ),
+        ),
         "signed by pipeline",
     );
 }
@@ -227,26 +278,39 @@ fn tampered_renamed_and_resigned_files_fail() {
         attestation(&bad, &format!("derived/badsig/{A}"), false),
         "sha256 is not this file's",
     );
-    let r = verify_attestation_json(
-        &root(false),
-        &read(&bad),
-        &project_of(A),
-        A,
-        [0u8; 32],
+    let r = verify_attestation_json(&root(false), &read(&bad), &project_of(A), A, [0u8; 32]);
+    assert!(
+        r.is_err(),
+        "a statement under another statement's signature verified"
     );
-    assert!(r.is_err(), "a statement under another statement's signature verified");
 }
 
 #[test]
 fn subject_names_match_after_parsing() {
     // Vector G: the wheel's tags in another order are the same file.
-    let digest = hex::decode("d2772f9a5199f05ed1be8d9aa78b879e51772e3ead9d73fe8057257b1aec7cf8").unwrap();
-    let att = read("spt3g-1.0-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl.publish.attestation");
+    let digest =
+        hex::decode("d2772f9a5199f05ed1be8d9aa78b879e51772e3ead9d73fe8057257b1aec7cf8").unwrap();
+    let att = read(
+        "spt3g-1.0-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl.publish.attestation",
+    );
     let project = ProjectName::parse("spt3g").unwrap();
     let d: [u8; 32] = digest.try_into().unwrap();
-    verify_attestation_json(&root(true), &att, &project, "spt3g-1.0-cp310-cp310-manylinux2014_x86_64.manylinux_2_17_x86_64.whl", d).unwrap();
+    verify_attestation_json(
+        &root(true),
+        &att,
+        &project,
+        "spt3g-1.0-cp310-cp310-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        d,
+    )
+    .unwrap();
     expect_err(
-        verify_attestation_json(&root(true), &att, &project, "spt3g-1.0-cp311-cp311-manylinux2014_x86_64.whl", d),
+        verify_attestation_json(
+            &root(true),
+            &att,
+            &project,
+            "spt3g-1.0-cp311-cp311-manylinux2014_x86_64.whl",
+            d,
+        ),
         "the attestation is for",
     );
 }
@@ -267,9 +331,11 @@ fn a_github_certificate_without_a_source_ref_matches_by_digest() {
     publisher(r#"{ github = "SWIFTSIM/swiftgalaxy", workflow = "python-publish.yml" }"#)
         .admits(&c)
         .unwrap();
-    assert!(publisher(r#"{ github = "SWIFTSIM/swiftgalaxy", workflow = "release.yml" }"#)
-        .admits(&c)
-        .is_err());
+    assert!(
+        publisher(r#"{ github = "SWIFTSIM/swiftgalaxy", workflow = "release.yml" }"#)
+            .admits(&c)
+            .is_err()
+    );
 }
 
 fn pem_der(pem: &str) -> Vec<u8> {
@@ -280,7 +346,9 @@ fn pem_der(pem: &str) -> Vec<u8> {
         .take_while(|l| !l.starts_with("-----END"))
         .filter(|l| !l.starts_with("-----"))
         .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }
 
 #[test]
@@ -299,7 +367,11 @@ fn a_changed_signature_or_log_entry_fails() {
     check(&good).unwrap();
     let mut sig = good.clone();
     let s = sig["envelope"]["signature"].as_str().unwrap().to_string();
-    let flipped = if s.starts_with('M') { s.replacen('M', "N", 1) } else { format!("M{}", &s[1..]) };
+    let flipped = if s.starts_with('M') {
+        s.replacen('M', "N", 1)
+    } else {
+        format!("M{}", &s[1..])
+    };
     sig["envelope"]["signature"] = flipped.into();
     assert!(check(&sig).is_err(), "a changed signature verified");
     let mut entry = good.clone();

@@ -289,7 +289,7 @@ async fn simple_api_surface() {
     assert_eq!(r.headers()["vary"], "Accept");
     let etag = r.headers()["etag"].clone();
     let json: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(json["meta"]["api-version"], "1.1");
+    assert_eq!(json["meta"]["api-version"], "1.3");
     let files: Vec<&str> = json["files"]
         .as_array()
         .unwrap()

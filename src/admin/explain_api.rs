@@ -152,13 +152,22 @@ pub(super) async fn explain(
             let sha = crate::policy::Sha256::parse(sha)
                 .map_err(|e| JsonError(ApiError::BadRequest(format!("sha256: {e}"))))?;
             let pin = st.pypi.pin_for(&name, filename)?;
+            let provenance = if crate::pypi::provenance::wanted(rules) {
+                st.pypi.provenance_of(&lp, &dist, &sha)?
+            } else {
+                None
+            };
+            let facts = crate::policy::decide::Facts {
+                pin: pin.as_ref(),
+                provenance: provenance.as_ref(),
+            };
             let decided = match decide_file(
                 &lp.policy,
                 rules,
                 st.pypi.wheels_only,
                 &dist,
                 &sha,
-                pin.as_ref(),
+                facts,
                 now_secs(),
             ) {
                 Decision::Allow(a) => Explained::Allowed {

@@ -19,6 +19,7 @@ use super::oci::{
     SignatureRule, SubjectMatch, Tag,
 };
 use super::osv::{Database, Exception, Level};
+use super::publisher::Publisher;
 use super::units::parse_duration;
 
 /// Where a rule was written: shown in errors, decisions and audit events.
@@ -54,6 +55,8 @@ pub struct ExactRule {
     pub version: Version,
     /// Never empty: the loader refuses an empty pin set.
     pub sha256: BTreeSet<Sha256>,
+    /// The Trusted Publisher the files' provenance must name, if any.
+    pub publisher: Option<Publisher>,
     pub source: Source,
 }
 
@@ -63,6 +66,8 @@ pub struct ExactRule {
 pub struct ReleaseRule {
     pub specifiers: VersionSpecifiers,
     pub min_age: Duration,
+    /// New releases are admitted only when their provenance names this publisher.
+    pub publisher: Option<Publisher>,
     pub source: Source,
 }
 
@@ -248,6 +253,7 @@ struct RawPackage {
     specifier: Option<String>,
     min_age: Option<String>,
     index: Option<String>,
+    publisher: Option<super::publisher::RawPublisher>,
 }
 
 #[derive(Deserialize)]
@@ -534,6 +540,13 @@ pub fn load_with_registries(
                     continue;
                 }
             };
+            let publisher = match pkg.publisher.as_ref().map(|p| p.parse()).transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    err(&mut errors, span, format!("{name}: {e}"));
+                    continue;
+                }
+            };
             let explicit_index = pkg.index.is_some();
             let index = pkg.index.clone().unwrap_or_else(|| default_index.clone());
             if !indexes.contains(&index) {
@@ -590,6 +603,7 @@ pub fn load_with_registries(
                     Rule::Exact(ExactRule {
                         version,
                         sha256: set,
+                        publisher,
                         source: source.clone(),
                     })
                 }
@@ -633,6 +647,7 @@ pub fn load_with_registries(
                     Rule::Release(ReleaseRule {
                         specifiers,
                         min_age,
+                        publisher,
                         source: source.clone(),
                     })
                 }

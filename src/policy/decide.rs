@@ -8,6 +8,7 @@ use super::allowlist::{Policy, ProjectRules, Source};
 use super::filename::{DistFilename, DistKind};
 use super::hash::Sha256;
 use super::name::ProjectName;
+use super::publisher::{Evidence, Publisher};
 
 /// What the gate recorded the first time it saw a file listed under a release rule.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +70,16 @@ pub enum DenyReason {
     },
     /// Advisories of the OSV database at or above `[vulnerabilities] block` (or of unknown
     /// severity) affect this release, and no unexpired exception names them.
+    /// A rule admitting the file names a Trusted Publisher and its provenance has not been
+    /// checked yet.
+    ProvenanceUnchecked {
+        filename: String,
+    },
+    /// Its provenance is missing, does not verify, or names another publisher.
+    Provenance {
+        filename: String,
+        why: String,
+    },
     Vulnerable {
         project: ProjectName,
         version: String,
@@ -90,6 +101,8 @@ impl DenyReason {
             DenyReason::SupersededPin { .. } => "superseded_pin",
             DenyReason::TooNew { .. } => "too_new",
             DenyReason::Vulnerable { .. } => "vulnerable",
+            DenyReason::ProvenanceUnchecked { .. } => "provenance_unchecked",
+            DenyReason::Provenance { .. } => "provenance",
         }
     }
 }
@@ -116,6 +129,8 @@ impl fmt::Display for DenyReason {
             DenyReason::NotYetSeen { filename } => write!(f, "{filename} has not been pinned yet; it is pinned when the gate first lists it"),
             DenyReason::SupersededPin { filename, sha256 } => write!(f, "{filename} with sha256 {sha256} was replaced upstream by another hash and is never served again"),
             DenyReason::TooNew { filename, remaining } => write!(f, "{filename} is newer than the release rule's min_age; it becomes available in {}", human(*remaining)),
+            DenyReason::ProvenanceUnchecked { filename } => write!(f, "{filename}: its rule names a Trusted Publisher and its provenance has not been checked yet; it is when the gate first lists it"),
+            DenyReason::Provenance { filename, why } => write!(f, "{filename}: provenance: {why}"),
             DenyReason::Vulnerable { project, version, findings } => write!(f, "{project} {version}: {}", findings.join("; ")),
         }
     }
@@ -145,24 +160,83 @@ pub fn release_rule_matches(rules: &ProjectRules, dist: &DistFilename) -> bool {
         .any(|r| r.specifiers.contains(&dist.version))
 }
 
-/// Decides one file of an admitted project. `pin` is the first-sight record of this filename,
-/// if the gate has one; `now` is Unix seconds.
+/// What the gate knows of one file besides its name and hash.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// The first-sight record of this filename, if the gate has one.
+    pub pin: Option<&'a Pin>,
+    /// The file's PEP 740 provenance as checked (`None`: not fetched yet).
+    pub provenance: Option<&'a Evidence>,
+}
+
+/// Decides one file of an admitted project; `now` is Unix seconds. A file the rules admit is
+/// then held to the Trusted Publisher of the rules that admit it (unless one of them names
+/// none: a union of rules) and to the vulnerability database.
 pub fn decide_file(
     policy: &Policy,
     rules: &ProjectRules,
     wheels_only: bool,
     dist: &DistFilename,
     sha256: &Sha256,
-    pin: Option<&Pin>,
+    facts: Facts<'_>,
     now: i64,
 ) -> Decision {
-    match decide_rules(policy, rules, wheels_only, dist, sha256, pin, now) {
-        Decision::Allow(a) => match vulnerable(policy, dist, now) {
-            Some(reason) => Decision::Deny(reason),
-            None => Decision::Allow(a),
+    let admitting = match decide_rules(policy, rules, wheels_only, dist, sha256, facts.pin, now) {
+        Ok(a) => a,
+        Err(deny) => return Decision::Deny(deny),
+    };
+    let allowed = match admitting.iter().find(|(_, p)| p.is_none()) {
+        Some((a, _)) => a.clone(),
+        None => match published(&admitting, dist, facts.provenance) {
+            Ok(a) => a,
+            Err(deny) => return Decision::Deny(deny),
         },
-        deny => deny,
+    };
+    match vulnerable(policy, dist, now) {
+        Some(reason) => Decision::Deny(reason),
+        None => Decision::Allow(allowed),
     }
+}
+
+/// Whether the file's verified provenance names the publisher of one of the rules admitting
+/// it (each with a publisher).
+fn published(
+    admitting: &[(Allowed, Option<&Publisher>)],
+    dist: &DistFilename,
+    evidence: Option<&Evidence>,
+) -> Result<Allowed, DenyReason> {
+    let claims = match evidence {
+        None => {
+            return Err(DenyReason::ProvenanceUnchecked {
+                filename: dist.filename.clone(),
+            })
+        }
+        Some(Evidence::Failed(why)) => {
+            return Err(DenyReason::Provenance {
+                filename: dist.filename.clone(),
+                why: why.clone(),
+            })
+        }
+        Some(Evidence::Verified(c)) => c,
+    };
+    let mut why = Vec::new();
+    for (allowed, publisher) in admitting {
+        let Some(p) = publisher else { continue };
+        for c in claims {
+            match p.admits(c) {
+                Ok(()) => return Ok(allowed.clone()),
+                Err(e) => why.push(format!(
+                    "the rule at {} wants {p}, but it was {e}",
+                    allowed.source()
+                )),
+            }
+        }
+    }
+    why.dedup();
+    Err(DenyReason::Provenance {
+        filename: dist.filename.clone(),
+        why: why.join("; "),
+    })
 }
 
 /// The refusal of a release the rules admit, when the vulnerability database in force names
@@ -205,33 +279,34 @@ pub fn next_expiry(policy: &Policy, now: i64) -> Option<i64> {
         .min()
 }
 
-/// [`decide_file`] by the rules alone.
-fn decide_rules(
+/// The rules that admit the file (each with its publisher, if it names one), or why none does.
+fn decide_rules<'r>(
     policy: &Policy,
-    rules: &ProjectRules,
+    rules: &'r ProjectRules,
     wheels_only: bool,
     dist: &DistFilename,
     sha256: &Sha256,
     pin: Option<&Pin>,
     now: i64,
-) -> Decision {
+) -> Result<Vec<(Allowed, Option<&'r Publisher>)>, DenyReason> {
     // A revoked pin is refused whatever rule lists it.
     if let Some(r) = policy.revoked.get(sha256) {
-        return Decision::Deny(DenyReason::Revoked {
+        return Err(DenyReason::Revoked {
             sha256: *sha256,
             reason: r.reason.clone(),
         });
     }
     if wheels_only && dist.kind == DistKind::Sdist {
-        return Decision::Deny(DenyReason::WheelsOnly(dist.filename.clone()));
+        return Err(DenyReason::WheelsOnly(dist.filename.clone()));
     }
-    // Union of rules: the first rule that admits the file decides.
+    // Union of rules: every rule that admits the file is collected.
+    let mut admitting = Vec::new();
     let mut exact_version_listed = false;
     for rule in &rules.exact {
         if rule.version == dist.version {
             exact_version_listed = true;
             if rule.sha256.contains(sha256) {
-                return Decision::Allow(Allowed::Exact(rule.source.clone()));
+                admitting.push((Allowed::Exact(rule.source.clone()), rule.publisher.as_ref()));
             }
         }
     }
@@ -266,7 +341,11 @@ fn decide_rules(
                 let age = now.saturating_sub(p.clock_start).max(0) as u64;
                 let min = rule.min_age.as_secs();
                 if age >= min {
-                    return Decision::Allow(Allowed::Release(rule.source.clone()));
+                    admitting.push((
+                        Allowed::Release(rule.source.clone()),
+                        rule.publisher.as_ref(),
+                    ));
+                    continue;
                 }
                 DenyReason::TooNew {
                     filename: dist.filename.clone(),
@@ -276,7 +355,10 @@ fn decide_rules(
         };
         release_reason.get_or_insert(reason);
     }
-    Decision::Deny(match release_reason {
+    if !admitting.is_empty() {
+        return Ok(admitting);
+    }
+    Err(match release_reason {
         Some(r) => r,
         None if exact_version_listed => DenyReason::HashNotPinned {
             filename: dist.filename.clone(),
@@ -397,7 +479,10 @@ mod tests {
             wheels_only,
             &dist,
             &Sha256::parse(sha).unwrap(),
-            pin,
+            Facts {
+                pin,
+                provenance: None,
+            },
             now,
         )
     }

@@ -31,6 +31,15 @@ pub struct Claims {
     pub predicate_type: String,
 }
 
+/// What the gate found of a file's provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Evidence {
+    /// The claims of each attestation that verified (never empty).
+    Verified(Vec<Claims>),
+    /// None available, or none verified: why.
+    Failed(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Publisher {
     /// GitHub Actions: `owner/repo`, the workflow file name in `.github/workflows/`.
@@ -66,12 +75,20 @@ impl fmt::Display for Publisher {
                 repository,
                 workflow,
                 environment,
-            } => write!(f, "GitHub {repository} workflow {workflow}{}", env(environment)),
+            } => write!(
+                f,
+                "GitHub {repository} workflow {workflow}{}",
+                env(environment)
+            ),
             Publisher::GitLab {
                 repository,
                 workflow,
                 environment,
-            } => write!(f, "GitLab {repository} workflow {workflow}{}", env(environment)),
+            } => write!(
+                f,
+                "GitLab {repository} workflow {workflow}{}",
+                env(environment)
+            ),
             Publisher::Google { email } => write!(f, "Google service account {email}"),
             Publisher::CircleCi {
                 project_id,
@@ -145,13 +162,18 @@ impl RawPublisher {
         };
         let unused = |what: &str, set: bool| {
             if set {
-                Err(format!("publisher: {what} does not apply to this publisher"))
+                Err(format!(
+                    "publisher: {what} does not apply to this publisher"
+                ))
             } else {
                 Ok(())
             }
         };
         if let Some(r) = &self.github {
-            unused("pipeline_definition_id", self.pipeline_definition_id.is_some())?;
+            unused(
+                "pipeline_definition_id",
+                self.pipeline_definition_id.is_some(),
+            )?;
             let workflow = plain("workflow", &self.workflow)?;
             if workflow.contains('/') {
                 return Err(format!("publisher: workflow {workflow:?} is a file name in .github/workflows/, without a path"));
@@ -163,17 +185,25 @@ impl RawPublisher {
             });
         }
         if let Some(r) = &self.gitlab {
-            unused("pipeline_definition_id", self.pipeline_definition_id.is_some())?;
+            unused(
+                "pipeline_definition_id",
+                self.pipeline_definition_id.is_some(),
+            )?;
             return Ok(Publisher::GitLab {
                 repository: repository("gitlab", r)?,
-                workflow: plain("workflow", &self.workflow)?.trim_start_matches('/').to_string(),
+                workflow: plain("workflow", &self.workflow)?
+                    .trim_start_matches('/')
+                    .to_string(),
                 environment,
             });
         }
         unused("workflow", self.workflow.is_some())?;
         unused("environment", environment.is_some())?;
         if let Some(email) = &self.google {
-            unused("pipeline_definition_id", self.pipeline_definition_id.is_some())?;
+            unused(
+                "pipeline_definition_id",
+                self.pipeline_definition_id.is_some(),
+            )?;
             let email = email.trim();
             if !email.contains('@') || email.contains(char::is_whitespace) {
                 return Err(format!(
@@ -203,7 +233,8 @@ impl Publisher {
                 Err(format!("signed through issuer {issuer:?}, not {want}"))
             }
         };
-        let environment = |want: &Option<String>| match (want, ext(DEPLOYMENT_ENVIRONMENT)) {
+        let environment = |want: &Option<String>| {
+            match (want, ext(DEPLOYMENT_ENVIRONMENT)) {
             (None, _) => Ok(()),
             (Some(w), Some(got)) if got == w => Ok(()),
             (Some(w), Some(got)) => Err(format!("signed from environment {got:?}, not {w:?}")),
@@ -212,6 +243,7 @@ impl Publisher {
             (Some(w), None) => Err(format!(
                 "the certificate does not carry a deployment environment, so environment {w:?} cannot be checked"
             )),
+        }
         };
         match self {
             Publisher::GitHub {

@@ -116,13 +116,22 @@ impl Pypi {
                 continue;
             };
             let pin = self.pin_for(project, &f.filename)?;
+            let provenance = if super::provenance::wanted(rules) {
+                self.provenance_of(ask.policy, &dist, &sha)?
+            } else {
+                None
+            };
+            let facts = decide::Facts {
+                pin: pin.as_ref(),
+                provenance: provenance.as_ref(),
+            };
             let decision = decide::decide_file(
                 &ask.policy.policy,
                 rules,
                 self.wheels_only,
                 &dist,
                 &sha,
-                pin.as_ref(),
+                facts,
                 now,
             );
             let (allowed, reason, explanation) = match decision {

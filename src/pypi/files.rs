@@ -54,13 +54,22 @@ impl Pypi {
         } else {
             None
         };
+        let provenance = if super::provenance::wanted(rules) {
+            self.provenance_of(lp, &dist, sha)?
+        } else {
+            None
+        };
+        let facts = decide::Facts {
+            pin: pin.as_ref(),
+            provenance: provenance.as_ref(),
+        };
         match decide::decide_file(
             &lp.policy,
             rules,
             self.wheels_only,
             &dist,
             sha,
-            pin.as_ref(),
+            facts,
             now_secs(),
         ) {
             Decision::Allow(a) => {

@@ -11,9 +11,11 @@ use super::upstream::UpstreamError;
 use super::{METADATA, OBSERVED, PAGES, PINS};
 use crate::audit::AuditEvent;
 use crate::error::ApiError;
+use crate::loader::LoadedPolicy;
 use crate::policy::decide::{self, next_pin, Decision, Pin};
 use crate::policy::filename::DistKind;
-use crate::policy::{DenyReason, DistFilename, Policy, ProjectName, ProjectRules, Sha256};
+use crate::policy::publisher::Evidence;
+use crate::policy::{DenyReason, DistFilename, ProjectName, ProjectRules, Sha256};
 use crate::store::cache::now_secs;
 use bytes::Bytes;
 use sha2::Digest;
@@ -209,7 +211,7 @@ impl Pypi {
         }
         let (page, stale) = self.page(rules, project).await?;
         let (files, versions, mut valid_until, withheld) =
-            self.listing(&lp.policy, rules, project, &page).await?;
+            self.listing(lp, rules, project, &page).await?;
         // Files left out for a vulnerability are audited with the advisories (once per render),
         // so "why can pip not find it" has an answer in the log.
         for (filename, sha, reason) in &withheld {
@@ -253,11 +255,12 @@ impl Pypi {
     /// files with no declared hash, and returns what may be listed.
     pub(super) async fn listing(
         self: &Arc<Self>,
-        policy: &Policy,
+        lp: &LoadedPolicy,
         rules: &ProjectRules,
         project: &ProjectName,
         page: &UpstreamPage,
     ) -> Result<Listing, ApiError> {
+        let policy = &lp.policy;
         let _pins = if rules.release.is_empty() {
             None
         } else {
@@ -275,6 +278,7 @@ impl Pypi {
         let mut valid_until = decide::next_expiry(policy, now).unwrap_or(i64::MAX);
         let mut seen = HashSet::new();
         let mut withheld = Vec::new();
+        let wants_provenance = super::provenance::wanted(rules);
         // First-sight pins this project may still take (max_pins_per_project): counted once,
         // when the page brings a file not pinned yet.
         let mut room: Option<usize> = None;
@@ -338,15 +342,16 @@ impl Pypi {
                     None => pin = existing,
                 }
             }
-            match decide::decide_file(
-                policy,
-                rules,
-                self.wheels_only,
-                &dist,
-                &sha,
-                pin.as_ref(),
-                now,
-            ) {
+            let provenance = if wants_provenance {
+                self.provenance_of(lp, &dist, &sha)?
+            } else {
+                None
+            };
+            let facts = decide::Facts {
+                pin: pin.as_ref(),
+                provenance: provenance.as_ref(),
+            };
+            match decide::decide_file(policy, rules, self.wheels_only, &dist, &sha, facts, now) {
                 Decision::Allow(_) => {
                     let size = size
                         .or(pin.as_ref().and_then(|p| p.size))
@@ -374,13 +379,21 @@ impl Pypi {
                         size,
                         upload_time: f.upload_time,
                         core_metadata,
+                        provenance: matches!(provenance, Some(Evidence::Verified(_))),
                     });
                 }
                 Decision::Deny(DenyReason::TooNew { remaining, .. }) => {
                     valid_until = valid_until.min(now + remaining.as_secs() as i64);
                 }
-                Decision::Deny(reason @ DenyReason::Vulnerable { .. }) => {
+                Decision::Deny(reason @ DenyReason::Vulnerable { .. })
+                | Decision::Deny(reason @ DenyReason::Provenance { .. }) => {
                     withheld.push((f.filename.clone(), sha, reason));
+                }
+                Decision::Deny(DenyReason::ProvenanceUnchecked { .. }) => {
+                    // Listed once its provenance is checked: rendered again soon.
+                    let root = lp.material.trust_root.clone();
+                    self.check_provenance(root, rules, &dist, f, sha);
+                    valid_until = valid_until.min(now + FAILURE_BACKOFF_SECS);
                 }
                 Decision::Deny(_) => {}
             }

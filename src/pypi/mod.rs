@@ -6,6 +6,7 @@ pub mod hashing;
 mod listing;
 pub mod page;
 mod pins;
+pub mod provenance;
 pub mod render;
 pub mod service;
 pub mod upstream;
@@ -193,6 +194,9 @@ async fn file(
     if let Some(wheel) = filename.strip_suffix(".metadata") {
         return st.pypi.metadata(&ask, &name, sha, wheel).await;
     }
+    if let Some(dist) = filename.strip_suffix(".provenance") {
+        return st.pypi.provenance_file(&ask, &name, sha, dist).await;
+    }
     st.pypi.file(&ask, &name, sha, &filename).await
 }
 
@@ -208,5 +212,9 @@ pub const PAGES: Table = Table::new("pages");
 /// Wheel sha256 → sha256 of its METADATA file (itself in the cache).
 pub const METADATA: Table = Table::new("metadata");
 
+/// PEP 740 provenance per file, `{project}/{filename}/{sha256}` → `provenance::Stored`: the
+/// object as the index served it and the verdict on it.
+pub const PROVENANCE: Table = Table::new("provenance");
+
 /// Every table of this gate, created at its construction.
-pub const TABLES: [Table; 4] = [PINS, OBSERVED, PAGES, METADATA];
+pub const TABLES: [Table; 5] = [PINS, OBSERVED, PAGES, METADATA, PROVENANCE];

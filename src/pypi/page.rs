@@ -24,6 +24,10 @@ pub struct UpstreamFile {
     pub size: Option<u64>,
     /// PEP 700 upload time, Unix seconds.
     pub upload_time: Option<i64>,
+    /// PEP 740: where the index says the file's provenance is (PEP 691 `provenance`, HTML
+    /// `data-provenance`), resolved; `None`: the Integrity API's URL is asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 /// A project page as last fetched from the upstream.
@@ -65,6 +69,8 @@ struct JsonFile {
     size: Option<u64>,
     #[serde(rename = "upload-time")]
     upload_time: Option<String>,
+    #[serde(default)]
+    provenance: Option<String>,
 }
 
 /// A link before its URL has been checked.
@@ -77,6 +83,7 @@ pub struct RawLink {
     pub yanked: Option<String>,
     pub size: Option<u64>,
     pub upload_time: Option<i64>,
+    pub provenance: Option<String>,
 }
 
 fn valid_sha(s: &str) -> Option<String> {
@@ -108,6 +115,7 @@ pub fn parse_json(body: &[u8]) -> Result<(Vec<RawLink>, Option<Url>), PageError>
             href: f.url,
             requires_python: f.requires_python,
             size: f.size,
+            provenance: f.provenance,
         })
         .collect();
     Ok((links, None))
@@ -266,6 +274,7 @@ pub fn parse_html(html: &str) -> (Vec<RawLink>, Option<String>) {
             yanked: attrs.get("data-yanked").cloned(),
             size: None,
             upload_time: None,
+            provenance: attrs.get("data-provenance").cloned(),
         });
     }
     (links, base)
@@ -317,7 +326,16 @@ pub fn resolve_links(
             problems.push(format!("{}: {e}", l.filename));
             continue;
         }
+        // A provenance URL elsewhere than the file hosts is not followed (the Integrity API's
+        // URL on the index is asked instead).
+        let provenance = l
+            .provenance
+            .as_deref()
+            .and_then(|p| base_url.join(p).ok())
+            .filter(|p| check_file_url(p, file_hosts).is_ok() || p.origin() == page_url.origin())
+            .map(|p| p.to_string());
         files.push(UpstreamFile {
+            provenance,
             filename: l.filename,
             url: url.to_string(),
             sha256: l.sha256,
@@ -384,6 +402,43 @@ mod tests {
     }
 
     #[test]
+    fn provenance_urls_stay_on_the_index_or_its_file_hosts() {
+        let page = Url::parse("https://pypi.example/simple/demo/").unwrap();
+        let hosts = vec![HostPort::parse("files.example").unwrap()];
+        let mk = |prov: &str| RawLink {
+            filename: "demo-1.0.tar.gz".into(),
+            href: "https://files.example/demo-1.0.tar.gz".into(),
+            sha256: None,
+            requires_python: None,
+            yanked: None,
+            size: None,
+            upload_time: None,
+            provenance: Some(prov.into()),
+        };
+        let (files, _) = resolve_links(
+            vec![
+                mk("/integrity/demo/1.0/demo-1.0.tar.gz/provenance"),
+                mk("https://files.example/p"),
+                mk("https://evil.example/p"),
+                mk("http://pypi.example/p"),
+            ],
+            &page,
+            None,
+            &hosts,
+        );
+        let got: Vec<Option<&str>> = files.iter().map(|f| f.provenance.as_deref()).collect();
+        assert_eq!(
+            got,
+            [
+                Some("https://pypi.example/integrity/demo/1.0/demo-1.0.tar.gz/provenance"),
+                Some("https://files.example/p"),
+                None,
+                None
+            ]
+        );
+    }
+
+    #[test]
     fn links_only_to_file_hosts() {
         let page = Url::parse("http://127.0.0.1:9000/simple/demo/").unwrap();
         let hosts = vec![
@@ -398,6 +453,7 @@ mod tests {
             yanked: None,
             size: None,
             upload_time: None,
+            provenance: None,
         };
         let (files, problems) = resolve_links(
             vec![

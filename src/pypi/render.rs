@@ -1,5 +1,6 @@
 //! Simple API responses: content negotiation (PEP 691) and rendering of PEP 503 HTML and
-//! PEP 691 JSON at api-version 1.1 (PEP 700). Pure.
+//! PEP 691 JSON at api-version 1.3 (PEP 700 upload times and sizes; PEP 740 provenance URLs;
+//! PEP 708's optional keys are not emitted). Pure.
 
 use std::fmt::Write;
 
@@ -8,7 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::policy::units::format_rfc3339;
 use crate::policy::{ProjectName, Sha256};
 
-pub const API_VERSION: &str = "1.1";
+pub const API_VERSION: &str = "1.3";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -137,6 +138,8 @@ pub struct ListedFile {
     pub upload_time: Option<i64>,
     /// For wheels: `Some(None)` = metadata available, hash not yet known; `Some(Some(h))` known.
     pub core_metadata: Option<Option<Sha256>>,
+    /// PEP 740: the gate keeps this file's verified provenance (served at `{file}.provenance`).
+    pub provenance: bool,
 }
 
 pub fn file_url(base: &str, project: &ProjectName, f: &ListedFile) -> String {
@@ -151,7 +154,7 @@ pub fn render_index(format: Format, projects: &[&ProjectName]) -> String {
             .collect();
         return json!({ "meta": { "api-version": API_VERSION }, "projects": list }).to_string();
     }
-    let mut o = String::from("<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"1.1\">\n<title>Simple index</title>\n</head>\n<body>\n");
+    let mut o = String::from("<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"1.3\">\n<title>Simple index</title>\n</head>\n<body>\n");
     for p in projects {
         let _ = writeln!(o, "<a href=\"{p}/\">{p}</a><br>");
     }
@@ -200,6 +203,13 @@ pub fn render_project(
                     m.insert("core-metadata".into(), v.clone());
                     m.insert("dist-info-metadata".into(), v);
                 }
+                // PEP 740 (simple API 1.3): a URL, the gate's own copy of what it verified.
+                if f.provenance {
+                    m.insert(
+                        "provenance".into(),
+                        format!("{}.provenance", file_url(base, project, f)).into(),
+                    );
+                }
                 Value::Object(m)
             })
             .collect();
@@ -212,7 +222,7 @@ pub fn render_project(
         .to_string();
     }
     let mut o = format!(
-        "<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"1.1\">\n<title>Links for {project}</title>\n</head>\n<body>\n<h1>Links for {project}</h1>\n"
+        "<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"1.3\">\n<title>Links for {project}</title>\n</head>\n<body>\n<h1>Links for {project}</h1>\n"
     );
     for f in files {
         let _ = write!(
@@ -235,6 +245,13 @@ pub fn render_project(
             let _ = write!(
                 o,
                 " data-core-metadata=\"{v}\" data-dist-info-metadata=\"{v}\""
+            );
+        }
+        if f.provenance {
+            let _ = write!(
+                o,
+                " data-provenance=\"{}.provenance\"",
+                escape(&file_url(base, project, f))
             );
         }
         let _ = writeln!(o, ">{}</a><br>", escape(&f.filename));
@@ -297,6 +314,7 @@ mod tests {
             size: Some(3),
             upload_time: Some(0),
             core_metadata: None,
+            provenance: false,
         };
         let html = render_project(
             Format::Html,

@@ -48,6 +48,8 @@ pub struct Pypi {
     pub(super) rendered: Mutex<HashMap<(ProjectName, Format), Arc<Rendered>>>,
     /// Files being hashed: their URL and project.
     pub(super) hashing: Mutex<HashMap<String, ProjectName>>,
+    /// Files whose provenance is being fetched and verified (their PROVENANCE keys).
+    pub(super) provenance_checks: Mutex<HashSet<String>>,
     pub(super) pins_gen: AtomicU64,
     /// Serialises the read-modify-write of first-sight pins, so two renders of one page cannot
     /// lose a superseded hash.
@@ -103,6 +105,7 @@ impl Pypi {
             page_failures: Mutex::default(),
             rendered: Mutex::default(),
             hashing: Mutex::default(),
+            provenance_checks: Mutex::default(),
             pins_gen: AtomicU64::new(0),
             pin_lock: tokio::sync::Mutex::new(()),
             extractions: tokio::sync::Semaphore::new(MAX_EXTRACTIONS),

@@ -263,6 +263,61 @@ impl Upstream {
         Ok(files)
     }
 
+    /// Where the index's Integrity API keeps a file's provenance (PEP 740, warehouse's
+    /// `integrity.provenance` route): `<origin>/integrity/<project>/<version>/<filename>/provenance`.
+    pub fn integrity_url(
+        &self,
+        project: &ProjectName,
+        version: &str,
+        filename: &str,
+    ) -> Option<Url> {
+        let mut u = Url::parse(&self.cfg.url.origin().ascii_serialization()).ok()?;
+        u.path_segments_mut().ok()?.extend([
+            "integrity",
+            project.as_str(),
+            version,
+            filename,
+            "provenance",
+        ]);
+        Some(u)
+    }
+
+    /// Fetches a file's provenance object. `Ok(None)`: the index has none (404). The URL and
+    /// every redirect stay on the index's origin or its file hosts; the body is bounded.
+    pub async fn fetch_provenance(&self, url: &Url) -> Result<Option<Vec<u8>>, UpstreamError> {
+        let origin = self.cfg.url.origin();
+        let hosts = self.cfg.file_hosts.clone();
+        let allowed = move |u: &Url| {
+            if u.origin() == origin {
+                Ok(())
+            } else {
+                check_file_url(u, &hosts)
+            }
+        };
+        allowed(url).map_err(|e| UpstreamError::Redirect(self.cfg.name.clone(), e))?;
+        let resp = match self
+            .get(
+                url.clone(),
+                Some("application/vnd.pypi.integrity.v1+json, application/json;q=0.9"),
+                metrics::Upstream::Page,
+                allowed,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(UpstreamError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let limit = crate::verify::pep740::MAX_PROVENANCE_BYTES as u64;
+        read_limited(resp, limit)
+            .await
+            .map(|b| Some(b.to_vec()))
+            .map_err(|e| match e {
+                ReadError::TooLarge => UpstreamError::TooLarge(self.cfg.name.clone()),
+                ReadError::Broken => UpstreamError::Unreachable(self.cfg.name.clone()),
+            })
+    }
+
     /// Opens a file download; redirects may only go to configured file hosts.
     pub async fn open_file(&self, url: &Url) -> Result<reqwest::Response, UpstreamError> {
         check_file_url(url, &self.cfg.file_hosts)

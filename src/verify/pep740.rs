@@ -189,8 +189,7 @@ fn verify_attestation(
             subject.name
         ));
     }
-    if subject.digest.get("sha256").map(|h| h.to_ascii_lowercase()) != Some(hex::encode(sha256))
-    {
+    if subject.digest.get("sha256").map(|h| h.to_ascii_lowercase()) != Some(hex::encode(sha256)) {
         return Err(format!(
             "the attestation's sha256 is not this file's ({} was attested)",
             subject.digest.get("sha256").map_or("none", String::as_str)
@@ -258,7 +257,11 @@ fn same_distribution(subject: &str, filename: &str, project: &ProjectName) -> bo
         let stem = f.strip_suffix(".whl")?;
         let parts: Vec<&str> = stem.split('-').collect();
         let n = parts.len();
-        let build = if n == 6 { parts[2].to_string() } else { String::new() };
+        let build = if n == 6 {
+            parts[2].to_string()
+        } else {
+            String::new()
+        };
         let mut set = std::collections::BTreeSet::new();
         for py in parts[n - 3].split('.') {
             for abi in parts[n - 2].split('.') {
@@ -295,7 +298,10 @@ pub fn fulcio_extensions(der: &[u8]) -> Result<BTreeMap<u32, String>, String> {
         let value = x509_cert::der::asn1::Utf8StringRef::from_der(ext.extn_value.as_bytes())
             .map_err(|e| format!("certificate extension {}: {e}", ext.extn_id))?;
         if out.insert(n, value.as_str().to_string()).is_some() {
-            return Err(format!("certificate extension {} appears twice", ext.extn_id));
+            return Err(format!(
+                "certificate extension {} appears twice",
+                ext.extn_id
+            ));
         }
     }
     Ok(out)

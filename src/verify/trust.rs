@@ -12,6 +12,8 @@ use sigstore_verify::Verifier;
 
 pub struct TrustRoot {
     verifier: Verifier,
+    /// sha256 of the JSON it was read from: what a verdict kept with a file was reached under.
+    digest: String,
     cas: usize,
     tlogs: usize,
     ctlogs: usize,
@@ -56,6 +58,10 @@ impl TrustRoot {
             let verifier = Verifier::new(&root).map_err(|e| e.to_string())?;
             Ok(TrustRoot {
                 verifier,
+                digest: {
+                    use sha2::Digest as _;
+                    hex::encode(sha2::Sha256::digest(bytes))
+                },
                 cas: root.certificate_authorities.len(),
                 tlogs: root.tlogs.len(),
                 ctlogs: root.ctlogs.len(),
@@ -82,6 +88,11 @@ impl TrustRoot {
 
     /// Does the root list certificate-transparency logs (so a Fulcio certificate must carry
     /// an SCT by one of them)?
+    /// Which root this is (the sha256 of its JSON).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     pub fn has_ct_logs(&self) -> bool {
         self.ctlogs > 0
     }
