@@ -189,7 +189,15 @@ enum ImageCommand {
 #[derive(Subcommand)]
 enum AllowlistCommand {
     /// Print [[package]] rules for a hash-pinned requirements.txt or pylock.toml.
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        /// Fill each rule's publisher from its files' verified PEP 740 provenance (fetched
+        /// from the config's default index, verified under its trusted_root).
+        #[arg(long)]
+        publisher_from_provenance: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Tell, line by line, whether a requirements.txt or pylock.toml would install through the gate.
     Check {
         file: PathBuf,
@@ -366,7 +374,15 @@ fn main() -> ExitCode {
             Err(e) => e,
         },
         Command::Allowlist { command } => match command {
-            AllowlistCommand::Import { file } => code(tollgate::cli::import(&file)),
+            AllowlistCommand::Import {
+                file,
+                publisher_from_provenance: true,
+                config: path,
+            } => match config(path.as_ref()) {
+                Ok(c) => code(tollgate::cli::import_with_publishers(&c, &file)),
+                Err(e) => e,
+            },
+            AllowlistCommand::Import { file, .. } => code(tollgate::cli::import(&file)),
             AllowlistCommand::Check {
                 file,
                 gate: Some(gate),

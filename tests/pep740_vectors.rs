@@ -387,3 +387,69 @@ fn a_changed_signature_or_log_entry_fails() {
     none["verification_material"]["transparency_entries"] = serde_json::json!([]);
     expect_err(check(&none), "log entries, not one");
 }
+
+#[test]
+fn the_publisher_read_back_from_a_certificate_is_the_one_it_proves() {
+    use tollgate::policy::publisher::Publisher as P;
+    let cases = [
+        (
+            provenance(&format!("{A}.provenance"), A, false)
+                .unwrap()
+                .attestations[0]
+                .clone(),
+            Some(r#"{ github = "trailofbits/pypi-attestations", workflow = "release.yml" }"#),
+        ),
+        (
+            attestation(
+                "gitlab_oidc_project-0.0.3.tar.gz.publish.attestation",
+                "gitlab_oidc_project-0.0.3.tar.gz",
+                false,
+            )
+            .unwrap(),
+            Some(r#"{ gitlab = "facutuesca/gitlab-oidc-project", workflow = ".gitlab-ci.yml" }"#),
+        ),
+        (
+            provenance(
+                "gcb_attestation_test-0.0.0.tar.gz.provenance",
+                "gcb_attestation_test-0.0.0.tar.gz",
+                false,
+            )
+            .unwrap()
+            .attestations[0]
+                .clone(),
+            Some(r#"{ google = "919436158236-compute@developer.gserviceaccount.com" }"#),
+        ),
+        (
+            provenance(
+                "circleci_sign_publish_example-0.0.1.dev137-py3-none-any.whl.provenance",
+                "circleci_sign_publish_example-0.0.1.dev137-py3-none-any.whl",
+                false,
+            )
+            .unwrap()
+            .attestations[0]
+                .clone(),
+            Some(
+                r#"{ circleci = "fdd9283f-e619-46af-8f9c-851f7d3e8b2b", pipeline_definition_id = "8e4f8ab2-8d7c-4827-9f15-de076d6d647f" }"#,
+            ),
+        ),
+        // A person's identity is no Trusted Publisher.
+        (
+            attestation(
+                "extra/with_timestamp/pypi_attestations-0.0.19.tar.gz.publish.attestation",
+                "extra/with_timestamp/pypi_attestations-0.0.19.tar.gz",
+                false,
+            )
+            .unwrap(),
+            None,
+        ),
+    ];
+    for (claims, want) in cases {
+        let got = P::from_claims(&claims);
+        assert_eq!(got.as_ref().map(P::to_toml).as_deref(), want, "{claims:?}");
+        if let Some(p) = got {
+            // What import writes is what the loader reads, and it admits these claims.
+            assert_eq!(publisher(&p.to_toml()), p);
+            p.admits(&claims).unwrap();
+        }
+    }
+}

@@ -244,6 +244,66 @@ async fn only_files_published_by_the_pinned_publisher_are_listed() {
     assert_eq!(files.len(), 1);
     assert!(files[0].get("provenance").is_none());
 
+    // `allowlist import --publisher-from-provenance` reads each pinned file's publisher back
+    // from its verified certificate; a person's signature gives none, and says so.
+    let req = requirements(
+        dir.path(),
+        "import",
+        &[
+            format!(
+                "circleci-sign-publish-example==0.0.1.dev137 --hash=sha256:{}",
+                shas[CIRCLECI]
+            ),
+            format!(
+                "pypi-attestations==0.0.19 --hash=sha256:{}",
+                shas["pypi_attestations-0.0.19.tar.gz"]
+            ),
+            format!(
+                "rfc8785==0.1.2 --hash=sha256:{}",
+                shas["rfc8785-0.1.2-py3-none-any.whl"]
+            ),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["allowlist", "import"])
+        .arg(&req)
+        .args(["--publisher-from-provenance", "--config"])
+        .arg(gate.dir.join("tollgate.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !out.status.success(),
+        "rfc8785 has no Trusted Publisher: {}",
+        show(&out)
+    );
+    assert!(text.contains(r#"publisher = { circleci = "fdd9283f-e619-46af-8f9c-851f7d3e8b2b", pipeline_definition_id = "8e4f8ab2-8d7c-4827-9f15-de076d6d647f" }"#), "{text}");
+    assert!(
+        text.contains(
+            r#"publisher = { github = "trailofbits/pypi-attestations", workflow = "release.yml" }"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("# rfc8785==0.1.2: no publisher:"), "{text}");
+    // The rules it wrote load, as they are.
+    let imp = dir.path().join("imp");
+    std::fs::create_dir_all(imp.join("allowlists")).unwrap();
+    std::fs::write(imp.join("allowlists/imported.toml"), &text).unwrap();
+    std::fs::write(
+        imp.join("tollgate.toml"),
+        format!(
+            "allowlist_dir = \"allowlists\"\ndata_dir = \"data\"\n{}",
+            config(up.port)
+        ),
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(imp.join("tollgate.toml"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", show(&check));
+
     // The verdicts are kept with the pins: restarted with the upstream's provenance gone, the
     // gate still lists what it verified (and serves its copy).
     drop(gate);

@@ -136,16 +136,21 @@ pub(super) fn package_rules(
             };
             let refused =
                 crate::policy::decide::vulnerable_release(&lp.policy, name, &r.version, now);
-            (&r.source, pins, refused.map(|d| d.to_string()))
+            (
+                &r.source,
+                pins,
+                refused.map(|d| d.to_string()),
+                r.publisher.as_ref(),
+            )
         });
         let release = rules.release.iter().filter(|r| wanted(&r.source)).map(|r| {
             let pins = PackagePins::Release {
                 specifier: r.specifiers.to_string(),
                 min_age: duration_text(r.min_age.as_secs()),
             };
-            (&r.source, pins, None)
+            (&r.source, pins, None, r.publisher.as_ref())
         });
-        for (source, pins, refused) in exact.chain(release) {
+        for (source, pins, refused, publisher) in exact.chain(release) {
             let (id, source) = source_of("package", source, api);
             out.push(PackageRuleView {
                 id,
@@ -154,6 +159,10 @@ pub(super) fn package_rules(
                 index: rules.index.clone(),
                 source,
                 refused,
+                publisher: publisher.and_then(|p| {
+                    let t: toml::Value = toml::from_str(&format!("p = {}", p.to_toml())).ok()?;
+                    serde_json::to_value(t.get("p")?).ok()
+                }),
             });
         }
     }

@@ -84,6 +84,9 @@ pub(super) struct PackageRuleView {
     /// An exact release the vulnerability database refuses: the refusal, as pip's would read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) refused: Option<String>,
+    /// The Trusted Publisher the rule pins, in the shape the API accepts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) publisher: Option<serde_json::Value>,
 }
 
 /// A keyless identity as written: an exact subject or a subject pattern.

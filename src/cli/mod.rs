@@ -14,6 +14,8 @@ mod osv;
 pub use audit::{audit_export, audit_public_key, audit_verify, audit_witness_init};
 pub use gate::{allowlist_check_gate, health};
 pub use osv::osv_update;
+mod provenance;
+pub use provenance::import_with_publishers;
 
 /// `tollgate check`: 0 when config and every allowlist load, else 1 with one line per error.
 pub fn check(config: &Config) -> i32 {

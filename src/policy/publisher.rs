@@ -307,6 +307,93 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// The Trusted Publisher a verified certificate names, read back from its claims (for
+    /// `allowlist import --publisher-from-provenance`); `None` for an identity that is not a
+    /// Trusted Publisher (a person, another CI). Whatever it returns admits these claims.
+    pub fn from_claims(c: &Claims) -> Option<Publisher> {
+        let ext = |n: u32| c.extensions.get(&n).map(String::as_str);
+        let issuer = ext(ISSUER).or(c.issuer.as_deref())?;
+        let publisher = match issuer {
+            "https://token.actions.githubusercontent.com" => {
+                let repo = ext(SOURCE_REPOSITORY_URI)?.strip_prefix("https://github.com/")?;
+                let rest = ext(BUILD_CONFIG_URI)?
+                    .strip_prefix(&format!("https://github.com/{repo}/.github/workflows/"))?;
+                Publisher::GitHub {
+                    repository: repo.to_string(),
+                    workflow: rest.split_once('@')?.0.to_string(),
+                    environment: ext(DEPLOYMENT_ENVIRONMENT).map(str::to_string),
+                }
+            }
+            "https://gitlab.com" => {
+                let repo = ext(SOURCE_REPOSITORY_URI)?.strip_prefix("https://gitlab.com/")?;
+                let rest =
+                    ext(BUILD_CONFIG_URI)?.strip_prefix(&format!("https://gitlab.com/{repo}//"))?;
+                Publisher::GitLab {
+                    repository: repo.to_string(),
+                    workflow: rest.rsplit_once('@')?.0.to_string(),
+                    environment: ext(DEPLOYMENT_ENVIRONMENT).map(str::to_string),
+                }
+            }
+            "https://accounts.google.com" => Publisher::Google {
+                email: c.identity.clone(),
+            },
+            "https://oidc.circleci.com" => {
+                let rest =
+                    ext(BUILD_SIGNER_URI)?.strip_prefix("https://circleci.com/api/v2/projects/")?;
+                let (project, pipeline) = rest.split_once("/pipeline-definitions/")?;
+                Publisher::CircleCi {
+                    project_id: project.to_string(),
+                    pipeline_definition_id: pipeline.to_string(),
+                }
+            }
+            _ => return None,
+        };
+        publisher.admits(c).is_ok().then_some(publisher)
+    }
+
+    /// The rule's `publisher = { … }`, as an allowlist file writes it.
+    pub fn to_toml(&self) -> String {
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let env = |e: &Option<String>| {
+            e.as_ref()
+                .map(|e| format!(", environment = {}", q(e)))
+                .unwrap_or_default()
+        };
+        match self {
+            Publisher::GitHub {
+                repository,
+                workflow,
+                environment,
+            } => format!(
+                "{{ github = {}, workflow = {}{} }}",
+                q(repository),
+                q(workflow),
+                env(environment)
+            ),
+            Publisher::GitLab {
+                repository,
+                workflow,
+                environment,
+            } => format!(
+                "{{ gitlab = {}, workflow = {}{} }}",
+                q(repository),
+                q(workflow),
+                env(environment)
+            ),
+            Publisher::Google { email } => format!("{{ google = {} }}", q(email)),
+            Publisher::CircleCi {
+                project_id,
+                pipeline_definition_id,
+            } => format!(
+                "{{ circleci = {}, pipeline_definition_id = {} }}",
+                q(project_id),
+                q(pipeline_definition_id)
+            ),
+        }
+    }
+}
+
 /// The build config URI must be `prefix` followed by the source ref or digest the certificate
 /// carries (GitLab: both must be present).
 fn build_config<'a>(
