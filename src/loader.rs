@@ -261,15 +261,13 @@ fn read_files(config: &Config) -> Result<(Policy, String), Vec<LoadError>> {
     // The OSV database is read with the files (start, SIGHUP, reload): a database that does
     // not load fails the reload like a broken file, and the one in force stays.
     if let Some(v) = &config.vulnerabilities {
-        let started = std::time::Instant::now();
-        let db = crate::vulns::read_database(&v.database).map_err(|message| {
+        let db = crate::vulns::read_database_cached(&v.database).map_err(|message| {
             vec![LoadError {
                 file: v.database.display().to_string(),
                 line: 0,
                 message,
             }]
         })?;
-        tracing::info!(database = %v.database.display(), records = db.records, advisories = db.advisories(), ms = started.elapsed().as_millis() as u64, "vulnerability database loaded");
         policy.vulnerabilities = Some(Arc::new(crate::policy::allowlist::Vulnerabilities {
             db,
             block: v.block,

@@ -102,7 +102,7 @@ pub struct Policy {
 /// release is refused.
 #[derive(Debug)]
 pub struct Vulnerabilities {
-    pub db: Database,
+    pub db: std::sync::Arc<Database>,
     pub block: Level,
 }
 

@@ -257,6 +257,19 @@ impl Record {
         })
     }
 
+    fn shrink(&mut self) {
+        self.aliases.shrink_to_fit();
+        self.severity.shrink_to_fit();
+        self.affected.shrink_to_fit();
+        for a in &mut self.affected {
+            a.versions.shrink_to_fit();
+            a.ranges.shrink_to_fit();
+            for r in &mut a.ranges {
+                r.events.shrink_to_fit();
+            }
+        }
+    }
+
     /// The names this vulnerability goes by: its id and its aliases.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.id.as_str()).chain(self.aliases.iter().map(String::as_str))
@@ -439,26 +452,41 @@ impl Database {
     pub fn new(records: impl IntoIterator<Item = Record>) -> Database {
         let mut db = Database::default();
         for r in records {
-            db.records += 1;
-            let when = r.modified.as_deref().and_then(super::units::parse_rfc3339);
-            db.newest = db.newest.max(when);
-            let mut names: Vec<ProjectName> = r
-                .affected
-                .iter()
-                .filter_map(|a| a.package.as_ref())
-                .filter(|p| p.ecosystem == "PyPI")
-                .filter_map(|p| ProjectName::parse(&p.name).ok())
-                .collect();
-            names.sort();
-            names.dedup();
-            if let Some((last, rest)) = names.split_last() {
-                for n in rest {
-                    db.by_project.entry(n.clone()).or_default().push(r.clone());
-                }
-                db.by_project.entry(last.clone()).or_default().push(r);
-            }
+            db.add(r);
         }
         db
+    }
+
+    /// Indexes one record, keeping only what decisions read (its PyPI entries, severities,
+    /// the database's severity word): a 100,000-record export stays a few hundred MiB.
+    pub fn add(&mut self, mut r: Record) {
+        self.records += 1;
+        let when = r.modified.as_deref().and_then(super::units::parse_rfc3339);
+        self.newest = self.newest.max(when);
+        r.modified = None;
+        r.summary = None;
+        r.affected.retain(|a| a.package.as_ref().is_some_and(|p| p.ecosystem == "PyPI"));
+        r.database_specific = r
+            .database_specific
+            .as_ref()
+            .and_then(|d| d.get("severity").cloned())
+            .map(|w| serde_json::json!({ "severity": w }));
+        r.severity.retain(|s| matches!(s.kind.as_str(), "CVSS_V3" | "CVSS_V4"));
+        r.shrink();
+        let mut names: Vec<ProjectName> = r
+            .affected
+            .iter()
+            .filter_map(|a| a.package.as_ref())
+            .filter_map(|p| ProjectName::parse(&p.name).ok())
+            .collect();
+        names.sort();
+        names.dedup();
+        if let Some((last, rest)) = names.split_last() {
+            for n in rest {
+                self.by_project.entry(n.clone()).or_default().push(r.clone());
+            }
+            self.by_project.entry(last.clone()).or_default().push(r);
+        }
     }
 
     /// The records that name `project`.

@@ -21,6 +21,10 @@ use crate::verify::trust::TrustRoot;
 
 /// Provenance checks running at once (each one request and one verification).
 const MAX_CHECKS: usize = 16;
+/// An index that had no provenance for a file is asked again after this long (an index may
+/// add it later); a provenance that did not verify is kept as it is: the bytes it vouches for
+/// do not change.
+const MISSING_RECHECK_SECS: i64 = 3600;
 
 /// A file's provenance as the gate found it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +87,9 @@ impl Pypi {
         let Some(mut stored): Option<Stored> = self.store.get(PROVENANCE, &k)? else {
             return Ok(None);
         };
+        if stored.body.is_none() && now_secs() - stored.fetched_at > MISSING_RECHECK_SECS {
+            return Ok(None);
+        }
         let current = lp
             .material
             .trust_root

@@ -339,7 +339,7 @@ mod tests {
             format!("https://g/files/demo/{}/demo-1.0.tar.gz", "a".repeat(64))
         );
         assert_eq!(json["files"][0]["upload-time"], "1970-01-01T00:00:00Z");
-        assert_eq!(json["meta"]["api-version"], "1.1");
+        assert_eq!(json["meta"]["api-version"], "1.3");
         assert_eq!(json["versions"][0], "1.0");
     }
 }
