@@ -94,7 +94,11 @@ fn fingerprint(path: &Path) -> Result<String, String> {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
-        for part in [p.display().to_string().into_bytes(), m.len().to_be_bytes().to_vec(), when.to_be_bytes().to_vec()] {
+        for part in [
+            p.display().to_string().into_bytes(),
+            m.len().to_be_bytes().to_vec(),
+            when.to_be_bytes().to_vec(),
+        ] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
         }

@@ -836,3 +836,61 @@ async fn the_store_is_reached_over_verified_tls_and_an_unreachable_store_is_not_
     assert!(up.is_some(), "/readyz did not recover with the store");
     assert_ne!(status(&page).await, 503);
 }
+
+/// PEP 740 verdicts live in the shared store: a replica that never fetched a file's
+/// provenance lists it from the verdict another replica kept (and serves the kept object).
+#[tokio::test(flavor = "multi_thread")]
+async fn provenance_verdicts_are_kept_in_postgres_for_every_replica() {
+    let shared = Shared::new();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pep740");
+    let out = Command::new("python3")
+        .arg(support("pep740_index.py"))
+        .arg(&fixtures)
+        .arg(dir.path().join("up"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let shas: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    let up = static_upstream(&dir.path().join("up"), dir.path().join("up.log"));
+    let wheel = "circleci_sign_publish_example-0.0.1.dev137-py3-none-any.whl";
+    let config = format!(
+        "trusted_root = \"{}\"\n[pypi]\npage_ttl = \"1s\"\n[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:{}/simple/\"\n",
+        fixtures.join("trust/production.trusted_root.json").display(),
+        up.port
+    );
+    let allow = format!(
+        "[[package]]\nname = \"circleci-sign-publish-example\"\nversion = \"0.0.1.dev137\"\nsha256 = [\"{}\"]\npublisher = {{ circleci = \"fdd9283f-e619-46af-8f9c-851f7d3e8b2b\", pipeline_definition_id = \"8e4f8ab2-8d7c-4827-9f15-de076d6d647f\" }}\n",
+        shas[wheel]
+    );
+    let a = shared.start(&dir.path().join("a"), &config, &allow);
+    let listed = within(Duration::from_secs(20), async || {
+        a.json_page("circleci-sign-publish-example").await["files"]
+            .as_array()
+            .is_some_and(|f| f.len() == 1)
+    })
+    .await;
+    assert!(
+        listed.is_some(),
+        "replica A never listed the attested wheel"
+    );
+    assert_eq!(
+        shared.sql("SELECT count(*) FROM kv WHERE tbl = 'provenance'"),
+        "1"
+    );
+    // The upstream loses its provenance; replica B has never seen the file.
+    std::fs::remove_dir_all(dir.path().join("up/integrity")).unwrap();
+    let b = shared.start(&dir.path().join("b"), &config, &allow);
+    let page = b.json_page("circleci-sign-publish-example").await;
+    let files = page["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "B lists from the shared verdict: {page}");
+    let r = reqwest::get(b.url(files[0]["provenance"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!b
+        .proc
+        .log_text()
+        .contains("provenance could not be fetched"));
+}

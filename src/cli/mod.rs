@@ -61,6 +61,27 @@ pub fn check(config: &Config) -> i32 {
                 config.index_names().join(", "),
                 if registries.is_empty() { "none".to_string() } else { registries.join(", ") }
             );
+            let now = crate::store::cache::now_secs();
+            if let Some(v) = &p.vulnerabilities {
+                println!(
+                    "vulnerabilities: {} record(s), {} PyPI advisories, newest modified {}; refusing {} and above; {} exception(s) in force",
+                    v.db.records,
+                    v.db.advisories(),
+                    v.db.newest.map_or("unknown".into(), crate::policy::units::format_rfc3339),
+                    v.block.as_str(),
+                    p.exceptions.iter().filter(|e| e.expires > now).count()
+                );
+            }
+            // An expired exception lets nothing through any more: said, so it is renewed or
+            // removed on purpose.
+            for e in p.exceptions.iter().filter(|e| e.expires <= now) {
+                eprintln!(
+                    "warning: {}: [[vulnerability_exception]] {} expired {}",
+                    e.source,
+                    e.id,
+                    crate::policy::units::format_rfc3339(e.expires)
+                );
+            }
             0
         }
         Err(errors) => {

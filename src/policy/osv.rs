@@ -465,13 +465,15 @@ impl Database {
         self.newest = self.newest.max(when);
         r.modified = None;
         r.summary = None;
-        r.affected.retain(|a| a.package.as_ref().is_some_and(|p| p.ecosystem == "PyPI"));
+        r.affected
+            .retain(|a| a.package.as_ref().is_some_and(|p| p.ecosystem == "PyPI"));
         r.database_specific = r
             .database_specific
             .as_ref()
             .and_then(|d| d.get("severity").cloned())
             .map(|w| serde_json::json!({ "severity": w }));
-        r.severity.retain(|s| matches!(s.kind.as_str(), "CVSS_V3" | "CVSS_V4"));
+        r.severity
+            .retain(|s| matches!(s.kind.as_str(), "CVSS_V3" | "CVSS_V4"));
         r.shrink();
         let mut names: Vec<ProjectName> = r
             .affected
@@ -483,7 +485,10 @@ impl Database {
         names.dedup();
         if let Some((last, rest)) = names.split_last() {
             for n in rest {
-                self.by_project.entry(n.clone()).or_default().push(r.clone());
+                self.by_project
+                    .entry(n.clone())
+                    .or_default()
+                    .push(r.clone());
             }
             self.by_project.entry(last.clone()).or_default().push(r);
         }
