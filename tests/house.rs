@@ -20,7 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "cli",
         &[
             "admin", "audit", "config", "conn", "fetch", "lib", "loader", "metrics", "oci",
-            "policy", "store", "verify",
+            "policy", "pypi", "store", "verify", "vulns",
         ],
     ),
     ("config", &["policy"]),
@@ -54,7 +54,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "verify",
         ],
     ),
-    ("loader", &["config", "policy", "store", "verify"]),
+    ("loader", &["config", "policy", "store", "verify", "vulns"]),
     ("logs", &[]),
     ("main", &["cli", "config", "lib", "logs", "server"]),
     ("metrics", &[]),
@@ -70,7 +70,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "pypi",
         &[
             "audit", "config", "conn", "error", "fetch", "lib", "loader", "metrics", "policy",
-            "store", "sync",
+            "store", "sync", "verify",
         ],
     ),
     ("replicas", &["lib", "loader", "store"]),
@@ -78,6 +78,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("store", &["config", "metrics", "policy"]),
     ("sync", &[]),
     ("verify", &["policy"]),
+    ("vulns", &["policy", "sync"]),
 ];
 
 /// What no table change may allow (../shared/ARCHITECTURE.md).

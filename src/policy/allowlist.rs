@@ -106,6 +106,14 @@ pub struct Vulnerabilities {
     pub block: Level,
 }
 
+impl ProjectRules {
+    /// Does any rule name a Trusted Publisher (so the project's files need provenance)?
+    pub fn wants_provenance(&self) -> bool {
+        self.exact.iter().any(|r| r.publisher.is_some())
+            || self.release.iter().any(|r| r.publisher.is_some())
+    }
+}
+
 impl Policy {
     pub fn project(&self, name: &ProjectName) -> Option<&ProjectRules> {
         self.projects.get(name)

@@ -116,7 +116,7 @@ impl Pypi {
                 continue;
             };
             let pin = self.pin_for(project, &f.filename)?;
-            let provenance = if super::provenance::wanted(rules) {
+            let provenance = if rules.wants_provenance() {
                 self.provenance_of(ask.policy, &dist, &sha)?
             } else {
                 None

@@ -54,7 +54,7 @@ impl Pypi {
         } else {
             None
         };
-        let provenance = if super::provenance::wanted(rules) {
+        let provenance = if rules.wants_provenance() {
             self.provenance_of(lp, &dist, sha)?
         } else {
             None

@@ -278,7 +278,7 @@ impl Pypi {
         let mut valid_until = decide::next_expiry(policy, now).unwrap_or(i64::MAX);
         let mut seen = HashSet::new();
         let mut withheld = Vec::new();
-        let wants_provenance = super::provenance::wanted(rules);
+        let wants_provenance = rules.wants_provenance();
         // First-sight pins this project may still take (max_pins_per_project): counted once,
         // when the page brings a file not pinned yet.
         let mut room: Option<usize> = None;

@@ -41,12 +41,6 @@ pub fn key(project: &ProjectName, filename: &str, sha: &Sha256) -> String {
     format!("{project}/{filename}/{}", sha.hex())
 }
 
-/// Does any rule of the project name a Trusted Publisher (so its files need provenance)?
-pub fn wanted(rules: &ProjectRules) -> bool {
-    rules.exact.iter().any(|r| r.publisher.is_some())
-        || rules.release.iter().any(|r| r.publisher.is_some())
-}
-
 fn verify(
     root: Option<&TrustRoot>,
     body: &[u8],
