@@ -122,13 +122,10 @@ pub fn allowlist_check_gate(gate: &str, path: &Path) -> i32 {
             return 2;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            eprintln!("error: {e}");
             return 2;
         }
     };
@@ -162,10 +159,7 @@ pub fn health(url: &str) -> i32 {
         return 1;
     };
     let host = target.host_str().unwrap_or_default().to_ascii_lowercase();
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = super::runtime() else {
         return 1;
     };
     let answer = rt.block_on(async {

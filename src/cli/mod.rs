@@ -97,6 +97,14 @@ pub fn check(config: &Config) -> i32 {
     }
 }
 
+/// The one-thread runtime a command's network calls run on.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 pub(crate) fn read_pinned(path: &Path) -> Result<Parsed, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if path.extension().is_some_and(|e| e == "toml") {
@@ -307,10 +315,7 @@ pub fn image_verify(config: &Config, image: &str) -> i32 {
             return 1;
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");

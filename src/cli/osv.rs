@@ -160,10 +160,7 @@ fn download(url: &str, to: &Path) -> Result<(), String> {
     }
     let private_ok = if loopback { vec![host] } else { Vec::new() };
     let client = crate::fetch::http_client("osv", None, Duration::from_secs(300), private_ok)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let rt = super::runtime()?;
     rt.block_on(async {
         let mut resp = client
             .get(parsed)

@@ -59,13 +59,10 @@ pub fn import_with_publishers(config: &Config, path: &Path) -> i32 {
             return 1;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            eprintln!("error: {e}");
             return 1;
         }
     };

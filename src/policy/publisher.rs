@@ -246,21 +246,24 @@ impl Publisher {
         }
         };
         match self {
+            // GitHub's build config URI is `<repo>/.github/workflows/<file>@<ref or digest>`;
+            // GitLab's `<repo>//<path>@<ref or digest>` (both ref and digest required).
             Publisher::GitHub {
                 repository,
                 workflow,
                 environment: env,
             } => {
-                want_issuer("https://token.actions.githubusercontent.com")?;
-                let repo_uri = format!("https://github.com/{repository}");
-                let got = ext(SOURCE_REPOSITORY_URI).unwrap_or("");
-                if !got.eq_ignore_ascii_case(&repo_uri) {
-                    return Err(format!("signed by repository {got:?}, not {repo_uri}"));
-                }
-                // The build config URI is `<repo>/.github/workflows/<file>@<ref or digest>`,
-                // with the repository as the certificate spells it.
-                let prefix = format!("{got}/.github/workflows/{workflow}@");
-                build_config(ext(BUILD_CONFIG_URI), &prefix, &ext, false)?;
+                forge(
+                    &ext,
+                    issuer,
+                    (
+                        "https://token.actions.githubusercontent.com",
+                        "https://github.com",
+                    ),
+                    repository,
+                    &format!("/.github/workflows/{workflow}@"),
+                    false,
+                )?;
                 environment(env)
             }
             Publisher::GitLab {
@@ -268,15 +271,14 @@ impl Publisher {
                 workflow,
                 environment: env,
             } => {
-                want_issuer("https://gitlab.com")?;
-                let repo_uri = format!("https://gitlab.com/{repository}");
-                let got = ext(SOURCE_REPOSITORY_URI).unwrap_or("");
-                if !got.eq_ignore_ascii_case(&repo_uri) {
-                    return Err(format!("signed by repository {got:?}, not {repo_uri}"));
-                }
-                // GitLab's build config URI has a double slash before the CI file's path.
-                let prefix = format!("{got}//{workflow}@");
-                build_config(ext(BUILD_CONFIG_URI), &prefix, &ext, true)?;
+                forge(
+                    &ext,
+                    issuer,
+                    ("https://gitlab.com", "https://gitlab.com"),
+                    repository,
+                    &format!("//{workflow}@"),
+                    true,
+                )?;
                 environment(env)
             }
             Publisher::Google { email } => {
@@ -392,6 +394,35 @@ impl Publisher {
             ),
         }
     }
+}
+
+/// A forge's Trusted Publisher: its issuer, the source repository (`<site>/<repository>`, as
+/// the forge spells it, case aside), and the build config URI: the repository as the
+/// certificate spells it, then `workflow_part`, then the source ref or digest.
+fn forge<'a>(
+    ext: &dyn Fn(u32) -> Option<&'a str>,
+    issuer: &str,
+    (want_issuer, site): (&str, &str),
+    repository: &str,
+    workflow_part: &str,
+    both: bool,
+) -> Result<(), String> {
+    if issuer != want_issuer {
+        return Err(format!(
+            "signed through issuer {issuer:?}, not {want_issuer}"
+        ));
+    }
+    let repo_uri = format!("{site}/{repository}");
+    let got = ext(SOURCE_REPOSITORY_URI).unwrap_or("");
+    if !got.eq_ignore_ascii_case(&repo_uri) {
+        return Err(format!("signed by repository {got:?}, not {repo_uri}"));
+    }
+    build_config(
+        ext(BUILD_CONFIG_URI),
+        &format!("{got}{workflow_part}"),
+        ext,
+        both,
+    )
 }
 
 /// The build config URI must be `prefix` followed by the source ref or digest the certificate
