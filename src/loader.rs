@@ -212,21 +212,8 @@ pub fn load(config: &Config) -> Result<LoadedPolicy, Vec<LoadError>> {
 
 /// Every `*.toml` below `dir`, sorted, so the policy does not depend on directory order.
 pub fn allowlist_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p.extension().is_some_and(|x| x == "toml") {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out).map_err(|e| format!("allowlist_dir {}: {e}", dir.display()))?;
-    out.sort();
-    Ok(out)
+    crate::vulns::files_below(dir, "toml", 100_000)
+        .map_err(|e| format!("allowlist_dir {}: {e}", dir.display()))
 }
 
 /// The allowlist files' rules alone, without their keys (see [`finish_policy`]), and the digest

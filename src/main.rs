@@ -78,6 +78,9 @@ enum OsvCommand {
     /// records, e.g. the OSV project's PyPI/all.zip), checked whole first.
     Update {
         source: String,
+        /// Accept a database with fewer than half the PyPI advisories of the one it replaces.
+        #[arg(long)]
+        allow_shrink: bool,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -367,10 +370,11 @@ fn main() -> ExitCode {
             command:
                 OsvCommand::Update {
                     source,
+                    allow_shrink,
                     config: path,
                 },
         } => match config(path.as_ref()) {
-            Ok(c) => code(tollgate::cli::osv_update(&c, &source)),
+            Ok(c) => code(tollgate::cli::osv_update(&c, &source, allow_shrink)),
             Err(e) => e,
         },
         Command::Allowlist { command } => match command {

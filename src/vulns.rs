@@ -4,7 +4,7 @@
 //! naming the file, and the database in force stays (a reload never half-applies).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::policy::osv::{Database, Record};
 use std::sync::{Arc, Mutex};
@@ -24,15 +24,16 @@ pub fn read_database(path: &Path) -> Result<Database, String> {
     let shown = path.display();
     let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
     let mut db = Database::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     if meta.is_dir() {
-        let mut files = Vec::new();
-        walk(path, &mut files).map_err(|e| format!("{shown}: {e}"))?;
-        files.sort();
+        let files = files_below(path, "json", MAX_RECORDS).map_err(|e| format!("{shown}: {e}"))?;
         for f in files {
             let bytes =
                 read_capped(std::fs::File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?)
                     .map_err(|e| format!("{}: {e}", f.display()))?;
-            db.add(record(&f.display().to_string(), &bytes)?);
+            db.add(record(&f.display().to_string(), &bytes)?, now);
             if db.records > MAX_RECORDS {
                 return Err(format!("{shown}: more than {MAX_RECORDS} records"));
             }
@@ -53,8 +54,16 @@ pub fn read_database(path: &Path) -> Result<Database, String> {
                 continue;
             }
             let bytes = read_capped(entry).map_err(|e| format!("{shown}: {name}: {e}"))?;
-            db.add(record(&format!("{shown}: {name}"), &bytes)?);
+            db.add(record(&format!("{shown}: {name}"), &bytes)?, now);
         }
+    }
+    // An emptied directory, or another ecosystem's export, would lift every refusal at the
+    // next reload: refused like a broken file, so the database in force stays.
+    if db.advisories() == 0 {
+        return Err(format!(
+            "{shown}: {} record(s), none about a PyPI project: is this the PyPI export?",
+            db.records
+        ));
     }
     Ok(db)
 }
@@ -70,16 +79,31 @@ fn read_capped(r: impl Read) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.extension().is_some_and(|x| x == "json") {
-            out.push(p);
+/// Every file named `*.<ext>` below `dir`, sorted, at most `max` of them. Symbolic links to
+/// directories are not followed (a link back up would walk for ever); links to files are
+/// read like files.
+pub fn files_below(dir: &Path, ext: &str, max: usize) -> Result<Vec<PathBuf>, String> {
+    fn walk(dir: &Path, ext: &str, max: usize, out: &mut Vec<PathBuf>) -> Result<(), String> {
+        let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for e in rd {
+            let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let p = e.path();
+            let kind = e.file_type().map_err(|e| format!("{}: {e}", p.display()))?;
+            if kind.is_dir() {
+                walk(&p, ext, max, out)?;
+            } else if p.extension().is_some_and(|x| x == ext) && (kind.is_file() || p.is_file()) {
+                if out.len() >= max {
+                    return Err(format!("more than {max} *.{ext} files below it"));
+                }
+                out.push(p);
+            }
         }
+        Ok(())
     }
-    Ok(())
+    let mut out = Vec::new();
+    walk(dir, ext, max, &mut out)?;
+    out.sort();
+    Ok(out)
 }
 
 /// What the database on disk is, cheaply: every file's path, length and modification time.
@@ -105,10 +129,9 @@ fn fingerprint(path: &Path) -> Result<String, String> {
         Ok(())
     };
     if path.is_dir() {
-        let mut files = Vec::new();
-        walk(path, &mut files).map_err(|e| format!("{}: {e}", path.display()))?;
-        files.sort();
-        for f in files {
+        for f in files_below(path, "json", MAX_RECORDS)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+        {
             one(&f)?;
         }
     } else {
@@ -119,7 +142,7 @@ fn fingerprint(path: &Path) -> Result<String, String> {
 
 /// The database last read from `path`, reused while its files are unchanged: a reload for an
 /// allowlist edit does not read (and briefly hold twice) a database that did not change.
-static LAST: Mutex<Option<(std::path::PathBuf, String, Arc<Database>)>> = Mutex::new(None);
+static LAST: Mutex<Option<(PathBuf, String, Arc<Database>)>> = Mutex::new(None);
 
 pub fn read_database_cached(path: &Path) -> Result<Arc<Database>, String> {
     let print = fingerprint(path)?;
@@ -133,4 +156,35 @@ pub fn read_database_cached(path: &Path) -> Result<Arc<Database>, String> {
     tracing::info!(database = %path.display(), records = db.records, advisories = db.advisories(), ms = started.elapsed().as_millis() as u64, "vulnerability database loaded");
     *crate::sync::lock(&LAST) = Some((path.to_path_buf(), print, db.clone()));
     Ok(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REC: &str = r#"{"id":"X","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"PyPI","name":"demo"},"versions":["1.0"]}]}"#;
+
+    #[test]
+    fn a_directory_link_back_up_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/x.json"), REC).unwrap();
+        std::os::unix::fs::symlink("..", d.path().join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink("../sub", d.path().join("sub/loop2")).unwrap();
+        let db = read_database(d.path()).unwrap();
+        assert_eq!(db.records, 1);
+    }
+
+    #[test]
+    fn a_database_with_no_pypi_advisory_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let e = read_database(d.path()).unwrap_err();
+        assert!(e.contains("none about a PyPI project"), "{e}");
+        std::fs::write(
+            d.path().join("npm.json"),
+            REC.replace("\"PyPI\"", "\"npm\""),
+        )
+        .unwrap();
+        assert!(read_database(d.path()).is_err());
+    }
 }

@@ -71,6 +71,17 @@ async fn affected_release_is_refused_with_its_advisory_until_an_exception() {
         record("2024-05-01T00:00:00Z"),
     )
     .unwrap();
+    // Three advisories about other projects, so that a one-record update is a shrink.
+    for i in 0..3 {
+        std::fs::write(
+            db.join(format!("OTHER-{i}.json")),
+            record("2024-05-01T00:00:00Z")
+                .replace(ADVISORY, &format!("OTHER-{i}"))
+                .replace("CVE-2099-1234", &format!("CVE-2099-900{i}"))
+                .replace("Demo_A", &format!("other-{i}")),
+        )
+        .unwrap();
+    }
     let config = format!(
         "[pypi]\npage_ttl = \"1s\"\n[[pypi.index]]\nname = \"local\"\nurl = \"http://127.0.0.1:{}/simple/\"\n\
          [vulnerabilities]\ndatabase = \"osv\"\nblock = \"high\"\nmax_age = \"3d\"\n",
@@ -211,9 +222,10 @@ async fn affected_release_is_refused_with_its_advisory_until_an_exception() {
     assert!(made.success());
     std::fs::write(zip_dir.join("broken.zip"), b"not a zip").unwrap();
     let server = static_upstream(&zip_dir, fx.path("zip.log"));
-    let update = |what: &str| {
+    let update = |what: &str, shrink: bool| {
         Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["osv", "update"])
+            .args(if shrink { &["--allow-shrink"][..] } else { &[] })
             .arg(format!("http://127.0.0.1:{}/{what}", server.port))
             .arg("--config")
             .arg(gate.dir.join("tollgate.toml"))
@@ -221,10 +233,14 @@ async fn affected_release_is_refused_with_its_advisory_until_an_exception() {
             .unwrap()
     };
     // A broken download changes nothing.
-    let out = update("broken.zip");
+    let out = update("broken.zip", false);
     assert!(!out.status.success(), "{}", show(&out));
     assert!(db.join(format!("{ADVISORY}.json")).exists());
-    let out = update("all.zip");
+    // A database with a quarter of the advisories is refused unless that is said to be meant.
+    let out = update("all.zip", false);
+    assert!(show(&out).contains("fewer than half"), "{}", show(&out));
+    assert!(db.join("OTHER-0.json").exists());
+    let out = update("all.zip", true);
     assert!(out.status.success(), "{}", show(&out));
     assert!(show(&out).contains("1 PyPI advisories"), "{}", show(&out));
     gate.proc.signal("HUP");

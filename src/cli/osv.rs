@@ -11,8 +11,8 @@ use crate::config::Config;
 /// A download larger than this is not the PyPI export (tens of MiB): refused, not stored.
 const MAX_DOWNLOAD: u64 = 4 << 30;
 
-pub fn osv_update(config: &Config, source: &str) -> i32 {
-    match update(config, source) {
+pub fn osv_update(config: &Config, source: &str, allow_shrink: bool) -> i32 {
+    match update(config, source, allow_shrink) {
         Ok(msg) => {
             println!("{msg}");
             0
@@ -24,7 +24,7 @@ pub fn osv_update(config: &Config, source: &str) -> i32 {
     }
 }
 
-fn update(config: &Config, source: &str) -> Result<String, String> {
+fn update(config: &Config, source: &str, allow_shrink: bool) -> Result<String, String> {
     let v = config.vulnerabilities.as_ref().ok_or(
         "the config has no [vulnerabilities] database to update (see CONTRACT.md [vulnerabilities])",
     )?;
@@ -45,11 +45,19 @@ fn update(config: &Config, source: &str) -> Result<String, String> {
         PathBuf::from(source)
     };
     let db = crate::vulns::read_database(&from)?;
-    if db.advisories() == 0 {
-        return Err(format!(
-            "{source}: {} record(s), none about a PyPI project; is this the PyPI export?",
-            db.records
-        ));
+    // A database that lost most of its advisories is more likely a wrong file (another
+    // ecosystem, a sample) than a new export: it would lift refusals, so it needs saying so.
+    if !allow_shrink && target.exists() {
+        if let Ok(old) = crate::vulns::read_database(target) {
+            if db.advisories() < old.advisories() / 2 {
+                return Err(format!(
+                    "{source} holds {} PyPI advisories, fewer than half of the {} in {}: give --allow-shrink if that is meant",
+                    db.advisories(),
+                    old.advisories(),
+                    target.display()
+                ));
+            }
+        }
     }
     // The database is a directory when it is one, or when it does not exist yet and is not
     // named *.zip; a zip source is then unpacked into it (its records only).
@@ -92,16 +100,18 @@ fn update(config: &Config, source: &str) -> Result<String, String> {
     ))
 }
 
+/// Copies the records of a directory (as the loader reads them: symbolic links to
+/// directories not followed) into `to`, flat.
 fn copy_records(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
-        let p = e.map_err(|e| e.to_string())?.path();
-        let dest = to.join(p.file_name().unwrap_or_default());
-        if p.is_dir() {
-            copy_records(&p, &dest)?;
-        } else if p.extension().is_some_and(|x| x == "json") {
-            std::fs::copy(&p, &dest).map_err(|e| format!("{}: {e}", p.display()))?;
-        }
+    for p in crate::vulns::files_below(from, "json", usize::MAX)? {
+        let rel = p
+            .strip_prefix(from)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .replace('/', "__");
+        let dest = to.join(rel);
+        std::fs::copy(&p, &dest).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(())
 }

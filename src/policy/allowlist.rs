@@ -182,7 +182,7 @@ impl Policy {
             if !self
                 .exceptions
                 .iter()
-                .any(|m| m.id.eq_ignore_ascii_case(&e.id))
+                .any(|m| m.id.eq_ignore_ascii_case(&e.id) && m.package == e.package)
             {
                 self.exceptions.push(e);
             }
@@ -527,7 +527,7 @@ pub fn load_with_registries(
                 line: line_of(text, span.start),
             };
             match super::osv::exception(ex.get_ref(), source) {
-                Ok(e) => match policy.exceptions.iter().find(|m| m.id.eq_ignore_ascii_case(&e.id)) {
+                Ok(e) => match policy.exceptions.iter().find(|m| m.id.eq_ignore_ascii_case(&e.id) && m.package == e.package) {
                     Some(m) => err(&mut errors, span, format!("[[vulnerability_exception]] {}: a second exception for this advisory (first at {})", e.id, m.source)),
                     None => policy.exceptions.push(e),
                 },

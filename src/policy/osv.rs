@@ -221,10 +221,12 @@ impl Record {
         }
         let semver = semver::Version::parse(&version.to_string()).ok();
         self.entries(project).any(|a| {
+            // A local version (`1.0+ours`) is its public version rebuilt: listed if that is.
+            let public = version.clone().without_local();
             let listed = lists
                 && a.versions
                     .iter()
-                    .any(|s| Version::from_str(s).is_ok_and(|l| &l == version));
+                    .any(|s| Version::from_str(s).is_ok_and(|l| l == *version || l == public));
             listed
                 || a.ranges.iter().any(|r| match r.kind.as_str() {
                     "ECOSYSTEM" => in_range(r, &Point::Pep440(version.clone())),
@@ -251,10 +253,17 @@ impl Record {
                 ))
             })
             .max_by(|a, b| a.0.cmp(&b.0));
-        scored.or_else(|| {
-            let word = self.database_specific.as_ref()?.get("severity")?.as_str()?;
-            Some((Level::of_word(word)?, format!("{word} per the database")))
-        })
+        let word = self
+            .database_specific
+            .as_ref()
+            .and_then(|d| d.get("severity")?.as_str())
+            .and_then(|w| Some((Level::of_word(w)?, format!("{w} per the database"))));
+        // Where the vectors and the database disagree, the higher one counts (fail closed).
+        match (scored, word) {
+            (Some(s), Some(w)) if w.0 > s.0 => Some(w),
+            (Some(s), _) => Some(s),
+            (None, w) => w,
+        }
     }
 
     fn shrink(&mut self) {
@@ -304,6 +313,8 @@ pub struct Exception {
     pub id: String,
     pub reason: String,
     pub expires: i64,
+    /// Only this project's releases (`None`: wherever the advisory applies).
+    pub package: Option<ProjectName>,
     pub source: super::Source,
 }
 
@@ -313,6 +324,7 @@ pub(super) struct RawException {
     id: String,
     reason: String,
     expires: RawWhen,
+    package: Option<String>,
 }
 
 /// `expires = "2027-01-31"` or a TOML date (`expires = 2027-01-31`), or a full RFC 3339 time.
@@ -352,10 +364,18 @@ pub(super) fn exception(raw: &RawException, source: super::Source) -> Result<Exc
             "[[vulnerability_exception]] {id}: expires {text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"
         ));
     };
+    let package = match &raw.package {
+        None => None,
+        Some(p) => Some(
+            ProjectName::parse(p)
+                .map_err(|e| format!("[[vulnerability_exception]] {id}: package: {e}"))?,
+        ),
+    };
     Ok(Exception {
         id: id.to_string(),
         reason: raw.reason.trim().to_string(),
         expires,
+        package,
         source,
     })
 }
@@ -420,9 +440,11 @@ pub fn refusals<'a>(
     affecting(records, project, version)
         .into_iter()
         .filter(|r| {
-            !exceptions
-                .iter()
-                .any(|e| e.expires > now && r.names().any(|n| n.eq_ignore_ascii_case(&e.id)))
+            !exceptions.iter().any(|e| {
+                e.expires > now
+                    && e.package.as_ref().is_none_or(|p| p == project)
+                    && r.names().any(|n| n.eq_ignore_ascii_case(&e.id))
+            })
         })
         .filter_map(|r| {
             let level = r.level();
@@ -448,21 +470,26 @@ pub struct Database {
 }
 
 impl Database {
-    /// Indexes records; those naming no PyPI project are counted and dropped.
-    pub fn new(records: impl IntoIterator<Item = Record>) -> Database {
-        let mut db = Database::default();
-        for r in records {
-            db.add(r);
-        }
-        db
-    }
-
-    /// Indexes one record, keeping only what decisions read (its PyPI entries, severities,
-    /// the database's severity word): a 100,000-record export stays a few hundred MiB.
-    pub fn add(&mut self, mut r: Record) {
+    /// Indexes one record read at `now`, keeping only what decisions read (its PyPI entries,
+    /// severities, the database's severity word): a 100,000-record export stays a few hundred
+    /// MiB. Dates from the future are not believed: a record modified "in 2099" does not make
+    /// an old database look current, and a withdrawal dated later (or unreadable) has not
+    /// happened, so the advisory stands.
+    pub fn add(&mut self, mut r: Record, now: i64) {
         self.records += 1;
-        let when = r.modified.as_deref().and_then(super::units::parse_rfc3339);
+        let when = r
+            .modified
+            .as_deref()
+            .and_then(super::units::parse_rfc3339)
+            .filter(|t| *t <= now + 86_400);
         self.newest = self.newest.max(when);
+        if r.withdrawn
+            .as_deref()
+            .and_then(super::units::parse_rfc3339)
+            .is_none_or(|t| t > now)
+        {
+            r.withdrawn = None;
+        }
         r.modified = None;
         r.summary = None;
         r.affected
@@ -511,6 +538,99 @@ mod tests {
 
     fn record(json: &str) -> Record {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn dates_from_the_future_are_not_believed() {
+        let now = 1_800_000_000;
+        let mut db = Database::default();
+        let rec = |id: &str, modified: &str, withdrawn: &str| {
+            record(&format!(
+                r#"{{"id":"{id}","modified":"{modified}",{withdrawn}"affected":[{{"package":{{"ecosystem":"PyPI","name":"demo"}},"versions":["1.0"]}}]}}"#
+            ))
+        };
+        db.add(rec("A", "2020-01-01T00:00:00Z", ""), now);
+        db.add(
+            rec(
+                "B",
+                "2099-01-01T00:00:00Z",
+                r#""withdrawn":"2099-01-01T00:00:00Z","#,
+            ),
+            now,
+        );
+        db.add(
+            rec("C", "2020-01-01T00:00:00Z", r#""withdrawn":"soon","#),
+            now,
+        );
+        db.add(
+            rec(
+                "D",
+                "2020-01-01T00:00:00Z",
+                r#""withdrawn":"2021-01-01T00:00:00Z","#,
+            ),
+            now,
+        );
+        // The future `modified` does not date the database; only a past withdrawal counts.
+        assert_eq!(db.newest, Some(1_577_836_800));
+        let p = ProjectName::parse("demo").unwrap();
+        let ids: Vec<&str> = affecting(db.of(&p), &p, &v("1.0"))
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(ids, ["A", "B", "C"]);
+    }
+
+    #[test]
+    fn the_higher_of_the_vectors_and_the_database_word_counts() {
+        let r = record(
+            r#"{"id":"X","severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"}],"database_specific":{"severity":"CRITICAL"}}"#,
+        );
+        assert_eq!(r.level().unwrap().0, Level::Critical);
+    }
+
+    #[test]
+    fn a_local_version_is_listed_when_its_public_version_is() {
+        let r = record(
+            r#"{"id":"X","affected":[{"package":{"ecosystem":"PyPI","name":"demo"},"versions":["0.0.0"]}]}"#,
+        );
+        let p = ProjectName::parse("demo").unwrap();
+        assert!(r.affects(&p, &v("0.0.0+local")));
+        assert!(!r.affects(&p, &v("0.0.0.post0")));
+    }
+
+    #[test]
+    fn an_exception_may_name_its_package() {
+        let r = record(
+            r#"{"id":"GHSA-1","aliases":["CVE-1"],"affected":[{"package":{"ecosystem":"PyPI","name":"a"},"versions":["1.0"]},{"package":{"ecosystem":"PyPI","name":"b"},"versions":["1.0"]}]}"#,
+        );
+        let ex = Exception {
+            id: "cve-1".into(),
+            reason: "r".into(),
+            expires: i64::MAX,
+            package: Some(ProjectName::parse("A").unwrap()),
+            source: crate::policy::Source {
+                file: "a.toml".into(),
+                line: 1,
+            },
+        };
+        let records = [r];
+        let (a, b) = (
+            ProjectName::parse("a").unwrap(),
+            ProjectName::parse("b").unwrap(),
+        );
+        assert!(refusals(
+            &records,
+            &a,
+            &v("1.0"),
+            Level::Low,
+            std::slice::from_ref(&ex),
+            0
+        )
+        .is_empty());
+        assert_eq!(
+            refusals(&records, &b, &v("1.0"), Level::Low, &[ex], 0).len(),
+            1
+        );
     }
 
     fn v(s: &str) -> Version {
@@ -635,6 +755,7 @@ mod tests {
             id: "cve-2024-35195".into(),
             reason: "not reachable from our code".into(),
             expires,
+            package: None,
             source: crate::policy::Source {
                 file: "a.toml".into(),
                 line: 1,

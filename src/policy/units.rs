@@ -92,6 +92,9 @@ pub fn parse_rfc3339(raw: &str) -> Option<i64> {
             };
             let oh = num(rest.get(1..3)?)?;
             let om = num(rest.get(4..6)?)?;
+            if oh > 23 || om > 59 || rest.len() != 6 {
+                return None;
+            }
             sign * (oh * 3600 + om * 60)
         }
     };

@@ -19,8 +19,12 @@ use crate::store::cache::now_secs;
 use crate::sync::lock;
 use crate::verify::trust::TrustRoot;
 
-/// Provenance checks running at once (each one request and one verification).
+/// Provenance checks running at once (each one request and one verification), and for one
+/// project at most half of them, so one index trickling bodies cannot hold every project's.
 const MAX_CHECKS: usize = 16;
+/// One provenance fetch, whole: an index that trickles or stalls is given up on (nothing is
+/// kept; the next render asks again).
+const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 /// An index that had no provenance for a file is asked again after this long (an index may
 /// add it later); a provenance that did not verify is kept as it is: the bytes it vouches for
 /// do not change.
@@ -168,7 +172,9 @@ impl Pypi {
             if running.contains(&k) {
                 return true;
             }
-            if running.len() >= MAX_CHECKS {
+            let prefix = format!("{}/", dist.project);
+            let mine = running.iter().filter(|r| r.starts_with(&prefix)).count();
+            if running.len() >= MAX_CHECKS || mine >= MAX_CHECKS / 2 {
                 return false;
             }
             running.insert(k.clone());
@@ -191,7 +197,13 @@ impl Pypi {
             .unwrap_or_default();
         tokio::spawn(async move {
             let fetched = match &url {
-                Some(u) => upstream.fetch_provenance(u).await,
+                Some(u) => tokio::time::timeout(FETCH_DEADLINE, upstream.fetch_provenance(u))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(super::upstream::UpstreamError::Unreachable(
+                            upstream.cfg.name.clone(),
+                        ))
+                    }),
                 None => Ok(None),
             };
             let stored = match fetched {
