@@ -34,7 +34,7 @@ pub const ALLOW_CODES: [&str; 7] = [
     "artifact_of_admitted",
 ];
 /// Every deny reason code of the index and the pull gate.
-pub const DENY_CODES: [&str; 22] = [
+pub const DENY_CODES: [&str; 25] = [
     "not_allowlisted",
     "revoked",
     "wheels_only",
@@ -43,6 +43,9 @@ pub const DENY_CODES: [&str; 22] = [
     "not_yet_seen",
     "superseded_pin",
     "too_new",
+    "provenance_unchecked",
+    "provenance",
+    "vulnerable",
     "hash_mismatch",
     "size_mismatch",
     "upstream_rejected",
@@ -498,6 +501,16 @@ mod tests {
                 filename: f(),
                 remaining: std::time::Duration::ZERO,
             },
+            DenyReason::ProvenanceUnchecked { filename: f() },
+            DenyReason::Provenance {
+                filename: f(),
+                why: String::new(),
+            },
+            DenyReason::Vulnerable {
+                project: ProjectName::parse("p").unwrap(),
+                version: "1.0".into(),
+                findings: Vec::new(),
+            },
         ];
         let repo = Repository::parse("r.io/a").unwrap();
         let d = Digest(h);
@@ -514,6 +527,23 @@ mod tests {
             },
             ImageDeny::NotReferenced { repo, digest: d },
         ];
+        // A reason added to the policy without a line above fails to compile here.
+        for r in &pypi {
+            match r {
+                DenyReason::NotAllowlisted(_)
+                | DenyReason::Revoked { .. }
+                | DenyReason::WheelsOnly(_)
+                | DenyReason::VersionNotAllowed { .. }
+                | DenyReason::HashNotPinned { .. }
+                | DenyReason::NotYetSeen { .. }
+                | DenyReason::SupersededPin { .. }
+                | DenyReason::TooNew { .. }
+                | DenyReason::ProvenanceUnchecked { .. }
+                | DenyReason::Provenance { .. }
+                | DenyReason::Vulnerable { .. } => {}
+            }
+        }
+        assert_eq!(pypi.len(), 11, "one of each reason");
         let codes: Vec<&str> = pypi
             .iter()
             .map(|r| r.code())

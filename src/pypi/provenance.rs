@@ -109,7 +109,7 @@ impl Pypi {
     }
 
     /// The provenance object kept for a file whose verdict is verified: what the gate serves
-    /// at its own Integrity API URL.
+    /// at `{file URL}.provenance`.
     pub fn provenance_body(
         &self,
         project: &ProjectName,
