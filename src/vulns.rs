@@ -146,13 +146,25 @@ static LAST: Mutex<Option<(PathBuf, String, Arc<Database>)>> = Mutex::new(None);
 
 pub fn read_database_cached(path: &Path) -> Result<Arc<Database>, String> {
     let print = fingerprint(path)?;
-    if let Some((p, f, db)) = crate::sync::lock(&LAST).as_ref() {
-        if p == path && *f == print {
-            return Ok(db.clone());
-        }
-    }
+    let previous = match crate::sync::lock(&LAST).as_ref() {
+        Some((p, f, db)) if p == path && *f == print => return Ok(db.clone()),
+        Some((p, _, db)) if p == path => Some(db.advisories()),
+        _ => None,
+    };
     let started = std::time::Instant::now();
     let db = Arc::new(read_database(path)?);
+    // A database that lost most of its advisories while the gate ran is more likely a sync
+    // cut short or a zip half unpacked into the live directory than a new export: it would
+    // lift refusals, so the one in force stays. A deliberate shrink takes a restart.
+    if let Some(before) = previous {
+        if db.advisories() < before / 2 {
+            return Err(format!(
+                "{}: {} PyPI advisories, fewer than half of the {before} in force: refused (restart the gate if the smaller database is meant)",
+                path.display(),
+                db.advisories()
+            ));
+        }
+    }
     tracing::info!(database = %path.display(), records = db.records, advisories = db.advisories(), ms = started.elapsed().as_millis() as u64, "vulnerability database loaded");
     *crate::sync::lock(&LAST) = Some((path.to_path_buf(), print, db.clone()));
     Ok(db)
@@ -173,6 +185,33 @@ mod tests {
         std::os::unix::fs::symlink("../sub", d.path().join("sub/loop2")).unwrap();
         let db = read_database(d.path()).unwrap();
         assert_eq!(db.records, 1);
+    }
+
+    #[test]
+    fn a_reload_that_loses_most_advisories_keeps_the_database_in_force() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            std::fs::write(
+                d.path().join(format!("{i}.json")),
+                REC.replace("\"X\"", &format!("\"X{i}\"")),
+            )
+            .unwrap();
+        }
+        assert_eq!(read_database_cached(d.path()).unwrap().advisories(), 4);
+        for i in 1..4 {
+            std::fs::remove_file(d.path().join(format!("{i}.json"))).unwrap();
+        }
+        let e = read_database_cached(d.path()).unwrap_err();
+        assert!(e.contains("fewer than half of the 4 in force"), "{e}");
+        // Three of four is not a shrink past half.
+        for i in 1..3 {
+            std::fs::write(
+                d.path().join(format!("{i}.json")),
+                REC.replace("\"X\"", &format!("\"X{i}\"")),
+            )
+            .unwrap();
+        }
+        assert_eq!(read_database_cached(d.path()).unwrap().advisories(), 3);
     }
 
     #[test]

@@ -467,6 +467,8 @@ pub struct Database {
     pub records: usize,
     /// The newest `modified` of any record (Unix seconds): how current the database is.
     pub newest: Option<i64>,
+    /// The ids of the PyPI advisories in force (not withdrawn), each once.
+    ids: std::collections::HashSet<String>,
 }
 
 impl Database {
@@ -481,7 +483,7 @@ impl Database {
             .modified
             .as_deref()
             .and_then(super::units::parse_rfc3339)
-            .filter(|t| *t <= now + 86_400);
+            .filter(|t| *t <= now + 3600);
         self.newest = self.newest.max(when);
         if r.withdrawn
             .as_deref()
@@ -511,6 +513,9 @@ impl Database {
         names.sort();
         names.dedup();
         if let Some((last, rest)) = names.split_last() {
+            if r.withdrawn.is_none() {
+                self.ids.insert(r.id.clone());
+            }
             for n in rest {
                 self.by_project
                     .entry(n.clone())
@@ -527,8 +532,9 @@ impl Database {
     }
 
     /// Advisories (PyPI records) indexed.
+    /// Distinct PyPI advisories in force (withdrawn ones and copies of one id not counted).
     pub fn advisories(&self) -> usize {
-        self.by_project.values().map(Vec::len).sum()
+        self.ids.len()
     }
 }
 
@@ -578,6 +584,9 @@ mod tests {
             .map(|r| r.id.as_str())
             .collect();
         assert_eq!(ids, ["A", "B", "C"]);
+        // D is withdrawn; a copy of A under another file name is the same advisory.
+        db.add(rec("A", "2020-01-01T00:00:00Z", ""), now);
+        assert_eq!(db.advisories(), 3);
     }
 
     #[test]

@@ -74,7 +74,15 @@ pub fn parse_rfc3339(raw: &str) -> Option<i64> {
         num(raw.get(14..16)?)?,
         num(raw.get(17..19)?)?,
     );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days_in_month = match mo {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    // A date that does not exist (February 30) is not rolled over into another.
+    if !(1..=12).contains(&mo) || !(1..=days_in_month).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
     let mut rest = &raw[19..];
@@ -179,5 +187,16 @@ mod tests {
         assert_eq!(format_rfc3339(1_704_164_645), "2024-01-02T03:04:05Z");
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2024-13-02T03:04:05Z"), None);
+        // Days that do not exist, and offsets past 23:59.
+        for bad in [
+            "2027-02-30T00:00:00Z",
+            "2026-11-31T00:00:00Z",
+            "2027-02-29T00:00:00Z",
+            "2027-01-01T00:00:00+99:00",
+            "2027-01-01T00:00:00+23:60",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert!(parse_rfc3339("2028-02-29T00:00:00Z").is_some());
     }
 }

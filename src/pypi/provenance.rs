@@ -25,6 +25,8 @@ const MAX_CHECKS: usize = 16;
 /// One provenance fetch, whole: an index that trickles or stalls is given up on (nothing is
 /// kept; the next render asks again).
 const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+/// After a failed fetch, that project's next provenance check waits this long.
+const FAILURE_PAUSE_SECS: i64 = 60;
 /// An index that had no provenance for a file is asked again after this long (an index may
 /// add it later); a provenance that did not verify is kept as it is: the bytes it vouches for
 /// do not change.
@@ -177,6 +179,12 @@ impl Pypi {
             if running.len() >= MAX_CHECKS || mine >= MAX_CHECKS / 2 {
                 return false;
             }
+            // A project whose index just failed a fetch (timed out, refused) waits before its
+            // next: its page views cannot grab every slot the moment one frees.
+            let failed = lock(&self.provenance_failed).get(&dist.project).copied();
+            if failed.is_some_and(|t| now_secs() - t < FAILURE_PAUSE_SECS) {
+                return false;
+            }
             running.insert(k.clone());
         }
         let Some(upstream) = self.upstreams.get(&rules.index).cloned() else {
@@ -241,6 +249,7 @@ impl Pypi {
                 // off) is asked again at the next render: nothing is kept.
                 Err(e) => {
                     tracing::warn!(project = %dist.project, filename = %dist.filename, error = %e, "provenance could not be fetched");
+                    lock(&this.provenance_failed).insert(dist.project.clone(), now_secs());
                     None
                 }
             };

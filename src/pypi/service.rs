@@ -50,6 +50,8 @@ pub struct Pypi {
     pub(super) hashing: Mutex<HashMap<String, ProjectName>>,
     /// Files whose provenance is being fetched and verified (their PROVENANCE keys).
     pub(super) provenance_checks: Mutex<HashSet<String>>,
+    /// Projects whose last provenance fetch failed, and when.
+    pub(super) provenance_failed: Mutex<HashMap<ProjectName, i64>>,
     pub(super) pins_gen: AtomicU64,
     /// Serialises the read-modify-write of first-sight pins, so two renders of one page cannot
     /// lose a superseded hash.
@@ -106,6 +108,7 @@ impl Pypi {
             rendered: Mutex::default(),
             hashing: Mutex::default(),
             provenance_checks: Mutex::default(),
+            provenance_failed: Mutex::default(),
             pins_gen: AtomicU64::new(0),
             pin_lock: tokio::sync::Mutex::new(()),
             extractions: tokio::sync::Semaphore::new(MAX_EXTRACTIONS),
