@@ -247,7 +247,10 @@ async fn affected_release_is_refused_with_its_advisory_until_an_exception() {
     // reload (a sync cut short looks the same); a restart does.
     gate.proc.signal("HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(gate.proc.log_text().contains("fewer than half of the 4 in force"));
+    assert!(gate
+        .proc
+        .log_text()
+        .contains("fewer than half of the 4 in force"));
     assert_eq!(gate.metric("tollgate_vulnerability_db_stale").await, 1.0);
     let dir = gate.dir.clone();
     drop(gate);
