@@ -144,11 +144,11 @@ impl Policy {
                         ));
                     }
                     for r in rules.exact {
-                        if !mine
-                            .exact
-                            .iter()
-                            .any(|m| m.version == r.version && m.sha256 == r.sha256)
-                        {
+                        if !mine.exact.iter().any(|m| {
+                            m.version == r.version
+                                && m.sha256 == r.sha256
+                                && m.publisher == r.publisher
+                        }) {
                             mine.exact.push(r);
                         }
                     }
@@ -699,7 +699,13 @@ pub fn load_with_registries(
             match rule {
                 Rule::Exact(r) => {
                     // Union of rules: two files pinning files of one release add up.
-                    if let Some(prev) = entry.exact.iter_mut().find(|p| p.version == r.version) {
+                    // Only rules with the same publisher (or none) merge: a pin without one
+                    // must not lift the publisher another rule requires of its own files.
+                    if let Some(prev) = entry
+                        .exact
+                        .iter_mut()
+                        .find(|p| p.version == r.version && p.publisher == r.publisher)
+                    {
                         prev.sha256.extend(r.sha256);
                         continue;
                     }

@@ -487,6 +487,76 @@ mod tests {
         )
     }
 
+    #[test]
+    fn a_publisher_rule_needs_verified_provenance_naming_it() {
+        use crate::policy::publisher::{Claims, Evidence};
+        let text = format!(
+            "[[package]]\nname = \"demo\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\npublisher = {{ google = \"sa@x.iam.gserviceaccount.com\" }}\n"
+        );
+        let p = load(&[("a.toml".into(), text.clone())], &["pypi".into()]).unwrap();
+        let name = ProjectName::parse("demo").unwrap();
+        let rules = decide_project(&p, &name).unwrap();
+        let dist = DistFilename::parse("demo-1.0-py3-none-any.whl", &name).unwrap();
+        let sha = Sha256::parse(H1).unwrap();
+        let claims = |email: &str| Claims {
+            identity: email.into(),
+            issuer: None,
+            extensions: [(8, "https://accounts.google.com".to_string())].into(),
+            predicate_type: String::new(),
+        };
+        let with = |e: Option<&Evidence>| {
+            let facts = Facts {
+                pin: None,
+                provenance: e,
+            };
+            code(decide_file(&p, rules, false, &dist, &sha, facts, 0))
+        };
+        assert_eq!(with(None), "provenance_unchecked");
+        assert_eq!(with(Some(&Evidence::Failed("none".into()))), "provenance");
+        assert_eq!(with(Some(&Evidence::Verified(vec![]))), "provenance");
+        assert_eq!(
+            with(Some(&Evidence::Verified(vec![claims(
+                "other@x.iam.gserviceaccount.com"
+            )]))),
+            "provenance"
+        );
+        assert_eq!(
+            with(Some(&Evidence::Verified(vec![
+                claims("other@x.iam.gserviceaccount.com"),
+                claims("sa@x.iam.gserviceaccount.com")
+            ]))),
+            "exact"
+        );
+        // A pin of another file of the release without a publisher does not lift the
+        // publisher from this one (the rules used to merge into the first one's publisher).
+        let other =
+            format!("[[package]]\nname = \"demo\"\nversion = \"1.0\"\nsha256 = [\"{H2}\"]\n{text}");
+        let p3 = load(&[("c.toml".into(), other)], &["pypi".into()]).unwrap();
+        let rules3 = decide_project(&p3, &name).unwrap();
+        assert_eq!(
+            code(decide_file(
+                &p3,
+                rules3,
+                false,
+                &dist,
+                &sha,
+                Facts::default(),
+                0
+            )),
+            "provenance_unchecked"
+        );
+        // A second rule admitting the file without a publisher: a union, no provenance needed.
+        let both =
+            format!("{text}[[package]]\nname = \"demo\"\nversion = \"1.0\"\nsha256 = [\"{H1}\"]\n");
+        let p2 = load(&[("b.toml".into(), both)], &["pypi".into()]).unwrap();
+        let rules2 = decide_project(&p2, &name).unwrap();
+        let facts = Facts::default();
+        assert_eq!(
+            code(decide_file(&p2, rules2, false, &dist, &sha, facts, 0)),
+            "exact"
+        );
+    }
+
     fn pin(sha: &str, clock_start: i64) -> Pin {
         Pin {
             sha256: Sha256::parse(sha).unwrap(),
