@@ -51,7 +51,8 @@ fn update(config: &Config, source: &str, allow_shrink: bool) -> Result<String, S
         if let Ok(old) = crate::vulns::read_database(target) {
             if db.advisories() < old.advisories() / 2 {
                 return Err(format!(
-                    "{source} holds {} PyPI advisories, fewer than half of the {} in {}: give --allow-shrink if that is meant",
+                    "{} holds {} PyPI advisories, fewer than half of the {} in {}: give --allow-shrink if that is meant",
+                    if from == tmp { crate::pypi::upstream::safe_str(source) } else { source.to_string() },
                     db.advisories(),
                     old.advisories(),
                     target.display()
@@ -158,7 +159,9 @@ impl Drop for Cleanup {
 /// Downloads `url` to `to`: https, or http to a loopback host only; no redirects; at most
 /// [`MAX_DOWNLOAD`] bytes.
 fn download(url: &str, to: &Path) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    // A signed URL carries its token in the query: errors show the URL without it.
+    let shown = crate::pypi::upstream::safe_str(url);
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{shown}: {e}"))?;
     let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
     let loopback = host == "localhost"
         || host
@@ -166,7 +169,7 @@ fn download(url: &str, to: &Path) -> Result<(), String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     if parsed.scheme() == "http" && !loopback {
-        return Err(format!("{url}: http only for a loopback host; use https"));
+        return Err(format!("{shown}: http only for a loopback host; use https"));
     }
     let private_ok = if loopback { vec![host] } else { Vec::new() };
     let client = crate::fetch::http_client("osv", None, Duration::from_secs(300), private_ok)?;
@@ -176,16 +179,16 @@ fn download(url: &str, to: &Path) -> Result<(), String> {
             .get(parsed)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{shown}: {e}"))?;
         if !resp.status().is_success() {
-            return Err(format!("{url}: HTTP {}", resp.status()));
+            return Err(format!("{shown}: HTTP {}", resp.status()));
         }
         let mut file = std::fs::File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
         let mut got = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{shown}: {e}"))? {
             got += chunk.len() as u64;
             if got > MAX_DOWNLOAD {
-                return Err(format!("{url}: larger than {} GiB", MAX_DOWNLOAD >> 30));
+                return Err(format!("{shown}: larger than {} GiB", MAX_DOWNLOAD >> 30));
             }
             file.write_all(&chunk)
                 .map_err(|e| format!("{}: {e}", to.display()))?;
