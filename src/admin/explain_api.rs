@@ -152,11 +152,7 @@ pub(super) async fn explain(
             let sha = crate::policy::Sha256::parse(sha)
                 .map_err(|e| JsonError(ApiError::BadRequest(format!("sha256: {e}"))))?;
             let pin = st.pypi.pin_for(&name, filename)?;
-            let provenance = if rules.wants_provenance() {
-                st.pypi.provenance_of(&lp, &dist, &sha)?
-            } else {
-                None
-            };
+            let provenance = st.pypi.provenance_of(&lp, rules, &dist, &sha)?;
             let facts = crate::policy::decide::Facts {
                 pin: pin.as_ref(),
                 provenance: provenance.as_ref(),

@@ -116,11 +116,7 @@ impl Pypi {
                 continue;
             };
             let pin = self.pin_for(project, &f.filename)?;
-            let provenance = if rules.wants_provenance() {
-                self.provenance_of(ask.policy, &dist, &sha)?
-            } else {
-                None
-            };
+            let provenance = self.provenance_of(ask.policy, rules, &dist, &sha)?;
             let facts = decide::Facts {
                 pin: pin.as_ref(),
                 provenance: provenance.as_ref(),

@@ -54,11 +54,7 @@ impl Pypi {
         } else {
             None
         };
-        let provenance = if rules.wants_provenance() {
-            self.provenance_of(lp, &dist, sha)?
-        } else {
-            None
-        };
+        let provenance = self.provenance_of(lp, rules, &dist, sha)?;
         let facts = decide::Facts {
             pin: pin.as_ref(),
             provenance: provenance.as_ref(),

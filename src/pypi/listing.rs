@@ -278,7 +278,6 @@ impl Pypi {
         let mut valid_until = decide::next_expiry(policy, now).unwrap_or(i64::MAX);
         let mut seen = HashSet::new();
         let mut withheld = Vec::new();
-        let wants_provenance = rules.wants_provenance();
         // First-sight pins this project may still take (max_pins_per_project): counted once,
         // when the page brings a file not pinned yet.
         let mut room: Option<usize> = None;
@@ -342,11 +341,7 @@ impl Pypi {
                     None => pin = existing,
                 }
             }
-            let provenance = if wants_provenance {
-                self.provenance_of(lp, &dist, &sha)?
-            } else {
-                None
-            };
+            let provenance = self.provenance_of(lp, rules, &dist, &sha)?;
             let facts = decide::Facts {
                 pin: pin.as_ref(),
                 provenance: provenance.as_ref(),

@@ -75,14 +75,19 @@ fn verify(
 }
 
 impl Pypi {
-    /// The provenance verdict kept for this file, if it was checked; one reached under another
-    /// trusted root is reached again from the kept object (no fetch).
+    /// The provenance verdict kept for this file, if its rules name a publisher and it was
+    /// checked; one reached under another trusted root is reached again from the kept object
+    /// (no fetch). `None` for a project whose rules need no provenance (no store read).
     pub fn provenance_of(
         &self,
         lp: &LoadedPolicy,
+        rules: &ProjectRules,
         dist: &DistFilename,
         sha: &Sha256,
     ) -> Result<Option<Evidence>, ApiError> {
+        if !rules.wants_provenance() {
+            return Ok(None);
+        }
         let k = key(&dist.project, &dist.filename, sha);
         let Some(mut stored): Option<Stored> = self.store.get(PROVENANCE, &k)? else {
             return Ok(None);
